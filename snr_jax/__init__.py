@@ -1,0 +1,16 @@
+"""snr_jax: Self-Normalized Resets and other plasticity methods for JAX/optax."""
+
+from snr_jax.activations import (ActivationError, apply_with_preactivations, check_activations,
+                                 fired, preactivations_from_intermediates)
+from snr_jax.groups import (GroupError, NeuronGroup, ParamSlice, dense_group, discover_groups,
+                            validate_groups)
+from snr_jax.reset import keep_masks, reset_neurons, reset_optimizer_state, reset_params
+from snr_jax.schedules import RefreshSchedule, at_random, every_n_steps, every_n_tasks
+from snr_jax.snr import (SNRRule, SNRState, dead_fraction, saturating_add,
+                         self_normalized_resets, snr, snr_info)
+from snr_jax.thresholds import (GeometricEstimator, GeometricState, HistogramEstimator,
+                                HistogramState)
+from snr_jax.transform import (NeuronResets, ResetOptState, ResetRule, ResetState,
+                               apply_resets, with_resets)
+
+__version__ = '0.1.0'

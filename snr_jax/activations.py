@@ -1,0 +1,130 @@
+"""Pre-activations from the training forward pass, and firing masks (SPEC §2)."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from snr_jax.groups import NeuronGroup, path_str
+
+Activations = Mapping[str, jax.Array]
+
+
+class ActivationError(ValueError):
+  """Activations are missing or do not match the neuron groups."""
+
+
+def fired(preactivation: jax.Array) -> jax.Array:
+  """Whether each unit fired: pre-activation > 0 anywhere in the batch.
+
+  Units are on the last axis; every other axis (examples, spatial positions, tokens)
+  is reduced with ``any``.
+
+  Args:
+    preactivation: array of shape ``(..., units)``.
+
+  Returns:
+    bool array of shape ``(units,)``.
+  """
+  x = preactivation > 0
+  return jnp.any(x.reshape(-1, x.shape[-1]), axis=0)
+
+
+def check_activations(groups: Sequence[NeuronGroup], activations: Any) -> None:
+  """Raises ActivationError unless every group has a pre-activation of its size."""
+  if activations is None:
+    raise ActivationError(
+        'missing activations: call update(grads, state, params, activations=...) with '
+        "each group's pre-activations, e.g. from snr_jax.apply_with_preactivations(...).")
+  if not isinstance(activations, Mapping):
+    raise ActivationError(
+        f'activations must be a mapping from group name to array, got '
+        f'{type(activations).__name__}.')
+  missing = [g.name for g in groups if g.name not in activations]
+  if missing:
+    raise ActivationError(
+        f'activations are missing groups {missing} (given {sorted(activations)}); '
+        'pass one pre-activation array per neuron group.')
+  for g in groups:
+    a = activations[g.name]
+    shape = getattr(a, 'shape', None)
+    if shape is None or len(shape) < 2 or shape[-1] != g.size:
+      raise ActivationError(
+          f"activation of group '{g.name}' has shape {shape}; expected "
+          f'(batch, ..., {g.size}) with the units on the last axis.')
+
+
+def preactivations_from_intermediates(intermediates: Mapping[str, Any],
+                                      groups: Sequence[NeuronGroup]) -> dict[str, jax.Array]:
+  """Picks each group's pre-activation out of a Flax ``intermediates`` collection.
+
+  Args:
+    intermediates: the ``'intermediates'`` collection returned by ``model.apply``
+      (from ``capture_intermediates`` or ``self.sow``).
+    groups: the neuron groups; each names its ``activation`` path.
+
+  Returns:
+    ``{group.name: array}``.
+  """
+  out = {}
+  for g in groups:
+    if g.activation is None:
+      raise ActivationError(f"group '{g.name}' declares no activation path.")
+    node = intermediates
+    for key in g.activation:
+      if not isinstance(node, Mapping) or key not in node:
+        raise ActivationError(
+            f"no intermediate at '{path_str(g.activation)}' for group '{g.name}' "
+            f'(stopped at key {key!r}). Sow the pre-activation there, or use '
+            'apply_with_preactivations, which captures module outputs.')
+      node = node[key]
+    if isinstance(node, (tuple, list)):
+      if len(node) != 1:
+        raise ActivationError(
+            f"intermediate '{path_str(g.activation)}' holds {len(node)} values; the "
+            "layer must run once per forward pass for its units' firing to be defined.")
+      node = node[0]
+    out[g.name] = node
+  return out
+
+
+def apply_with_preactivations(model: nn.Module, variables: Any, *args,
+                              groups: Sequence[NeuronGroup], mutable: Any = False,
+                              **kwargs):
+  """``model.apply`` that also returns each group's pre-activation, in one pass.
+
+  Module outputs of the groups' layers are captured with Flax's
+  ``capture_intermediates`` (filtered to those layers), so the loss and the firing
+  come from the same forward pass; it is differentiable and jit-friendly.
+
+  Args:
+    model: the linen module.
+    variables: ``{'params': ...}`` (and any other collections).
+    *args: model inputs.
+    groups: the neuron groups.
+    mutable: extra mutable collections (as for ``apply``).
+    **kwargs: forwarded to ``model.apply``.
+
+  Returns:
+    ``(output, preactivations)``, or ``(output, preactivations, updated_collections)``
+    when ``mutable`` names other collections.
+  """
+  if not (isinstance(variables, Mapping) and 'params' in variables):
+    variables = {'params': variables}
+  wanted = {g.activation[:-1] for g in groups if g.activation and g.activation[-1] == '__call__'}
+
+  def capture(mdl, method_name):
+    return method_name == '__call__' and tuple(mdl.path) in wanted
+
+  extra = [] if mutable is False else ([mutable] if isinstance(mutable, str) else list(mutable))
+  out, state = model.apply(variables, *args, capture_intermediates=capture,
+                           mutable=['intermediates', *extra], **kwargs)
+  state = dict(state)
+  inter = state.pop('intermediates', {})
+  acts = preactivations_from_intermediates(inter, groups)
+  if extra:
+    return out, acts, state
+  return out, acts

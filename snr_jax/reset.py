@@ -1,0 +1,166 @@
+"""Resetting neurons: the one mechanism shared by SNR, ReDo and continual backprop.
+
+Given a boolean mask per neuron group, :func:`reset_neurons` (SPEC §4)
+
+* re-draws the incoming slices from each parameter's own initializer,
+* zeroes the outgoing slices (a reset unit is invisible downstream at first),
+* zeroes every parameter-shaped leaf of the optimizer state (momentum, Adam's mu
+  and nu, ...) on all those slices, leaving scalar leaves (step counts) alone.
+
+Where a weight is both an outgoing slice of a reset unit and an incoming slice of
+another reset unit, it ends at zero: the outgoing rule wins.
+Fresh samples are drawn only when some unit is reset (``lax.cond``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from snr_jax.groups import NeuronGroup, ParamSlice, Path
+
+Masks = Mapping[str, jax.Array]
+
+
+def key_path_to_path(key_path) -> Path:
+  """Turns a jax tree key path into a tuple of strings (dict keys, attrs, indices)."""
+  out = []
+  for k in key_path:
+    for attr in ('key', 'name', 'idx'):
+      if hasattr(k, attr):
+        out.append(str(getattr(k, attr)))
+        break
+    else:
+      out.append(str(k))
+  return tuple(out)
+
+
+def _unit_mask(mask: jax.Array, s: ParamSlice, shape: tuple[int, ...]) -> jax.Array:
+  """Broadcasts a per-unit mask onto the parameter axis ``s.axis`` (unit = r % size)."""
+  axis = s.axis % len(shape)
+  vec = jnp.tile(mask, shape[axis] // mask.shape[0])
+  bshape = [1] * len(shape)
+  bshape[axis] = shape[axis]
+  return vec.reshape(bshape)
+
+
+def _slices_by_path(groups: Sequence[NeuronGroup], masks: Masks):
+  """``{param path: [(slice, mask, is_incoming), ...]}`` in application order."""
+  table: dict[Path, list] = {}
+  for g in groups:
+    for s in g.incoming:
+      table.setdefault(s.path, []).append((s, masks[g.name], True))
+  for g in groups:  # outgoing after incoming, so zeroing wins on overlaps
+    for s in g.outgoing:
+      table.setdefault(s.path, []).append((s, masks[g.name], False))
+  return table
+
+
+def reset_params(params: Any, groups: Sequence[NeuronGroup], masks: Masks,
+                 key: jax.Array) -> Any:
+  """Re-initialises the masked units' incoming slices and zeroes their outgoing slices.
+
+  Args:
+    params: the params tree.
+    groups: neuron groups.
+    masks: ``{group name: bool (size,)}``, True for a unit to reset.
+    key: PRNG key for the fresh samples.
+
+  Returns:
+    The params tree with the masked slices reset (same structure and dtypes).
+  """
+  table = _slices_by_path(groups, masks)
+  # One independent key per touched parameter, numbered in declaration order so the
+  # draws do not depend on Python's hash seed.
+  keys = dict(zip(table, jax.random.split(key, max(len(table), 1))))
+
+  def one(key_path, leaf):
+    path = key_path_to_path(key_path)
+    if path not in table:
+      return leaf
+    for s, mask, incoming in table[path]:
+      m = _unit_mask(mask, s, leaf.shape)
+      if incoming:
+        k = keys[path]
+        fresh = s.init(k, leaf.shape, leaf.dtype)
+        leaf = jnp.where(m, fresh.astype(leaf.dtype), leaf)
+      else:
+        leaf = jnp.where(m, jnp.zeros_like(leaf), leaf)
+    return leaf
+
+  return jax.tree_util.tree_map_with_path(one, params)
+
+
+def keep_masks(params: Any, groups: Sequence[NeuronGroup], masks: Masks) -> Any:
+  """A params-shaped tree: False where a reset touches a weight, True elsewhere.
+
+  Untouched leaves hold the Python constant ``True``; touched leaves hold a bool array
+  that broadcasts against the parameter.
+  """
+  table = _slices_by_path(groups, masks)
+
+  def one(key_path, leaf):
+    path = key_path_to_path(key_path)
+    keep = True
+    for s, mask, _ in table.get(path, ()):
+      keep = keep & ~_unit_mask(mask, s, leaf.shape)
+    return keep
+
+  return jax.tree_util.tree_map_with_path(one, params)
+
+
+def reset_optimizer_state(optimizer: Any, opt_state: Any, params: Any,
+                          groups: Sequence[NeuronGroup], masks: Masks) -> Any:
+  """Zeroes the parameter-shaped optimizer state on the reset slices.
+
+  Uses ``optax.tree_utils.tree_map_params`` to find every copy of the params tree in
+  the state of ``optimizer`` (any optax optimizer, including chains); other leaves,
+  such as Adam's step count, are left untouched.
+  """
+  keep = keep_masks(params, groups, masks)
+
+  def zero(state_leaf, keep_leaf):
+    if keep_leaf is True or not hasattr(state_leaf, 'ndim'):
+      return state_leaf
+    if state_leaf.ndim != keep_leaf.ndim:  # e.g. factored statistics: not param-shaped
+      return state_leaf
+    return jnp.where(keep_leaf, state_leaf, jnp.zeros_like(state_leaf))
+
+  return optax.tree_utils.tree_map_params(
+      optimizer, zero, opt_state, keep,
+      is_leaf=lambda x: x is None or isinstance(x, optax.MaskedNode))
+
+
+def reset_neurons(params: Any, opt_state: Any, groups: Sequence[NeuronGroup],
+                  masks: Masks, key: jax.Array, optimizer: Optional[Any] = None
+                  ) -> tuple[Any, Any]:
+  """Resets the masked units of params and optimizer state (SPEC §4), if any.
+
+  The work, including drawing fresh weights, runs under ``lax.cond`` only when at least
+  one unit is masked.
+
+  Args:
+    params: params tree.
+    opt_state: the inner optimizer's state (or None).
+    groups: neuron groups.
+    masks: ``{group name: bool (size,)}``.
+    key: PRNG key.
+    optimizer: the optax optimizer owning ``opt_state``; needed to find its
+      parameter-shaped leaves. If None, ``opt_state`` is returned unchanged.
+
+  Returns:
+    ``(params, opt_state)`` after the reset.
+  """
+  any_reset = jnp.any(jnp.stack([jnp.any(masks[g.name]) for g in groups]))
+
+  def do(operands):
+    p, s = operands
+    new_p = reset_params(p, groups, masks, key)
+    if optimizer is not None and s is not None:
+      s = reset_optimizer_state(optimizer, s, p, groups, masks)
+    return new_p, s
+
+  return jax.lax.cond(any_reset, do, lambda ops: ops, (params, opt_state))

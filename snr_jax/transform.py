@@ -1,0 +1,172 @@
+"""Wrapping an optax optimizer with a neuron-reset rule.
+
+Every resetting method (SNR, ReDo, continual backprop) is a :class:`ResetRule`: a pure
+function that reads the batch's pre-activations and its own state and returns which
+units to reset. Everything else is shared:
+
+* :class:`NeuronResets` pairs a rule with the neuron groups and offers a pure
+  :meth:`NeuronResets.apply` for users who drive optax themselves;
+* :func:`with_resets` wraps an inner optimizer into an
+  ``optax.GradientTransformationExtraArgs`` that runs the inner update, then the
+  rule, then the shared reset of :mod:`snr_jax.reset`, returning updates that land
+  on the reset parameters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, NamedTuple, Optional, Protocol, Sequence
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from snr_jax.activations import check_activations
+from snr_jax.groups import NeuronGroup, validate_groups
+from snr_jax.reset import reset_neurons
+
+
+class ResetRule(Protocol):
+  """Decides which units to reset. Implementations are frozen dataclasses."""
+
+  def init(self, groups: Sequence[NeuronGroup], params: Any) -> Any:
+    """Returns the rule's initial state."""
+
+  def select(self, state: Any, groups: Sequence[NeuronGroup], activations: Any,
+             params: Any, *, end_of_task: jax.Array, key: jax.Array
+             ) -> tuple[dict[str, jax.Array], Any]:
+    """Returns ``({group: bool (size,) reset mask}, new_state)``."""
+
+
+class ResetState(NamedTuple):
+  """State of a :class:`NeuronResets` (without the inner optimizer's state).
+
+  Attributes:
+    rule: the rule's own state (for SNR: ages, thresholds, gap statistics).
+    key: PRNG key used when no key is passed to ``apply``.
+    last_resets: ``{group: bool (size,)}``, the units reset at the latest step.
+  """
+  rule: Any
+  key: jax.Array
+  last_resets: dict[str, jax.Array]
+
+
+class ResetOptState(NamedTuple):
+  """State of the optimizer returned by :func:`with_resets`."""
+  inner_state: Any
+  resets: ResetState
+
+
+def _as_key(seed_or_key: Any) -> jax.Array:
+  if isinstance(seed_or_key, int):
+    return jax.random.PRNGKey(seed_or_key)
+  return seed_or_key
+
+
+@dataclasses.dataclass(frozen=True)
+class NeuronResets:
+  """A reset rule bound to neuron groups: pure ``init`` and ``apply`` functions.
+
+  Attributes:
+    groups: the neuron groups (see :func:`snr_jax.discover_groups`).
+    rule: the rule choosing units to reset.
+  """
+
+  groups: tuple[NeuronGroup, ...]
+  rule: ResetRule
+
+  def init(self, params: Any, key: Any = 0) -> ResetState:
+    """Validates the groups against ``params`` and builds the initial state.
+
+    Args:
+      params: the params tree.
+      key: a PRNG key or an int seed, for the fresh weights drawn at resets.
+    """
+    groups = validate_groups(self.groups, params)
+    masks = {g.name: jnp.zeros((g.size,), bool) for g in groups}
+    return ResetState(self.rule.init(groups, params), _as_key(key), masks)
+
+  def apply(self, params: Any, opt_state: Any, state: ResetState, activations: Any, *,
+            optimizer: Optional[Any] = None, key: Optional[jax.Array] = None,
+            end_of_task: Any = False) -> tuple[Any, Any, ResetState]:
+    """One step of bookkeeping and resets, after the optimizer's update (pure).
+
+    Args:
+      params: params after this step's optimizer update.
+      opt_state: the optimizer's state after the update (or None).
+      state: this object's state.
+      activations: ``{group name: pre-activation (batch, ..., size)}`` from this
+        step's forward pass.
+      optimizer: the optax optimizer owning ``opt_state``; its parameter-shaped state
+        is zeroed on reset slices. None leaves ``opt_state`` alone.
+      key: PRNG key for this step; by default the state's key, which is advanced.
+      end_of_task: True on the last step of a task (a bool or traced bool scalar);
+        refreshes thresholds on the rules that refresh at task boundaries.
+
+    Returns:
+      ``(params, opt_state, state)``.
+    """
+    check_activations(self.groups, activations)
+    if key is None:
+      next_key, key = jax.random.split(state.key)
+    else:
+      next_key = state.key
+    rule_key, reset_key = jax.random.split(key)
+    end_of_task = jnp.asarray(end_of_task, bool)
+    masks, rule_state = self.rule.select(state.rule, self.groups, activations, params,
+                                         end_of_task=end_of_task, key=rule_key)
+    params, opt_state = reset_neurons(params, opt_state, self.groups, masks, reset_key,
+                                      optimizer)
+    return params, opt_state, ResetState(rule_state, next_key, masks)
+
+
+def apply_resets(resets: NeuronResets, params: Any, opt_state: Any, state: ResetState,
+                 activations: Any, *, optimizer: Optional[Any] = None,
+                 key: Optional[jax.Array] = None, end_of_task: Any = False
+                 ) -> tuple[Any, Any, ResetState]:
+  """Functional form of :meth:`NeuronResets.apply`."""
+  return resets.apply(params, opt_state, state, activations, optimizer=optimizer, key=key,
+                      end_of_task=end_of_task)
+
+
+def with_resets(inner: optax.GradientTransformation, resets: NeuronResets,
+                seed: Any = 0) -> optax.GradientTransformationExtraArgs:
+  """Wraps ``inner`` so that each update also resets units chosen by a rule.
+
+  ``update(grads, state, params, activations=..., end_of_task=False, key=None,
+  **extra)`` runs ``inner`` (``extra`` is forwarded to it), computes the updated
+  params, lets ``resets`` reset units of the params and of ``inner``'s state, and
+  returns the updates that carry ``params`` to the reset params, so that
+  ``optax.apply_updates(params, updates)`` gives them (up to the rounding of
+  ``p + (new - p)``).
+
+  Args:
+    inner: the optimizer to wrap (any optax transformation).
+    resets: the rule and groups.
+    seed: int seed or PRNG key for the state's key.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``.
+  """
+  inner = optax.with_extra_args_support(inner)
+
+  def init_fn(params):
+    return ResetOptState(inner.init(params), resets.init(params, seed))
+
+  def update_fn(updates, state, params=None, *, activations=None, end_of_task=False,
+                key=None, **extra_args):
+    if params is None:
+      raise ValueError('resets need the current params: call '
+                       'update(grads, state, params, activations=...).')
+    check_activations(resets.groups, activations)
+    inner_updates, inner_state = inner.update(updates, state.inner_state, params,
+                                              **extra_args)
+    new_params = optax.apply_updates(params, inner_updates)
+    new_params, inner_state, reset_state = resets.apply(
+        new_params, inner_state, state.resets, activations, optimizer=inner, key=key,
+        end_of_task=end_of_task)
+    out = jax.tree.map(lambda n, p: (n - p).astype(p.dtype) if hasattr(p, 'dtype') else n - p,
+                       new_params, params)
+    return out, ResetOptState(inner_state, reset_state)
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
