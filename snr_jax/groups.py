@@ -204,6 +204,18 @@ class _Call:
   output: Any
 
 
+def _plain_layer(mod: nn.Module) -> bool:
+  """Dense/Conv-like layers only: not DenseGeneral/Einsum, not inside attention."""
+  if isinstance(mod, (nn.DenseGeneral, nn.Einsum)):
+    return False
+  parent = mod.parent
+  while isinstance(parent, nn.Module):
+    if isinstance(parent, nn.MultiHeadDotProductAttention):
+      return False
+    parent = parent.parent
+  return True
+
+
 def _record_kernel_layers(model: nn.Module, variables: Any, args, kwargs):
   """Runs one forward pass, recording every call of a module that owns a kernel."""
   calls: list[_Call] = []
@@ -216,7 +228,7 @@ def _record_kernel_layers(model: nn.Module, variables: Any, args, kwargs):
         has_kernel = mod.has_variable('params', 'kernel')
       except Exception:  # pylint: disable=broad-except
         has_kernel = False
-      if has_kernel:
+      if has_kernel and _plain_layer(mod):
         calls.append(_Call(mod, tuple(mod.path), fargs[0], out))
     return out
 
@@ -266,6 +278,8 @@ def discover_groups(model: nn.Module, params: Any, *sample_args, **sample_kwargs
     kernel = np.shape(get_path(only_params, prod.path + ('kernel',)))
     out = prod.output
     if not hasattr(out, 'shape') or out.shape[-1] != kernel[-1]:
+      continue
+    if len(kernel) not in (2, np.ndim(out)):  # a Dense, or a Conv over ndim-2 axes
       continue
     units = kernel[-1]
     x = cons.inputs

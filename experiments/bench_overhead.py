@@ -1,0 +1,97 @@
+"""SNR's cost per step: the 784-100-100-10 MLP, batch 16, steps inside ``lax.scan``.
+
+Times plain ``optax.sgd`` against the same optimizer wrapped with SNR (histogram with
+τ_max = 20,000 and geometric estimators), all in one process, and prints steps/s and
+the time ratio to plain SGD (median of several repetitions, after a compile).
+
+    python -m experiments.bench_overhead [--steps 10000] [--reps 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+import snr_jax
+
+
+class MLP(nn.Module):
+  @nn.compact
+  def __call__(self, x):
+    for h in (100, 100):
+      x = nn.relu(nn.Dense(h)(x))
+    return nn.Dense(10)(x)
+
+
+def make_run(optimizer, groups, model, steps, batch, with_snr):
+  """A whole run of ``steps`` SGD steps on random data, one compiled function."""
+  def loss_fn(params, x, y):
+    if with_snr:
+      out, acts = snr_jax.apply_with_preactivations(model, {'params': params}, x, groups=groups)
+    else:
+      out, acts = model.apply({'params': params}, x), None
+    return optax.softmax_cross_entropy_with_integer_labels(out, y).mean(), acts
+
+  def step(carry, key):
+    params, state = carry
+    kx, ky = jax.random.split(key)
+    x = jax.random.uniform(kx, (batch, 784))
+    y = jax.random.randint(ky, (batch,), 0, 10)
+    (loss, acts), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, x, y)
+    extra = {'activations': acts} if with_snr else {}
+    updates, state = optimizer.update(grads, state, params, **extra)
+    return (optax.apply_updates(params, updates), state), loss
+
+  @jax.jit
+  def run(params, key):
+    state = optimizer.init(params)
+    (params, state), losses = jax.lax.scan(step, (params, state), jax.random.split(key, steps))
+    return params, losses
+
+  return run
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--steps', type=int, default=10_000)
+  parser.add_argument('--reps', type=int, default=5)
+  parser.add_argument('--batch', type=int, default=16)
+  args = parser.parse_args(argv)
+
+  model = MLP()
+  x = jnp.ones((args.batch, 784))
+  params = model.init(jax.random.PRNGKey(0), x)['params']
+  groups = snr_jax.discover_groups(model, params, jax.random.normal(jax.random.PRNGKey(1), x.shape))
+  sgd = optax.sgd(1e-2)
+  configs = {
+      'sgd': (sgd, False),
+      'snr-histogram': (snr_jax.snr(sgd, groups, estimator='histogram', tau_max=20_000), True),
+      'snr-geometric': (snr_jax.snr(sgd, groups, estimator='geometric', tau_max=20_000), True),
+  }
+  runs = {name: make_run(opt, groups, model, args.steps, args.batch, s)
+          for name, (opt, s) in configs.items()}
+  key = jax.random.PRNGKey(0)
+  for run in runs.values():  # compile
+    jax.block_until_ready(run(params, key))
+  times = {name: [] for name in runs}
+  for rep in range(args.reps):   # interleave, so drifts in machine load hit all alike
+    for name, run in runs.items():
+      t = time.perf_counter()
+      jax.block_until_ready(run(params, jax.random.fold_in(key, rep)))
+      times[name].append(time.perf_counter() - t)
+  base = statistics.median(times['sgd'])
+  print(f'{args.steps} steps, batch {args.batch}, median of {args.reps}, '
+        f'{jax.devices()[0].platform} ({jax.device_count()} device)')
+  for name, ts in times.items():
+    med = statistics.median(ts)
+    print(f'{name:15s} {args.steps / med:10.0f} steps/s   ratio to sgd {med / base:5.2f}')
+
+
+if __name__ == '__main__':
+  main()
