@@ -14,3 +14,11 @@ from snr_jax.transform import (NeuronResets, ResetOptState, ResetRule, ResetStat
                                apply_resets, with_resets)
 
 __version__ = '0.1.0'
+
+from snr_jax.activations import mean_activation
+from snr_jax.cbp import CBPRule, CBPState, continual_backprop, lowest_k
+from snr_jax.methods import METHODS, ignoring_reset_args, make_method, method_hyperparameters, snr_l2
+from snr_jax.penalties import add_l2, add_l2_init, l2, l2_init
+from snr_jax.redo import ReDoRule, ReDoState, redo, redo_scores
+from snr_jax.reset import outgoing_magnitude
+from snr_jax.shrink_perturb import shrink_perturb

@@ -128,3 +128,12 @@ def apply_with_preactivations(model: nn.Module, variables: Any, *args,
   if extra:
     return out, acts, state
   return out, acts
+
+
+def mean_activation(preactivation: jax.Array) -> jax.Array:
+  """Mean of ``|relu(h)|`` per unit over every axis but the last (batch, space, tokens).
+
+  The per-unit activity that ReDo scores and continual backprop's utility use.
+  """
+  h = jax.nn.relu(preactivation.astype(jnp.float32))
+  return jnp.mean(h.reshape(-1, h.shape[-1]), axis=0)

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from snr_jax.groups import NeuronGroup, ParamSlice, Path
+from snr_jax.groups import NeuronGroup, ParamSlice, Path, get_path
 
 Masks = Mapping[str, jax.Array]
 
@@ -45,6 +45,21 @@ def _unit_mask(mask: jax.Array, s: ParamSlice, shape: tuple[int, ...]) -> jax.Ar
   bshape = [1] * len(shape)
   bshape[axis] = shape[axis]
   return vec.reshape(bshape)
+
+
+def outgoing_magnitude(params: Any, group: NeuronGroup) -> jax.Array:
+  """``Σ_k |w_out,ik|`` per unit of ``group``: the summed absolute outgoing weights.
+
+  A group without outgoing slices gets ones (its output is not weighed).
+  """
+  total = jnp.zeros((group.size,), jnp.float32)
+  if not group.outgoing:
+    return total + 1.0
+  for s in group.outgoing:
+    w = jnp.abs(get_path(params, s.path).astype(jnp.float32))
+    w = jnp.moveaxis(w, s.axis, -1).reshape(-1, w.shape[s.axis])
+    total = total + w.sum(axis=0).reshape(-1, group.size).sum(axis=0)
+  return total
 
 
 def _slices_by_path(groups: Sequence[NeuronGroup], masks: Masks):

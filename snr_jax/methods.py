@@ -1,0 +1,121 @@
+"""One registry from a method's name to its constructor, so experiments choose by name.
+
+Every method built here has the same face: an ``optax.GradientTransformationExtraArgs``
+whose ``update(grads, state, params, activations=, end_of_task=, key=)`` accepts the
+reset arguments (methods that do not reset ignore them), so one jitted train step
+serves them all.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable, Optional, Sequence
+
+import optax
+
+from snr_jax.cbp import continual_backprop
+from snr_jax.groups import NeuronGroup
+from snr_jax.penalties import l2, l2_init
+from snr_jax.redo import redo
+from snr_jax.shrink_perturb import shrink_perturb
+from snr_jax.snr import self_normalized_resets, snr
+
+RESET_ARGS = ('activations', 'end_of_task', 'key')
+
+
+def ignoring_reset_args(tx: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
+  """``tx`` with an update that accepts, and ignores, the reset arguments."""
+  tx = optax.with_extra_args_support(tx)
+
+  def update(updates, state, params=None, **extra):
+    for name in RESET_ARGS:
+      extra.pop(name, None)
+    return tx.update(updates, state, params, **extra)
+
+  return optax.GradientTransformationExtraArgs(tx.init, update)
+
+
+def snr_l2(inner: optax.GradientTransformation, groups: Sequence[NeuronGroup], *,
+           strength: float = 1e-4, seed: Any = 0, **snr_hyperparams
+           ) -> optax.GradientTransformationExtraArgs:
+  """SNR+L2: SNR wrapping ``inner`` on ``loss + strength·‖θ‖²`` (a composition)."""
+  return snr(l2(inner, strength), groups, seed=seed, **snr_hyperparams)
+
+
+def _none(inner):
+  return inner
+
+
+_SNR_HPARAMS = [p for p in inspect.signature(self_normalized_resets).parameters if p != 'groups']
+
+METHODS: dict[str, Callable[..., Any]] = {
+    'none': _none,
+    'l2': l2,
+    'l2_init': l2_init,
+    'shrink_perturb': shrink_perturb,
+    'redo': redo,
+    'cbp': continual_backprop,
+    'snr': snr,
+    'snr_l2': snr_l2,
+}
+
+
+def method_hyperparameters(name: str) -> list[str]:
+  """The hyperparameter names ``make_method`` accepts for method ``name``."""
+  fn = _lookup(name)
+  params = [p for p in inspect.signature(fn).parameters
+            if p not in ('inner', 'groups', 'init_fn', 'hyperparams', 'snr_hyperparams')]
+  if name in ('snr', 'snr_l2'):
+    params += _SNR_HPARAMS
+  return params
+
+
+def _lookup(name: str):
+  if name not in METHODS:
+    raise ValueError(f'unknown method {name!r}: choose one of {sorted(METHODS)}.')
+  return METHODS[name]
+
+
+def make_method(name: str, inner: optax.GradientTransformation, *,
+                groups: Optional[Sequence[NeuronGroup]] = None,
+                init_fn: Optional[Callable] = None, **hyperparams
+                ) -> optax.GradientTransformationExtraArgs:
+  """Builds a method by name around an optimizer.
+
+  Args:
+    name: one of ``METHODS`` (none, l2, l2_init, shrink_perturb, redo, cbp, snr,
+      snr_l2).
+    inner: the optimizer, e.g. ``optax.sgd(1e-2)`` or ``optax.adam(1e-3)``.
+    groups: neuron groups (needed by redo, cbp, snr, snr_l2).
+    init_fn: ``key -> params`` drawing fresh parameters (needed by shrink_perturb).
+    **hyperparams: the method's hyperparameters (see :func:`method_hyperparameters`).
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs`` accepting the reset arguments.
+
+  Raises:
+    ValueError: an unknown method or hyperparameter (the message lists the valid
+      ones), or a missing ``groups`` / ``init_fn``.
+  """
+  fn = _lookup(name)
+  valid = method_hyperparameters(name)
+  unknown = sorted(set(hyperparams) - set(valid))
+  if unknown:
+    raise ValueError(f'unknown hyperparameter(s) {unknown} for method {name!r}: valid '
+                     f'ones are {valid}.')
+  sig = inspect.signature(fn).parameters
+  args = {}
+  if 'groups' in sig:
+    if groups is None:
+      raise ValueError(f'method {name!r} resets neurons and needs groups= '
+                       '(snr_jax.discover_groups(model, params, x)).')
+    args['groups'] = groups
+  if 'init_fn' in sig:
+    if init_fn is None:
+      raise ValueError(f"method {name!r} needs init_fn= (key -> fresh params, e.g. "
+                       "lambda k: model.init(k, x)['params']).")
+    args['init_fn'] = init_fn
+  tx = fn(inner, **args, **hyperparams)
+  if name in ('none', 'l2', 'l2_init'):
+    tx = ignoring_reset_args(tx)
+  return tx

@@ -1,0 +1,81 @@
+"""ReDo: recycle dormant neurons (Sokar, Agarwal, Castro & Evci, ICML 2023).
+
+Every ``period`` steps, per group, each unit's score is its mean absolute activation on
+the batch normalised by the layer's average,
+``s_i = mean|h_i| / ((1/N) Σ_j mean|h_j|)``, and units with ``s_i ≤ threshold`` are reset
+with the shared mechanism (incoming re-drawn, outgoing and optimizer state zeroed).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from snr_jax.activations import mean_activation
+from snr_jax.groups import NeuronGroup
+from snr_jax.transform import NeuronResets, with_resets
+
+
+class ReDoState(NamedTuple):
+  steps: jax.Array  # steps taken so far
+
+
+def redo_scores(preactivation: jax.Array) -> jax.Array:
+  """The normalised activity ``s_i`` of each unit (0 for every unit of a silent layer)."""
+  a = mean_activation(preactivation)
+  avg = jnp.mean(a)
+  return jnp.where(avg > 0, a / jnp.where(avg > 0, avg, 1.0), 0.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class ReDoRule:
+  """Reset units whose normalised score is ``≤ threshold``, every ``period`` steps."""
+
+  threshold: float = 0.1
+  period: int = 1000
+
+  def init(self, groups: Sequence[NeuronGroup], params: Any) -> ReDoState:
+    del groups, params
+    return ReDoState(jnp.zeros((), jnp.int32))
+
+  def select(self, state: ReDoState, groups: Sequence[NeuronGroup],
+             activations: Mapping[str, jax.Array], params: Any, *, end_of_task, key):
+    del params, end_of_task, key
+    steps = state.steps + 1
+    now = steps % self.period == 0
+    masks = {g.name: now & (redo_scores(activations[g.name]) <= self.threshold)
+             for g in groups}
+    return masks, ReDoState(steps)
+
+
+def redo(inner: optax.GradientTransformation, groups: Sequence[NeuronGroup], *,
+         threshold: float = 0.1, period: int = 1000, seed: Any = 0
+         ) -> optax.GradientTransformationExtraArgs:
+  """Wraps ``inner`` with ReDo.
+
+  Args:
+    inner: the optimizer.
+    groups: neuron groups.
+    threshold: τ ≥ 0; a unit with score ``≤ τ`` is dormant (Sokar et al. use 0.1 for
+      their default agent and 0.025 in other settings; 0 resets only silent units).
+    period: F, steps between two dormancy checks (our default 1000 steps; Sokar et al.
+      recycle every 1000 gradient steps in their Atari runs).
+    seed: int seed or PRNG key for fresh weights.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs`` taking ``activations=``.
+
+  References:
+    Sokar et al., "The Dormant Neuron Phenomenon in Deep Reinforcement Learning",
+    ICML 2023, https://arxiv.org/abs/2302.12902.
+  """
+  if not isinstance(threshold, (int, float)) or threshold < 0:
+    raise ValueError(f'threshold must be a number >= 0, got {threshold!r}.')
+  if not isinstance(period, int) or period < 1:
+    raise ValueError(f'period must be a positive int (steps), got {period!r}.')
+  return with_resets(inner, NeuronResets(tuple(groups), ReDoRule(float(threshold), period)),
+                     seed)

@@ -1,0 +1,231 @@
+"""SPEC §6: each competitor method's defining behaviour, and the shared registry."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import snr_jax
+
+
+def _zero_grads(params):
+  return jax.tree.map(jnp.zeros_like, params)
+
+
+def test_l2_init_pulls_toward_initial_params_not_zero(mlp):
+  _, params0, _ = mlp
+  tx = snr_jax.make_method('l2_init', optax.sgd(0.1), strength=0.5)
+  state = tx.init(params0)
+  moved = jax.tree.map(lambda p: p + 1.0, params0)
+  u, _ = tx.update(_zero_grads(moved), state, moved)
+  new = optax.apply_updates(moved, u)
+  # θ - lr·2λ(θ - θ0) = θ - 0.1·(+1): halfway... exactly 0.9 of the way from θ0 + 1
+  for n, p0 in zip(jax.tree.leaves(new), jax.tree.leaves(params0)):
+    np.testing.assert_allclose(n - p0, 0.9, rtol=1e-5)
+  # plain L2 pulls toward zero instead
+  tx2 = snr_jax.make_method('l2', optax.sgd(0.1), strength=0.5)
+  u2, _ = tx2.update(_zero_grads(moved), tx2.init(params0), moved)
+  for n, m in zip(jax.tree.leaves(optax.apply_updates(moved, u2)), jax.tree.leaves(moved)):
+    np.testing.assert_allclose(n, 0.9 * m, rtol=1e-5)
+
+
+def test_shrink_perturb_shrinks_by_p_and_adds_initializer_noise():
+  import flax.linen as nn
+
+  class Wide(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      h = nn.Dense(2000, bias_init=nn.initializers.normal(0.5), name='hidden')(x)
+      return nn.Dense(1, name='out')(nn.relu(h))
+
+  m = Wide()
+  x = jnp.ones((1, 400))
+  init_fn = lambda k: m.init(k, x)['params']
+  params = init_fn(jax.random.PRNGKey(0))
+  tx = snr_jax.make_method('shrink_perturb', optax.sgd(0.1), init_fn=init_fn, shrink=0.5,
+                           sigma=0.0)
+  u, _ = tx.update(_zero_grads(params), tx.init(params), params)
+  for n, p in zip(jax.tree.leaves(optax.apply_updates(params, u)), jax.tree.leaves(params)):
+    np.testing.assert_allclose(n, 0.5 * p, rtol=1e-6)
+  tx = snr_jax.make_method('shrink_perturb', optax.sgd(0.1), init_fn=init_fn, shrink=1.0,
+                           sigma=0.01)
+  u, _ = tx.update(_zero_grads(params), tx.init(params), params)
+  noise = jax.tree.map(lambda d: d / 0.01, u)
+  # the noise has each initializer's scale: lecun_normal 1/sqrt(fan_in), bias normal(0.5)
+  assert abs(float(jnp.std(noise['hidden']['kernel'])) - 1 / np.sqrt(400)) < 0.005
+  assert abs(float(jnp.std(noise['hidden']['bias'])) - 0.5) < 0.05
+  np.testing.assert_allclose(noise['out']['bias'], 0.0, atol=1e-6)   # zeros init
+
+
+def _redo_setup(threshold, period):
+  groups = (snr_jax.dense_group('h', 4, layer='l1', consumer='l2'),)
+  params = {'l1': {'kernel': jnp.ones((3, 4)), 'bias': jnp.ones(4)},
+            'l2': {'kernel': jnp.ones((4, 2)), 'bias': jnp.zeros(2)}}
+  tx = snr_jax.make_method('redo', optax.sgd(0.0), groups=groups, threshold=threshold,
+                           period=period)
+  return groups, params, tx
+
+
+def test_redo_resets_exactly_units_at_or_below_the_threshold_at_period_boundaries():
+  groups, params, tx = _redo_setup(threshold=0.5, period=3)
+  # mean |h| per unit: [4, 2, 1.5, 0.5] / mean 2 -> scores [2, 1, 0.75, 0.25];
+  # with a negative entry for unit 3 in one example (relu: counted as 0)
+  h = jnp.array([[4., 2., 1.5, 1.0], [4., 2., 1.5, -3.0]])
+  np.testing.assert_allclose(snr_jax.redo_scores(h), [2., 1., 0.75, 0.25])
+  state = tx.init(params)
+  update = jax.jit(lambda s: tx.update(_zero_grads(params), s, params, activations={'h': h}))
+  masks = []
+  for _ in range(6):
+    _, state = update(state)
+    masks.append(np.asarray(state.resets.last_resets['h']))
+  expected_at_boundary = np.array([False, False, False, True])
+  for i, m in enumerate(masks):
+    np.testing.assert_array_equal(m, expected_at_boundary if (i + 1) % 3 == 0 else False)
+  # the threshold is inclusive: score 0.75 resets with threshold 0.75
+  _, params2, tx2 = _redo_setup(threshold=0.75, period=1)
+  _, st = tx2.update(_zero_grads(params2), tx2.init(params2), params2, activations={'h': h})
+  np.testing.assert_array_equal(st.resets.last_resets['h'], [False, False, True, True])
+
+
+def test_cbp_replaces_lowest_utility_mature_units_at_the_accumulated_rate():
+  groups = (snr_jax.dense_group('h', 4, layer='l1', consumer='l2'),)
+  params = {'l1': {'kernel': jnp.ones((3, 4)), 'bias': jnp.ones(4)},
+            'l2': {'kernel': jnp.array([[1., 1.], [2., 2.], [0.5, 0.5], [3., 3.]]),
+                   'bias': jnp.zeros(2)}}
+  tx = snr_jax.make_method('cbp', optax.sgd(0.0), groups=groups, replacement_rate=0.125,
+                           maturity=2, decay=0.5)
+  h = jnp.array([[1., 1., 1., 1.]])
+  # utility contributions |h|·Σ|w_out| = [2, 4, 1, 6]; unit 2 is the lowest.
+  state = tx.init(params)
+  update = jax.jit(lambda p, s: tx.update(_zero_grads(p), s, p, activations={'h': h}))
+  log = []
+  p = params
+  for _ in range(8):
+    u, state = update(p, state)
+    p = optax.apply_updates(p, u)
+    log.append(np.asarray(state.resets.last_resets['h']))
+  cbp_state = state.resets.rule
+  # steps 1-2: nobody is mature (age <= 2). From step 3, 4 eligible units add
+  # 0.125*4 = 0.5 per step: the accumulator reaches 1 on step 4, which replaces unit 2
+  # (lowest utility). Unit 2 is then immature for steps 5-6 (3 eligible: +0.375 each),
+  # mature again on step 7 (+0.5): 1.25 -> one replacement on step 7.
+  counts = [int(m.sum()) for m in log]
+  assert counts == [0, 0, 0, 1, 0, 0, 1, 0]
+  assert log[3][2]
+  # with its outgoing weights zeroed (and no learning) unit 2's utility stays 0, so it
+  # is the lowest again once mature
+  assert log[6][2]
+  np.testing.assert_array_equal(cbp_state.ages['h'], [8, 8, 1, 8])
+  assert float(cbp_state.utility['h'][2]) == 0.0
+  assert float(cbp_state.to_replace['h']) == pytest.approx(0.25 + 0.375)
+
+
+def test_cbp_never_replaces_an_immature_unit():
+  groups = (snr_jax.dense_group('h', 3, layer='l1'),)
+  params = {'l1': {'kernel': jnp.ones((2, 3)), 'bias': jnp.zeros(3)}}
+  tx = snr_jax.make_method('cbp', optax.sgd(0.0), groups=groups, replacement_rate=1.0,
+                           maturity=1000)
+  state = tx.init(params)
+  update = jax.jit(lambda s: tx.update(_zero_grads(params), s, params,
+                                       activations={'h': jnp.zeros((2, 3))}))
+  for _ in range(20):
+    _, state = update(state)
+    assert not bool(state.resets.last_resets['h'].any())
+
+
+RESETTING = {
+    'snr': dict(tau_init=4, tau_min=1, tau_max=8),
+    'redo': dict(threshold=0.5, period=1),
+    'cbp': dict(replacement_rate=0.5, maturity=0),
+}
+
+
+@pytest.mark.parametrize('name', sorted(RESETTING))
+def test_resetting_methods_leave_other_units_untouched(name, mlp):
+  model, params, x = mlp
+  groups = snr_jax.discover_groups(model, params, x)
+  inner = optax.adam(1e-2)
+  tx = snr_jax.make_method(name, inner, groups=groups, **RESETTING[name])
+  loss = lambda p: jnp.mean(
+      snr_jax.apply_with_preactivations(model, {'params': p}, x, groups=groups)[0] ** 2)
+
+  def run(tx_update, s0, steps):
+    p, s = params, s0
+    for _ in range(steps):
+      _, acts = snr_jax.apply_with_preactivations(model, {'params': p}, x, groups=groups)
+      g = jax.grad(loss)(p)
+      u, s = tx_update(g, s, p, acts)
+      p = optax.apply_updates(p, u)
+    return p, s
+
+  p_m, s_m = run(lambda g, s, p, a: tx.update(g, s, p, activations=a), tx.init(params), 1)
+  p_i, s_i = run(lambda g, s, p, a: inner.update(g, s, p), inner.init(params), 1)
+  masks = s_m.resets.last_resets
+  assert sum(int(m.sum()) for m in masks.values()) > 0, 'the setup must reset something'
+  keep = snr_jax.keep_masks(params, groups, masks)
+  for k, a, b in zip(jax.tree.leaves(keep), jax.tree.leaves(p_m), jax.tree.leaves(p_i)):
+    full = np.broadcast_to(np.asarray(k), a.shape)
+    np.testing.assert_allclose(np.asarray(a)[full], np.asarray(b)[full], rtol=1e-5, atol=1e-7)
+  keep_by_path = {(layer, n): np.asarray(v) for layer in keep for n, v in keep[layer].items()}
+  moments = 0
+  for (kp, sm), si in zip(jax.tree_util.tree_flatten_with_path(s_m.inner_state)[0],
+                          jax.tree.leaves(s_i)):
+    sm, si = np.asarray(sm), np.asarray(si)
+    if sm.ndim == 0:
+      assert sm == si          # step counts untouched
+      continue
+    full = np.broadcast_to(keep_by_path[tuple(k.key for k in kp[-2:])], sm.shape)
+    np.testing.assert_allclose(sm[full], si[full], rtol=1e-5, atol=1e-8)
+    np.testing.assert_array_equal(sm[~full], 0)
+    moments += int((~full).any())
+  assert moments > 0
+
+
+OPTIMIZERS = {'sgd': lambda: optax.sgd(0.05), 'momentum': lambda: optax.sgd(0.05, momentum=0.9),
+              'adam': lambda: optax.adam(1e-3)}
+HPARAMS = {'none': {}, 'l2': {}, 'l2_init': {}, 'shrink_perturb': {},
+           'redo': dict(period=3), 'cbp': dict(replacement_rate=0.1, maturity=2),
+           'snr': dict(tau_init=8, tau_min=4, tau_max=64), 'snr_l2': dict(tau_min=4, tau_max=64)}
+
+
+@pytest.mark.parametrize('opt', sorted(OPTIMIZERS))
+@pytest.mark.parametrize('name', sorted(snr_jax.METHODS))
+def test_every_method_with_every_optimizer_under_jit_vmap_scan(name, opt, mlp):
+  model, params, x = mlp
+  groups = snr_jax.discover_groups(model, params, x)
+  init_fn = lambda k: model.init(k, x)['params']
+  tx = snr_jax.make_method(name, OPTIMIZERS[opt](), groups=groups, init_fn=init_fn,
+                           **HPARAMS[name])
+  ys = jnp.arange(x.shape[0]) % 3
+
+  def run(key):
+    def step(carry, k):
+      p, s = carry
+      def loss(p):
+        out, acts = snr_jax.apply_with_preactivations(model, {'params': p}, x, groups=groups)
+        return optax.softmax_cross_entropy_with_integer_labels(out, ys).mean(), acts
+      (l, acts), g = jax.value_and_grad(loss, has_aux=True)(p)
+      u, s = tx.update(g, s, p, activations=acts, end_of_task=False, key=k)
+      return (optax.apply_updates(p, u), s), l
+    (p, _), losses = jax.lax.scan(step, (params, tx.init(params)), jax.random.split(key, 12))
+    return losses
+
+  losses = jax.jit(jax.vmap(run))(jax.random.split(jax.random.PRNGKey(0), 2))
+  assert losses.shape == (2, 12) and bool(jnp.all(jnp.isfinite(losses)))
+  assert float(losses[0, -1]) < float(losses[0, 0])   # it trains
+
+
+def test_registry_errors_list_valid_choices(mlp):
+  with pytest.raises(ValueError, match=r"unknown method 'sn'.*'snr'"):
+    snr_jax.make_method('sn', optax.sgd(0.1))
+  with pytest.raises(ValueError, match=r"unknown hyperparameter\(s\) \['rate'\].*replacement_rate"):
+    snr_jax.make_method('cbp', optax.sgd(0.1), groups=(), rate=0.1)
+  with pytest.raises(ValueError, match='needs groups='):
+    snr_jax.make_method('redo', optax.sgd(0.1))
+  with pytest.raises(ValueError, match='needs init_fn='):
+    snr_jax.make_method('shrink_perturb', optax.sgd(0.1))
+  with pytest.raises(ValueError, match='shrink must be in'):
+    snr_jax.make_method('shrink_perturb', optax.sgd(0.1), init_fn=lambda k: k, shrink=0.0)
+  with pytest.raises(ValueError, match='strength must be a number >= 0'):
+    snr_jax.make_method('l2', optax.sgd(0.1), strength=-1.0)
