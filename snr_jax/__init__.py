@@ -11,7 +11,7 @@ from snr_jax.snr import (SNRRule, SNRState, dead_fraction, saturating_add,
 from snr_jax.thresholds import (GeometricEstimator, GeometricState, HistogramEstimator,
                                 HistogramState)
 from snr_jax.transform import (NeuronResets, ResetOptState, ResetRule, ResetState,
-                               apply_resets, with_resets)
+                               apply_resets, find_reset_state, with_resets)
 
 __version__ = '0.1.0'
 

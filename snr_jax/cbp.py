@@ -10,7 +10,7 @@ lowest utility that are reset (shared mechanism), their utility and age set to 0
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping, NamedTuple, Sequence
+from typing import Any, Mapping, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -71,7 +71,8 @@ class CBPRule:
 
 def continual_backprop(inner: optax.GradientTransformation, groups: Sequence[NeuronGroup],
                        *, replacement_rate: float = 1e-4, maturity: int = 100,
-                       decay: float = 0.99, seed: Any = 0
+                       decay: float = 0.99, seed: Any = 0,
+                       axis_name: Optional[str] = None
                        ) -> optax.GradientTransformationExtraArgs:
   """Wraps ``inner`` with continual backprop (selective reinitialisation).
 
@@ -83,6 +84,7 @@ def continual_backprop(inner: optax.GradientTransformation, groups: Sequence[Neu
     maturity: m, steps a unit is protected after (re)initialisation (100).
     decay: d, the utility's running-average decay (0.99).
     seed: int seed or PRNG key for fresh weights.
+    axis_name: name of an enclosing vmap/pmap axis (see ``NeuronResets``).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` taking ``activations=``.
@@ -97,4 +99,4 @@ def continual_backprop(inner: optax.GradientTransformation, groups: Sequence[Neu
   if not isinstance(decay, (int, float)) or not 0 <= decay < 1:
     raise ValueError(f'decay must be in [0, 1), got {decay!r}.')
   rule = CBPRule(float(replacement_rate), maturity, float(decay))
-  return with_resets(inner, NeuronResets(tuple(groups), rule), seed)
+  return with_resets(inner, NeuronResets(tuple(groups), rule, axis_name), seed)

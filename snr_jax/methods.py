@@ -46,7 +46,8 @@ def _none(inner):
   return inner
 
 
-_SNR_HPARAMS = [p for p in inspect.signature(self_normalized_resets).parameters if p != 'groups']
+_SNR_HPARAMS = [p for p in inspect.signature(self_normalized_resets).parameters
+                if p not in ('groups', 'axis_name')]
 
 METHODS: dict[str, Callable[..., Any]] = {
     'none': _none,
@@ -64,7 +65,8 @@ def method_hyperparameters(name: str) -> list[str]:
   """The hyperparameter names ``make_method`` accepts for method ``name``."""
   fn = _lookup(name)
   params = [p for p in inspect.signature(fn).parameters
-            if p not in ('inner', 'groups', 'init_fn', 'hyperparams', 'snr_hyperparams')]
+            if p not in ('inner', 'groups', 'init_fn', 'axis_name', 'hyperparams',
+                         'snr_hyperparams')]
   if name in ('snr', 'snr_l2'):
     params += _SNR_HPARAMS
   return params
@@ -78,7 +80,8 @@ def _lookup(name: str):
 
 def make_method(name: str, inner: optax.GradientTransformation, *,
                 groups: Optional[Sequence[NeuronGroup]] = None,
-                init_fn: Optional[Callable] = None, **hyperparams
+                init_fn: Optional[Callable] = None, axis_name: Optional[str] = None,
+                **hyperparams
                 ) -> optax.GradientTransformationExtraArgs:
   """Builds a method by name around an optimizer.
 
@@ -88,7 +91,10 @@ def make_method(name: str, inner: optax.GradientTransformation, *,
     inner: the optimizer, e.g. ``optax.sgd(1e-2)`` or ``optax.adam(1e-3)``.
     groups: neuron groups (needed by redo, cbp, snr, snr_l2).
     init_fn: ``key -> params`` drawing fresh parameters (needed by shrink_perturb).
-    **hyperparams: the method's hyperparameters (see :func:`method_hyperparameters`).
+    axis_name: name of an enclosing vmap/pmap axis, for the resetting methods (see
+      :class:`snr_jax.NeuronResets`); ignored by the others.
+    **hyperparams: the method's hyperparameters (see :func:`method_hyperparameters`);
+      ``seed`` (int or PRNG key) is accepted by every method.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` accepting the reset arguments.
@@ -99,6 +105,8 @@ def make_method(name: str, inner: optax.GradientTransformation, *,
   """
   fn = _lookup(name)
   valid = method_hyperparameters(name)
+  if 'seed' not in valid:      # deterministic methods: a seed is accepted and unused
+    hyperparams.pop('seed', None)
   unknown = sorted(set(hyperparams) - set(valid))
   if unknown:
     raise ValueError(f'unknown hyperparameter(s) {unknown} for method {name!r}: valid '
@@ -115,6 +123,8 @@ def make_method(name: str, inner: optax.GradientTransformation, *,
       raise ValueError(f"method {name!r} needs init_fn= (key -> fresh params, e.g. "
                        "lambda k: model.init(k, x)['params']).")
     args['init_fn'] = init_fn
+  if 'groups' in sig:
+    args['axis_name'] = axis_name
   tx = fn(inner, **args, **hyperparams)
   if name in ('none', 'l2', 'l2_init'):
     tx = ignoring_reset_args(tx)

@@ -9,7 +9,7 @@ with the shared mechanism (incoming re-drawn, outgoing and optimizer state zeroe
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping, NamedTuple, Sequence
+from typing import Any, Mapping, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -53,7 +53,8 @@ class ReDoRule:
 
 
 def redo(inner: optax.GradientTransformation, groups: Sequence[NeuronGroup], *,
-         threshold: float = 0.1, period: int = 1000, seed: Any = 0
+         threshold: float = 0.1, period: int = 1000, seed: Any = 0,
+         axis_name: Optional[str] = None
          ) -> optax.GradientTransformationExtraArgs:
   """Wraps ``inner`` with ReDo.
 
@@ -65,6 +66,7 @@ def redo(inner: optax.GradientTransformation, groups: Sequence[NeuronGroup], *,
     period: F, steps between two dormancy checks (our default 1000 steps; Sokar et al.
       recycle every 1000 gradient steps in their Atari runs).
     seed: int seed or PRNG key for fresh weights.
+    axis_name: name of an enclosing vmap/pmap axis (see ``NeuronResets``).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` taking ``activations=``.
@@ -77,5 +79,5 @@ def redo(inner: optax.GradientTransformation, groups: Sequence[NeuronGroup], *,
     raise ValueError(f'threshold must be a number >= 0, got {threshold!r}.')
   if not isinstance(period, int) or period < 1:
     raise ValueError(f'period must be a positive int (steps), got {period!r}.')
-  return with_resets(inner, NeuronResets(tuple(groups), ReDoRule(float(threshold), period)),
-                     seed)
+  rule = ReDoRule(float(threshold), period)
+  return with_resets(inner, NeuronResets(tuple(groups), rule, axis_name), seed)

@@ -149,9 +149,22 @@ def reset_optimizer_state(optimizer: Any, opt_state: Any, params: Any,
       is_leaf=lambda x: x is None or isinstance(x, optax.MaskedNode))
 
 
+def any_in_batch(pred: jax.Array, axis_name: Optional[str] = None) -> jax.Array:
+  """``pred``, or'ed over the members of a named vmap/pmap axis when one is given.
+
+  Under ``vmap`` a ``lax.cond`` whose predicate differs between members becomes a
+  ``select`` that runs both branches on every step. A predicate shared by the whole
+  batch keeps it a real branch, taken only when some member needs it; each member
+  then applies its own (possibly empty) mask, so results do not change.
+  """
+  if axis_name is None:
+    return pred
+  return jax.lax.psum(pred.astype(jnp.int32), axis_name) > 0
+
+
 def reset_neurons(params: Any, opt_state: Any, groups: Sequence[NeuronGroup],
-                  masks: Masks, key: jax.Array, optimizer: Optional[Any] = None
-                  ) -> tuple[Any, Any]:
+                  masks: Masks, key: jax.Array, optimizer: Optional[Any] = None,
+                  axis_name: Optional[str] = None) -> tuple[Any, Any]:
   """Resets the masked units of params and optimizer state (SPEC §4), if any.
 
   The work, including drawing fresh weights, runs under ``lax.cond`` only when at least
@@ -165,17 +178,36 @@ def reset_neurons(params: Any, opt_state: Any, groups: Sequence[NeuronGroup],
     key: PRNG key.
     optimizer: the optax optimizer owning ``opt_state``; needed to find its
       parameter-shaped leaves. If None, ``opt_state`` is returned unchanged.
+    axis_name: the name of an enclosing vmap/pmap axis (see :func:`any_in_batch`).
 
   Returns:
     ``(params, opt_state)`` after the reset.
   """
+  params, opt_state, _ = reset_neurons_and_advance_key(params, opt_state, groups, masks, key,
+                                                       optimizer, axis_name)
+  return params, opt_state
+
+
+def reset_neurons_and_advance_key(params: Any, opt_state: Any, groups: Sequence[NeuronGroup],
+                                  masks: Masks, key: jax.Array,
+                                  optimizer: Optional[Any] = None,
+                                  axis_name: Optional[str] = None
+                                  ) -> tuple[Any, Any, jax.Array]:
+  """:func:`reset_neurons` that also returns the key to use next time.
+
+  The key is split only when something is reset (inside the ``lax.cond``), so steps
+  without resets cost no random-number work at all.
+  """
   any_reset = jnp.any(jnp.stack([jnp.any(masks[g.name]) for g in groups]))
 
   def do(operands):
-    p, s = operands
-    new_p = reset_params(p, groups, masks, key)
+    p, s, k = operands
+    next_key, draw_key = jax.random.split(k)
+    new_p = reset_params(p, groups, masks, draw_key)
     if optimizer is not None and s is not None:
       s = reset_optimizer_state(optimizer, s, p, groups, masks)
-    return new_p, s
+    # under a shared predicate a member with nothing to reset keeps its key
+    return new_p, s, jnp.where(any_reset, next_key, k)
 
-  return jax.lax.cond(any_reset, do, lambda ops: ops, (params, opt_state))
+  return jax.lax.cond(any_in_batch(any_reset, axis_name), do, lambda ops: ops,
+                      (params, opt_state, key))

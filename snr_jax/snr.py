@@ -20,9 +20,10 @@ import optax
 
 from snr_jax.activations import fired as fired_units
 from snr_jax.groups import NeuronGroup
+from snr_jax.reset import any_in_batch
 from snr_jax.schedules import RefreshSchedule, ScheduleState, every_n_tasks
 from snr_jax.thresholds import ESTIMATORS, INT_MAX, GeometricEstimator, HistogramEstimator
-from snr_jax.transform import NeuronResets, ResetOptState, ResetState, with_resets
+from snr_jax.transform import NeuronResets, find_reset_state, with_resets
 
 AGE_UNITS = ('examples', 'steps')
 
@@ -57,6 +58,7 @@ class SNRRule:
   schedule: RefreshSchedule
   age_unit: str = 'examples'
   batch_size: Optional[int] = None
+  axis_name: Optional[str] = None
 
   def _increment(self, activation: jax.Array) -> int:
     if self.age_unit == 'steps':
@@ -91,16 +93,24 @@ class SNRRule:
       ages[g.name] = jnp.where(reset, 0, age)
       masks[g.name] = reset
 
-    # Refresh thresholds after this step's resets (SPEC §5 step 5).
-    due, schedule = self.schedule.due(state.schedule, end_of_task, key,
+    # Refresh thresholds after this step's resets (SPEC §5 step 5), all groups under
+    # one cond: the quantiles (a cumsum over every bin for the histogram) cost nothing
+    # on the other steps.
+    due, schedule = self.schedule.due(state.schedule, end_of_task,
+                                      jax.random.fold_in(key, state.schedule.steps),
                                       {g.name: g.size for g in groups})
-    thresholds = {}
-    for g in groups:
-      refresh = lambda ops, g=g: self.estimator.refresh(ops[1], ops[0], due[g.name],
-                                                        increments[g.name])
-      thresholds[g.name], est[g.name] = jax.lax.cond(
-          jnp.any(due[g.name]), refresh, lambda ops: ops,
-          (state.thresholds[g.name], est[g.name]))
+
+    def refresh(operands):
+      thr, est = operands
+      out_thr, out_est = {}, {}
+      for g in groups:
+        out_thr[g.name], out_est[g.name] = self.estimator.refresh(
+            est[g.name], thr[g.name], due[g.name], increments[g.name])
+      return out_thr, out_est
+
+    any_due = jnp.any(jnp.stack([jnp.any(d) for d in due.values()]))
+    thresholds, est = jax.lax.cond(any_in_batch(any_due, self.axis_name), refresh,
+                                   lambda ops: ops, (state.thresholds, est))
     return masks, SNRState(ages, thresholds, est, schedule)
 
 
@@ -116,6 +126,7 @@ def self_normalized_resets(
     schedule: Optional[RefreshSchedule] = None,
     age_unit: str = 'examples',
     batch_size: Optional[int] = None,
+    axis_name: Optional[str] = None,
 ) -> NeuronResets:
   """Self-Normalized Resets as pure ``init``/``apply`` functions (no optimizer wrap).
 
@@ -134,6 +145,9 @@ def self_normalized_resets(
       of tasks with ``end_of_task=True``), ``every_n_steps(n)``, or ``at_random(p)``.
     age_unit: ``'examples'`` (ages grow by the batch size; the paper) or ``'steps'``.
     batch_size: examples per step; default: the leading axis of each activation.
+    axis_name: name of the enclosing vmap/pmap axis when runs are batched (e.g.
+      ``jax.vmap(run, axis_name='seeds')``), so that resets and refreshes run as real
+      branches only when some member needs them; results are unchanged.
 
   Returns:
     A :class:`NeuronResets`; see :func:`snr` for the optax wrapper.
@@ -171,8 +185,8 @@ def self_normalized_resets(
                      f'at_random, got {type(schedule).__name__}.')
   est = ESTIMATORS[estimator](eta=float(eta), tau_min=tau_min, tau_max=tau_max,
                               expansion=float(expansion))
-  rule = SNRRule(est, tau_init, schedule, age_unit, batch_size)
-  return NeuronResets(tuple(groups), rule)
+  rule = SNRRule(est, tau_init, schedule, age_unit, batch_size, axis_name)
+  return NeuronResets(tuple(groups), rule, axis_name)
 
 
 def snr(inner: optax.GradientTransformation, groups: Sequence[NeuronGroup], *,
@@ -197,20 +211,6 @@ def snr(inner: optax.GradientTransformation, groups: Sequence[NeuronGroup], *,
   return with_resets(inner, self_normalized_resets(groups, **hyperparams), seed)
 
 
-def _reset_state(state: Any) -> ResetState:
-  if isinstance(state, ResetOptState):
-    return state.resets
-  if isinstance(state, ResetState):
-    return state
-  for leaf in jax.tree_util.tree_leaves(
-      state, is_leaf=lambda x: isinstance(x, (ResetOptState, ResetState))):
-    if isinstance(leaf, ResetOptState):
-      return leaf.resets
-    if isinstance(leaf, ResetState):
-      return leaf
-  raise ValueError('no reset state found: pass the state of snr(...) / with_resets(...).')
-
-
 def dead_fraction(ages: jax.Array, dead_after: int = 1000) -> jax.Array:
   """Fraction of units that have not fired for ``dead_after`` examples (SPEC §7)."""
   return jnp.mean(ages >= dead_after)
@@ -228,7 +228,9 @@ def snr_info(state: Any, dead_after: int = 1000) -> dict[str, dict[str, jax.Arra
     ``{'resets': {group: count this step}, 'dead_fraction': {...},
     'mean_threshold': {...}}`` (the last two for SNR states only).
   """
-  rs = _reset_state(state)
+  rs = find_reset_state(state)
+  if rs is None:
+    raise ValueError('no reset state found: pass the state of snr(...) / with_resets(...).')
   info = {'resets': {k: jnp.sum(v) for k, v in rs.last_resets.items()}}
   if isinstance(rs.rule, SNRState):
     info['dead_fraction'] = {k: dead_fraction(v, dead_after) for k, v in rs.rule.ages.items()}

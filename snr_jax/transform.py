@@ -23,7 +23,7 @@ import optax
 
 from snr_jax.activations import check_activations
 from snr_jax.groups import NeuronGroup, validate_groups
-from snr_jax.reset import reset_neurons
+from snr_jax.reset import reset_neurons_and_advance_key
 
 
 class ResetRule(Protocol):
@@ -35,7 +35,12 @@ class ResetRule(Protocol):
   def select(self, state: Any, groups: Sequence[NeuronGroup], activations: Any,
              params: Any, *, end_of_task: jax.Array, key: jax.Array
              ) -> tuple[dict[str, jax.Array], Any]:
-    """Returns ``({group: bool (size,) reset mask}, new_state)``."""
+    """Returns ``({group: bool (size,) reset mask}, new_state)``.
+
+    ``key`` is this step's key (also used, after a split, for fresh weights when
+    something is reset): a rule that needs randomness must derive its own stream from
+    it, e.g. with ``jax.random.fold_in``.
+    """
 
 
 class ResetState(NamedTuple):
@@ -57,6 +62,17 @@ class ResetOptState(NamedTuple):
   resets: ResetState
 
 
+def find_reset_state(state: Any) -> Optional[ResetState]:
+  """The :class:`ResetState` inside an optimizer state (e.g. within a chain), or None."""
+  is_node = lambda x: isinstance(x, (ResetOptState, ResetState))
+  for leaf in jax.tree_util.tree_leaves(state, is_leaf=is_node):
+    if isinstance(leaf, ResetOptState):
+      return leaf.resets
+    if isinstance(leaf, ResetState):
+      return leaf
+  return None
+
+
 def _as_key(seed_or_key: Any) -> jax.Array:
   if isinstance(seed_or_key, int):
     return jax.random.PRNGKey(seed_or_key)
@@ -70,10 +86,14 @@ class NeuronResets:
   Attributes:
     groups: the neuron groups (see :func:`snr_jax.discover_groups`).
     rule: the rule choosing units to reset.
+    axis_name: set it to the name of the vmap/pmap axis when batching runs (e.g.
+      ``jax.vmap(run, axis_name='seeds')``): the reset branch then runs only on steps
+      where some member resets, instead of on every step. Results are unchanged.
   """
 
   groups: tuple[NeuronGroup, ...]
   rule: ResetRule
+  axis_name: Optional[str] = None
 
   def init(self, params: Any, key: Any = 0) -> ResetState:
     """Validates the groups against ``params`` and builds the initial state.
@@ -99,7 +119,9 @@ class NeuronResets:
         step's forward pass.
       optimizer: the optax optimizer owning ``opt_state``; its parameter-shaped state
         is zeroed on reset slices. None leaves ``opt_state`` alone.
-      key: PRNG key for this step; by default the state's key, which is advanced.
+      key: PRNG key for this step. By default the state's key, which is split (and
+        advanced) only on steps that reset something, so steps without resets do no
+        random-number work.
       end_of_task: True on the last step of a task (a bool or traced bool scalar);
         refreshes thresholds on the rules that refresh at task boundaries.
 
@@ -107,17 +129,15 @@ class NeuronResets:
       ``(params, opt_state, state)``.
     """
     check_activations(self.groups, activations)
-    if key is None:
-      next_key, key = jax.random.split(state.key)
-    else:
-      next_key = state.key
-    rule_key, reset_key = jax.random.split(key)
+    given = key is not None
+    key = key if given else state.key
     end_of_task = jnp.asarray(end_of_task, bool)
     masks, rule_state = self.rule.select(state.rule, self.groups, activations, params,
-                                         end_of_task=end_of_task, key=rule_key)
-    params, opt_state = reset_neurons(params, opt_state, self.groups, masks, reset_key,
-                                      optimizer)
-    return params, opt_state, ResetState(rule_state, next_key, masks)
+                                         end_of_task=end_of_task, key=key)
+    params, opt_state, next_key = reset_neurons_and_advance_key(
+        params, opt_state, self.groups, masks, key, optimizer, self.axis_name)
+    # The carried key moves on only when it was used to draw fresh weights.
+    return params, opt_state, ResetState(rule_state, state.key if given else next_key, masks)
 
 
 def apply_resets(resets: NeuronResets, params: Any, opt_state: Any, state: ResetState,

@@ -185,3 +185,33 @@ def test_snr_info_reports_resets_dead_fraction_and_thresholds(mlp):
   chained = optax.chain(optax.identity(), snr_jax.snr(inner, groups, **HP))
   st = chained.init(params)
   assert set(snr_jax.snr_info(st)['resets']) == {'Dense_0', 'Dense_1'}
+
+
+def test_named_vmap_axis_gives_the_same_results(mlp):
+  model, params, groups, inner = _setup(mlp)
+  xs, ys = _data(10)
+  keys = jax.random.split(jax.random.PRNGKey(0), 3)
+  loss = _loss_fn(model, groups)
+
+  def run(key, axis_name):
+    opt = snr_jax.snr(inner, groups, seed=key, axis_name=axis_name, **HP)
+
+    def step(carry, batch):
+      p, s = carry
+      (_, acts), g = jax.value_and_grad(loss, has_aux=True)(p, *batch)
+      u, s = opt.update(g, s, p, activations=acts)
+      return (optax.apply_updates(p, u), s), jax.tree.map(jnp.sum, s.resets.last_resets)
+
+    (p, s), r = jax.lax.scan(step, (params, opt.init(params)), (xs, ys))
+    return p, r, s.resets.key
+
+  named = jax.jit(jax.vmap(lambda k: run(k, 'seeds'), axis_name='seeds'))(keys)
+  plain = jax.jit(jax.vmap(lambda k: run(k, None)))(keys)
+  assert int(sum(v.sum() for v in named[1].values())) > 0
+  for a, b in zip(jax.tree.leaves(named), jax.tree.leaves(plain)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  # with the shared predicate the reset stays a real branch; without, vmap turns it into
+  # a select that computes both branches on every step
+  count = lambda name: str(jax.make_jaxpr(
+      jax.vmap(lambda k: run(k, name), axis_name='seeds'))(keys)).count('cond[')
+  assert count('seeds') > count(None)
