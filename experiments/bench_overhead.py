@@ -4,12 +4,17 @@ Times plain ``optax.sgd`` against the same optimizer wrapped with SNR (histogram
 τ_max = 20,000 and geometric estimators), all in one process, and prints steps/s and
 the time ratio to plain SGD (median of several repetitions, after a compile).
 
-    python -m experiments.bench_overhead [--steps 10000] [--reps 5]
+    python -m experiments.bench_overhead [--steps 10000] [--reps 5] [--cores 1]
+
+By default the process is pinned to one core: on a 2-core machine XLA's thread pool
+makes the same compiled run take 1.2 s or 2.2 s from one repetition to the next, which
+swamps the differences being measured. ``--cores 0`` leaves the affinity alone.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -64,7 +69,11 @@ def main(argv=None):
   parser.add_argument('--steps', type=int, default=10_000)
   parser.add_argument('--reps', type=int, default=5)
   parser.add_argument('--batch', type=int, default=16)
+  parser.add_argument('--cores', type=int, default=1,
+                      help='pin to this many cores (0: no pinning)')
   args = parser.parse_args(argv)
+  if args.cores > 0:   # before the first computation starts XLA's threads
+    os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[:args.cores]))
 
   model = MLP()
   x = jnp.ones((args.batch, 784))
@@ -90,7 +99,7 @@ def main(argv=None):
       times[name].append(time.perf_counter() - t)
   base = statistics.median(times['sgd'])
   print(f'{args.steps} steps, batch {args.batch}, median of {args.reps}, '
-        f'{jax.devices()[0].platform} ({jax.device_count()} device)')
+        f'{jax.devices()[0].platform}, {len(os.sched_getaffinity(0))} core(s)')
   for name, ts in times.items():
     med = statistics.median(ts)
     print(f'{name:15s} {args.steps / med:10.0f} steps/s   ratio to sgd {med / base:5.2f}')

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from snr_jax._checks import number_in
 from snr_jax.activations import mean_activation
 from snr_jax.groups import NeuronGroup
 from snr_jax.reset import outgoing_magnitude
@@ -92,11 +93,9 @@ def continual_backprop(inner: optax.GradientTransformation, groups: Sequence[Neu
   References:
     Dohare et al., "Loss of plasticity in deep continual learning", Nature 632, 2024.
   """
-  if not isinstance(replacement_rate, (int, float)) or not 0 <= replacement_rate <= 1:
-    raise ValueError(f'replacement_rate must be in [0, 1], got {replacement_rate!r}.')
+  replacement_rate = number_in('replacement_rate', replacement_rate, 0.0, 1.0)
   if not isinstance(maturity, int) or maturity < 0:
     raise ValueError(f'maturity must be an int >= 0 (steps), got {maturity!r}.')
-  if not isinstance(decay, (int, float)) or not 0 <= decay < 1:
-    raise ValueError(f'decay must be in [0, 1), got {decay!r}.')
-  rule = CBPRule(float(replacement_rate), maturity, float(decay))
+  decay = number_in('decay', decay, 0.0, 1.0, hi_open=True)
+  rule = CBPRule(replacement_rate, maturity, decay)
   return with_resets(inner, NeuronResets(tuple(groups), rule, axis_name), seed)

@@ -12,11 +12,11 @@ from typing import Any, NamedTuple
 import jax
 import optax
 
+from snr_jax._checks import number_in
+
 
 def _check_strength(lam: Any) -> float:
-  if not isinstance(lam, (int, float)) or isinstance(lam, bool) or lam < 0:
-    raise ValueError(f'the penalty strength must be a number >= 0, got {lam!r}.')
-  return float(lam)
+  return number_in('the penalty strength', lam, 0.0, float('inf'))
 
 
 def add_l2(strength: float) -> optax.GradientTransformation:

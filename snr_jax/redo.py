@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from snr_jax._checks import number_in
 from snr_jax.activations import mean_activation
 from snr_jax.groups import NeuronGroup
 from snr_jax.transform import NeuronResets, with_resets
@@ -75,9 +76,8 @@ def redo(inner: optax.GradientTransformation, groups: Sequence[NeuronGroup], *,
     Sokar et al., "The Dormant Neuron Phenomenon in Deep Reinforcement Learning",
     ICML 2023, https://arxiv.org/abs/2302.12902.
   """
-  if not isinstance(threshold, (int, float)) or threshold < 0:
-    raise ValueError(f'threshold must be a number >= 0, got {threshold!r}.')
+  threshold = number_in('threshold', threshold, 0.0, float('inf'))
   if not isinstance(period, int) or period < 1:
     raise ValueError(f'period must be a positive int (steps), got {period!r}.')
-  rule = ReDoRule(float(threshold), period)
+  rule = ReDoRule(threshold, period)
   return with_resets(inner, NeuronResets(tuple(groups), rule, axis_name), seed)

@@ -13,6 +13,8 @@ from typing import Any, Callable, NamedTuple, Optional
 import jax
 import optax
 
+from snr_jax._checks import number_in
+
 
 class ShrinkPerturbState(NamedTuple):
   inner_state: Any
@@ -37,10 +39,8 @@ def shrink_perturb(inner: optax.GradientTransformation,
     An ``optax.GradientTransformationExtraArgs`` (extra args go to ``inner``; reset
     arguments such as ``activations`` are accepted and ignored).
   """
-  if not isinstance(shrink, (int, float)) or not 0.0 < shrink <= 1.0:
-    raise ValueError(f'shrink must be in (0, 1], got {shrink!r}.')
-  if not isinstance(sigma, (int, float)) or sigma < 0:
-    raise ValueError(f'sigma must be >= 0, got {sigma!r}.')
+  shrink = number_in('shrink', shrink, 0.0, 1.0, lo_open=True)
+  sigma = number_in('sigma', sigma, 0.0, float('inf'))
   if not callable(init_fn):
     raise ValueError('shrink_perturb needs init_fn(key) -> params, e.g. '
                      "lambda k: model.init(k, x)['params'].")

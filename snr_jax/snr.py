@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from snr_jax._checks import number_in
 from snr_jax.activations import fired as fired_units
 from snr_jax.groups import NeuronGroup
 from snr_jax.reset import any_in_batch
@@ -155,8 +156,7 @@ def self_normalized_resets(
   Raises:
     ValueError: for hyperparameters out of range or an unknown estimator or unit.
   """
-  if not isinstance(eta, (int, float)) or not 0.0 < eta < 1.0:
-    raise ValueError(f'eta must be in (0, 1) (a tail probability), got {eta!r}.')
+  eta = number_in('eta (a tail probability)', eta, 0.0, 1.0, lo_open=True, hi_open=True)
   if estimator not in ESTIMATORS:
     raise ValueError(f'unknown estimator {estimator!r}: choose one of {sorted(ESTIMATORS)}.')
   if age_unit not in AGE_UNITS:
@@ -183,7 +183,7 @@ def self_normalized_resets(
   if not isinstance(schedule, RefreshSchedule):
     raise ValueError('schedule must be built with snr_jax.every_n_tasks, every_n_steps or '
                      f'at_random, got {type(schedule).__name__}.')
-  est = ESTIMATORS[estimator](eta=float(eta), tau_min=tau_min, tau_max=tau_max,
+  est = ESTIMATORS[estimator](eta=eta, tau_min=tau_min, tau_max=tau_max,
                               expansion=float(expansion))
   rule = SNRRule(est, tau_init, schedule, age_unit, batch_size, axis_name)
   return NeuronResets(tuple(groups), rule, axis_name)

@@ -24,6 +24,11 @@ import jax.numpy as jnp
 INT_MAX = jnp.iinfo(jnp.int32).max
 
 
+def _log(x):
+  # host precision for a Python number; traced (swept) values go through jnp
+  return math.log(x) if isinstance(x, (int, float)) else jnp.log(x)
+
+
 def _expand(tau: jax.Array, expansion: float) -> jax.Array:
   if float(expansion).is_integer():
     return tau * int(expansion)
@@ -77,7 +82,7 @@ class HistogramEstimator:
     counts = state.counts[:, 1:]
     total = counts.sum(axis=1)
     cdf = jnp.cumsum(counts, axis=1).astype(jnp.float32) / jnp.maximum(total, 1)[:, None]
-    q = jnp.argmax(cdf >= jnp.float32(1.0 - self.eta), axis=1).astype(jnp.int32) + 1
+    q = jnp.argmax(cdf >= jnp.asarray(1.0 - self.eta, jnp.float32), axis=1).astype(jnp.int32) + 1
     return jnp.where(total > 0, q, 1)
 
   def refresh(self, state: HistogramState, thresholds: jax.Array, mask: jax.Array,
@@ -120,7 +125,7 @@ class GeometricEstimator:
   def quantile(self, state: GeometricState, increment: int = 1) -> jax.Array:
     """⌈−ln(η)·mean gap⌉ per neuron, as int32 (saturating)."""
     mean = (state.gap_sum + increment) / (state.gap_count + 1.0)
-    tau_p = jnp.ceil(jnp.float32(-math.log(self.eta)) * mean)
+    tau_p = jnp.ceil(jnp.asarray(-_log(self.eta), jnp.float32) * mean)
     return jnp.minimum(tau_p, float(INT_MAX // 2)).astype(jnp.int32)
 
   def refresh(self, state: GeometricState, thresholds: jax.Array, mask: jax.Array,

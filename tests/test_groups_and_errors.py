@@ -69,8 +69,8 @@ def _groups_params():
 
 
 @pytest.mark.parametrize('kwargs, match', [
-    (dict(eta=0.0), 'eta must be in'),
-    (dict(eta=1.5), 'eta must be in'),
+    (dict(eta=0.0), 'eta .* must be a number in'),
+    (dict(eta=1.5), 'eta .* must be a number in'),
     (dict(tau_min=50, tau_max=10), 'tau_min .* must not exceed tau_max'),
     (dict(estimator='median'), "unknown estimator 'median'.*geometric.*histogram"),
     (dict(age_unit='epochs'), "unknown age_unit 'epochs'"),
