@@ -1,0 +1,158 @@
+"""The paper's five benchmark protocols (SPEC §7) and an experiment's configuration."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping, Optional
+
+
+@dataclasses.dataclass(frozen=True)
+class Protocol:
+  """One benchmark's defaults.
+
+  Attributes:
+    name: benchmark name.
+    dataset: dataset loaded for it (see :mod:`snr_jax.data`).
+    task: the task stream: ``'permuted'``, ``'random_label'``, ``'class_pair'`` or
+      ``'permuted_vocab'``.
+    model: ``'mlp'``, ``'cnn'`` or ``'gpt'``.
+    num_tasks: tasks in the stream.
+    examples_per_task: training examples in one task (sequences for text).
+    epochs: passes over a task.
+    batch_size: examples per step.
+    num_outputs: classes (the vocabulary size for text: set from the data).
+    optimizer, learning_rate: the default optimizer.
+  """
+
+  name: str
+  dataset: str
+  task: str
+  model: str
+  num_tasks: int
+  examples_per_task: int
+  epochs: int
+  batch_size: int
+  num_outputs: int = 10
+  optimizer: str = 'sgd'
+  learning_rate: float = 1e-2
+  seq_len: int = 128
+
+
+PROTOCOLS: dict[str, Protocol] = {
+    'permuted_mnist': Protocol('permuted_mnist', 'mnist', 'permuted', 'mlp', 500, 10_000, 1, 16),
+    'random_label_mnist': Protocol('random_label_mnist', 'mnist', 'random_label', 'mlp', 50,
+                                   1_200, 400, 16),
+    'random_label_cifar': Protocol('random_label_cifar', 'cifar10', 'random_label', 'cnn', 50,
+                                   128, 400, 16),
+    'continual_imagenet': Protocol('continual_imagenet', 'imagenet32', 'class_pair', 'cnn', 500,
+                                   1_200, 10, 100, num_outputs=2),
+    # 100 epochs of 32 batches of 8 sequences of 128 tokens: 256 sequences per task.
+    'permuted_shakespeare': Protocol('permuted_shakespeare', 'shakespeare', 'permuted_vocab',
+                                     'gpt', 500, 256, 100, 8, num_outputs=0,
+                                     optimizer='adam', learning_rate=1e-3),
+}
+
+SWEEPABLE = ('learning_rate', 'eta', 'strength', 'shrink', 'sigma', 'threshold',
+             'replacement_rate', 'decay')
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+  """Everything that defines a run; with a seed, a run is a pure function of it.
+
+  Fields left ``None`` take the benchmark protocol's value.
+
+  Attributes:
+    benchmark: a key of ``PROTOCOLS``.
+    method: a key of ``snr_jax.METHODS``.
+    hparams: the method's hyperparameters (see ``snr_jax.method_hyperparameters``).
+    optimizer: ``'sgd'`` or ``'adam'``.
+    learning_rate: step size.
+    momentum: SGD momentum (0 for plain SGD).
+    num_tasks, examples_per_task, epochs, batch_size: protocol overrides.
+    dataset: dataset override (e.g. ``'fashion_mnist'`` or ``'digits'`` for the
+      offline quickstart); the run records which dataset and source served it.
+    model_scale: GPT width scale (1, 4, 16); ignored by other models.
+    dead_after: examples without firing after which a unit counts as dead (1,000).
+    sweep: optional ``(hyperparameter, values)`` batched with vmap in one compiled run
+      (one of ``SWEEPABLE``).
+  """
+
+  benchmark: str = 'permuted_mnist'
+  method: str = 'snr'
+  hparams: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  optimizer: Optional[str] = None
+  learning_rate: Optional[float] = None
+  momentum: float = 0.0
+  num_tasks: Optional[int] = None
+  examples_per_task: Optional[int] = None
+  epochs: Optional[int] = None
+  batch_size: Optional[int] = None
+  dataset: Optional[str] = None
+  model_scale: int = 1
+  dead_after: int = 1000
+  sweep: Optional[tuple[str, tuple[float, ...]]] = None
+
+  def __post_init__(self):
+    from snr_jax.methods import METHODS, method_hyperparameters  # pylint: disable=import-outside-toplevel
+    if self.benchmark not in PROTOCOLS:
+      raise ValueError(f'unknown benchmark {self.benchmark!r}: choose one of {sorted(PROTOCOLS)}.')
+    if self.method not in METHODS:
+      raise ValueError(f'unknown method {self.method!r}: choose one of {sorted(METHODS)}.')
+    valid = set(method_hyperparameters(self.method)) - {'seed'}
+    unknown = sorted(set(self.hparams) - valid)
+    if unknown:
+      raise ValueError(f'unknown hyperparameter(s) {unknown} for method {self.method!r}: '
+                       f'valid ones are {sorted(valid)}.')
+    if self.optimizer is not None and self.optimizer not in ('sgd', 'adam'):
+      raise ValueError(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}.")
+    for name in ('num_tasks', 'examples_per_task', 'epochs', 'batch_size', 'model_scale',
+                 'dead_after'):
+      v = getattr(self, name)
+      if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+        raise ValueError(f'{name} must be a positive int, got {v!r}.')
+    if self.learning_rate is not None and not self.learning_rate > 0:
+      raise ValueError(f'learning_rate must be > 0, got {self.learning_rate!r}.')
+    if not 0 <= self.momentum < 1:
+      raise ValueError(f'momentum must be in [0, 1), got {self.momentum!r}.')
+    if self.examples_per_task is not None and self.batch_size is not None and \
+        self.batch_size > self.examples_per_task:
+      raise ValueError('batch_size must not exceed examples_per_task.')
+    if self.sweep is not None:
+      name, values = self.sweep
+      if name not in SWEEPABLE:
+        raise ValueError(f'cannot sweep {name!r} with vmap: sweepable hyperparameters are '
+                         f'{list(SWEEPABLE)}.')
+      if name != 'learning_rate' and name not in valid:
+        raise ValueError(f'method {self.method!r} has no hyperparameter {name!r} to sweep.')
+      if name in self.hparams:
+        raise ValueError(f'{name!r} is both swept and fixed in hparams; give it once.')
+      if not values:
+        raise ValueError('a sweep needs at least one value.')
+
+  @property
+  def protocol(self) -> Protocol:
+    return PROTOCOLS[self.benchmark]
+
+  def resolved(self, name: str) -> Any:
+    """The field's value, or the protocol's default when the field is None."""
+    v = getattr(self, name)
+    return getattr(self.protocol, name) if v is None else v
+
+  @property
+  def dataset_name(self) -> str:
+    return self.dataset or self.protocol.dataset
+
+  @property
+  def steps_per_task(self) -> int:
+    return self.resolved('epochs') * (self.resolved('examples_per_task')
+                                      // self.resolved('batch_size'))
+
+  def to_dict(self) -> dict[str, Any]:
+    d = dataclasses.asdict(self)
+    d['hparams'] = dict(self.hparams)
+    d['resolved'] = {k: self.resolved(k) for k in ('optimizer', 'learning_rate', 'num_tasks',
+                                                    'examples_per_task', 'epochs', 'batch_size')}
+    d['resolved']['dataset'] = self.dataset_name
+    d['resolved']['steps_per_task'] = self.steps_per_task
+    return d

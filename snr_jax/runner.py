@@ -1,0 +1,323 @@
+"""One compiled function per experiment: ``make_run(config, dataset)`` (purejaxrl style).
+
+A run is a pure function of its config, its data and its seed. Each task is built from
+the data by a pure task stream, its steps run inside ``lax.scan``, and tasks are scanned
+too, so a chunk of tasks (or the whole run) is one compiled call. Seeds, and optionally
+one hyperparameter axis, are batched with ``vmap`` (or run one after another with the
+same compiled function where vmap is slow, as for convolutions on CPU).
+
+Per task we record: online accuracy (the accuracy on each training batch computed from
+the forward pass that also gives the gradient, i.e. *before* the update on that batch,
+averaged over the task's batches), loss, resets per group, dead fraction per group (no
+firing over the last ``dead_after`` examples) and mean absolute weight.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable, Iterable, NamedTuple, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from snr_jax import data as snr_data
+from snr_jax import models
+from snr_jax.activations import apply_with_preactivations, fired
+from snr_jax.benchmarks import ExperimentConfig
+from snr_jax.groups import NeuronGroup, discover_groups
+from snr_jax.methods import make_method
+from snr_jax.snr import saturating_add
+from snr_jax.transform import find_reset_state
+
+
+class Carry(NamedTuple):
+  """Everything a run carries from one task to the next (one seed)."""
+  params: Any
+  opt_state: Any
+  ages: dict[str, jax.Array]   # examples since each unit last fired (for dead fraction)
+  stream_key: jax.Array        # the task stream's key
+  sweep_value: jax.Array       # the swept hyperparameter's value (0 if no sweep)
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+  """A compiled-once experiment: pure ``init`` and ``run_tasks`` plus what they need.
+
+  Attributes:
+    config: the experiment's configuration.
+    dataset_name, dataset_source: which dataset and source served the data.
+    groups: the model's neuron groups.
+    data: the device arrays the task stream reads (pass them to ``run_tasks``).
+    init: ``(key, sweep_value) -> Carry``.
+    run_tasks: ``(carry, data, first_task, num_tasks) -> (carry, metrics)``; metrics
+      are arrays with a leading task axis. ``num_tasks`` is static.
+  """
+  config: ExperimentConfig
+  dataset_name: str
+  dataset_source: str
+  groups: tuple[NeuronGroup, ...]
+  data: dict[str, jax.Array]
+  init: Callable[..., Carry]
+  run_tasks: Callable[..., tuple[Carry, dict]]
+  axis_name: Optional[str] = None
+
+
+def _host_data(config: ExperimentConfig, dataset: snr_data.Dataset) -> dict[str, np.ndarray]:
+  task = config.protocol.task
+  if task == 'permuted_vocab':
+    if dataset.tokens is None:
+      raise ValueError(f'benchmark {config.benchmark!r} needs a text dataset, got '
+                       f'{dataset.name!r}.')
+    return {'tokens': np.asarray(dataset.tokens, np.int32)}
+  if dataset.images is None:
+    raise ValueError(f'benchmark {config.benchmark!r} needs an image dataset, got '
+                     f'{dataset.name!r}.')
+  n = config.resolved('examples_per_task')
+  if task != 'class_pair' and n > len(dataset):
+    raise ValueError(f'examples_per_task={n} but {dataset.name} has only {len(dataset)} '
+                     'images; lower examples_per_task.')
+  return {'images': np.asarray(dataset.images), 'labels': np.asarray(dataset.labels, np.int32)}
+
+
+def _make_task(config: ExperimentConfig, data: dict, task_index, key, num_classes: int):
+  p = config.protocol
+  n = config.resolved('examples_per_task')
+  if p.task == 'permuted':
+    return snr_data.permuted_task(data['images'], data['labels'], key, n)
+  if p.task == 'random_label':
+    return snr_data.random_label_task(data['images'], data['labels'], key, n,
+                                      num_classes=num_classes, flatten=p.model == 'mlp')
+  if p.task == 'class_pair':
+    return snr_data.class_pair_task(data['images'], data['labels'], key, task_index,
+                                    per_class=n // 2, num_classes=num_classes)
+  return snr_data.permuted_vocab_task(data['tokens'], num_classes, key, p.seq_len, n)
+
+
+def _model(config: ExperimentConfig, num_outputs: int):
+  p = config.protocol
+  if p.model == 'gpt':
+    return models.GPT(vocab_size=num_outputs, context_length=p.seq_len,
+                      scale=config.model_scale)
+  if p.model == 'cnn':
+    return models.CNN(num_outputs=num_outputs)
+  return models.MLP(num_outputs=num_outputs)
+
+
+def _optimizer(config: ExperimentConfig, learning_rate):
+  if config.resolved('optimizer') == 'adam':
+    return optax.adam(learning_rate)
+  return optax.sgd(learning_rate, momentum=config.momentum or None)
+
+
+def _reset_counts(opt_state, groups) -> dict[str, jax.Array]:
+  rs = find_reset_state(opt_state)
+  if rs is None:
+    return {g.name: jnp.zeros((), jnp.int32) for g in groups}
+  return {g.name: jnp.sum(rs.last_resets[g.name]).astype(jnp.int32) for g in groups}
+
+
+def make_run(config: ExperimentConfig, dataset: snr_data.Dataset,
+             axis_name: Optional[str] = None) -> Experiment:
+  """Builds the experiment's pure functions for one config and one dataset.
+
+  Args:
+    config: the experiment.
+    dataset: the loaded dataset (its name and source are recorded).
+    axis_name: the vmap axis name the functions will be batched under, if any (lets
+      resetting methods branch only when some member resets).
+
+  Returns:
+    An :class:`Experiment`. ``run_experiment`` drives it; or call
+    ``exp.init(key, value)`` and ``exp.run_tasks(carry, exp.data, first, n)`` yourself.
+  """
+  host = _host_data(config, dataset)
+  num_classes = dataset.vocab_size if config.protocol.task == 'permuted_vocab' else (
+      config.protocol.num_outputs if config.protocol.task == 'class_pair'
+      else max(dataset.num_classes, config.protocol.num_outputs))
+  if config.protocol.task == 'class_pair':
+    num_classes_data = dataset.num_classes
+  else:
+    num_classes_data = num_classes
+  num_outputs = num_classes
+  data = {k: jnp.asarray(v) for k, v in host.items()}
+  model = _model(config, num_outputs)
+  batch = config.resolved('batch_size')
+  epochs = config.resolved('epochs')
+  n = config.resolved('examples_per_task')
+  steps = config.steps_per_task
+
+  def task(d, t, key):
+    return _make_task(config, d, t, key, num_classes_data)
+
+  # One concrete task for shapes and for discovering the neuron groups.
+  x0, _ = jax.jit(task)(data, 0, jax.random.PRNGKey(0))
+  sample = x0[:batch]
+  params0 = model.init(jax.random.PRNGKey(0), sample)['params']
+  groups = discover_groups(model, params0, sample)
+  init_fn = lambda k: model.init(k, sample)['params']
+  sweep_name = config.sweep[0] if config.sweep else None
+
+  def build_tx(method_key, sweep_value):
+    hp = dict(config.hparams)
+    lr = config.resolved('learning_rate')
+    if sweep_name == 'learning_rate':
+      lr = sweep_value
+    elif sweep_name is not None:
+      hp[sweep_name] = sweep_value
+    return make_method(config.method, _optimizer(config, lr), groups=groups, init_fn=init_fn,
+                       seed=method_key, axis_name=axis_name, **hp)
+
+  def init(key, sweep_value=0.0) -> Carry:
+    k_params, k_method, k_stream = jax.random.split(key, 3)
+    params = init_fn(k_params)
+    opt_state = build_tx(k_method, sweep_value).init(params)
+    ages = {g.name: jnp.zeros((g.size,), jnp.int32) for g in groups}
+    return Carry(params, opt_state, ages, k_stream, jnp.asarray(sweep_value, jnp.float32))
+
+  def loss_fn(params, xb, yb):
+    logits, acts = apply_with_preactivations(model, {'params': params}, xb, groups=groups)
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
+    acc = jnp.mean(jnp.argmax(logits, -1) == yb)
+    return loss, (acc, acts)
+
+  def run_tasks(carry: Carry, d: dict, first_task, num_tasks: int):
+    # the method's key lives in its state; build_tx's key only seeds init.
+    tx = build_tx(jax.random.PRNGKey(0), carry.sweep_value)
+
+    def one_task(carry: Carry, t):
+      task_key = jax.random.fold_in(carry.stream_key, t)
+      x, y = task(d, t, task_key)
+      order = snr_data.batch_indices(n, batch, epochs, jax.random.fold_in(task_key, 1))
+      last = jnp.arange(steps) == steps - 1
+
+      def step(c, inputs):
+        params, opt_state, ages = c
+        idx, end_of_task = inputs
+        (loss, (acc, acts)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            params, x[idx], y[idx])
+        updates, opt_state = tx.update(grads, opt_state, params, activations=acts,
+                                       end_of_task=end_of_task)
+        params = optax.apply_updates(params, updates)
+        ages = {g.name: jnp.where(fired(acts[g.name]), 0, saturating_add(ages[g.name], batch))
+                for g in groups}
+        return (params, opt_state, ages), (loss, acc, _reset_counts(opt_state, groups))
+
+      (params, opt_state, ages), (loss, acc, resets) = jax.lax.scan(
+          step, (carry.params, carry.opt_state, carry.ages), (order, last))
+      leaves = jax.tree.leaves(params)
+      metrics = {
+          'accuracy': jnp.mean(acc), 'loss': jnp.mean(loss),
+          'resets': {k: jnp.sum(v) for k, v in resets.items()},
+          'dead_fraction': {k: jnp.mean(a >= config.dead_after) for k, a in ages.items()},
+          'weight_magnitude': sum(jnp.sum(jnp.abs(l)) for l in leaves)
+                              / sum(l.size for l in leaves),
+      }
+      return carry._replace(params=params, opt_state=opt_state, ages=ages), metrics
+
+    return jax.lax.scan(one_task, carry, first_task + jnp.arange(num_tasks))
+
+  return Experiment(config, dataset.name, dataset.source, groups, data, init, run_tasks,
+                    axis_name)
+
+
+def last_fraction_summary(accuracy: np.ndarray, fraction: float = 0.1) -> dict[str, float]:
+  """The headline figure: mean online accuracy over the last ``fraction`` of tasks,
+  then mean ± std over seeds (``accuracy`` is (seeds, tasks))."""
+  accuracy = np.asarray(accuracy)
+  k = max(1, int(math.ceil(accuracy.shape[-1] * fraction)))
+  per_seed = accuracy[..., -k:].mean(axis=-1)
+  return {'mean': float(per_seed.mean()), 'std': float(per_seed.std()),
+          'per_seed': per_seed.tolist(), 'last_tasks': k}
+
+
+def seed_keys(seeds: Sequence[int]) -> jax.Array:
+  return jnp.stack([jax.random.PRNGKey(s) for s in seeds])
+
+
+def compile_batched(exp: Experiment, mode: str, chunk: int):
+  """The batched (over seeds × sweep values) init and chunk runner.
+
+  ``mode``: ``'vmap'`` batches in one computation; ``'sequential'`` runs one member at a
+  time through the same compiled function.
+  """
+  if mode == 'vmap':
+    init = jax.jit(jax.vmap(exp.init))
+    run = jax.jit(jax.vmap(exp.run_tasks, in_axes=(0, None, None, None),
+                           axis_name=exp.axis_name), static_argnums=3)
+    return init, lambda carry, first, n: run(carry, exp.data, first, n)
+  if mode == 'sequential':
+    init1 = jax.jit(exp.init)
+    run1 = jax.jit(exp.run_tasks, static_argnums=3)
+
+    def init(keys, values):
+      outs = [init1(k, v) for k, v in zip(keys, values)]
+      return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
+
+    def run(carry, first, n):
+      size = jax.tree.leaves(carry)[0].shape[0]
+      outs = [run1(jax.tree.map(lambda x: x[i], carry), exp.data, first, n)
+              for i in range(size)]
+      return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
+
+    return init, run
+  raise ValueError(f"mode must be 'vmap', 'sequential' or 'auto', got {mode!r}.")
+
+
+def default_mode(config: ExperimentConfig) -> str:
+  """vmap everywhere, except convolutional models on CPU (slow under vmap, SPEC §8)."""
+  if config.protocol.model == 'cnn' and jax.default_backend() == 'cpu':
+    return 'sequential'
+  return 'vmap'
+
+
+def run_experiment(config: ExperimentConfig, dataset: snr_data.Dataset, seeds: Sequence[int], *,
+                   mode: str = 'auto', chunk_tasks: Optional[int] = None,
+                   on_chunk: Optional[Callable[[int, dict], None]] = None,
+                   start: Optional[dict] = None) -> dict[str, Any]:
+  """Runs an experiment for several seeds (and sweep values), compiled once.
+
+  Args:
+    config: the experiment.
+    dataset: its data.
+    seeds: integer seeds.
+    mode: ``'vmap'``, ``'sequential'`` or ``'auto'`` (:func:`default_mode`).
+    chunk_tasks: tasks per compiled call (default: all); between chunks ``on_chunk``
+      sees the progress, e.g. for a progress bar or a checkpoint.
+    on_chunk: ``on_chunk(tasks_done, state)`` with ``state = {'done', 'carry', 'metrics'}``
+      (``metrics``: the list of per-chunk metrics so far).
+    start: such a state to resume from (e.g. restored from a checkpoint).
+
+  Returns:
+    ``{'metrics': {name: array (members, tasks) or {group: array}}, 'members':
+    [{'seed', 'sweep_value'}], 'groups', 'dataset', 'source'}``; members are
+    seeds × sweep values, seed-major.
+  """
+  seeds = list(seeds)
+  if not seeds:
+    raise ValueError('give at least one seed.')
+  mode = default_mode(config) if mode == 'auto' else mode
+  exp = make_run(config, dataset, axis_name='members' if mode == 'vmap' else None)
+  values = list(config.sweep[1]) if config.sweep else [0.0]
+  members = [{'seed': s, 'sweep_value': v} for s in seeds for v in values]
+  keys = seed_keys([m['seed'] for m in members])
+  vals = jnp.asarray([m['sweep_value'] for m in members], jnp.float32)
+  total = config.resolved('num_tasks')
+  chunk = min(chunk_tasks or total, total)
+  init, run = compile_batched(exp, mode, chunk)
+  if start is not None:
+    done, carry, chunks = start['done'], start['carry'], list(start['metrics'])
+  else:
+    done, carry, chunks = 0, init(keys, vals), []
+  while done < total:
+    n = min(chunk, total - done)
+    carry, metrics = run(carry, done, n)
+    chunks.append(jax.tree.map(np.asarray, metrics))
+    done += n
+    if on_chunk is not None:
+      on_chunk(done, {'done': done, 'carry': carry, 'metrics': chunks})
+  metrics = jax.tree.map(lambda *xs: np.concatenate(xs, axis=1), *chunks) if chunks else {}
+  return {'metrics': metrics, 'members': members, 'groups': [g.name for g in exp.groups],
+          'dataset': exp.dataset_name, 'source': exp.dataset_source, 'carry': carry}

@@ -1,0 +1,143 @@
+"""The compiled experiment runner on tiny generated data."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import snr_jax
+from snr_jax.benchmarks import ExperimentConfig
+from snr_jax.data import Dataset
+from snr_jax.runner import last_fraction_summary, make_run, run_experiment
+
+
+def _images(name, n, shape, classes, seed=0):
+  rng = np.random.default_rng(seed)
+  return Dataset(name=name, source='generated for tests',
+                 images=rng.integers(0, 256, (n, *shape), dtype=np.uint8),
+                 labels=rng.integers(0, classes, n).astype(np.int32), num_classes=classes)
+
+
+@pytest.fixture(scope='module')
+def mnist():
+  return _images('mnist', 256, (28, 28, 1), 10)
+
+
+def _text():
+  rng = np.random.default_rng(0)
+  vocab = [f'w{i}' for i in range(30)]
+  return Dataset(name='shakespeare', source='generated for tests',
+                 tokens=rng.integers(0, 30, 3000).astype(np.int32), vocab=vocab)
+
+
+TINY = {
+    'permuted_mnist': (lambda: _images('mnist', 256, (28, 28, 1), 10),
+                       dict(examples_per_task=64, batch_size=16)),
+    'random_label_mnist': (lambda: _images('mnist', 256, (28, 28, 1), 10),
+                           dict(examples_per_task=32, epochs=2, batch_size=16)),
+    'random_label_cifar': (lambda: _images('cifar10', 64, (32, 32, 3), 10),
+                           dict(examples_per_task=32, epochs=2, batch_size=16)),
+    'continual_imagenet': (lambda: _images('imagenet32', 200, (32, 32, 3), 10),
+                           dict(examples_per_task=20, epochs=1, batch_size=10)),
+    'permuted_shakespeare': (_text, dict(examples_per_task=8, epochs=1, batch_size=4)),
+}
+
+
+@pytest.mark.parametrize('benchmark', sorted(TINY))
+def test_three_task_run_of_each_benchmark(benchmark):
+  make_data, overrides = TINY[benchmark]
+  cfg = ExperimentConfig(benchmark, method='snr', num_tasks=3,
+                         hparams=dict(tau_init=64, tau_min=16, tau_max=64), **overrides)
+  out = run_experiment(cfg, make_data(), seeds=[0])
+  m = out['metrics']
+  assert m['accuracy'].shape == (1, 3) and np.all((m['accuracy'] >= 0) & (m['accuracy'] <= 1))
+  assert np.all(np.isfinite(m['loss'])) and np.all(m['weight_magnitude'] > 0)
+  assert set(m['resets']) == set(out['groups']) == set(m['dead_fraction'])
+  assert out['source'] == 'generated for tests'
+
+
+def test_same_seed_gives_identical_results(mnist):
+  cfg = ExperimentConfig('permuted_mnist', method='snr', num_tasks=3, examples_per_task=64,
+                         hparams=dict(tau_init=32, tau_min=16, tau_max=64))
+  a = run_experiment(cfg, mnist, seeds=[3])['metrics']
+  b = run_experiment(cfg, mnist, seeds=[3])['metrics']
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(x, y)
+  c = run_experiment(cfg, mnist, seeds=[4])['metrics']
+  assert not np.array_equal(a['loss'], c['loss'])
+
+
+@pytest.mark.parametrize('method', ['snr', 'shrink_perturb'])
+def test_vmapped_seeds_equal_seeds_one_by_one(method, mnist):
+  hp = dict(tau_init=32, tau_min=16, tau_max=64) if method == 'snr' else {}
+  cfg = ExperimentConfig('permuted_mnist', method=method, num_tasks=3, examples_per_task=64,
+                         hparams=hp)
+  batched = run_experiment(cfg, mnist, seeds=[0, 1, 2], mode='vmap')['metrics']
+  if method == 'snr':
+    assert sum(v.sum() for v in batched['resets'].values()) > 0
+  for i, seed in enumerate([0, 1, 2]):
+    one = run_experiment(cfg, mnist, seeds=[seed], mode='sequential')['metrics']
+    for x, y in zip(jax.tree.leaves(one), jax.tree.leaves(batched)):
+      np.testing.assert_allclose(x[0], y[i], rtol=2e-5, atol=1e-6)
+
+
+def test_sweep_axis_equals_separate_runs(mnist):
+  base = dict(num_tasks=2, examples_per_task=64)
+  cfg = ExperimentConfig('permuted_mnist', method='snr', sweep=('eta', (0.01, 0.3)),
+                         hparams=dict(tau_init=32, tau_min=16, tau_max=64), **base)
+  out = run_experiment(cfg, mnist, seeds=[0])
+  assert [m['sweep_value'] for m in out['members']] == [0.01, 0.3]
+  for i, eta in enumerate((0.01, 0.3)):
+    single = ExperimentConfig('permuted_mnist', method='snr',
+                              hparams=dict(eta=eta, tau_init=32, tau_min=16, tau_max=64), **base)
+    m = run_experiment(single, mnist, seeds=[0])['metrics']
+    np.testing.assert_allclose(out['metrics']['accuracy'][i], m['accuracy'][0], rtol=1e-5)
+
+
+def test_online_accuracy_is_measured_before_the_update(mnist):
+  # One task of a single batch: its online accuracy and loss must be those of the
+  # initial parameters, whatever the (huge) learning rate does to them.
+  cfg = ExperimentConfig('permuted_mnist', method='none', num_tasks=1, examples_per_task=16,
+                         batch_size=16, learning_rate=50.0)
+  exp = make_run(cfg, mnist)
+  carry = exp.init(jax.random.PRNGKey(0), 0.0)
+  after, metrics = jax.jit(exp.run_tasks, static_argnums=3)(carry, exp.data, 0, 1)
+  x, y = snr_jax.data.permuted_task(exp.data['images'], exp.data['labels'],
+                                    jax.random.fold_in(carry.stream_key, 0), 16)
+  model = snr_jax.models.MLP(num_outputs=10)
+  before_logits = model.apply({'params': carry.params}, x)
+  after_logits = model.apply({'params': after.params}, x)
+  np.testing.assert_allclose(metrics['accuracy'][0], jnp.mean(before_logits.argmax(-1) == y))
+  loss = optax.softmax_cross_entropy_with_integer_labels(before_logits, y).mean()
+  np.testing.assert_allclose(metrics['loss'][0], loss, rtol=1e-5)
+  after_loss = optax.softmax_cross_entropy_with_integer_labels(after_logits, y).mean()
+  assert abs(float(after_loss) - float(loss)) > 1e-3
+
+
+def test_headline_is_mean_over_last_tenth_of_tasks():
+  acc = np.array([[0.0] * 18 + [0.5, 0.7], [0.0] * 18 + [0.9, 0.9]])
+  s = last_fraction_summary(acc)
+  assert s['last_tasks'] == 2
+  assert s['per_seed'] == pytest.approx([0.6, 0.9])
+  assert s['mean'] == pytest.approx(0.75) and s['std'] == pytest.approx(0.15)
+
+
+def test_config_errors():
+  with pytest.raises(ValueError, match="unknown benchmark 'pm'"):
+    ExperimentConfig('pm')
+  with pytest.raises(ValueError, match=r"unknown hyperparameter\(s\) \['etta'\]"):
+    ExperimentConfig(method='snr', hparams={'etta': 0.1})
+  with pytest.raises(ValueError, match="cannot sweep 'tau_max'"):
+    ExperimentConfig(method='snr', sweep=('tau_max', (10, 20)))
+  with pytest.raises(ValueError, match='num_tasks must be a positive int'):
+    ExperimentConfig(num_tasks=0)
+  with pytest.raises(ValueError, match="optimizer must be 'sgd' or 'adam'"):
+    ExperimentConfig(optimizer='rmsprop')
+
+
+def test_text_benchmark_rejects_image_data(mnist):
+  with pytest.raises(ValueError, match='needs a text dataset'):
+    make_run(ExperimentConfig('permuted_shakespeare', num_tasks=1), mnist)
