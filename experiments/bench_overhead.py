@@ -6,15 +6,13 @@ the time ratio to plain SGD (median of several repetitions, after a compile).
 
     python -m experiments.bench_overhead [--steps 10000] [--reps 5] [--cores 1]
 
-By default the process is pinned to one core: on a 2-core machine XLA's thread pool
-makes the same compiled run take 1.2 s or 2.2 s from one repetition to the next, which
-swamps the differences being measured. ``--cores 0`` leaves the affinity alone.
+By default the process is pinned to one core (see ``experiments._bench.pin_cores``);
+``--cores 0`` leaves the affinity alone.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import time
 
@@ -24,6 +22,7 @@ import jax.numpy as jnp
 import optax
 
 import snr_jax
+from experiments._bench import pin_cores
 
 
 class MLP(nn.Module):
@@ -72,8 +71,7 @@ def main(argv=None):
   parser.add_argument('--cores', type=int, default=1,
                       help='pin to this many cores (0: no pinning)')
   args = parser.parse_args(argv)
-  if args.cores > 0:   # before the first computation starts XLA's threads
-    os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[:args.cores]))
+  cores = pin_cores(args.cores)
 
   model = MLP()
   x = jnp.ones((args.batch, 784))
@@ -99,7 +97,7 @@ def main(argv=None):
       times[name].append(time.perf_counter() - t)
   base = statistics.median(times['sgd'])
   print(f'{args.steps} steps, batch {args.batch}, median of {args.reps}, '
-        f'{jax.devices()[0].platform}, {len(os.sched_getaffinity(0))} core(s)')
+        f'{jax.devices()[0].platform}, {cores} core(s)')
   for name, ts in times.items():
     med = statistics.median(ts)
     print(f'{name:15s} {args.steps / med:10.0f} steps/s   ratio to sgd {med / base:5.2f}')

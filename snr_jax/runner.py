@@ -83,17 +83,30 @@ def _host_data(config: ExperimentConfig, dataset: snr_data.Dataset) -> dict[str,
 
 
 def _make_task(config: ExperimentConfig, data: dict, task_index, key, num_classes: int):
+  """One task as ``(lookup, labels)``: ``lookup(batch_indices)`` gives a batch's inputs.
+
+  Permuted and class-pair tasks are gathered a batch at a time from the dataset (with
+  the indices of ``permuted_task_indices`` / ``class_pair_indices``) instead of being
+  materialised: permuting 10,000 images at every task boundary cost more than the
+  task's 625 training steps.
+  """
   p = config.protocol
   n = config.resolved('examples_per_task')
   if p.task == 'permuted':
-    return snr_data.permuted_task(data['images'], data['labels'], key, n)
-  if p.task == 'random_label':
-    return snr_data.random_label_task(data['images'], data['labels'], key, n,
-                                      num_classes=num_classes, flatten=p.model == 'mlp')
+    images = data['images']
+    idx, perm = snr_data.permuted_task_indices(key, images.shape[0],
+                                               int(np.prod(images.shape[1:])), n)
+    lookup = lambda b: snr_data.to_float(images[idx[b]].reshape(b.shape[0], -1)[:, perm])
+    return lookup, data['labels'][idx]
   if p.task == 'class_pair':
-    return snr_data.class_pair_task(data['images'], data['labels'], key, task_index,
-                                    per_class=n // 2, num_classes=num_classes)
-  return snr_data.permuted_vocab_task(data['tokens'], num_classes, key, p.seq_len, n)
+    idx, y = snr_data.class_pair_indices(data['labels'], key, task_index, n // 2, num_classes)
+    return lambda b: snr_data.to_float(data['images'][idx[b]]), y
+  if p.task == 'random_label':
+    x, y = snr_data.random_label_task(data['images'], data['labels'], key, n,
+                                      num_classes=num_classes, flatten=p.model == 'mlp')
+  else:
+    x, y = snr_data.permuted_vocab_task(data['tokens'], num_classes, key, p.seq_len, n)
+  return lambda b: x[b], y
 
 
 def _model(config: ExperimentConfig, num_outputs: int):
@@ -152,9 +165,8 @@ def make_run(config: ExperimentConfig, dataset: snr_data.Dataset,
   def task(d, t, key):
     return _make_task(config, d, t, key, num_classes_data)
 
-  # One concrete task for shapes and for discovering the neuron groups.
-  x0, _ = jax.jit(task)(data, 0, jax.random.PRNGKey(0))
-  sample = x0[:batch]
+  # One concrete batch for shapes and for discovering the neuron groups.
+  sample = jax.jit(lambda d: task(d, 0, jax.random.PRNGKey(0))[0](jnp.arange(batch)))(data)
   params0 = model.init(jax.random.PRNGKey(0), sample)['params']
   groups = discover_groups(model, params0, sample)
   init_fn = lambda k: model.init(k, sample)['params']
@@ -189,7 +201,7 @@ def make_run(config: ExperimentConfig, dataset: snr_data.Dataset,
 
     def one_task(carry: Carry, t):
       task_key = jax.random.fold_in(carry.stream_key, t)
-      x, y = task(d, t, task_key)
+      lookup, y = task(d, t, task_key)
       order = snr_data.batch_indices(n, batch, epochs, jax.random.fold_in(task_key, 1))
       last = jnp.arange(steps) == steps - 1
 
@@ -197,7 +209,7 @@ def make_run(config: ExperimentConfig, dataset: snr_data.Dataset,
         params, opt_state, ages = c
         idx, end_of_task = inputs
         (loss, (acc, acts)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            params, x[idx], y[idx])
+            params, lookup(idx), y[idx])
         updates, opt_state = tx.update(grads, opt_state, params, activations=acts,
                                        end_of_task=end_of_task)
         params = optax.apply_updates(params, updates)
@@ -276,7 +288,8 @@ def default_mode(config: ExperimentConfig) -> str:
 def run_experiment(config: ExperimentConfig, dataset: snr_data.Dataset, seeds: Sequence[int], *,
                    mode: str = 'auto', chunk_tasks: Optional[int] = None,
                    on_chunk: Optional[Callable[[int, dict], None]] = None,
-                   start: Optional[dict] = None) -> dict[str, Any]:
+                   restore: Optional[Callable[[Carry], Optional[dict]]] = None
+                   ) -> dict[str, Any]:
   """Runs an experiment for several seeds (and sweep values), compiled once.
 
   Args:
@@ -288,7 +301,8 @@ def run_experiment(config: ExperimentConfig, dataset: snr_data.Dataset, seeds: S
       sees the progress, e.g. for a progress bar or a checkpoint.
     on_chunk: ``on_chunk(tasks_done, state)`` with ``state = {'done', 'carry', 'metrics'}``
       (``metrics``: the list of per-chunk metrics so far).
-    start: such a state to resume from (e.g. restored from a checkpoint).
+    restore: ``restore(fresh_carry)`` returns such a state to resume from (e.g. read
+      from a checkpoint, using the fresh carry as its template), or None.
 
   Returns:
     ``{'metrics': {name: array (members, tasks) or {group: array}}, 'members':
@@ -307,10 +321,10 @@ def run_experiment(config: ExperimentConfig, dataset: snr_data.Dataset, seeds: S
   total = config.resolved('num_tasks')
   chunk = min(chunk_tasks or total, total)
   init, run = compile_batched(exp, mode, chunk)
+  done, carry, chunks = 0, init(keys, vals), []
+  start = restore(carry) if restore is not None else None
   if start is not None:
     done, carry, chunks = start['done'], start['carry'], list(start['metrics'])
-  else:
-    done, carry, chunks = 0, init(keys, vals), []
   while done < total:
     n = min(chunk, total - done)
     carry, metrics = run(carry, done, n)
@@ -320,4 +334,5 @@ def run_experiment(config: ExperimentConfig, dataset: snr_data.Dataset, seeds: S
       on_chunk(done, {'done': done, 'carry': carry, 'metrics': chunks})
   metrics = jax.tree.map(lambda *xs: np.concatenate(xs, axis=1), *chunks) if chunks else {}
   return {'metrics': metrics, 'members': members, 'groups': [g.name for g in exp.groups],
-          'dataset': exp.dataset_name, 'source': exp.dataset_source, 'carry': carry}
+          'dataset': exp.dataset_name, 'source': exp.dataset_source, 'carry': carry,
+          'resumed_from': start['done'] if start is not None else 0}

@@ -21,7 +21,7 @@ import optax
 from snr_jax._checks import number_in
 from snr_jax.activations import fired as fired_units
 from snr_jax.groups import NeuronGroup
-from snr_jax.reset import any_in_batch
+from snr_jax.reset import any_in_batch, run_if
 from snr_jax.schedules import RefreshSchedule, ScheduleState, every_n_tasks
 from snr_jax.thresholds import ESTIMATORS, INT_MAX, GeometricEstimator, HistogramEstimator
 from snr_jax.transform import NeuronResets, find_reset_state, with_resets
@@ -94,9 +94,9 @@ class SNRRule:
       ages[g.name] = jnp.where(reset, 0, age)
       masks[g.name] = reset
 
-    # Refresh thresholds after this step's resets (SPEC §5 step 5), all groups under
-    # one cond: the quantiles (a cumsum over every bin for the histogram) cost nothing
-    # on the other steps.
+    # Refresh thresholds after this step's resets (SPEC §5 step 5), all groups in one
+    # conditional: the quantiles (a cumsum over every bin for the histogram) cost
+    # nothing on the other steps.
     due, schedule = self.schedule.due(state.schedule, end_of_task,
                                       jax.random.fold_in(key, state.schedule.steps),
                                       {g.name: g.size for g in groups})
@@ -110,8 +110,8 @@ class SNRRule:
       return out_thr, out_est
 
     any_due = jnp.any(jnp.stack([jnp.any(d) for d in due.values()]))
-    thresholds, est = jax.lax.cond(any_in_batch(any_due, self.axis_name), refresh,
-                                   lambda ops: ops, (state.thresholds, est))
+    thresholds, est = run_if(any_in_batch(any_due, self.axis_name), refresh,
+                             (state.thresholds, est))
     return masks, SNRState(ages, thresholds, est, schedule)
 
 

@@ -63,12 +63,27 @@ def permuted_task(images: Array, labels: Array, key: Array,
   n = images.shape[0]
   _check_count('num_examples', num_examples, n)
   flat = jnp.reshape(images, (n, -1))
-  perm_key, shuffle_key = jax.random.split(key)
-  perm = jax.random.permutation(perm_key, flat.shape[1])
-  idx = jax.random.permutation(shuffle_key, n)[:num_examples]
+  idx, perm = permuted_task_indices(key, n, flat.shape[1], num_examples)
   x = to_float(flat[idx][:, perm])
   y = jnp.asarray(labels)[idx].astype(jnp.int32)
   return x, y
+
+
+def permuted_task_indices(key: Array, num_images: int, num_pixels: int,
+                          num_examples: int) -> tuple[Array, Array]:
+  """The images and the pixel permutation of :func:`permuted_task`, as indices.
+
+  ``permuted_task(...)`` is ``flatten(images)[idx][:, perm]`` with ``labels[idx]``; a
+  training loop can gather a batch at a time (``flatten(images[idx[b]])[:, perm]``)
+  instead of materialising the whole task.
+
+  Returns:
+    idx: int32 (num_examples,) image indices; perm: int32 (num_pixels,).
+  """
+  perm_key, shuffle_key = jax.random.split(key)
+  perm = jax.random.permutation(perm_key, num_pixels)
+  idx = jax.random.permutation(shuffle_key, num_images)[:num_examples]
+  return idx, perm
 
 
 def random_label_task(images: Array, labels: Array, key: Array, num_examples: int,
@@ -157,6 +172,17 @@ def class_pair_task(images: Array, labels: Array, key: Array, task_index: Array 
     if counts.min() < per_class:
       raise ValueError(f'class {int(counts.argmin())} has {int(counts.min())} images, '
                        f'fewer than per_class={per_class}')
+  idx, y = class_pair_indices(labels, key, task_index, per_class, num_classes)
+  return to_float(images[idx]), y
+
+
+def class_pair_indices(labels: Array, key: Array, task_index: Array | int, per_class: int,
+                       num_classes: int = 1000) -> tuple[Array, Array]:
+  """The images (as indices) and binary labels of :func:`class_pair_task`.
+
+  Returns:
+    idx: int32 (2 * per_class,) image indices, shuffled; y: int32 (2 * per_class,).
+  """
   labels = jnp.asarray(labels)
   pair = class_pair(key, task_index, num_classes)
   idx0 = jnp.nonzero(labels == pair[0], size=per_class)[0]
@@ -166,7 +192,7 @@ def class_pair_task(images: Array, labels: Array, key: Array, task_index: Array 
   _, examples_key = jax.random.split(key)
   shuffle_key = jax.random.fold_in(examples_key, task_index)
   order = jax.random.permutation(shuffle_key, 2 * per_class)
-  return to_float(images[idx[order]]), y[order]
+  return idx[order], y[order]
 
 
 def vocab_permutation(key: Array, vocab_size: int) -> Array:

@@ -1,0 +1,202 @@
+"""Command line for the paper's five benchmarks, and for plotting their results.
+
+    python -m experiments.cli permuted_mnist --method snr --seeds 5 --out runs/pm_snr
+    python -m experiments.permuted_mnist --method none --num-tasks 50    # same thing
+    python -m experiments.cli plot runs/pm_snr runs/pm_none --out pm.png
+
+Each run writes its config, the dataset and source used, per-task metrics and the
+headline figure into ``--out`` (see ``experiments.results``), checkpoints every
+``--checkpoint-every`` tasks, and resumes from that checkpoint when started again with
+the same flags and output directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import pathlib
+import sys
+from typing import Optional, Sequence
+
+BENCHMARKS = ('permuted_mnist', 'random_label_mnist', 'random_label_cifar',
+              'continual_imagenet', 'permuted_shakespeare')
+
+
+class CliError(Exception):
+  """A bad flag or value: printed as one message, without a traceback."""
+
+
+def _parse_value(text: str):
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    return text
+
+
+def _parse_assignments(items: Sequence[str], flag: str) -> dict:
+  out = {}
+  for item in items or ():
+    if '=' not in item:
+      raise CliError(f'{flag} expects NAME=VALUE, got {item!r}.')
+    name, value = item.split('=', 1)
+    out[name.strip()] = _parse_value(value.strip())
+  return out
+
+
+def _parse_seeds(text: str) -> list[int]:
+  try:
+    if ',' in text or '-' in text.strip('-'):
+      seeds = []
+      for part in text.split(','):
+        if '-' in part:
+          a, b = part.split('-')
+          seeds.extend(range(int(a), int(b) + 1))
+        elif part:
+          seeds.append(int(part))
+      return seeds
+    n = int(text)
+  except ValueError:
+    raise CliError(f'--seeds takes a count (5), a list (0,3,7) or a range (0-4); got '
+                   f'{text!r}.') from None
+  if n < 1:
+    raise CliError('--seeds must be at least 1.')
+  return list(range(n))
+
+
+def build_parser() -> argparse.ArgumentParser:
+  from snr_jax.methods import METHODS  # pylint: disable=import-outside-toplevel
+  parser = argparse.ArgumentParser(
+      prog='python -m experiments.cli',
+      description='Continual-learning benchmarks of Farias & Jozefiak (ICLR 2025) with '
+                  'SNR and the competing methods.')
+  sub = parser.add_subparsers(dest='command', required=True, metavar='COMMAND')
+  for name in BENCHMARKS:
+    p = sub.add_parser(name, help=f'run the {name.replace("_", " ")} benchmark',
+                       description=f'Run the {name.replace("_", " ")} benchmark. Unset '
+                                   "options take the paper's protocol (SPEC §7).")
+    p.add_argument('--method', default='snr', choices=sorted(METHODS),
+                   help='plasticity method (default: snr)')
+    p.add_argument('--set', dest='hparams', action='append', metavar='NAME=VALUE',
+                   help='a method hyperparameter, e.g. --set eta=0.08 --set tau_min=100 '
+                        '(repeatable; see snr_jax.method_hyperparameters)')
+    p.add_argument('--sweep', metavar='NAME=V1,V2,...',
+                   help='batch one hyperparameter over values in the same compiled run, '
+                        'e.g. --sweep eta=0.01,0.08,0.3')
+    p.add_argument('--optimizer', choices=('sgd', 'adam'), help="default: the protocol's")
+    p.add_argument('--lr', type=float, help="learning rate (default: the protocol's)")
+    p.add_argument('--momentum', type=float, default=0.0, help='SGD momentum (default 0)')
+    p.add_argument('--seeds', default='1', help='a count (5), a list (0,3,7) or a range (0-4)')
+    p.add_argument('--num-tasks', type=int, help='number of tasks')
+    p.add_argument('--epochs', type=int, help='passes over each task')
+    p.add_argument('--examples-per-task', type=int, help='training examples per task')
+    p.add_argument('--batch-size', type=int, help='examples per step')
+    p.add_argument('--scale', type=int, default=1, help='GPT width scale (1, 4, 16)')
+    p.add_argument('--dataset', help='dataset to use instead of the protocol\'s (e.g. '
+                                     'fashion_mnist or digits for Permuted runs)')
+    p.add_argument('--data-dir', help='directory with raw dataset files (or set '
+                                      'SNR_JAX_DATA_DIR)')
+    p.add_argument('--source', choices=('tfds', 'files', 'bundled'),
+                   help='only try this data source')
+    p.add_argument('--out', default=None, help='output directory (default: runs/<benchmark>_'
+                                               '<method>)')
+    p.add_argument('--checkpoint-every', type=int, default=25,
+                   help='tasks between checkpoints (default 25)')
+    p.add_argument('--tasks-per-call', type=int, default=5,
+                   help='tasks per compiled call; progress updates between calls')
+    p.add_argument('--mode', default='auto', choices=('auto', 'vmap', 'sequential'),
+                   help='batch seeds with vmap, or run them one by one (auto: vmap, but '
+                        'one by one for CNNs on CPU)')
+    p.add_argument('--plot', action='store_true', help='also write plot.png in --out')
+    p.add_argument('--no-progress', action='store_true', help='no progress bar')
+  p = sub.add_parser('plot', help='plot accuracy and dead fraction per task',
+                     description='Plot online accuracy and dead fraction per task for one '
+                                 'or several result directories: one line per run (mean over '
+                                 'seeds) with a band of ± one std.')
+  p.add_argument('runs', nargs='+', help='result directories')
+  p.add_argument('--out', default='plot.png', help='PNG file to write (default plot.png)')
+  p.add_argument('--title', default=None)
+  return parser
+
+
+def _config_from_args(args):
+  from snr_jax.benchmarks import ExperimentConfig  # pylint: disable=import-outside-toplevel
+  hparams = _parse_assignments(args.hparams, '--set')
+  sweep = None
+  if args.sweep:
+    if '=' not in args.sweep:
+      raise CliError(f'--sweep expects NAME=V1,V2,..., got {args.sweep!r}.')
+    name, values = args.sweep.split('=', 1)
+    try:
+      sweep = (name.strip(), tuple(float(v) for v in values.split(',') if v.strip()))
+    except ValueError:
+      raise CliError(f'--sweep values must be numbers, got {values!r}.') from None
+  try:
+    return ExperimentConfig(
+        benchmark=args.command, method=args.method, hparams=hparams, optimizer=args.optimizer,
+        learning_rate=args.lr, momentum=args.momentum, num_tasks=args.num_tasks,
+        examples_per_task=args.examples_per_task, epochs=args.epochs,
+        batch_size=args.batch_size, dataset=args.dataset, model_scale=args.scale,
+        sweep=sweep)
+  except (ValueError, TypeError) as e:
+    raise CliError(str(e)) from None
+
+
+def run_benchmark(args) -> dict:
+  from snr_jax import data  # pylint: disable=import-outside-toplevel
+  from experiments import results  # pylint: disable=import-outside-toplevel
+  from experiments.driver import drive  # pylint: disable=import-outside-toplevel
+  config = _config_from_args(args)
+  seeds = _parse_seeds(args.seeds)
+  for flag in ('checkpoint_every', 'tasks_per_call'):
+    if getattr(args, flag) < 1:
+      raise CliError(f'--{flag.replace("_", "-")} must be at least 1.')
+  try:
+    dataset = data.load_dataset(config.dataset_name, data_dir=args.data_dir, source=args.source)
+  except data.DatasetNotFoundError as e:
+    raise CliError(str(e)) from None
+  out = pathlib.Path(args.out or f'runs/{config.benchmark}_{config.method}')
+  try:
+    summary = drive(config, dataset, seeds, out, checkpoint_every=args.checkpoint_every,
+                    tasks_per_call=args.tasks_per_call, mode=args.mode,
+                    progress=not args.no_progress)
+  except ValueError as e:
+    raise CliError(str(e)) from None
+  if args.plot:
+    from experiments.plots import plot_runs  # pylint: disable=import-outside-toplevel
+    plot_runs([out], out / 'plot.png')
+  for s in summary['by_sweep_value']:
+    label = f' ({config.sweep[0]}={s["sweep_value"]})' if config.sweep else ''
+    print(f'{config.benchmark} {config.method}{label}: last-10% online accuracy '
+          f'{s["mean"]:.4f} ± {s["std"]:.4f} over {len(s["seeds"])} seed(s); results in {out}')
+  return summary
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  parser = build_parser()
+  args = parser.parse_args(argv)
+  try:
+    if args.command == 'plot':
+      from experiments.plots import plot_runs  # pylint: disable=import-outside-toplevel
+      try:
+        plot_runs([pathlib.Path(r) for r in args.runs], pathlib.Path(args.out), args.title)
+      except (FileNotFoundError, ValueError) as e:
+        raise CliError(str(e)) from None
+      print(f'wrote {args.out}')
+    else:
+      run_benchmark(args)
+  except CliError as e:
+    parser.exit(2, f'error: {e}\n')
+  except KeyboardInterrupt:
+    print('\ninterrupted: results and the last checkpoint are kept; run the same command '
+          'again to resume.', file=sys.stderr)
+    return 130
+  return 0
+
+
+def benchmark_main(benchmark: str) -> None:
+  """Entry point of ``python -m experiments.<benchmark>``."""
+  sys.exit(main([benchmark, *sys.argv[1:]]))
+
+
+if __name__ == '__main__':
+  sys.exit(main())

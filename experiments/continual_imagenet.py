@@ -1,0 +1,6 @@
+"""`python -m experiments.continual_imagenet`: the continual imagenet benchmark (see experiments.cli)."""
+
+from experiments.cli import benchmark_main
+
+if __name__ == '__main__':
+  benchmark_main('continual_imagenet')

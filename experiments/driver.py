@@ -1,0 +1,70 @@
+"""Drives a run chunk by chunk: progress bar, results written as it goes, checkpoints."""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Sequence
+
+import jax
+import numpy as np
+
+from experiments import results
+from snr_jax.benchmarks import ExperimentConfig
+from snr_jax.runner import run_experiment
+
+
+def drive(config: ExperimentConfig, dataset, seeds: Sequence[int], out: pathlib.Path, *,
+          checkpoint_every: int = 25, tasks_per_call: int = 5, mode: str = 'auto',
+          progress: bool = True) -> dict:
+  """Runs (or resumes) an experiment, writing its results into ``out``.
+
+  Tasks run ``tasks_per_call`` at a time from task 0, so an interrupted run resumes on
+  the same chunk boundaries and ends bitwise identical to an uninterrupted one.
+  Metrics and the headline are rewritten after every chunk; the carry is checkpointed
+  at the first chunk boundary at or after every ``checkpoint_every`` tasks, at the end,
+  and when interrupted (Ctrl-C).
+
+  Returns:
+    The summary (headline per sweep value).
+  """
+  from tqdm.auto import tqdm  # pylint: disable=import-outside-toplevel
+  out = pathlib.Path(out)
+  total = config.resolved('num_tasks')
+  record = results.config_record(config, seeds, dataset.name, dataset.source)
+  fp = results.fingerprint(record)
+  results.write_config(out, record)
+  members = [{'seed': s, 'sweep_value': v} for s in seeds
+             for v in (config.sweep[1] if config.sweep else (0.0,))]
+  bar = tqdm(total=total, desc=f'{config.benchmark} {config.method}', unit='task',
+             disable=not progress)
+  latest = {'saved': 0}
+
+  def restore(template):
+    state = results.load_checkpoint(out, fp, template)
+    if state is not None:
+      bar.update(state['done'])
+      latest.update(state, saved=state['done'])
+    return state
+
+  def on_chunk(done, state):
+    latest.update(state)   # first, so that an interrupt from here on can checkpoint it
+    metrics = jax.tree.map(lambda *xs: np.concatenate(xs, axis=1), *state['metrics'])
+    results.write_metrics(out, metrics, members, total)
+    if done - latest['saved'] >= checkpoint_every or done == total:
+      results.save_checkpoint(out, fp, done, state['carry'], state['metrics'])
+      latest['saved'] = done
+    bar.update(done - bar.n)
+    bar.set_postfix(accuracy=f'{float(np.mean(metrics["accuracy"][:, -1])):.3f}')
+
+  try:
+    out_run = run_experiment(config, dataset, seeds, mode=mode, chunk_tasks=tasks_per_call,
+                             on_chunk=on_chunk, restore=restore)
+  except KeyboardInterrupt:
+    if 'carry' in latest and latest['done'] > latest['saved']:
+      results.save_checkpoint(out, fp, latest['done'], latest['carry'], latest['metrics'])
+    raise
+  finally:
+    bar.close()
+  summary = results.summarize(out_run['metrics'], members, total)
+  summary['resumed_from'] = out_run['resumed_from']
+  return summary

@@ -1,0 +1,6 @@
+"""`python -m experiments.permuted_shakespeare`: the permuted shakespeare benchmark (see experiments.cli)."""
+
+from experiments.cli import benchmark_main
+
+if __name__ == '__main__':
+  benchmark_main('permuted_shakespeare')

@@ -1,0 +1,69 @@
+"""Small dataset files in the real formats, for loader and end-to-end tests."""
+
+import gzip
+import pickle
+import struct
+from pathlib import Path
+
+import numpy as np
+
+
+def write_idx(path: Path, arr: np.ndarray, gz: bool = True) -> None:
+  """Write ``arr`` (uint8) as an IDX file, the MNIST distribution format."""
+  arr = np.asarray(arr, dtype=np.uint8)
+  header = struct.pack('>BBBB', 0, 0, 0x08, arr.ndim) + struct.pack(f'>{arr.ndim}I', *arr.shape)
+  raw = header + arr.tobytes()
+  path.parent.mkdir(parents=True, exist_ok=True)
+  if gz:
+    with gzip.open(path, 'wb') as f:
+      f.write(raw)
+  else:
+    path.write_bytes(raw)
+
+
+def make_mnist_like(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+  rng = np.random.default_rng(seed)
+  return (rng.integers(0, 256, (n, 28, 28), dtype=np.uint8),
+          rng.integers(0, 10, (n,), dtype=np.uint8))
+
+
+def write_mnist_dir(d: Path, n: int = 30, seed: int = 0, gz: bool = True, prefix: str = 'train'):
+  images, labels = make_mnist_like(n, seed)
+  sfx = '.gz' if gz else ''
+  write_idx(d / f'{prefix}-images-idx3-ubyte{sfx}', images, gz)
+  write_idx(d / f'{prefix}-labels-idx1-ubyte{sfx}', labels, gz)
+  return images, labels
+
+
+def cifar_batch(n: int, seed: int, num_classes: int = 10, one_based: bool = False):
+  rng = np.random.default_rng(seed)
+  data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
+  labels = [int(v) for v in rng.integers(0, num_classes, n) + (1 if one_based else 0)]
+  return data, labels
+
+
+def dump_py2_style(path_or_file, data, labels, protocol=2):
+  """A dict with bytes keys, as in the original Python-2 CIFAR pickles."""
+  obj = {b'batch_label': b'testing batch', b'labels': labels, b'data': data,
+         b'filenames': [b'x.png'] * len(labels)}
+  if isinstance(path_or_file, (str, Path)):
+    with open(path_or_file, 'wb') as f:
+      pickle.dump(obj, f, protocol=protocol)
+  else:
+    pickle.dump(obj, path_or_file, protocol=protocol)
+
+
+def write_imagenet32(d: Path, per_batch: int = 6, npz: bool = False):
+  d.mkdir(parents=True, exist_ok=True)
+  all_data, all_labels = [], []
+  for i in range(1, 11):
+    data, labels = cifar_batch(per_batch, seed=100 + i, num_classes=3, one_based=True)
+    if npz:
+      np.savez(d / f'train_data_batch_{i}.npz', data=data, labels=np.array(labels),
+               mean=data.mean(0))
+    else:
+      with open(d / f'train_data_batch_{i}', 'wb') as f:
+        pickle.dump({'data': data, 'labels': labels, 'mean': data.mean(0)}, f)
+    all_data.append(data)
+    all_labels += labels
+  return np.concatenate(all_data), np.array(all_labels)

@@ -1,0 +1,124 @@
+"""The command line: each benchmark end to end, resume, bad flags, the quickstart."""
+
+import json
+import pathlib
+
+import numpy as np
+import pytest
+
+from experiments import cli, quickstart, results
+from fakes import cifar_batch, dump_py2_style, write_imagenet32, write_mnist_dir
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+  d = tmp_path_factory.mktemp('data')
+  write_mnist_dir(d / 'mnist', n=300)
+  cifar = d / 'cifar-10-batches-py'
+  cifar.mkdir()
+  for i in range(1, 6):
+    dump_py2_style(cifar / f'data_batch_{i}', *cifar_batch(20, seed=i))
+  write_imagenet32(d / 'imagenet32', per_batch=12)
+  words = ' '.join(f'w{i % 37} v{(i * 7) % 11}' for i in range(2000))
+  (d / 'shakespeare.txt').write_text(words)
+  return d
+
+
+TINY = {
+    'permuted_mnist': ['--examples-per-task', '64'],
+    'random_label_mnist': ['--examples-per-task', '32', '--epochs', '2'],
+    'random_label_cifar': ['--examples-per-task', '32', '--epochs', '2'],
+    'continual_imagenet': ['--examples-per-task', '20', '--epochs', '1', '--batch-size', '10'],
+    'permuted_shakespeare': ['--examples-per-task', '8', '--epochs', '1', '--batch-size', '4'],
+}
+
+
+@pytest.mark.parametrize('benchmark', sorted(TINY))
+def test_each_benchmark_end_to_end(benchmark, data_dir, tmp_path, capsys):
+  out = tmp_path / 'run'
+  code = cli.main([benchmark, '--method', 'snr', '--num-tasks', '3', '--seeds', '2',
+                   '--data-dir', str(data_dir), '--out', str(out), '--no-progress', '--plot',
+                   '--set', 'tau_min=8', '--set', 'tau_max=64', *TINY[benchmark]])
+  assert code == 0
+  record = json.loads((out / 'config.json').read_text())
+  assert record['config']['benchmark'] == benchmark and record['seeds'] == [0, 1]
+  assert str(data_dir) in record['source']
+  rows = results.read_metrics(out)
+  assert len(rows) == 2 * 3 and {r['seed'] for r in rows} == {'0', '1'}
+  summary = json.loads((out / 'summary.json').read_text())
+  assert summary['complete'] and 0 <= summary['by_sweep_value'][0]['mean'] <= 1
+  assert (out / 'plot.png').stat().st_size > 10_000
+  assert 'last-10% online accuracy' in capsys.readouterr().out
+
+
+def test_resume_after_interruption_equals_uninterrupted_run(data_dir, tmp_path, monkeypatch):
+  flags = ['permuted_mnist', '--method', 'snr', '--num-tasks', '6', '--seeds', '2',
+           '--examples-per-task', '64', '--data-dir', str(data_dir), '--no-progress',
+           '--tasks-per-call', '2', '--checkpoint-every', '2',
+           '--set', 'tau_init=32', '--set', 'tau_min=16', '--set', 'tau_max=64']
+  assert cli.main([*flags, '--out', str(tmp_path / 'full')]) == 0
+
+  real_write = results.write_metrics
+  calls = {'n': 0}
+
+  def interrupting_write(*args, **kwargs):
+    out = real_write(*args, **kwargs)
+    calls['n'] += 1
+    if calls['n'] == 2:          # Ctrl-C after 4 of 6 tasks
+      raise KeyboardInterrupt
+    return out
+
+  monkeypatch.setattr(results, 'write_metrics', interrupting_write)
+  assert cli.main([*flags, '--out', str(tmp_path / 'resumed')]) == 130
+  partial = results.read_metrics(tmp_path / 'resumed')
+  assert len(partial) == 2 * 4                      # results so far survived
+  assert (tmp_path / 'resumed' / 'checkpoint' / 'state.msgpack').exists()
+  monkeypatch.setattr(results, 'write_metrics', real_write)
+
+  args = cli.build_parser().parse_args([*flags, '--out', str(tmp_path / 'resumed')])
+  summary = cli.run_benchmark(args)
+  assert summary['resumed_from'] == 4
+  full = (tmp_path / 'full' / 'metrics.csv').read_text()
+  assert (tmp_path / 'resumed' / 'metrics.csv').read_text() == full
+
+
+def test_resume_refuses_a_checkpoint_of_another_config(data_dir, tmp_path):
+  base = ['permuted_mnist', '--num-tasks', '2', '--examples-per-task', '32',
+          '--data-dir', str(data_dir), '--no-progress', '--out', str(tmp_path / 'r'),
+          '--checkpoint-every', '1', '--tasks-per-call', '1']
+  assert cli.main([*base, '--method', 'none']) == 0
+  with pytest.raises(SystemExit) as e:
+    cli.main([*base, '--method', 'snr'])
+  assert e.value.code == 2
+
+
+@pytest.mark.parametrize('flags, message', [
+    (['--method', 'magic'], "invalid choice: 'magic'"),
+    (['--set', 'eta'], '--set expects NAME=VALUE'),
+    (['--set', 'etta=0.1'], "unknown hyperparameter(s) ['etta']"),
+    (['--seeds', 'many'], '--seeds takes a count'),
+    (['--num-tasks', '0'], 'num_tasks must be a positive int'),
+    (['--sweep', 'tau_max=1,2'], "cannot sweep 'tau_max'"),
+    (['--checkpoint-every', '0'], '--checkpoint-every must be at least 1'),
+    (['--dataset', 'mnist', '--source', 'files', '--data-dir', '/nonexistent'],
+     'could not be loaded. Sources tried'),
+])
+def test_bad_flags_give_clear_errors(flags, message, capsys):
+  with pytest.raises(SystemExit) as e:
+    cli.main(['permuted_mnist', '--no-progress', '--out', '/tmp/unused', *flags])
+  assert e.value.code == 2
+  err = capsys.readouterr().err
+  assert message in err and 'Traceback' not in err
+
+
+def test_plot_command_errors_on_a_directory_without_results(tmp_path, capsys):
+  with pytest.raises(SystemExit) as e:
+    cli.main(['plot', str(tmp_path), '--out', str(tmp_path / 'p.png')])
+  assert e.value.code == 2 and 'holds no metrics.csv' in capsys.readouterr().err
+
+
+def test_quickstart_runs_with_fewer_tasks(tmp_path):
+  assert quickstart.main(['--num-tasks', '4', '--out', str(tmp_path), '--no-progress']) == 0
+  assert (tmp_path / 'plot.png').stat().st_size > 10_000
+  for method in ('none', 'snr'):
+    assert len(results.read_metrics(tmp_path / method)) == 3 * 4
