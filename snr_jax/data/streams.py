@@ -62,7 +62,7 @@ def permuted_task(images: Array, labels: Array, key: Array,
   """
   n = images.shape[0]
   _check_count('num_examples', num_examples, n)
-  flat = jnp.reshape(images, (n, -1))
+  flat = jnp.reshape(jnp.asarray(images), (n, -1))
   idx, perm = permuted_task_indices(key, n, flat.shape[1], num_examples)
   x = to_float(flat[idx][:, perm])
   y = jnp.asarray(labels)[idx].astype(jnp.int32)
@@ -173,7 +173,7 @@ def class_pair_task(images: Array, labels: Array, key: Array, task_index: Array 
       raise ValueError(f'class {int(counts.argmin())} has {int(counts.min())} images, '
                        f'fewer than per_class={per_class}')
   idx, y = class_pair_indices(labels, key, task_index, per_class, num_classes)
-  return to_float(images[idx]), y
+  return to_float(jnp.asarray(images)[idx]), y
 
 
 def class_pair_indices(labels: Array, key: Array, task_index: Array | int, per_class: int,
