@@ -103,9 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help='tasks between checkpoints (default 25)')
     p.add_argument('--tasks-per-call', type=int, default=5,
                    help='tasks per compiled call; progress updates between calls')
-    p.add_argument('--mode', default='auto', choices=('auto', 'vmap', 'sequential'),
-                   help='batch seeds with vmap, or run them one by one (auto: vmap, but '
-                        'one by one for CNNs on CPU)')
+    p.add_argument('--mode', default='auto', choices=('auto', 'vmap', 'devices', 'sequential'),
+                   help='batch seeds with vmap, split them over local devices (pmap), or '
+                        'run them one by one (auto: vmap, but one by one for CNNs on CPU)')
     p.add_argument('--plot', action='store_true', help='also write plot.png in --out')
     p.add_argument('--no-progress', action='store_true', help='no progress bar')
   p = sub.add_parser('plot', help='plot accuracy and dead fraction per task',

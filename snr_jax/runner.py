@@ -252,14 +252,37 @@ def seed_keys(seeds: Sequence[int]) -> jax.Array:
 def compile_batched(exp: Experiment, mode: str, chunk: int):
   """The batched (over seeds × sweep values) init and chunk runner.
 
-  ``mode``: ``'vmap'`` batches in one computation; ``'sequential'`` runs one member at a
-  time through the same compiled function.
+  ``mode``: ``'vmap'`` batches in one computation; ``'devices'`` splits the members over
+  the local devices (``pmap``) and vmaps within each; ``'sequential'`` runs one member
+  at a time through the same compiled function.
   """
   if mode == 'vmap':
     init = jax.jit(jax.vmap(exp.init))
     run = jax.jit(jax.vmap(exp.run_tasks, in_axes=(0, None, None, None),
                            axis_name=exp.axis_name), static_argnums=3)
     return init, lambda carry, first, n: run(carry, exp.data, first, n)
+  if mode == 'devices':
+    vinit = jax.vmap(exp.init)
+    vrun = jax.vmap(exp.run_tasks, in_axes=(0, None, None, None), axis_name=exp.axis_name)
+    pinit = jax.pmap(vinit)
+    prun = jax.pmap(vrun, in_axes=(0, None, None, None), static_broadcasted_argnums=3)
+
+    def split(x, d):
+      return x.reshape(d, x.shape[0] // d, *x.shape[1:])
+
+    def merge(x):
+      return x.reshape(x.shape[0] * x.shape[1], *x.shape[2:])
+
+    def init(keys, values):
+      d = _devices_for(keys.shape[0])
+      return jax.tree.map(merge, pinit(split(keys, d), split(values, d)))
+
+    def run(carry, first, n):
+      d = _devices_for(jax.tree.leaves(carry)[0].shape[0])
+      carry, metrics = prun(jax.tree.map(lambda x: split(x, d), carry), exp.data, first, n)
+      return jax.tree.map(merge, carry), jax.tree.map(merge, metrics)
+
+    return init, run
   if mode == 'sequential':
     init1 = jax.jit(exp.init)
     run1 = jax.jit(exp.run_tasks, static_argnums=3)
@@ -275,7 +298,13 @@ def compile_batched(exp: Experiment, mode: str, chunk: int):
       return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
 
     return init, run
-  raise ValueError(f"mode must be 'vmap', 'sequential' or 'auto', got {mode!r}.")
+  raise ValueError(f"mode must be 'vmap', 'devices', 'sequential' or 'auto', got {mode!r}.")
+
+
+def _devices_for(members: int) -> int:
+  """The most local devices (at most one per member) that split the members evenly."""
+  return max(d for d in range(1, min(members, jax.local_device_count()) + 1)
+             if members % d == 0)
 
 
 def default_mode(config: ExperimentConfig) -> str:
@@ -296,7 +325,7 @@ def run_experiment(config: ExperimentConfig, dataset: snr_data.Dataset, seeds: S
     config: the experiment.
     dataset: its data.
     seeds: integer seeds.
-    mode: ``'vmap'``, ``'sequential'`` or ``'auto'`` (:func:`default_mode`).
+    mode: ``'vmap'``, ``'devices'``, ``'sequential'`` or ``'auto'`` (:func:`default_mode`).
     chunk_tasks: tasks per compiled call (default: all); between chunks ``on_chunk``
       sees the progress, e.g. for a progress bar or a checkpoint.
     on_chunk: ``on_chunk(tasks_done, state)`` with ``state = {'done', 'carry', 'metrics'}``
@@ -313,7 +342,8 @@ def run_experiment(config: ExperimentConfig, dataset: snr_data.Dataset, seeds: S
   if not seeds:
     raise ValueError('give at least one seed.')
   mode = default_mode(config) if mode == 'auto' else mode
-  exp = make_run(config, dataset, axis_name='members' if mode == 'vmap' else None)
+  exp = make_run(config, dataset,
+                 axis_name='members' if mode in ('vmap', 'devices') else None)
   values = list(config.sweep[1]) if config.sweep else [0.0]
   members = [{'seed': s, 'sweep_value': v} for s in seeds for v in values]
   keys = seed_keys([m['seed'] for m in members])

@@ -141,3 +141,33 @@ def test_config_errors():
 def test_text_benchmark_rejects_image_data(mnist):
   with pytest.raises(ValueError, match='needs a text dataset'):
     make_run(ExperimentConfig('permuted_shakespeare', num_tasks=1), mnist)
+
+
+def test_devices_mode_equals_vmap(tmp_path):
+  """Seeds split over 4 (virtual CPU) devices give the vmapped results."""
+  import os
+  import subprocess
+  import sys
+  script = '''
+import numpy as np, jax
+from snr_jax.benchmarks import ExperimentConfig
+from snr_jax.data import Dataset
+from snr_jax.runner import run_experiment
+assert jax.local_device_count() == 4
+rng = np.random.default_rng(0)
+ds = Dataset(name='mnist', source='generated', images=rng.integers(0, 256, (128, 28, 28, 1),
+             dtype=np.uint8), labels=rng.integers(0, 10, 128).astype(np.int32), num_classes=10)
+cfg = ExperimentConfig('permuted_mnist', method='snr', num_tasks=2, examples_per_task=32,
+                       hparams=dict(tau_init=32, tau_min=16, tau_max=64))
+a = run_experiment(cfg, ds, seeds=[0, 1, 2, 3], mode='devices')['metrics']
+b = run_experiment(cfg, ds, seeds=[0, 1, 2, 3], mode='vmap')['metrics']
+for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+  np.testing.assert_allclose(x, y, rtol=2e-5, atol=1e-6)
+print('devices ok')
+'''
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4',
+             JAX_PLATFORMS='cpu')
+  out = subprocess.run([sys.executable, '-c', script], env=env, capture_output=True, text=True,
+                       timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert 'devices ok' in out.stdout

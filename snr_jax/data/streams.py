@@ -36,6 +36,17 @@ def _check_count(what: str, requested: int, available: int) -> None:
     raise ValueError(f'{what}={requested} must be in [1, {available}]')
 
 
+def shuffle(key: Array, n: int) -> Array:
+  """A random permutation of ``range(n)`` by one sort of random 32-bit keys.
+
+  About twice as fast as ``jax.random.permutation`` on CPU (which sorts in several
+  rounds): shuffling MNIST's 60,000 images at every task took longer than the task's
+  625 training steps. Equal keys (about 0.4 pairs per 60,000 draws) keep their index
+  order, a bias far below anything a benchmark can see.
+  """
+  return jnp.argsort(jax.random.bits(key, (n,), jnp.uint32), stable=True).astype(jnp.int32)
+
+
 def pixel_permutation(key: Array, num_pixels: int) -> Array:
   """The pixel permutation :func:`permuted_task` uses for ``key`` (int32, shape (num_pixels,))."""
   perm_key, _ = jax.random.split(key)
@@ -82,7 +93,7 @@ def permuted_task_indices(key: Array, num_images: int, num_pixels: int,
   """
   perm_key, shuffle_key = jax.random.split(key)
   perm = jax.random.permutation(perm_key, num_pixels)
-  idx = jax.random.permutation(shuffle_key, num_images)[:num_examples]
+  idx = shuffle(shuffle_key, num_images)[:num_examples]
   return idx, perm
 
 
@@ -255,7 +266,7 @@ def batch_indices(num_examples: int, batch_size: int, epochs: int, key: Array) -
     raise ValueError(f'epochs must be a positive Python int, got {epochs!r}')
   steps = num_examples // batch_size
   keys = jax.random.split(key, epochs)
-  perms = jax.vmap(lambda k: jax.random.permutation(k, num_examples))(keys)
+  perms = jax.vmap(lambda k: shuffle(k, num_examples))(keys)
   return perms[:, : steps * batch_size].reshape(epochs * steps, batch_size).astype(jnp.int32)
 
 
