@@ -147,14 +147,13 @@ def make_run(config: ExperimentConfig, dataset: snr_data.Dataset,
     ``exp.init(key, value)`` and ``exp.run_tasks(carry, exp.data, first, n)`` yourself.
   """
   host = _host_data(config, dataset)
-  num_classes = dataset.vocab_size if config.protocol.task == 'permuted_vocab' else (
-      config.protocol.num_outputs if config.protocol.task == 'class_pair'
-      else max(dataset.num_classes, config.protocol.num_outputs))
-  if config.protocol.task == 'class_pair':
-    num_classes_data = dataset.num_classes
+  # num_outputs: the model's; stream_classes: the classes (words) the stream draws from.
+  if config.protocol.task == 'permuted_vocab':
+    num_outputs = stream_classes = dataset.vocab_size
+  elif config.protocol.task == 'class_pair':
+    num_outputs, stream_classes = 2, dataset.num_classes
   else:
-    num_classes_data = num_classes
-  num_outputs = num_classes
+    num_outputs = stream_classes = max(dataset.num_classes, config.protocol.num_outputs)
   data = {k: jnp.asarray(v) for k, v in host.items()}
   model = _model(config, num_outputs)
   batch = config.resolved('batch_size')
@@ -163,7 +162,7 @@ def make_run(config: ExperimentConfig, dataset: snr_data.Dataset,
   steps = config.steps_per_task
 
   def task(d, t, key):
-    return _make_task(config, d, t, key, num_classes_data)
+    return _make_task(config, d, t, key, stream_classes)
 
   # One concrete batch for shapes and for discovering the neuron groups.
   sample = jax.jit(lambda d: task(d, 0, jax.random.PRNGKey(0))[0](jnp.arange(batch)))(data)
