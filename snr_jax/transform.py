@@ -178,7 +178,7 @@ def with_resets(inner: optax.GradientTransformation, resets: NeuronResets,
     if params is None:
       raise ValueError('resets need the current params: call '
                        'update(grads, state, params, activations=...).')
-    check_activations(resets.groups, activations)
+    check_activations(resets.groups, activations)  # before the inner update runs
     inner_updates, inner_state = inner.update(updates, state.inner_state, params,
                                               **extra_args)
     new_params = optax.apply_updates(params, inner_updates)

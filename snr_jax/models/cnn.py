@@ -6,6 +6,7 @@ from typing import Sequence
 import flax.linen as nn
 
 from .conv import Im2colConv, max_pool_2x2
+from .mlp import relu_dense_stack
 
 CONV_IMPLS = ("im2col", "xla")
 POOL_IMPLS = ("reshape", "xla")
@@ -62,10 +63,7 @@ class CNN(nn.Module):
             else:
                 x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
         x = x.reshape((x.shape[0], -1))
-        for i, f in enumerate(self.dense_features):
-            x = nn.Dense(f, name=f"Dense_{i}")(x)
-            x = nn.relu(x)
-        return nn.Dense(self.num_outputs, name=f"Dense_{len(self.dense_features)}")(x)
+        return relu_dense_stack(x, self.dense_features, self.num_outputs)
 
     def neuron_group_paths(self):
         """(producer module path, consumer module path) per neuron group, for cross-checks."""

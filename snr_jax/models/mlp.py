@@ -6,6 +6,17 @@ from typing import Sequence
 import flax.linen as nn
 
 
+def relu_dense_stack(x, hidden: Sequence[int], num_outputs: int):
+    """[Dense -> relu] per width in ``hidden``, then Dense(num_outputs).
+
+    Call it inside a ``@nn.compact`` method: the layers become that module's
+    ``Dense_0 .. Dense_{len(hidden)}`` (shared by :class:`MLP` and the CNN's head).
+    """
+    for i, h in enumerate(hidden):
+        x = nn.relu(nn.Dense(h, name=f"Dense_{i}")(x))
+    return nn.Dense(num_outputs, name=f"Dense_{len(hidden)}")(x)
+
+
 class MLP(nn.Module):
     """Flatten -> [Dense -> relu] * len(hidden) -> Dense(num_outputs).
 
@@ -20,11 +31,7 @@ class MLP(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        x = x.reshape((x.shape[0], -1))
-        for i, h in enumerate(self.hidden):
-            x = nn.Dense(h, name=f"Dense_{i}")(x)
-            x = nn.relu(x)
-        return nn.Dense(self.num_outputs, name=f"Dense_{len(self.hidden)}")(x)
+        return relu_dense_stack(x.reshape((x.shape[0], -1)), self.hidden, self.num_outputs)
 
     def neuron_group_paths(self):
         """(producer module path, consumer module path) per neuron group, for cross-checks."""
