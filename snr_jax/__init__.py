@@ -2,9 +2,11 @@
 
 from snr_jax.activations import (ActivationError, apply_with_preactivations, check_activations,
                                  fired, preactivations_from_intermediates)
-from snr_jax.groups import (GroupError, NeuronGroup, ParamSlice, dense_group, discover_groups,
-                            validate_groups)
-from snr_jax.reset import keep_masks, reset_neurons, reset_optimizer_state, reset_params
+from snr_jax.capture import CaptureError, with_preactivations
+from snr_jax.discovery import DiscoveredGroups, LeftOut, describe_groups, discover_groups
+from snr_jax.groups import GroupError, NeuronGroup, ParamSlice, Site, dense_group, validate_groups
+from snr_jax.reset import (keep_masks, reset_model_state, reset_neurons, reset_optimizer_state,
+                           reset_params)
 from snr_jax.schedules import RefreshSchedule, at_random, every_n_steps, every_n_tasks
 from snr_jax.snr import (SNRRule, SNRState, dead_fraction, saturating_add,
                          self_normalized_resets, snr, snr_info)

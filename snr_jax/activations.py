@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from snr_jax.capture import with_preactivations
 from snr_jax.groups import NeuronGroup, path_str
 
 Activations = Mapping[str, jax.Array]
@@ -17,7 +18,7 @@ class ActivationError(ValueError):
   """Activations are missing or do not match the neuron groups."""
 
 
-def fired(preactivation: jax.Array) -> jax.Array:
+def fired(preactivation: jax.Array, predicate=None) -> jax.Array:
   """Whether each unit fired: pre-activation > 0 anywhere in the batch.
 
   Units are on the last axis; every other axis (examples, spatial positions, tokens)
@@ -25,12 +26,26 @@ def fired(preactivation: jax.Array) -> jax.Array:
 
   Args:
     preactivation: array of shape ``(..., units)``.
+    predicate: optional elementwise firing test replacing ``h > 0`` (a declared group's
+      ``firing``; outside the paper).
 
   Returns:
     bool array of shape ``(units,)``.
   """
-  x = preactivation > 0
+  x = preactivation > 0 if predicate is None else predicate(preactivation)
   return jnp.any(x.reshape(-1, x.shape[-1]), axis=0)
+
+
+def merge_layers(groups: Sequence[NeuronGroup], activations: Activations) -> dict:
+  """Pre-activations with the units last, a scanned group's ``(layers, ..., units)``
+  turned into ``(..., layers * units)`` so that unit ``l * units + i`` is (layer l,
+  unit i): every rule then sees one flat unit axis per group."""
+  out = dict(activations)
+  for g in groups:
+    if g.layers > 1:
+      a = jnp.moveaxis(out[g.name], 0, -2)
+      out[g.name] = a.reshape(a.shape[:-2] + (g.size,))
+  return out
 
 
 def check_activations(groups: Sequence[NeuronGroup], activations: Any) -> None:
@@ -51,10 +66,17 @@ def check_activations(groups: Sequence[NeuronGroup], activations: Any) -> None:
   for g in groups:
     a = activations[g.name]
     shape = getattr(a, 'shape', None)
-    if shape is None or len(shape) < 2 or shape[-1] != g.size:
+    if g.layers > 1:
+      ok = shape is not None and len(shape) >= 3 and shape[0] == g.layers and \
+          shape[-1] == g.units
+      want = f'({g.layers} layers, batch, ..., {g.units})'
+    else:
+      ok = shape is not None and len(shape) >= 2 and shape[-1] == g.size
+      want = f'(batch, ..., {g.size})'
+    if not ok:
       raise ActivationError(
-          f"activation of group '{g.name}' has shape {shape}; expected "
-          f'(batch, ..., {g.size}) with the units on the last axis.')
+          f"activation of group '{g.name}' has shape {shape}; expected {want} with the "
+          'units on the last axis.')
 
 
 def preactivations_from_intermediates(intermediates: Mapping[str, Any],
@@ -96,9 +118,10 @@ def apply_with_preactivations(model: nn.Module, variables: Any, *args,
                               **kwargs):
   """``model.apply`` that also returns each group's pre-activation, in one pass.
 
-  Module outputs of the groups' layers are captured with Flax's
-  ``capture_intermediates`` (filtered to those layers), so the loss and the firing
-  come from the same forward pass; it is differentiable and jit-friendly.
+  Linen sugar over :func:`snr_jax.with_preactivations` for discovered groups. Declared
+  groups without a discovered site are read from module outputs with Flax's
+  ``capture_intermediates`` (their ``activation`` path). Either way the loss and the
+  firing come from the same forward pass; it is differentiable and jit-friendly.
 
   Args:
     model: the linen module.
@@ -114,6 +137,15 @@ def apply_with_preactivations(model: nn.Module, variables: Any, *args,
   """
   if not (isinstance(variables, Mapping) and 'params' in variables):
     variables = {'params': variables}
+  if all(g.site is not None for g in groups):
+    call_kwargs = dict(kwargs)
+    if mutable is not False:
+      call_kwargs['mutable'] = mutable
+    result, acts = with_preactivations(model, groups)(variables, *args, **call_kwargs)
+    if mutable is not False:
+      out, state = result
+      return out, acts, dict(state)
+    return result, acts
   wanted = {g.activation[:-1] for g in groups if g.activation and g.activation[-1] == '__call__'}
 
   def capture(mdl, method_name):

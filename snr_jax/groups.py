@@ -10,11 +10,16 @@ pre-activation comes from and which parameter slices belong to each of its units
   on a reset.
 
 A slice is described by :class:`ParamSlice`: a path into the params tree and the axis
-that indexes units. Along that axis the parameter may be longer than the group, by a
-whole multiple: element ``r`` then belongs to unit ``r % size``. That covers a Dense row
-(length ``size``), a Conv input channel (length ``size``) and a Conv -> flatten -> Dense
-kernel, whose rows are ``(h, w, c)`` flattened row-major so that channel ``c`` owns every
-row ``r`` with ``r % channels == c``.
+that indexes units. Along that axis the parameter may be longer than the group's units:
+``unit_of[r]`` then names the unit that element ``r`` belongs to (-1: none), as
+discovery computes it from the layout between a layer and its consumer (a Conv ->
+flatten -> Dense kernel, channel-last or channel-first). Without ``unit_of`` the length
+must be a whole multiple of the units and element ``r`` belongs to unit ``r % units``
+(a channel-last flatten).
+
+Layers stacked with a scan hold one group with ``layers > 1``: ``size = layers * units``,
+units indexed (layer, unit) in row-major order, and every slice names the parameter's
+``layer_axis``.
 """
 
 from __future__ import annotations
@@ -45,13 +50,19 @@ class ParamSlice:
     axis: the axis of that parameter that indexes units (negative values count from
       the end).
     init: for an incoming slice, the initializer that re-draws it (called as
-      ``init(key, shape, dtype)`` on the whole parameter's shape, so fan-in based
-      scales are right). ``None`` for an outgoing slice, which is zeroed.
+      ``init(key, shape, dtype)`` on the whole parameter's shape, or on one layer's
+      shape for stacked parameters, so fan-in based scales are right). ``None`` for an
+      outgoing slice, which is zeroed.
+    unit_of: optional, the unit that each element along ``axis`` belongs to (-1 for
+      none); default ``r % units``.
+    layer_axis: the axis of stacked layers, for groups of a scanned stack.
   """
 
   path: Path
   axis: int
   init: Optional[Initializer] = None
+  unit_of: Optional[tuple[int, ...]] = None
+  layer_axis: Optional[int] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,7 +75,15 @@ class NeuronGroup:
     incoming: slices re-drawn on a reset (kernel columns, bias entries).
     outgoing: slices zeroed on a reset (the consumer's rows / input channels).
     activation: path of the pre-activation in a Flax ``intermediates`` collection
-      (for auto-discovered groups, ``(*module_path, '__call__')``).
+      (declared groups; discovered groups have a ``site`` instead).
+    layers: number of stacked layers (a scanned stack); ``size`` counts all of them.
+    site: where discovery found the ReLU in the traced forward pass (read by
+      :func:`snr_jax.with_preactivations`).
+    state: per-unit model-state slices (a BatchNorm's running mean and variance), put
+      back to their initial values on a reset when the model state is handed over.
+    firing: optional elementwise predicate ``h -> bool`` replacing ``h > 0``, for a
+      declared group on a non-ReLU activation. This is outside the paper: a GELU or
+      SiLU unit has no silent state, so what "fired" means is the user's choice.
   """
 
   name: str
@@ -72,6 +91,31 @@ class NeuronGroup:
   incoming: tuple[ParamSlice, ...]
   outgoing: tuple[ParamSlice, ...] = ()
   activation: Optional[Path] = None
+  layers: int = 1
+  site: Optional['Site'] = None
+  state: tuple[ParamSlice, ...] = ()
+  firing: Optional[Callable[[jax.Array], jax.Array]] = None
+
+  @property
+  def units(self) -> int:
+    """Units per layer."""
+    return self.size // self.layers
+
+
+@dataclasses.dataclass(frozen=True)
+class Site:
+  """Where a discovered group's pre-activation lives in the traced forward pass.
+
+  Attributes:
+    loc: eqn indices from the top-level jaxpr down to the ReLU (through calls and scans).
+    operand: which operand of that eqn is the pre-activation.
+    unit_axis: the axis of the pre-activation that indexes units.
+    layers: the length of the enclosing scan (1 outside one).
+  """
+  loc: tuple[int, ...]
+  operand: int
+  unit_axis: int
+  layers: int = 1
 
 
 def _as_path(path: Any) -> Path:
@@ -84,19 +128,43 @@ def path_str(path: Sequence[str]) -> str:
   return '/'.join(path)
 
 
+def _child(node: Any, key: str) -> tuple[bool, Any]:
+  """``node[key]`` for a mapping with str or int keys (NNX lists), or an attribute."""
+  if isinstance(node, Mapping):
+    if key in node:
+      return True, node[key]
+    if key.lstrip('-').isdigit() and int(key) in node:
+      return True, node[int(key)]
+    return False, None
+  if isinstance(node, (list, tuple)) and key.isdigit() and int(key) < len(node):
+    return True, node[int(key)]
+  return False, None
+
+
+def leaf_value(x: Any) -> Any:
+  """The array of a leaf, unwrapping an NNX variable."""
+  return x.value if hasattr(x, 'value') and not hasattr(x, 'shape') else x
+
+
 def get_path(tree: Mapping[str, Any], path: Path) -> Any:
-  """Returns ``tree[path[0]][path[1]]...``, raising GroupError on a missing key."""
+  """Returns ``tree[path[0]][path[1]]...``, raising GroupError on a missing key.
+
+  Keys are matched as strings, so integer keys (``nnx.List``, ``nnx.Sequential``) are
+  addressed as ``'0'``; an NNX variable leaf gives its array.
+  """
   node = tree
   for i, key in enumerate(path):
-    if not isinstance(node, Mapping) or key not in node:
+    ok, child = _child(node, key)
+    if not ok:
       where = path_str(path[:i]) or '<root>'
-      have = sorted(node.keys()) if isinstance(node, Mapping) else type(node).__name__
+      have = (sorted(map(str, node.keys())) if isinstance(node, Mapping)
+              else type(node).__name__)
       raise GroupError(
           f"unknown parameter path '{path_str(path)}': no key '{key}' under "
           f"'{where}' (found {have}). Check the group declaration against "
           "jax.tree_util.tree_structure(params).")
-    node = node[key]
-  return node
+    node = child
+  return leaf_value(node)
 
 
 def dense_group(
@@ -169,6 +237,10 @@ def validate_groups(groups: Sequence[NeuronGroup], params: Any) -> tuple[NeuronG
     if not g.incoming:
       raise GroupError(f"group '{g.name}' has no incoming slices: a reset needs at least "
                        'the kernel that produces the units.')
+    if not isinstance(g.layers, (int, np.integer)) or g.layers < 1 or g.size % g.layers:
+      raise GroupError(f"group '{g.name}': layers must be a positive int dividing size "
+                       f'({g.size}), got {g.layers!r}.')
+    units = g.size // g.layers
     for kind, slices in (('incoming', g.incoming), ('outgoing', g.outgoing)):
       for s in slices:
         leaf = get_path(params, s.path)
@@ -177,134 +249,31 @@ def validate_groups(groups: Sequence[NeuronGroup], params: Any) -> tuple[NeuronG
           raise GroupError(
               f"group '{g.name}': {kind} parameter '{path_str(s.path)}' has shape "
               f'{shape}, which has no axis {s.axis}.')
+        if g.layers > 1:
+          la = s.layer_axis
+          if la is None or not -len(shape) <= la < len(shape) or shape[la] != g.layers:
+            raise GroupError(
+                f"group '{g.name}' spans {g.layers} stacked layers, but {kind} parameter "
+                f"'{path_str(s.path)}' (shape {shape}) has no layer axis of that length "
+                f'(layer_axis={la!r}).')
         n = shape[s.axis]
-        if kind == 'incoming' and n != g.size:
+        if s.unit_of is not None:
+          if len(s.unit_of) != n or max(s.unit_of) >= units or min(s.unit_of) < -1:
+            raise GroupError(
+                f"group '{g.name}': {kind} slice '{path_str(s.path)}' maps {len(s.unit_of)} "
+                f'elements to units, but axis {s.axis} has {n} (units: {units}).')
+          continue
+        if kind == 'incoming' and n != units:
           raise GroupError(
               f"group '{g.name}': incoming parameter '{path_str(s.path)}' has "
               f'{n} entries on axis {s.axis} (shape {shape}) but the group has '
-              f'{g.size} units.')
-        if kind == 'outgoing' and n % g.size:
+              f'{units} units' + (' per layer.' if g.layers > 1 else '.'))
+        if kind == 'outgoing' and n % units:
           raise GroupError(
               f"group '{g.name}': outgoing parameter '{path_str(s.path)}' has "
               f'{n} entries on axis {s.axis} (shape {shape}), not a multiple of the '
-              f'group size {g.size}.')
+              f'group size {units}.')
         if kind == 'incoming' and s.init is None:
           raise GroupError(f"group '{g.name}': incoming slice '{path_str(s.path)}' needs "
                            'an initializer to re-draw it.')
   return groups
-
-
-# --- automatic discovery ---------------------------------------------------------------
-
-@dataclasses.dataclass
-class _Call:
-  module: nn.Module
-  path: Path
-  inputs: Any
-  output: Any
-
-
-def _plain_layer(mod: nn.Module) -> bool:
-  """Dense/Conv-like layers only: not DenseGeneral/Einsum, not inside attention."""
-  if isinstance(mod, (nn.DenseGeneral, nn.Einsum)):
-    return False
-  parent = mod.parent
-  while isinstance(parent, nn.Module):
-    if isinstance(parent, nn.MultiHeadDotProductAttention):
-      return False
-    parent = parent.parent
-  return True
-
-
-def _record_kernel_layers(model: nn.Module, variables: Any, args, kwargs):
-  """Runs one forward pass, recording every call of a module that owns a kernel."""
-  calls: list[_Call] = []
-
-  def interceptor(next_fun, fargs, fkwargs, context):
-    out = next_fun(*fargs, **fkwargs)
-    mod = context.module
-    if context.method_name == '__call__' and fargs:
-      try:
-        has_kernel = mod.has_variable('params', 'kernel')
-      except Exception:  # pylint: disable=broad-except
-        has_kernel = False
-      if has_kernel and _plain_layer(mod):
-        calls.append(_Call(mod, tuple(mod.path), fargs[0], out))
-    return out
-
-  with nn.intercept_methods(interceptor):
-    model.apply(variables, *args, **kwargs)
-  return calls
-
-
-def discover_groups(model: nn.Module, params: Any, *sample_args, **sample_kwargs
-                    ) -> tuple[NeuronGroup, ...]:
-  """Derives the neuron groups of an ordinary Flax linen model.
-
-  Runs one forward pass on a sample batch and records, in call order, every module
-  that owns a ``kernel`` parameter whose last axis gives its output features (Dense,
-  Conv and look-alikes). A layer ``L`` is a neuron group when the next such layer
-  ``C`` reads what ``L`` produced through a ReLU-type nonlinearity, judged from the
-  sample: ``C``'s input is non-negative everywhere and its feature axis matches ``L``'s
-  units (equal for Dense -> Dense and Conv -> Conv; a multiple for Conv -> flatten ->
-  Dense, channel-last). This finds sequential MLP/CNN stacks and transformer FFN blocks
-  (an FFN's output projection feeds a residual stream, which is not non-negative, so
-  it is not a group; attention and output layers are never groups). Anything else
-  (GELU, residual MLPs, layers called twice) is declared with :func:`dense_group`.
-
-  Args:
-    model: a linen module.
-    params: its parameters (the ``'params'`` collection, or the full variables).
-    *sample_args: a sample input (a small batch is enough; it must make the ReLU
-      outputs visible, so avoid an all-zero input).
-    **sample_kwargs: passed to ``model.apply``.
-
-  Returns:
-    The groups, validated against ``params``.
-
-  Raises:
-    GroupError: when no group is found.
-  """
-  variables = params if 'params' in params else {'params': params}
-  only_params = variables['params']
-  calls = _record_kernel_layers(model, variables, sample_args, sample_kwargs)
-  counts: dict[Path, int] = {}
-  for c in calls:
-    counts[c.path] = counts.get(c.path, 0) + 1
-  calls = [c for c in calls if counts[c.path] == 1]  # shared layers are ambiguous
-
-  groups = []
-  for prod, cons in zip(calls, calls[1:]):
-    kernel = np.shape(get_path(only_params, prod.path + ('kernel',)))
-    out = prod.output
-    if not hasattr(out, 'shape') or out.shape[-1] != kernel[-1]:
-      continue
-    if len(kernel) not in (2, np.ndim(out)):  # a Dense, or a Conv over ndim-2 axes
-      continue
-    units = kernel[-1]
-    x = cons.inputs
-    if not hasattr(x, 'shape'):
-      continue
-    ckernel = np.shape(get_path(only_params, cons.path + ('kernel',)))
-    feat = x.shape[-1]
-    if len(ckernel) < 2 or ckernel[-2] != feat:
-      continue
-    if len(ckernel) == 2:
-      # Dense reads the units directly, or a flattened (..., h, w, units) map.
-      ok = feat == units or (feat % units == 0 and np.ndim(out) > np.ndim(x))
-    else:
-      ok = feat == units
-    if not ok or not bool(jnp.all(jnp.asarray(x) >= 0)):
-      continue
-    mod = prod.module
-    use_bias = mod.has_variable('params', 'bias')
-    groups.append(dense_group(
-        path_str(prod.path), units, layer=prod.path, consumer=cons.path,
-        kernel_init=getattr(mod, 'kernel_init', None),
-        bias_init=getattr(mod, 'bias_init', None), use_bias=use_bias))
-  if not groups:
-    raise GroupError(
-        f'discover_groups found no hidden layer followed by a ReLU in '
-        f'{type(model).__name__} (layers seen: {[path_str(c.path) for c in calls]}). '
-        'Declare the groups with snr_jax.dense_group(...).')
-  return validate_groups(groups, only_params)

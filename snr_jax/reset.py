@@ -19,33 +19,37 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
+from snr_jax._trace import key_path_to_path
 from snr_jax.groups import NeuronGroup, ParamSlice, Path, get_path
 
 Masks = Mapping[str, jax.Array]
 
 
-def key_path_to_path(key_path) -> Path:
-  """Turns a jax tree key path into a tuple of strings (dict keys, attrs, indices)."""
-  out = []
-  for k in key_path:
-    for attr in ('key', 'name', 'idx'):
-      if hasattr(k, attr):
-        out.append(str(getattr(k, attr)))
-        break
-    else:
-      out.append(str(k))
-  return tuple(out)
+def _unit_ids(group: NeuronGroup, s: ParamSlice, n: int) -> np.ndarray:
+  """The unit of each of the ``n`` elements along ``s.axis`` (-1: none)."""
+  if s.unit_of is not None:
+    return np.asarray(s.unit_of, np.int32)
+  return np.arange(n, dtype=np.int32) % group.units
 
 
-def _unit_mask(mask: jax.Array, s: ParamSlice, shape: tuple[int, ...]) -> jax.Array:
-  """Broadcasts a per-unit mask onto the parameter axis ``s.axis`` (unit = r % size)."""
-  axis = s.axis % len(shape)
-  vec = jnp.tile(mask, shape[axis] // mask.shape[0])
-  bshape = [1] * len(shape)
+def _unit_mask(mask: jax.Array, group: NeuronGroup, s: ParamSlice,
+               shape: tuple[int, ...]) -> jax.Array:
+  """Broadcasts a per-unit mask (size,) onto the parameter's unit (and layer) axes."""
+  nd = len(shape)
+  axis = s.axis % nd
+  ids = _unit_ids(group, s, shape[axis])
+  m = mask.reshape(group.layers, group.units)
+  m = jnp.concatenate([m, jnp.zeros((group.layers, 1), bool)], axis=1)[:, ids]  # -1 -> False
+  bshape = [1] * nd
   bshape[axis] = shape[axis]
-  return vec.reshape(bshape)
+  if s.layer_axis is None:
+    return m[0].reshape(bshape)
+  la = s.layer_axis % nd
+  bshape[la] = group.layers
+  return (m if la < axis else m.T).reshape(bshape)
 
 
 def outgoing_magnitude(params: Any, group: NeuronGroup) -> jax.Array:
@@ -53,26 +57,45 @@ def outgoing_magnitude(params: Any, group: NeuronGroup) -> jax.Array:
 
   A group without outgoing slices gets ones (its output is not weighed).
   """
-  total = jnp.zeros((group.size,), jnp.float32)
+  total = jnp.zeros((group.layers, group.units), jnp.float32)
   if not group.outgoing:
-    return total + 1.0
+    return total.reshape(-1) + 1.0
   for s in group.outgoing:
     w = jnp.abs(get_path(params, s.path).astype(jnp.float32))
-    w = jnp.moveaxis(w, s.axis, -1).reshape(-1, w.shape[s.axis])
-    total = total + w.sum(axis=0).reshape(-1, group.size).sum(axis=0)
-  return total
+    axis = s.axis % w.ndim
+    n = w.shape[axis]
+    if s.layer_axis is None:
+      w = jnp.moveaxis(w, axis, 0).reshape(1, n, -1).sum(-1)
+    else:
+      w = jnp.moveaxis(w, (s.layer_axis % w.ndim, axis), (0, 1))
+      w = w.reshape(group.layers, n, -1).sum(-1)
+    ids = _unit_ids(group, s, w.shape[1])
+    keep = ids >= 0
+    total = total.at[:, ids[keep]].add(w[:, keep])
+  return total.reshape(-1)
 
 
 def _slices_by_path(groups: Sequence[NeuronGroup], masks: Masks):
-  """``{param path: [(slice, mask, is_incoming), ...]}`` in application order."""
+  """``{param path: [(group, slice, mask, is_incoming), ...]}`` in application order."""
   table: dict[Path, list] = {}
   for g in groups:
     for s in g.incoming:
-      table.setdefault(s.path, []).append((s, masks[g.name], True))
+      table.setdefault(s.path, []).append((g, s, masks[g.name], True))
   for g in groups:  # outgoing after incoming, so zeroing wins on overlaps
     for s in g.outgoing:
-      table.setdefault(s.path, []).append((s, masks[g.name], False))
+      table.setdefault(s.path, []).append((g, s, masks[g.name], False))
   return table
+
+
+def _draw(s: ParamSlice, key: jax.Array, shape: tuple[int, ...], dtype) -> jax.Array:
+  """A fresh sample of a whole parameter; stacked layers are drawn one layer at a time,
+  so fan-in based initializers see one layer's shape."""
+  if s.layer_axis is None:
+    return s.init(key, shape, dtype).astype(dtype)
+  la = s.layer_axis % len(shape)
+  one = shape[:la] + shape[la + 1:]
+  keys = jax.random.split(key, shape[la])
+  return jax.vmap(lambda k: s.init(k, one, dtype).astype(dtype), out_axes=la)(keys)
 
 
 def draw_fresh(params: Any, groups: Sequence[NeuronGroup], key: jax.Array
@@ -85,13 +108,13 @@ def draw_fresh(params: Any, groups: Sequence[NeuronGroup], key: jax.Array
   """
   leaves = {key_path_to_path(kp): leaf
             for kp, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
-  inits: dict[Path, Any] = {}
+  slices: dict[Path, ParamSlice] = {}
   for g in groups:
     for s in g.incoming:
-      inits.setdefault(s.path, s.init)
-  keys = jax.random.split(key, max(len(inits), 1))
-  return {path: init(k, leaves[path].shape, leaves[path].dtype).astype(leaves[path].dtype)
-          for k, (path, init) in zip(keys, inits.items())}
+      slices.setdefault(s.path, s)
+  keys = jax.random.split(key, max(len(slices), 1))
+  return {path: _draw(s, k, leaves[path].shape, leaves[path].dtype)
+          for k, (path, s) in zip(keys, slices.items())}
 
 
 def apply_reset(params: Any, groups: Sequence[NeuronGroup], masks: Masks,
@@ -102,8 +125,8 @@ def apply_reset(params: Any, groups: Sequence[NeuronGroup], masks: Masks,
 
   def one(key_path, leaf):
     path = key_path_to_path(key_path)
-    for s, mask, incoming in table.get(path, ()):
-      m = _unit_mask(mask, s, leaf.shape)
+    for g, s, mask, incoming in table.get(path, ()):
+      m = _unit_mask(mask, g, s, leaf.shape)
       leaf = jnp.where(m, fresh[path] if incoming else jnp.zeros_like(leaf), leaf)
     return leaf
 
@@ -137,8 +160,8 @@ def keep_masks(params: Any, groups: Sequence[NeuronGroup], masks: Masks) -> Any:
   def one(key_path, leaf):
     path = key_path_to_path(key_path)
     keep = True
-    for s, mask, _ in table.get(path, ()):
-      keep = keep & ~_unit_mask(mask, s, leaf.shape)
+    for g, s, mask, _ in table.get(path, ()):
+      keep = keep & ~_unit_mask(mask, g, s, leaf.shape)
     return keep
 
   return jax.tree_util.tree_map_with_path(one, params)
@@ -250,3 +273,35 @@ def reset_neurons_and_advance_key(params: Any, opt_state: Any, groups: Sequence[
   if optimizer is not None and opt_state is not None:
     opt_state = reset_optimizer_state(optimizer, opt_state, params, groups, masks)
   return params_out, opt_state, next_key
+
+
+def reset_model_state(state: Any, groups: Sequence[NeuronGroup], masks: Masks) -> Any:
+  """Puts the reset units' model-state slices back to their initial values.
+
+  Discovered groups behind a BatchNorm record its running mean and variance in
+  ``group.state``; after a reset, hand the model state over to this function (the
+  linen variables, e.g. ``{'batch_stats': ...}``, or ``nnx.state(model)``) with the
+  step's reset masks (``snr_jax.last_resets(opt_state)``).
+
+  Args:
+    state: the tree holding the state leaves (paths as in ``group.state``).
+    groups: neuron groups.
+    masks: ``{group name: bool (size,)}``.
+
+  Returns:
+    The state with the masked units' slices re-initialised (mean 0, variance 1).
+  """
+  stated = [NeuronGroup(g.name, g.size, g.state, (), layers=g.layers) for g in groups if g.state]
+  if not stated:
+    return state
+  leaves = {key_path_to_path(kp): leaf
+            for kp, leaf in jax.tree_util.tree_flatten_with_path(state)[0]}
+  fresh = {}
+  for g in stated:
+    for s in g.incoming:
+      if s.path not in leaves:
+        raise ValueError(f"model state has no leaf '{'/'.join(s.path)}' (group '{g.name}'); "
+                         'pass the whole variables dict (linen) or nnx.state(model).')
+      fresh[s.path] = _draw(s, jax.random.PRNGKey(0), leaves[s.path].shape,
+                            leaves[s.path].dtype)
+  return apply_reset(state, stated, masks, fresh)

@@ -84,7 +84,7 @@ class SNRRule:
       act = activations[g.name]
       inc = self._increment(act)
       increments[g.name] = inc
-      fired = fired_units(act)
+      fired = fired_units(act, g.firing)
       before = state.ages[g.name]
       age = jnp.where(fired, 0, saturating_add(before, inc))
       reset = age >= state.thresholds[g.name]

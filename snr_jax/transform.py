@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from snr_jax.activations import check_activations
+from snr_jax.activations import check_activations, merge_layers
 from snr_jax.groups import NeuronGroup, validate_groups
 from snr_jax.reset import reset_neurons_and_advance_key
 
@@ -129,6 +129,7 @@ class NeuronResets:
       ``(params, opt_state, state)``.
     """
     check_activations(self.groups, activations)
+    activations = merge_layers(self.groups, activations)
     given = key is not None
     key = key if given else state.key
     end_of_task = jnp.asarray(end_of_task, bool)

@@ -1,0 +1,195 @@
+"""The forward pass as a flat graph of operations, for discovery and capture.
+
+A model's forward pass is traced once with ``jax.make_jaxpr``. :func:`build_scopes` turns
+the jaxpr into *scopes*: flat lists of :class:`Op` in execution order, in which nested
+``jit`` and ``checkpoint`` calls are inlined and every value has an integer id. The body
+of a ``scan`` is a scope of its own (its units are indexed by layer), linked to the
+outer scope by the ``scan`` op. A ReLU (``jax.nn.relu``/``relu6``, or ``max(x, 0)``)
+becomes one op named ``'relu'``; every other custom-derivative call stays one opaque op,
+so that e.g. ``softplus``'s internal ``max`` is never mistaken for a ReLU.
+
+Every op keeps its *location*: the eqn indices from the top-level jaxpr down to it, so
+the same value can be found again in a later trace of the same function
+(:mod:`snr_jax.capture`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional
+
+import numpy as np
+from jax.extend import core as jex_core
+
+Location = tuple[int, ...]
+
+# Calls whose body is inlined into the calling scope.
+INLINED = ('jit', 'pjit', 'closed_call', 'core_call', 'checkpoint', 'remat', 'remat2')
+RELU_NAMES = ('relu', 'relu6')
+
+
+@dataclasses.dataclass
+class Op:
+  """One operation of a scope.
+
+  Attributes:
+    prim: the primitive's name (``'relu'`` for a ReLU site).
+    params: the eqn's parameters.
+    ins: value ids of the operands.
+    outs: value ids of the results.
+    loc: eqn indices from the top-level jaxpr to this eqn.
+    scope_name: the innermost named ``jit`` around it (e.g. ``'gelu'``, ``'silu'``),
+      for reports.
+    eqn: the eqn itself.
+    body: for ``scan``: the body's :class:`Scope`.
+  """
+  prim: str
+  params: dict
+  ins: list[int]
+  outs: list[int]
+  loc: Location
+  scope_name: str
+  eqn: Any
+  body: Optional['Scope'] = None
+
+
+@dataclasses.dataclass
+class Scope:
+  """A flat graph: ops in execution order over integer value ids.
+
+  Attributes:
+    ops: the operations.
+    shapes: value id -> shape.
+    consts: value id -> numpy value, for literals and captured constants.
+    inputs: the ids of the scope's inputs, in order.
+    outputs: the ids the scope returns.
+    layers: 1 for the top level; a scan body's length for a scan body.
+    loc: location of the scan eqn owning this scope (empty for the top level).
+  """
+  ops: list[Op]
+  shapes: dict[int, tuple[int, ...]]
+  consts: dict[int, Any]
+  inputs: list[int]
+  outputs: list[int]
+  layers: int = 1
+  loc: Location = ()
+
+
+def _is_zero(x: Any) -> bool:
+  try:
+    return bool(np.all(np.asarray(x) == 0))
+  except Exception:  # pylint: disable=broad-except
+    return False
+
+
+def _inner_ops(closed) -> list[str]:
+  jaxpr = getattr(closed, 'jaxpr', closed)
+  names = []
+  for eqn in jaxpr.eqns:
+    names.append(eqn.primitive.name)
+    for key in ('jaxpr', 'call_jaxpr'):
+      if key in eqn.params:
+        names.extend(_inner_ops(eqn.params[key]))
+  return names
+
+
+def call_name(eqn) -> str:
+  """The name of the function behind a call eqn (``'relu'``, ``'logaddexp'``, ...)."""
+  if 'name' in eqn.params:
+    return str(eqn.params['name'])
+  sub = eqn.params.get('call_jaxpr', eqn.params.get('jaxpr'))
+  info = getattr(getattr(sub, 'jaxpr', sub), 'debug_info', None)
+  src = getattr(info, 'func_src_info', None) or ''
+  return src.split(' ')[0]
+
+
+def is_relu_call(eqn) -> bool:
+  """``jax.nn.relu``/``relu6`` (a custom-JVP call of that name whose body is a max)."""
+  if eqn.primitive.name != 'custom_jvp_call':
+    return False
+  return call_name(eqn) in RELU_NAMES and 'max' in _inner_ops(eqn.params['call_jaxpr'])
+
+
+class _Builder:
+  """Flattens one jaxpr (with nested calls) into scopes."""
+
+  def __init__(self):
+    self.next_id = 0
+
+  def new_id(self, scope: Scope, shape) -> int:
+    self.next_id += 1
+    scope.shapes[self.next_id] = tuple(shape)
+    return self.next_id
+
+  def read(self, scope: Scope, env: dict, atom) -> int:
+    if isinstance(atom, jex_core.Literal):
+      i = self.new_id(scope, np.shape(atom.val))
+      scope.consts[i] = atom.val
+      return i
+    return env[atom]
+
+  def flatten(self, scope: Scope, jaxpr, in_ids: list[int], loc: Location,
+              scope_name: str, consts=()) -> list[int]:
+    """Appends ``jaxpr``'s ops to ``scope``; returns the ids of its outputs."""
+    env = {}
+    for var, val in zip(jaxpr.constvars, consts):
+      i = self.new_id(scope, np.shape(val))
+      scope.consts[i] = val
+      env[var] = i
+    for var, i in zip(jaxpr.invars, in_ids):
+      env[var] = i
+    for k, eqn in enumerate(jaxpr.eqns):
+      here = loc + (k,)
+      name = eqn.primitive.name
+      ins = [self.read(scope, env, a) for a in eqn.invars]
+      if name in INLINED and ('jaxpr' in eqn.params or 'call_jaxpr' in eqn.params):
+        sub = eqn.params.get('jaxpr', eqn.params.get('call_jaxpr'))
+        inner, inner_consts = (sub.jaxpr, sub.consts) if hasattr(sub, 'consts') else (sub, ())
+        sub_name = call_name(eqn) if name in ('jit', 'pjit') else scope_name
+        outs = self.flatten(scope, inner, ins, here, sub_name, inner_consts)
+        for var, i in zip(eqn.outvars, outs):
+          env[var] = i
+        continue
+      outs = [self.new_id(scope, v.aval.shape) for v in eqn.outvars]
+      for var, i in zip(eqn.outvars, outs):
+        env[var] = i
+      prim, params = name, dict(eqn.params)
+      if is_relu_call(eqn):
+        prim, params['relu_operand'] = 'relu', 0
+      elif name == 'max' and len(ins) == 2 and any(
+          i in scope.consts and _is_zero(scope.consts[i]) for i in ins):
+        # relu ops read ins[0]; the eqn's own operand index is kept for capture
+        zero_first = ins[0] in scope.consts and _is_zero(scope.consts[ins[0]])
+        prim, params['relu_operand'] = 'relu', int(zero_first)
+        ins = ins[::-1] if zero_first else ins
+      op = Op(prim, params, ins, outs, here,
+              call_name(eqn) if name.startswith('custom_') else scope_name, eqn)
+      if name == 'scan':
+        op.body = self.scan_body(eqn, here)
+      scope.ops.append(op)
+    return [self.read(scope, env, a) for a in jaxpr.outvars]
+
+  def scan_body(self, eqn, loc: Location) -> Scope:
+    closed = eqn.params['jaxpr']
+    body = Scope([], {}, {}, [], [], layers=int(eqn.params['length']), loc=loc)
+    body.inputs = [self.new_id(body, v.aval.shape) for v in closed.jaxpr.invars]
+    body.outputs = self.flatten(body, closed.jaxpr, body.inputs, loc, '', closed.consts)
+    return body
+
+
+def build_scopes(closed_jaxpr) -> Scope:
+  """The top-level scope of a traced function (scan bodies hang off their ops)."""
+  builder = _Builder()
+  top = Scope([], {}, {}, [], [])
+  top.inputs = [builder.new_id(top, v.aval.shape) for v in closed_jaxpr.jaxpr.invars]
+  top.outputs = builder.flatten(top, closed_jaxpr.jaxpr, top.inputs, (), '',
+                                closed_jaxpr.consts)
+  return top
+
+
+def iter_scopes(scope: Scope):
+  """The scope and every scan body inside it, depth first."""
+  yield scope
+  for op in scope.ops:
+    if op.body is not None:
+      yield from iter_scopes(op.body)
