@@ -163,7 +163,7 @@ class _Builder:
         prim, params['relu_operand'] = 'relu', int(zero_first)
         ins = ins[::-1] if zero_first else ins
       op = Op(prim, params, ins, outs, here,
-              call_name(eqn) if name.startswith('custom_') else scope_name, eqn)
+              scope_name or call_name(eqn) if name.startswith('custom_') else scope_name, eqn)
       if name == 'scan':
         op.body = self.scan_body(eqn, here)
       scope.ops.append(op)

@@ -80,6 +80,20 @@ class _Origin:
   leaf: int = -1
   axes: tuple = ()
   layer_axis: Optional[int] = None
+  parts: tuple = ()  # for kind 'params': ((leaf, axes, layer_axis), ...) of several leaves
+
+
+def _parts(o: _Origin) -> tuple:
+  if o.kind == 'param':
+    return ((o.leaf, o.axes, o.layer_axis),)
+  return o.parts if o.kind == 'params' else ()
+
+
+def _from_parts(parts) -> _Origin:
+  parts = tuple(dict.fromkeys(parts))
+  if len({p[0] for p in parts}) == 1 and len(parts) == 1:
+    return _Origin('param', *parts[0])
+  return _Origin('params', parts=parts)
 
 
 _CONST = _Origin('const')
@@ -142,20 +156,26 @@ def _origins(scope: Scope, inputs: list[_Origin]) -> dict[int, _Origin]:
     out = _DATA
     if not ins or kinds == {'const'}:
       out = _CONST if op.prim not in ('random_bits', 'random_wrap', 'rng_uniform') else _DATA
-    elif kinds <= {'const', 'param'} and len({o.leaf for o in ins if o.kind == 'param'}) == 1:
-      src = next(k for k, o in enumerate(ins) if o.kind == 'param')
-      o = ins[src]
-      in_shape = scope.shapes[op.ins[src]]
+    elif kinds <= {'const', 'param', 'params'}:
       out_shape = scope.shapes[op.outs[0]] if op.outs else ()
+      srcs = [k for k, o in enumerate(ins) if o.kind != 'const']
       if op.prim in _LAYOUT or op.prim in _LINEAR_UNARY:
-        m = _layout_map(op, in_shape, out_shape)
-        if m is not None:
-          out = _Origin('param', o.leaf, tuple(None if a is None else o.axes[a] for a in m),
-                        o.layer_axis)
-      elif (op.prim in _BINARY or op.prim in _NONLINEAR_UNARY or op.prim == 'select_n') \
-          and len(in_shape) == len(out_shape):
-        out = _Origin('param', o.leaf, tuple(a if in_shape[j] == out_shape[j] else None
-                                             for j, a in enumerate(o.axes)), o.layer_axis)
+        m = _layout_map(op, scope.shapes[op.ins[srcs[0]]], out_shape)
+        if m is not None and len(srcs) == 1:
+          out = _from_parts(tuple((leaf, tuple(None if a is None else axes[a] for a in m), la)
+                                  for leaf, axes, la in _parts(ins[srcs[0]])))
+      elif op.prim in _BINARY or op.prim in _NONLINEAR_UNARY or op.prim == 'select_n':
+        parts = []
+        for k in srcs:
+          in_shape = scope.shapes[op.ins[k]]
+          if len(in_shape) != len(out_shape):
+            parts = None
+            break
+          parts.extend((leaf, tuple(a if in_shape[j] == out_shape[j] else None
+                                    for j, a in enumerate(axes)), la)
+                       for leaf, axes, la in _parts(ins[k]))
+        if parts:
+          out = _from_parts(tuple(parts))
     for i in op.outs:
       org[i] = out
   return org
@@ -203,6 +223,7 @@ class _Walk:
   relus: list = dataclasses.field(default_factory=list)       # (op, state) at ReLU sites
   consumers: list = dataclasses.field(default_factory=list)   # (leaf, axis, vec, layer_axis, op)
   reasons: list = dataclasses.field(default_factory=list)
+  state: set = dataclasses.field(default_factory=set)         # per-unit model-state leaves
 
 
 class _Walker:
@@ -315,6 +336,9 @@ class _Walker:
     if op.prim == 'scan':
       w.reasons.append('its pre-activation enters a scan')
       return 'stop'
+    if op.prim.startswith('custom_') and kinds & {'main'}:
+      w.reasons.append(_describe_nonlin(op.scope_name or 'a custom-derivative function'))
+      return 'stop'
     if kinds <= {'stat', 'pstat'} and op.prim in ('stop_gradient',):
       return first
     w.reasons.append(f"its pre-activation reaches '{op.prim}'"
@@ -340,31 +364,32 @@ class _Walker:
       shape = shapes[i]
       if o.kind == 'const' or len(shape) == 0:
         continue
-      if axis is None:  # only statistics so far: a per-unit factor (LayerNorm's scale)
-        if o.kind == 'param':
-          cand = [j for j, a in enumerate(o.axes) if a is not None
-                  and self.leaves[o.leaf].shape[a] == units and shape[j] == units]
-          if len(cand) == 1:
-            axis = cand[0]
-            params = params | {(o.leaf, o.axes[axis], o.layer_axis)}
-            kinds = kinds | {'pstat'}
+      if o.kind in ('param', 'params'):
+        if axis is None:  # only statistics so far: a per-unit factor (LayerNorm's scale)
+          cand = {j for leaf, axes, _ in _parts(o) for j, a in enumerate(axes)
+                  if a is not None and self.leaves[leaf].shape[a] == units and shape[j] == units}
+          if len(cand) != 1:
+            w.reasons.append('statistics of its pre-activation are mixed with other values')
+            return 'stop'
+          axis = cand.pop()
+          kinds = kinds | {'pstat'}
+        for leaf, axes, la in _parts(o):
+          u = self._param_unit(_Origin('param', leaf, axes, la), shape, axis, units)
+          if u == 'bcast':
             continue
+          if u is None or op.prim not in ('add', 'sub', 'mul', 'div', 'add_any'):
+            w.reasons.append(f"its pre-activation is combined ('{op.prim}') with parameter "
+                             f"'{path_str(self.leaves[leaf].path)}' across its units")
+            return 'stop'
+          if self.leaves[leaf].kind == 'state':
+            w.state.add(u)
+          else:
+            params = params | {u}
+        continue
+      if axis is None:
         if o.kind == 'data' and all(d == 1 for d in shape):
           continue
         w.reasons.append('statistics of its pre-activation are mixed with other values')
-        return 'stop'
-      if o.kind == 'param':
-        u = self._param_unit(o, shape, axis, units)
-        if u == 'bcast':
-          continue
-        if u is None:
-          w.reasons.append(f"its pre-activation is combined with parameter "
-                           f"'{path_str(self.leaves[o.leaf].path)}' across units")
-          return 'stop'
-        if op.prim in ('add', 'sub', 'mul', 'div', 'add_any'):
-          params = params | {u}
-          continue
-        w.reasons.append(f"its pre-activation goes through '{op.prim}' with a parameter")
         return 'stop'
       # data
       if shape[axis] == 1 and op.prim in ('mul', 'div', 'add', 'sub'):
@@ -701,7 +726,8 @@ def _analyse_scope(scope: Scope, org, leaves: list[Leaf], modules, overrides, ke
       left_out.append(LeftOut(name, reasons[0]))
       continue
     incoming, state = [], []
-    for leaf_i, axis, layer_axis in sorted(relu_t.params, key=lambda p: leaves[p[0]].path):
+    for leaf_i, axis, layer_axis in sorted(relu_t.params | pre.state,
+                                           key=lambda p: leaves[p[0]].path):
       leaf = leaves[leaf_i]
       is_kernel = leaf_i == o.leaf
       init = _initializer(leaf, 'kernel' if is_kernel else 'unit', modules, overrides,

@@ -143,7 +143,9 @@ def _child(node: Any, key: str) -> tuple[bool, Any]:
 
 def leaf_value(x: Any) -> Any:
   """The array of a leaf, unwrapping an NNX variable."""
-  return x.value if hasattr(x, 'value') and not hasattr(x, 'shape') else x
+  if hasattr(x, 'shape') or not hasattr(x, 'get_value'):
+    return x
+  return x.get_value()
 
 
 def get_path(tree: Mapping[str, Any], path: Path) -> Any:
