@@ -1,0 +1,118 @@
+"""What capturing pre-activations with ``with_preactivations`` costs, and discovery's time.
+
+1. Capture: an SNR (histogram) train step on the 784-100-100-10 MLP, batch 16, steps
+   inside ``lax.scan``, reading the pre-activations (a) from a hand-written
+   ``self.sow`` in the model and (b) with ``snr_jax.with_preactivations`` on the plain
+   model. Medians of several repetitions, interleaved, in one process; prints steps/s
+   and the ratio (b)/(a).
+2. Discovery: wall time of ``snr_jax.discover_groups`` on a 12-block GPT (width scale
+   16), median of 3.
+
+    python -m experiments.bench_capture [--steps 10000] [--reps 5] [--cores 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+import snr_jax
+from experiments._bench import median_time, pin_cores
+
+
+class MLP(nn.Module):
+  sow: bool = False
+
+  @nn.compact
+  def __call__(self, x):
+    for i, h in enumerate((100, 100)):
+      x = nn.Dense(h, name=f'Dense_{i}')(x)
+      if self.sow:
+        self.sow('intermediates', 'pre', x)
+      x = nn.relu(x)
+    return nn.Dense(10, name='Dense_2')(x)
+
+
+def make_run(forward, optimizer, steps, batch):
+  """``steps`` SNR steps on one task-sized dataset held on device, one compiled call."""
+  def loss_fn(params, x, y):
+    out, acts = forward(params, x)
+    return optax.softmax_cross_entropy_with_integer_labels(out, y).mean(), acts
+
+  def step(carry, i):
+    params, state, data_x, data_y = carry
+    start = (i % (data_x.shape[0] // batch)) * batch
+    x = jax.lax.dynamic_slice_in_dim(data_x, start, batch)
+    y = jax.lax.dynamic_slice_in_dim(data_y, start, batch)
+    (loss, acts), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, x, y)
+    updates, state = optimizer.update(grads, state, params, activations=acts)
+    return (optax.apply_updates(params, updates), state, data_x, data_y), loss
+
+  @jax.jit
+  def run(params, data_x, data_y):
+    (params, *_), losses = jax.lax.scan(step, (params, optimizer.init(params), data_x, data_y),
+                                        jnp.arange(steps))
+    return params, losses
+
+  return run
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--steps', type=int, default=10_000)
+  parser.add_argument('--reps', type=int, default=5)
+  parser.add_argument('--batch', type=int, default=16)
+  parser.add_argument('--cores', type=int, default=1, help='pin to this many cores (0: no pinning)')
+  args = parser.parse_args(argv)
+  cores = pin_cores(args.cores)
+
+  x = jax.random.normal(jax.random.PRNGKey(1), (args.batch, 784))
+  plain, sowing = MLP(), MLP(sow=True)
+  params = plain.init(jax.random.PRNGKey(0), x)['params']
+  groups = snr_jax.discover_groups(plain, params, x)
+  declared = [snr_jax.dense_group(g.name, g.size, layer=g.name, consumer=f'Dense_{i + 1}',
+                                  activation=(g.name, 'pre'))
+              for i, g in enumerate(groups)]
+  capture = snr_jax.with_preactivations(plain, groups)
+
+  def sown(p, xb):
+    out, state = sowing.apply({'params': p}, xb, mutable=['intermediates'])
+    return out, snr_jax.preactivations_from_intermediates(state['intermediates'], declared)
+
+  def captured(p, xb):
+    return capture({'params': p}, xb)
+
+  sgd = optax.sgd(1e-2)
+  runs = {'hand-written sow': make_run(sown, snr_jax.snr(sgd, declared), args.steps, args.batch),
+          'with_preactivations': make_run(captured, snr_jax.snr(sgd, groups), args.steps,
+                                          args.batch)}
+  kx, ky = jax.random.split(jax.random.PRNGKey(0))
+  data = (jax.random.uniform(kx, (10_000, 784)), jax.random.randint(ky, (10_000,), 0, 10))
+  for run in runs.values():
+    jax.block_until_ready(run(params, *data))
+  times = {name: [] for name in runs}
+  for _ in range(args.reps):  # interleaved, so drifts in load hit both alike
+    for name, run in runs.items():
+      times[name].append(median_time(lambda: jax.block_until_ready(run(params, *data)), 1))
+  base = statistics.median(times['hand-written sow'])
+  print(f'capture: {args.steps} SNR steps, batch {args.batch}, median of {args.reps}, '
+        f'{jax.devices()[0].platform}, {cores} core(s)')
+  for name, ts in times.items():
+    med = statistics.median(ts)
+    print(f'  {name:22s} {args.steps / med:9.0f} steps/s   ratio {med / base:5.3f}')
+
+  from experiments.models import GPT  # noqa: E402  (the harness's benchmark model)
+  gpt = GPT(vocab_size=500, num_layers=12, scale=16)
+  tokens = jnp.zeros((8, 128), jnp.int32)
+  gparams = gpt.init(jax.random.PRNGKey(0), tokens)['params']
+  t = median_time(lambda: snr_jax.discover_groups(gpt, gparams, tokens), 3)
+  print(f'discovery: 12-block GPT (scale 16): {t:.2f} s (median of 3)')
+
+
+if __name__ == '__main__':
+  main()
