@@ -281,7 +281,7 @@ def reset_model_state(state: Any, groups: Sequence[NeuronGroup], masks: Masks) -
   Discovered groups behind a BatchNorm record its running mean and variance in
   ``group.state``; after a reset, hand the model state over to this function (the
   linen variables, e.g. ``{'batch_stats': ...}``, or ``nnx.state(model)``) with the
-  step's reset masks (``snr_jax.last_resets(opt_state)``).
+  step's reset masks (``opt_state.resets.last_resets`` for :func:`snr_jax.snr`).
 
   Args:
     state: the tree holding the state leaves (paths as in ``group.state``).

@@ -476,6 +476,48 @@ def test_nnx_discovery():
   assert sorted('/'.join(s.path) for s in groups[0].state) == ['bn/mean', 'bn/var']
 
 
+class NNXBlock(nnx.Module):
+
+  def __init__(self, rngs):
+    self.fc1 = nnx.Linear(3, 5, rngs=rngs)
+    self.fc2 = nnx.Linear(5, 3, rngs=rngs)
+
+  def __call__(self, x):
+    return x + self.fc2(nnx.relu(self.fc1(x)))
+
+
+class NNXStack(nnx.Module):
+
+  def __init__(self, rngs):
+    @nnx.split_rngs(splits=3)
+    @nnx.vmap(in_axes=(0,), out_axes=0)
+    def create(rngs):
+      return NNXBlock(rngs)
+
+    self.blocks = create(rngs)
+    self.head = nnx.Linear(3, 2, rngs=rngs)
+
+  def __call__(self, x):
+    @nnx.scan(in_axes=(nnx.Carry, 0), out_axes=nnx.Carry)
+    def run(x, block):
+      return block(x)
+
+    return self.head(run(x, self.blocks))
+
+
+def test_nnx_scan_stack_has_units_per_layer():
+  model = NNXStack(nnx.Rngs(0))
+  x = jax.random.normal(KEY, (4, 3))
+  groups = snr_jax.discover_groups(model, x)
+  assert [as_truth(g) for g in groups] == [
+      truth('blocks/fc1', 5, {'blocks/fc1/kernel': 2, 'blocks/fc1/bias': 1},
+            {'blocks/fc2/kernel': 1}, layers=3)]
+  out, acts = snr_jax.with_preactivations(model, groups)(model, x)
+  np.testing.assert_allclose(out, model(x), rtol=1e-6)
+  k, b = model.blocks.fc1.kernel[...], model.blocks.fc1.bias[...]
+  np.testing.assert_allclose(acts['blocks/fc1'][0], x @ k[0] + b[0], rtol=1e-5)
+
+
 def test_nnx_training_with_nnx_optimizer_resets_a_silent_unit():
   model = NNXNet(nnx.Rngs(0))
   x = jax.random.normal(KEY, (4, 4))
