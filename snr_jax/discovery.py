@@ -236,6 +236,7 @@ class _Walker:
     self.outputs = set(scope.outputs)
     self.where_out = ('leaves the scan body (carry or output)' if scope.layers > 1
                       else 'is an output of the model (an output layer)')
+    self.seen_relus: set[int] = set()
 
   def leaf_size(self, o: _Origin, axis_in_value: int) -> Optional[int]:
     a = o.axes[axis_in_value] if axis_in_value < len(o.axes) else None
@@ -283,6 +284,7 @@ class _Walker:
     first = next(t for t in ts if t is not None)
     shapes = self.scope.shapes
     if op.prim == 'relu':
+      self.seen_relus.add(id(op))
       if first.kind == 'main':
         w.relus.append((op, first))
         return None
@@ -680,9 +682,31 @@ def _kernel_unit_axis(op: Op, scope: Scope, org, leaves):
   return o, dn.out_spec[1], kaxis, in_axis
 
 
+def _where(op: Op) -> str:
+  frames = getattr(op.eqn.source_info, 'traceback', None)
+  try:
+    from jax._src import source_info_util  # pylint: disable=import-outside-toplevel
+    return source_info_util.summarize(op.eqn.source_info)
+  except Exception:  # pylint: disable=broad-except
+    return f'eqn {op.loc}' if frames is None else str(frames)
+
+
 def _analyse_scope(scope: Scope, org, leaves: list[Leaf], modules, overrides, kernel_uses,
                    groups: list, left_out: list, refused: list):
   walker = _Walker(scope, org, leaves, _layer_name)
+  _find_groups(scope, walker, org, leaves, modules, overrides, kernel_uses, groups, left_out,
+               refused)
+  for op in scope.ops:
+    # jax.nn.relu / relu6 calls only: a bare max(x, 0) is also how libraries clip
+    # statistics (a LayerNorm's variance), which is no layer
+    if op.prim == 'relu' and op.eqn.primitive.name != 'max' and id(op) not in walker.seen_relus:
+      left_out.append(LeftOut(f'ReLU at {_where(op)}',
+                              'its input is not the output of one kernel layer (a residual sum, '
+                              "the model's input, ...); declare a group by hand if it is one"))
+
+
+def _find_groups(scope: Scope, walker, org, leaves: list[Leaf], modules, overrides,
+                 kernel_uses, groups: list, left_out: list, refused: list):
   for n, op in enumerate(scope.ops):
     if op.prim not in _CONTRACTIONS:
       continue

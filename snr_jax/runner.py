@@ -27,7 +27,8 @@ from snr_jax import data as snr_data
 from snr_jax import models
 from snr_jax.activations import apply_with_preactivations, fired
 from snr_jax.benchmarks import ExperimentConfig
-from snr_jax.groups import NeuronGroup, discover_groups
+from snr_jax.discovery import discover_groups
+from snr_jax.groups import NeuronGroup
 from snr_jax.methods import make_method
 from snr_jax.snr import saturating_add
 from snr_jax.transform import find_reset_state
