@@ -590,3 +590,34 @@ def test_declared_group_with_a_firing_predicate():
                        activations={'hidden': pre})
   np.testing.assert_array_equal(state.resets.rule.ages['hidden'], [3, 0, 3, 0])
   assert 'firing predicate: user-declared' in snr_jax.describe_groups([group])
+
+
+def test_snr_on_an_nnx_split_state_of_param_variables():
+  model = NNXNet(nnx.Rngs(0))
+  x = jax.random.normal(KEY, (4, 4))
+  groups = snr_jax.discover_groups(model, x)
+  _, params, _ = nnx.split(model, nnx.Param, ...)   # leaves are nnx.Param variables
+  tx = snr_jax.snr(optax.sgd(0.1), groups, tau_init=4, tau_min=4, tau_max=4)
+  state = tx.init(params)
+  acts = {g.name: -jnp.ones((4, g.size)) for g in groups}   # nothing fires: all reset
+  grads = jax.tree.map(jnp.zeros_like, params)
+  updates, state = tx.update(grads, state, params, activations=acts)
+  new = optax.apply_updates(params, updates)
+  assert all(bool(m.all()) for m in state.resets.last_resets.values())
+  np.testing.assert_array_equal(new['layers'][1]['kernel'][...], 0)   # outgoing zeroed
+  assert not np.allclose(new['layers'][0]['kernel'][...], params['layers'][0]['kernel'][...])
+
+
+def test_a_declared_stacked_group_must_name_its_layers():
+  model, x, variables, _ = _setup('scanned')
+  params = variables['params']
+  flat = snr_jax.NeuronGroup('fc1', 5, (snr_jax.ParamSlice(('stack', 'fc1', 'kernel'), -1,
+                                                          nn.initializers.lecun_normal()),))
+  with pytest.raises(snr_jax.GroupError, match='incoming.*has 3 entries'):
+    snr_jax.validate_groups([snr_jax.NeuronGroup('fc1', 5, (snr_jax.ParamSlice(
+        ('stack', 'fc1', 'kernel'), 0, nn.initializers.lecun_normal()),))], params)
+  with pytest.raises(snr_jax.GroupError, match='3 stacked layers.*no layer axis'):
+    snr_jax.validate_groups([flat.__class__('fc1', 15, flat.incoming, layers=3)], params)
+  ok = snr_jax.NeuronGroup('fc1', 15, (snr_jax.ParamSlice(
+      ('stack', 'fc1', 'kernel'), -1, nn.initializers.lecun_normal(), layer_axis=0),), layers=3)
+  assert snr_jax.validate_groups([ok], params)[0].units == 5
