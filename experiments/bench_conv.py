@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from snr_jax.models import CNN
+from experiments.models import CNN
 
 CONFIGS = {
     "xla": dict(conv_impl="xla", pool_impl="xla"),

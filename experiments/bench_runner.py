@@ -25,7 +25,7 @@ from experiments._bench import median_time, pin_cores
 
 
 def _generated(name, n, shape, classes):
-  from snr_jax.data import Dataset  # pylint: disable=import-outside-toplevel
+  from experiments.data import Dataset  # pylint: disable=import-outside-toplevel
   rng = np.random.default_rng(0)
   return Dataset(name=name, source='generated (benchmark)',
                  images=rng.integers(0, 256, (n, *shape), dtype=np.uint8),
@@ -33,7 +33,7 @@ def _generated(name, n, shape, classes):
 
 
 def _mnist_like():
-  from snr_jax import data  # pylint: disable=import-outside-toplevel
+  from experiments import data  # pylint: disable=import-outside-toplevel
   try:
     return data.load_fashion_mnist(), 'fashion_mnist'
   except data.DatasetNotFoundError:
@@ -42,7 +42,7 @@ def _mnist_like():
 
 def steps_per_second(config, dataset, seeds, tasks, reps, mode='auto'):
   import jax  # pylint: disable=import-outside-toplevel
-  from snr_jax import runner  # pylint: disable=import-outside-toplevel
+  from experiments import runner  # pylint: disable=import-outside-toplevel
   mode = runner.default_mode(config) if mode == 'auto' else mode
   exp = runner.make_run(config, dataset, axis_name='members' if mode == 'vmap' else None)
   init, run = runner.compile_batched(exp, mode, tasks)
@@ -63,8 +63,8 @@ def main(argv=None):
   cores = pin_cores(args.cores)
 
   import jax  # pylint: disable=import-outside-toplevel
-  from snr_jax.benchmarks import ExperimentConfig  # pylint: disable=import-outside-toplevel
-  from snr_jax.runner import run_experiment  # pylint: disable=import-outside-toplevel
+  from experiments.benchmarks import ExperimentConfig  # pylint: disable=import-outside-toplevel
+  from experiments.runner import run_experiment  # pylint: disable=import-outside-toplevel
 
   mnist, name = _mnist_like()
   print(f'{jax.default_backend()}, {cores} core(s); permuted data: {mnist.name} '

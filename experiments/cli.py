@@ -119,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _config_from_args(args):
-  from snr_jax.benchmarks import ExperimentConfig  # pylint: disable=import-outside-toplevel
+  from experiments.benchmarks import ExperimentConfig  # pylint: disable=import-outside-toplevel
   hparams = _parse_assignments(args.hparams, '--set')
   sweep = None
   if args.sweep:
@@ -142,7 +142,7 @@ def _config_from_args(args):
 
 
 def run_benchmark(args) -> dict:
-  from snr_jax import data  # pylint: disable=import-outside-toplevel
+  from experiments import data  # pylint: disable=import-outside-toplevel
   from experiments import results  # pylint: disable=import-outside-toplevel
   from experiments.driver import drive  # pylint: disable=import-outside-toplevel
   config = _config_from_args(args)

@@ -9,8 +9,8 @@ import jax
 import numpy as np
 
 from experiments import results
-from snr_jax.benchmarks import ExperimentConfig
-from snr_jax.runner import run_experiment
+from experiments.benchmarks import ExperimentConfig
+from experiments.runner import run_experiment
 
 
 def drive(config: ExperimentConfig, dataset, seeds: Sequence[int], out: pathlib.Path, *,

@@ -25,7 +25,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 from flax import serialization
 
-from snr_jax.runner import last_fraction_summary
+from experiments.runner import last_fraction_summary
 
 
 def _atomic_write(path: pathlib.Path, data: bytes) -> None:

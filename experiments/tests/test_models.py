@@ -1,4 +1,4 @@
-"""Tests for snr_jax.models: shapes, Im2colConv == nn.Conv, GPT causality and scaling."""
+"""Tests for experiments.models: shapes, Im2colConv == nn.Conv, GPT causality and scaling."""
 import math
 
 import flax.linen as nn
@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from snr_jax.models import (CNN, GPT, MLP, ViT, Im2colConv, gpt_widths, max_pool_2x2,
+from experiments.models import (CNN, GPT, MLP, ViT, Im2colConv, gpt_widths, max_pool_2x2,
                             model_for)
 
 KEY = jax.random.key(0)
