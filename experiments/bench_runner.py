@@ -17,11 +17,10 @@ pixel values.
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
 
-from experiments._bench import median_time, pin_cores
+from experiments._bench import median_time, pin_cores, timed
 
 
 def _generated(name, n, shape, classes):
@@ -48,8 +47,8 @@ def steps_per_second(config, dataset, seeds, tasks, reps, mode='auto'):
   init, run = runner.compile_batched(exp, mode, tasks)
   keys = runner.seed_keys(seeds)
   carry = init(keys, np.zeros(len(seeds), np.float32))
-  jax.block_until_ready(run(carry, 0, tasks))  # compile
-  t = median_time(lambda: jax.block_until_ready(run(carry, 0, tasks)), reps)
+  timed(lambda: run(carry, 0, tasks))  # compile
+  t = median_time(lambda: run(carry, 0, tasks), reps)
   return tasks * config.steps_per_task / t
 
 
@@ -78,9 +77,7 @@ def main(argv=None):
 
   if not args.skip_full:
     cfg = ExperimentConfig('permuted_mnist', method='snr', dataset=name)
-    t = time.perf_counter()
-    out = run_experiment(cfg, mnist, seeds=[0])
-    wall = time.perf_counter() - t
+    wall, out = timed(lambda: run_experiment(cfg, mnist, seeds=[0]))
     steps = cfg.resolved('num_tasks') * cfg.steps_per_task
     print(f'full Permuted protocol, SNR, 1 seed: {cfg.resolved("num_tasks")} tasks, '
           f'{steps} steps in {wall:.1f} s (compile included), last-10% accuracy '

@@ -120,7 +120,7 @@ def make_method(name: str, inner: optax.GradientTransformation, *,
     args['groups'] = groups
   if 'init_fn' in sig:
     if init_fn is None:
-      raise ValueError(f"method {name!r} needs init_fn= (key -> fresh params, e.g. "
+      raise ValueError(f'method {name!r} needs init_fn= (key -> fresh params, e.g. '
                        "lambda k: model.init(k, x)['params']).")
     args['init_fn'] = init_fn
   if 'groups' in sig:
