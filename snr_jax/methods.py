@@ -13,6 +13,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import optax
 
+from snr_jax._checks import optax_transformation
 from snr_jax.cbp import continual_backprop
 from snr_jax.groups import NeuronGroup
 from snr_jax.penalties import l2, l2_init
@@ -104,6 +105,7 @@ def make_method(name: str, inner: optax.GradientTransformation, *,
       ones), or a missing ``groups`` / ``init_fn``.
   """
   fn = _lookup(name)
+  inner = optax_transformation('inner', inner)
   valid = method_hyperparameters(name)
   if 'seed' not in valid:      # deterministic methods: a seed is accepted and unused
     hyperparams.pop('seed', None)

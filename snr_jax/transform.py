@@ -22,8 +22,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from snr_jax.activations import check_activations
-from snr_jax.groups import NeuronGroup, validate_groups
+from snr_jax import _checks
+from snr_jax.activations import ActivationError, check_activations
+from snr_jax.groups import GroupError, NeuronGroup, validate_groups
 from snr_jax.reset import reset_neurons_and_advance_key
 
 
@@ -75,9 +76,7 @@ def find_reset_state(state: Any) -> Optional[ResetState]:
 
 
 def _as_key(seed_or_key: Any) -> jax.Array:
-  if isinstance(seed_or_key, int):
-    return jax.random.PRNGKey(seed_or_key)
-  return seed_or_key
+  return _checks.prng_key('seed (or key)', seed_or_key)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,6 +94,10 @@ class NeuronResets:
   groups: tuple[NeuronGroup, ...]
   rule: ResetRule
   axis_name: Optional[str] = None
+
+  def __post_init__(self):
+    # A single group is accepted; names (strings) or other objects are errors.
+    object.__setattr__(self, 'groups', _checks.neuron_groups(self.groups, NeuronGroup, GroupError))
 
   def init(self, params: Any, key: Any = 0) -> ResetState:
     """Validates the groups against ``params`` and builds the initial state.
@@ -145,9 +148,10 @@ def reset_state(resets: NeuronResets, params: Any, opt_state: Any, state: ResetS
     ``(params, opt_state, state)``.
   """
   check_activations(resets.groups, activations)
+  _checks.activation_keys(resets.groups, activations, ActivationError)
   given = key is not None
   key = key if given else state.key
-  end_of_task = jnp.asarray(end_of_task, bool)
+  end_of_task = jnp.asarray(_checks.flag('end_of_task', end_of_task), bool)
   masks, rule_state = resets.rule.select(state.rule, resets.groups, activations, params,
                                          end_of_task=end_of_task, key=key)
   params, opt_state, next_key = reset_neurons_and_advance_key(
@@ -175,7 +179,8 @@ def with_resets(inner: optax.GradientTransformation, resets: NeuronResets,
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
   """
-  inner = optax.with_extra_args_support(inner)
+  inner = optax.with_extra_args_support(_checks.optax_transformation('inner', inner))
+  _as_key(seed)  # a bad seed is an error now, not at the first update
 
   def init_fn(params):
     return ResetOptState(inner.init(params), resets.init(params, seed))
@@ -186,6 +191,7 @@ def with_resets(inner: optax.GradientTransformation, resets: NeuronResets,
       raise ValueError('resets need the current params: call '
                        'update(grads, state, params, activations=...).')
     check_activations(resets.groups, activations)  # before the inner update runs
+    _checks.activation_keys(resets.groups, activations, ActivationError)
     inner_updates, inner_state = inner.update(updates, state.inner_state, params,
                                               **extra_args)
     new_params = optax.apply_updates(params, inner_updates)
