@@ -1,9 +1,9 @@
-"""Shared helpers for the benchmark scripts."""
+"""The timing helpers that every benchmark script (``experiments/bench_*.py``) uses."""
 
 import os
 import statistics
 import time
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 
 def pin_cores(cores: int) -> int:
@@ -18,11 +18,28 @@ def pin_cores(cores: int) -> int:
   return len(os.sched_getaffinity(0))
 
 
-def median_time(fn: Callable[[], object], reps: int) -> float:
-  """Median wall time of ``fn()`` over ``reps`` calls (``fn`` must block until done)."""
-  times = []
+def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+  """``(wall seconds, result)`` of one call of ``fn``, waiting until its result is ready."""
+  import jax  # pylint: disable=import-outside-toplevel
+  t = time.perf_counter()
+  out = jax.block_until_ready(fn())
+  return time.perf_counter() - t, out
+
+
+def median_times(fns: Mapping[str, Callable[[], Any]], reps: int) -> dict[str, float]:
+  """Median wall time of each ``fn()`` over ``reps`` calls.
+
+  The calls are interleaved (``a, b, a, b, ...``) so that a drift in the machine's load
+  hits every function alike; the ratios of the medians are then comparable. Compile (call
+  each once) before timing.
+  """
+  times = {name: [] for name in fns}
   for _ in range(reps):
-    t = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t)
-  return statistics.median(times)
+    for name, fn in fns.items():
+      times[name].append(timed(fn)[0])
+  return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def median_time(fn: Callable[[], Any], reps: int) -> float:
+  """Median wall time of ``fn()`` over ``reps`` calls (see :func:`median_times`)."""
+  return median_times({'fn': fn}, reps)['fn']

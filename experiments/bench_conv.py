@@ -10,87 +10,77 @@ Configurations (``--configs``): ``xla`` = nn.Conv + nn.max_pool (plain Flax),
 ``im2col`` = Im2colConv + reshape max-pool (the library default); ``xla+reshape`` and
 ``im2col+xlapool`` isolate the two changes.
 
-    .venv/bin/python experiments/bench_conv.py [--steps 1000] [--reps 3] [--configs ...]
+    python -m experiments.bench_conv [--steps 1000] [--reps 3] [--configs ...] [--cores N]
 """
 from __future__ import annotations
 
 import argparse
-import os
-import statistics
-import sys
-import time
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from snr_jax.models import CNN
+from experiments._bench import median_time, pin_cores, timed
+from experiments.models import CNN
 
 CONFIGS = {
-    "xla": dict(conv_impl="xla", pool_impl="xla"),
-    "im2col": dict(conv_impl="im2col", pool_impl="reshape"),
-    "xla+reshape": dict(conv_impl="xla", pool_impl="reshape"),
-    "im2col+xlapool": dict(conv_impl="im2col", pool_impl="xla"),
+    'xla': dict(conv_impl='xla', pool_impl='xla'),
+    'im2col': dict(conv_impl='im2col', pool_impl='reshape'),
+    'xla+reshape': dict(conv_impl='xla', pool_impl='reshape'),
+    'im2col+xlapool': dict(conv_impl='im2col', pool_impl='xla'),
 }
 
 
 def make_runner(model, steps, batch, lr=0.01):
-    def loss_fn(params, x, y):
-        logits = model.apply({"params": params}, x)
-        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+  def loss_fn(params, x, y):
+    logits = model.apply({'params': params}, x)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
-    @jax.jit
-    def run(params, images, labels):
-        n_batches = images.shape[0] // batch
+  @jax.jit
+  def run(params, images, labels):
+    n_batches = images.shape[0] // batch
 
-        def step(params, i):
-            j = (i % n_batches) * batch
-            x = jax.lax.dynamic_slice_in_dim(images, j, batch)
-            y = jax.lax.dynamic_slice_in_dim(labels, j, batch)
-            loss, grads = jax.value_and_grad(loss_fn)(params, x, y)
-            params = jax.tree_util.tree_map(lambda p, g: p - lr * g, params, grads)
-            return params, loss
+    def step(params, i):
+      j = (i % n_batches) * batch
+      x = jax.lax.dynamic_slice_in_dim(images, j, batch)
+      y = jax.lax.dynamic_slice_in_dim(labels, j, batch)
+      loss, grads = jax.value_and_grad(loss_fn)(params, x, y)
+      params = jax.tree_util.tree_map(lambda p, g: p - lr * g, params, grads)
+      return params, loss
 
-        return jax.lax.scan(step, params, jnp.arange(steps))
+    return jax.lax.scan(step, params, jnp.arange(steps))
 
-    return run
+  return run
 
 
 def bench(name, steps, reps, batch=16):
-    model = CNN(num_outputs=10, **CONFIGS[name])
-    kx, ky, kp = jax.random.split(jax.random.key(0), 3)
-    images = jax.random.normal(kx, (128, 32, 32, 3))
-    labels = jax.random.randint(ky, (128,), 0, 10)
-    params = model.init(kp, images[:1])["params"]
-    run = make_runner(model, steps, batch)
-    t0 = time.perf_counter()
-    jax.block_until_ready(run(params, images, labels))  # compile + warm-up
-    warm = time.perf_counter() - t0
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        _, losses = jax.block_until_ready(run(params, images, labels))
-        times.append(time.perf_counter() - t0)
-    med = statistics.median(times)
-    print(f"{name:>15}: {steps / med:9.1f} steps/s  (median of {reps}: {med:.3f} s for "
-          f"{steps} steps; compile+warm-up {warm:.1f} s; final loss {float(losses[-1]):.3f})",
-          flush=True)
-    return steps / med
+  model = CNN(num_outputs=10, **CONFIGS[name])
+  kx, ky, kp = jax.random.split(jax.random.key(0), 3)
+  images = jax.random.normal(kx, (128, 32, 32, 3))
+  labels = jax.random.randint(ky, (128,), 0, 10)
+  params = model.init(kp, images[:1])['params']
+  run = make_runner(model, steps, batch)
+  warm, (_, losses) = timed(lambda: run(params, images, labels))  # compile + warm-up
+  med = median_time(lambda: run(params, images, labels), reps)
+  print(f'{name:>15}: {steps / med:9.1f} steps/s  (median of {reps}: {med:.3f} s for '
+        f'{steps} steps; compile+warm-up {warm:.1f} s; final loss {float(losses[-1]):.3f})',
+        flush=True)
+  return steps / med
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=1000)
-    ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--configs", nargs="+", default=["xla", "im2col"], choices=list(CONFIGS))
-    args = ap.parse_args()
-    print(f"jax {jax.__version__}, backend {jax.default_backend()}, devices {jax.devices()}")
-    res = {c: bench(c, args.steps, args.reps) for c in args.configs}
-    if "xla" in res and "im2col" in res:
-        print(f"speed-up im2col / xla: {res['im2col'] / res['xla']:.1f}x")
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap.add_argument('--steps', type=int, default=1000)
+  ap.add_argument('--reps', type=int, default=3)
+  ap.add_argument('--configs', nargs='+', default=['xla', 'im2col'], choices=list(CONFIGS))
+  ap.add_argument('--cores', type=int, default=0, help='pin to this many cores (0: none)')
+  args = ap.parse_args()
+  pin_cores(args.cores)
+  print(f'jax {jax.__version__}, backend {jax.default_backend()}, devices {jax.devices()}')
+  res = {c: bench(c, args.steps, args.reps) for c in args.configs}
+  if 'xla' in res and 'im2col' in res:
+    print(f"speed-up im2col / xla: {res['im2col'] / res['xla']:.1f}x")
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == '__main__':
+  main()

@@ -13,8 +13,6 @@ By default the process is pinned to one core (see ``experiments._bench.pin_cores
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import flax.linen as nn
 import jax
@@ -22,7 +20,7 @@ import jax.numpy as jnp
 import optax
 
 import snr_jax
-from experiments._bench import pin_cores
+from experiments._bench import median_times, pin_cores, timed
 
 
 class MLP(nn.Module):
@@ -87,19 +85,14 @@ def main(argv=None):
           for name, (opt, s) in configs.items()}
   kx, ky = jax.random.split(jax.random.PRNGKey(0))
   data = (jax.random.uniform(kx, (10_000, 784)), jax.random.randint(ky, (10_000,), 0, 10))
-  for run in runs.values():  # compile
-    jax.block_until_ready(run(params, *data))
-  times = {name: [] for name in runs}
-  for rep in range(args.reps):   # interleave, so drifts in machine load hit all alike
-    for name, run in runs.items():
-      t = time.perf_counter()
-      jax.block_until_ready(run(params, *data))
-      times[name].append(time.perf_counter() - t)
-  base = statistics.median(times['sgd'])
+  calls = {name: (lambda run=run: run(params, *data)) for name, run in runs.items()}
+  for call in calls.values():  # compile
+    timed(call)
+  medians = median_times(calls, args.reps)
+  base = medians['sgd']
   print(f'{args.steps} steps, batch {args.batch}, median of {args.reps}, '
         f'{jax.devices()[0].platform}, {cores} core(s)')
-  for name, ts in times.items():
-    med = statistics.median(ts)
+  for name, med in medians.items():
     print(f'{name:15s} {args.steps / med:10.0f} steps/s   ratio to sgd {med / base:5.2f}')
 
 

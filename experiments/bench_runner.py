@@ -17,15 +17,14 @@ pixel values.
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
 
-from experiments._bench import median_time, pin_cores
+from experiments._bench import median_time, pin_cores, timed
 
 
 def _generated(name, n, shape, classes):
-  from snr_jax.data import Dataset  # pylint: disable=import-outside-toplevel
+  from experiments.data import Dataset  # pylint: disable=import-outside-toplevel
   rng = np.random.default_rng(0)
   return Dataset(name=name, source='generated (benchmark)',
                  images=rng.integers(0, 256, (n, *shape), dtype=np.uint8),
@@ -33,7 +32,7 @@ def _generated(name, n, shape, classes):
 
 
 def _mnist_like():
-  from snr_jax import data  # pylint: disable=import-outside-toplevel
+  from experiments import data  # pylint: disable=import-outside-toplevel
   try:
     return data.load_fashion_mnist(), 'fashion_mnist'
   except data.DatasetNotFoundError:
@@ -42,14 +41,14 @@ def _mnist_like():
 
 def steps_per_second(config, dataset, seeds, tasks, reps, mode='auto'):
   import jax  # pylint: disable=import-outside-toplevel
-  from snr_jax import runner  # pylint: disable=import-outside-toplevel
+  from experiments import runner  # pylint: disable=import-outside-toplevel
   mode = runner.default_mode(config) if mode == 'auto' else mode
   exp = runner.make_run(config, dataset, axis_name='members' if mode == 'vmap' else None)
   init, run = runner.compile_batched(exp, mode, tasks)
   keys = runner.seed_keys(seeds)
   carry = init(keys, np.zeros(len(seeds), np.float32))
-  jax.block_until_ready(run(carry, 0, tasks))  # compile
-  t = median_time(lambda: jax.block_until_ready(run(carry, 0, tasks)), reps)
+  timed(lambda: run(carry, 0, tasks))  # compile
+  t = median_time(lambda: run(carry, 0, tasks), reps)
   return tasks * config.steps_per_task / t
 
 
@@ -63,8 +62,8 @@ def main(argv=None):
   cores = pin_cores(args.cores)
 
   import jax  # pylint: disable=import-outside-toplevel
-  from snr_jax.benchmarks import ExperimentConfig  # pylint: disable=import-outside-toplevel
-  from snr_jax.runner import run_experiment  # pylint: disable=import-outside-toplevel
+  from experiments.benchmarks import ExperimentConfig  # pylint: disable=import-outside-toplevel
+  from experiments.runner import run_experiment  # pylint: disable=import-outside-toplevel
 
   mnist, name = _mnist_like()
   print(f'{jax.default_backend()}, {cores} core(s); permuted data: {mnist.name} '
@@ -78,9 +77,7 @@ def main(argv=None):
 
   if not args.skip_full:
     cfg = ExperimentConfig('permuted_mnist', method='snr', dataset=name)
-    t = time.perf_counter()
-    out = run_experiment(cfg, mnist, seeds=[0])
-    wall = time.perf_counter() - t
+    wall, out = timed(lambda: run_experiment(cfg, mnist, seeds=[0]))
     steps = cfg.resolved('num_tasks') * cfg.steps_per_task
     print(f'full Permuted protocol, SNR, 1 seed: {cfg.resolved("num_tasks")} tasks, '
           f'{steps} steps in {wall:.1f} s (compile included), last-10% accuracy '

@@ -63,63 +63,100 @@ def _parse_seeds(text: str) -> list[int]:
   return list(range(n))
 
 
-def build_parser() -> argparse.ArgumentParser:
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+  """Appends ``(default: X)`` to each option's help where X is a real value."""
+
+  def _get_help_string(self, action):
+    text = action.help or ''
+    if (action.default not in (None, False, argparse.SUPPRESS) and '%(default)' not in text
+        and action.option_strings):
+      text += ' (default: %(default)s)'
+    return text
+
+
+# Flags that apply to some benchmarks only (the others reject them as unrecognized).
+_GPT_BENCHMARKS = ('permuted_shakespeare',)
+
+
+def _add_run_arguments(p: argparse.ArgumentParser, name: str) -> None:
   from snr_jax.methods import METHODS  # pylint: disable=import-outside-toplevel
+  p.add_argument('--method', default='snr', choices=sorted(METHODS), help='plasticity method')
+  p.add_argument('--set', dest='hparams', action='append', metavar='NAME=VALUE',
+                 help='a method hyperparameter, e.g. --set eta=0.08 --set tau_min=100 '
+                      '(repeatable; see snr_jax.method_hyperparameters)')
+  p.add_argument('--sweep', metavar='NAME=V1,V2,...',
+                 help='batch one hyperparameter over values in the same compiled run, '
+                      'e.g. --sweep eta=0.01,0.08,0.3')
+  p.add_argument('--optimizer', choices=('sgd', 'adam'), help="(default: the protocol's)")
+  p.add_argument('--lr', type=float, help="learning rate (default: the protocol's)")
+  p.add_argument('--momentum', type=float, default=0.0, help='SGD momentum (SGD only)')
+  p.add_argument('--seeds', default='1', help='a count (5), a list (0,3,7) or a range (0-4)')
+  p.add_argument('--num-tasks', type=int, help="number of tasks (default: the protocol's)")
+  p.add_argument('--epochs', type=int, help="passes over each task (default: the protocol's)")
+  p.add_argument('--examples-per-task', type=int,
+                 help="training examples per task (default: the protocol's)")
+  p.add_argument('--batch-size', type=int, help="examples per step (default: the protocol's)")
+  if name in _GPT_BENCHMARKS:
+    p.add_argument('--scale', type=int, default=1, help='GPT width scale (1, 4, 16)')
+  p.add_argument('--dataset', help="dataset to use instead of the protocol's (e.g. "
+                                   'fashion_mnist or digits for Permuted runs)')
+  p.add_argument('--data-dir', help='directory with raw dataset files (or set '
+                                    'SNR_JAX_DATA_DIR)')
+  p.add_argument('--source', choices=('tfds', 'files', 'bundled'),
+                 help='only try this data source (default: each in turn)')
+  p.add_argument('--out', default=None,
+                 help=f'output directory (default: runs/{name}_<method>)')
+  p.add_argument('--checkpoint-every', type=int, default=25, help='tasks between checkpoints')
+  p.add_argument('--tasks-per-call', type=int, default=5,
+                 help='tasks per compiled call; progress updates between calls')
+  p.add_argument('--mode', default='auto', choices=('auto', 'vmap', 'devices', 'sequential'),
+                 help='batch seeds with vmap, split them over local devices (pmap), or '
+                      'run them one by one (auto: vmap, but one by one for CNNs on CPU)')
+  p.add_argument('--plot', action='store_true', help='also write plot.png in --out')
+  p.add_argument('--no-progress', action='store_true', help='no progress bar')
+
+
+def _describe(name: str) -> str:
+  return (f'Run the {name.replace("_", " ")} benchmark. Unset options take the paper\'s '
+          'protocol (SPEC §7).')
+
+
+def build_parser(benchmark: Optional[str] = None) -> argparse.ArgumentParser:
+  """The command line's parser.
+
+  Args:
+    benchmark: None for ``python -m experiments.cli COMMAND ...``; a benchmark name for
+      ``python -m experiments.<benchmark> ...`` (that benchmark's flags, no command).
+  """
+  if benchmark is not None:
+    parser = argparse.ArgumentParser(prog=f'python -m experiments.{benchmark}',
+                                     description=_describe(benchmark),
+                                     formatter_class=_HelpFormatter)
+    _add_run_arguments(parser, benchmark)
+    parser.set_defaults(command=benchmark)
+    return parser
   parser = argparse.ArgumentParser(
-      prog='python -m experiments.cli',
+      prog='python -m experiments.cli', formatter_class=_HelpFormatter,
       description='Continual-learning benchmarks of Farias & Jozefiak (ICLR 2025) with '
                   'SNR and the competing methods.')
   sub = parser.add_subparsers(dest='command', required=True, metavar='COMMAND')
   for name in BENCHMARKS:
     p = sub.add_parser(name, help=f'run the {name.replace("_", " ")} benchmark',
-                       description=f'Run the {name.replace("_", " ")} benchmark. Unset '
-                                   "options take the paper's protocol (SPEC §7).")
-    p.add_argument('--method', default='snr', choices=sorted(METHODS),
-                   help='plasticity method (default: snr)')
-    p.add_argument('--set', dest='hparams', action='append', metavar='NAME=VALUE',
-                   help='a method hyperparameter, e.g. --set eta=0.08 --set tau_min=100 '
-                        '(repeatable; see snr_jax.method_hyperparameters)')
-    p.add_argument('--sweep', metavar='NAME=V1,V2,...',
-                   help='batch one hyperparameter over values in the same compiled run, '
-                        'e.g. --sweep eta=0.01,0.08,0.3')
-    p.add_argument('--optimizer', choices=('sgd', 'adam'), help="default: the protocol's")
-    p.add_argument('--lr', type=float, help="learning rate (default: the protocol's)")
-    p.add_argument('--momentum', type=float, default=0.0, help='SGD momentum (default 0)')
-    p.add_argument('--seeds', default='1', help='a count (5), a list (0,3,7) or a range (0-4)')
-    p.add_argument('--num-tasks', type=int, help='number of tasks')
-    p.add_argument('--epochs', type=int, help='passes over each task')
-    p.add_argument('--examples-per-task', type=int, help='training examples per task')
-    p.add_argument('--batch-size', type=int, help='examples per step')
-    p.add_argument('--scale', type=int, default=1, help='GPT width scale (1, 4, 16)')
-    p.add_argument('--dataset', help='dataset to use instead of the protocol\'s (e.g. '
-                                     'fashion_mnist or digits for Permuted runs)')
-    p.add_argument('--data-dir', help='directory with raw dataset files (or set '
-                                      'SNR_JAX_DATA_DIR)')
-    p.add_argument('--source', choices=('tfds', 'files', 'bundled'),
-                   help='only try this data source')
-    p.add_argument('--out', default=None, help='output directory (default: runs/<benchmark>_'
-                                               '<method>)')
-    p.add_argument('--checkpoint-every', type=int, default=25,
-                   help='tasks between checkpoints (default 25)')
-    p.add_argument('--tasks-per-call', type=int, default=5,
-                   help='tasks per compiled call; progress updates between calls')
-    p.add_argument('--mode', default='auto', choices=('auto', 'vmap', 'devices', 'sequential'),
-                   help='batch seeds with vmap, split them over local devices (pmap), or '
-                        'run them one by one (auto: vmap, but one by one for CNNs on CPU)')
-    p.add_argument('--plot', action='store_true', help='also write plot.png in --out')
-    p.add_argument('--no-progress', action='store_true', help='no progress bar')
+                       description=_describe(name), formatter_class=_HelpFormatter)
+    _add_run_arguments(p, name)
   p = sub.add_parser('plot', help='plot accuracy and dead fraction per task',
+                     formatter_class=_HelpFormatter,
                      description='Plot online accuracy and dead fraction per task for one '
                                  'or several result directories: one line per run (mean over '
                                  'seeds) with a band of ± one std.')
   p.add_argument('runs', nargs='+', help='result directories')
-  p.add_argument('--out', default='plot.png', help='PNG file to write (default plot.png)')
+  p.add_argument('--out', default='plot.png', help='PNG file to write')
   p.add_argument('--title', default=None)
   return parser
 
 
 def _config_from_args(args):
-  from snr_jax.benchmarks import ExperimentConfig  # pylint: disable=import-outside-toplevel
+  from experiments.benchmarks import ExperimentConfig  # pylint: disable=import-outside-toplevel
   hparams = _parse_assignments(args.hparams, '--set')
   sweep = None
   if args.sweep:
@@ -131,18 +168,22 @@ def _config_from_args(args):
     except ValueError:
       raise CliError(f'--sweep values must be numbers, got {values!r}.') from None
   try:
-    return ExperimentConfig(
+    config = ExperimentConfig(
         benchmark=args.command, method=args.method, hparams=hparams, optimizer=args.optimizer,
         learning_rate=args.lr, momentum=args.momentum, num_tasks=args.num_tasks,
         examples_per_task=args.examples_per_task, epochs=args.epochs,
-        batch_size=args.batch_size, dataset=args.dataset, model_scale=args.scale,
-        sweep=sweep)
+        batch_size=args.batch_size, dataset=args.dataset,
+        model_scale=getattr(args, 'scale', 1), sweep=sweep)
   except (ValueError, TypeError) as e:
     raise CliError(str(e)) from None
+  if args.momentum and config.resolved('optimizer') != 'sgd':
+    raise CliError(f'--momentum applies to SGD only; this run uses '
+                   f'{config.resolved("optimizer")} (drop --momentum, or pass --optimizer sgd).')
+  return config
 
 
 def run_benchmark(args) -> dict:
-  from snr_jax import data  # pylint: disable=import-outside-toplevel
+  from experiments import data  # pylint: disable=import-outside-toplevel
   from experiments import results  # pylint: disable=import-outside-toplevel
   from experiments.driver import drive  # pylint: disable=import-outside-toplevel
   config = _config_from_args(args)
@@ -150,6 +191,10 @@ def run_benchmark(args) -> dict:
   for flag in ('checkpoint_every', 'tasks_per_call'):
     if getattr(args, flag) < 1:
       raise CliError(f'--{flag.replace("_", "-")} must be at least 1.')
+  try:
+    data.canonical_name(config.dataset_name)
+  except ValueError as e:  # an unknown name: one line listing the valid ones
+    raise CliError(str(e)) from None
   try:
     dataset = data.load_dataset(config.dataset_name, data_dir=args.data_dir, source=args.source)
   except data.DatasetNotFoundError as e:
@@ -171,8 +216,18 @@ def run_benchmark(args) -> dict:
   return summary
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-  parser = build_parser()
+def main(argv: Optional[Sequence[str]] = None, benchmark: Optional[str] = None) -> int:
+  """Runs the command line on ``argv`` (default: ``sys.argv[1:]``); returns the exit code.
+
+  ``benchmark`` set: ``argv`` holds that benchmark's flags only (``python -m
+  experiments.<benchmark>``). Bad flags and refused runs exit with code 2 and one message.
+  """
+  argv = list(sys.argv[1:] if argv is None else argv)
+  parser = build_parser(benchmark)
+  commands = (*BENCHMARKS, 'plot')
+  if benchmark is None and argv and not argv[0].startswith('-') and argv[0] not in commands:
+    parser.exit(2, f'error: unknown benchmark or command {argv[0]!r}; valid ones: '
+                   f'{", ".join(commands)}\n')
   args = parser.parse_args(argv)
   try:
     if args.command == 'plot':
@@ -195,7 +250,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def benchmark_main(benchmark: str) -> None:
   """Entry point of ``python -m experiments.<benchmark>``."""
-  sys.exit(main([benchmark, *sys.argv[1:]]))
+  sys.exit(main(sys.argv[1:], benchmark=benchmark))
 
 
 if __name__ == '__main__':

@@ -9,8 +9,8 @@ import jax
 import numpy as np
 
 from experiments import results
-from snr_jax.benchmarks import ExperimentConfig
-from snr_jax.runner import run_experiment
+from experiments.benchmarks import ExperimentConfig
+from experiments.runner import run_experiment
 
 
 def drive(config: ExperimentConfig, dataset, seeds: Sequence[int], out: pathlib.Path, *,
@@ -32,7 +32,7 @@ def drive(config: ExperimentConfig, dataset, seeds: Sequence[int], out: pathlib.
   total = config.resolved('num_tasks')
   record = results.config_record(config, seeds, dataset.name, dataset.source)
   fp = results.fingerprint(record)
-  results.write_config(out, record)
+  results.check_resumable(out, fp)  # a refused run leaves the directory as it was
   members = [{'seed': s, 'sweep_value': v} for s in seeds
              for v in (config.sweep[1] if config.sweep else (0.0,))]
   bar = tqdm(total=total, desc=f'{config.benchmark} {config.method}', unit='task',
@@ -40,7 +40,10 @@ def drive(config: ExperimentConfig, dataset, seeds: Sequence[int], out: pathlib.
   latest = {'saved': 0}
 
   def restore(template):
+    # Called once the run is built (config and data accepted): the directory is created
+    # only now, so a run that fails to build leaves no trace either.
     state = results.load_checkpoint(out, fp, template)
+    results.write_config(out, record)
     if state is not None:
       bar.update(state['done'])
       latest.update(state, saved=state['done'])

@@ -23,10 +23,12 @@ PROTOCOL = ['--dataset', 'digits', '--examples-per-task', '1000', '--lr', '0.1',
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--num-tasks', type=int, default=300)
-  parser.add_argument('--out', default='runs/quickstart')
-  parser.add_argument('--no-progress', action='store_true')
+  parser = argparse.ArgumentParser(prog='python -m experiments.quickstart',
+                                   description=__doc__.splitlines()[0],
+                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+  parser.add_argument('--num-tasks', type=int, default=300, help='tasks per run')
+  parser.add_argument('--out', default='runs/quickstart', help='output directory')
+  parser.add_argument('--no-progress', action='store_true', help='no progress bar')
   args = parser.parse_args(argv)
   out = pathlib.Path(args.out)
   runs = []

@@ -25,7 +25,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 from flax import serialization
 
-from snr_jax.runner import last_fraction_summary
+from experiments.runner import last_fraction_summary
 
 
 def _atomic_write(path: pathlib.Path, data: bytes) -> None:
@@ -49,6 +49,30 @@ def fingerprint(record: dict) -> str:
   key = json.dumps({'config': record['config'], 'seeds': record['seeds'],
                     'dataset': record['dataset']}, sort_keys=True, default=str)
   return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def check_resumable(out: pathlib.Path, fp: str) -> None:
+  """Refuses (before anything is written) a directory that holds another run.
+
+  Raises:
+    ValueError: ``out``'s ``config.json`` or checkpoint was written by a run with a
+      different config, seeds or dataset.
+  """
+  config = out / 'config.json'
+  found = []
+  if config.exists():
+    try:
+      found.append((config, fingerprint(json.loads(config.read_text()))))
+    except (ValueError, KeyError):
+      found.append((config, None))
+  checkpoint = out / 'checkpoint' / 'state.msgpack'
+  if checkpoint.exists():
+    found.append((checkpoint, serialization.msgpack_restore(checkpoint.read_bytes())
+                  .get('fingerprint')))
+  for path, other in found:
+    if other != fp:
+      raise ValueError(f'{path} was written by a run with a different config or seeds; '
+                       'resume with the same flags, or use a new --out directory.')
 
 
 def write_config(out: pathlib.Path, record: dict) -> None:

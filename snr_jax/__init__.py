@@ -1,26 +1,89 @@
 """snr_jax: Self-Normalized Resets and other plasticity methods for JAX/optax."""
 
-from snr_jax.activations import (ActivationError, apply_with_preactivations, check_activations,
-                                 fired, preactivations_from_intermediates)
+from importlib import metadata as _metadata
+
+from snr_jax.activations import (ActivationError, apply_with_preactivations, fired,
+                                 mean_activation, preactivations_from_intermediates)
 from snr_jax.capture import CaptureError, with_preactivations
+from snr_jax.cbp import CBPRule, CBPState, continual_backprop
 from snr_jax.discovery import DiscoveredGroups, LeftOut, describe_groups, discover_groups
 from snr_jax.groups import GroupError, NeuronGroup, ParamSlice, Site, dense_group, validate_groups
-from snr_jax.reset import (keep_masks, reset_model_state, reset_neurons, reset_optimizer_state,
-                           reset_params)
-from snr_jax.schedules import RefreshSchedule, at_random, every_n_steps, every_n_tasks
-from snr_jax.snr import (SNRRule, SNRState, dead_fraction, saturating_add,
-                         self_normalized_resets, snr, snr_info)
+from snr_jax.methods import METHODS, make_method, method_hyperparameters, snr_l2
+from snr_jax.penalties import L2InitState, add_l2, add_l2_init, l2, l2_init
+from snr_jax.redo import ReDoRule, ReDoState, redo
+from snr_jax.reset import reset_model_state, reset_neurons, reset_optimizer_state, reset_params
+from snr_jax.schedules import (RefreshSchedule, ScheduleState, at_random, every_n_steps,
+                               every_n_tasks)
+from snr_jax.shrink_perturb import ShrinkPerturbState, shrink_perturb
+from snr_jax.snr import SNRRule, SNRState, dead_fraction, self_normalized_resets, snr, snr_info
 from snr_jax.thresholds import (GeometricEstimator, GeometricState, HistogramEstimator,
                                 HistogramState)
-from snr_jax.transform import (NeuronResets, ResetOptState, ResetRule, ResetState,
-                               apply_resets, find_reset_state, with_resets)
+from snr_jax.transform import (NeuronResets, ResetOptState, ResetRule, ResetState, reset_state,
+                               with_resets)
 
-__version__ = '0.1.0'
+try:
+  __version__ = _metadata.version('snr_jax')
+except _metadata.PackageNotFoundError:  # imported from a source tree that is not installed
+  __version__ = '0.0.0+unknown'
 
-from snr_jax.activations import mean_activation
-from snr_jax.cbp import CBPRule, CBPState, continual_backprop, lowest_k
-from snr_jax.methods import METHODS, ignoring_reset_args, make_method, method_hyperparameters, snr_l2
-from snr_jax.penalties import add_l2, add_l2_init, l2, l2_init
-from snr_jax.redo import ReDoRule, ReDoState, redo, redo_scores
-from snr_jax.reset import outgoing_magnitude
-from snr_jax.shrink_perturb import shrink_perturb
+__all__ = [
+    'ActivationError',
+    'CBPRule',
+    'CBPState',
+    'CaptureError',
+    'DiscoveredGroups',
+    'GeometricEstimator',
+    'GeometricState',
+    'GroupError',
+    'HistogramEstimator',
+    'HistogramState',
+    'L2InitState',
+    'LeftOut',
+    'METHODS',
+    'NeuronGroup',
+    'NeuronResets',
+    'ParamSlice',
+    'ReDoRule',
+    'ReDoState',
+    'RefreshSchedule',
+    'ResetOptState',
+    'ResetRule',
+    'ResetState',
+    'SNRRule',
+    'SNRState',
+    'ScheduleState',
+    'ShrinkPerturbState',
+    'Site',
+    'add_l2',
+    'add_l2_init',
+    'apply_with_preactivations',
+    'at_random',
+    'continual_backprop',
+    'dead_fraction',
+    'dense_group',
+    'describe_groups',
+    'discover_groups',
+    'every_n_steps',
+    'every_n_tasks',
+    'fired',
+    'l2',
+    'l2_init',
+    'make_method',
+    'mean_activation',
+    'method_hyperparameters',
+    'preactivations_from_intermediates',
+    'redo',
+    'reset_model_state',
+    'reset_neurons',
+    'reset_optimizer_state',
+    'reset_params',
+    'reset_state',
+    'self_normalized_resets',
+    'shrink_perturb',
+    'snr',
+    'snr_info',
+    'snr_l2',
+    'validate_groups',
+    'with_preactivations',
+    'with_resets',
+]

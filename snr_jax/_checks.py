@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from typing import Any, Mapping, Optional, Sequence
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 
 
 def number_in(name: str, value: Any, lo: float, hi: float, *, lo_open: bool = False,
@@ -25,3 +28,101 @@ def number_in(name: str, value: Any, lo: float, hi: float, *, lo_open: bool = Fa
                                      and (v < hi if hi_open else v <= hi)):
     raise ValueError(f'{name} must be a number in {interval}, got {value!r}.')
   return v
+
+
+def number_at_least(name: str, value: Any, lo: float) -> float:
+  """Checks that ``value`` is a real number (Python or NumPy, not NaN) ``>= lo``; a float."""
+  try:
+    v = float(value)
+  except (TypeError, ValueError):
+    v = math.nan
+  if isinstance(value, (bool, np.bool_)) or not v >= lo:  # NaN fails the comparison
+    raise ValueError(f'{name} must be a number >= {lo:g}, got {value!r}.')
+  return v
+
+
+def integer_in(name: str, value: Any, lo: int, hi: Optional[int] = None, *,
+               what: str = '') -> int:
+  """Checks that ``value`` is an int (Python or NumPy, not a bool) in ``[lo, hi]``.
+
+  Returns it as a Python int.
+  """
+  if hi is not None:
+    kind = f'an int in [{lo}, {hi}]'
+  else:
+    kind = 'a positive int' if lo == 1 else f'an int >= {lo}'
+  if (isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer))
+      or value < lo or (hi is not None and value > hi)):
+    raise ValueError(f'{name} must be {kind}{what}, got {value!r}.')
+  return int(value)
+
+
+def prng_key(name: str, value: Any) -> jax.Array:
+  """An int seed (Python or NumPy) or a PRNG key, as a key. Anything else is an error."""
+  if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
+    return jax.random.PRNGKey(int(value))
+  if isinstance(value, jax.core.Tracer):
+    return value
+  if isinstance(value, (jax.Array, np.ndarray)):
+    if jax.dtypes.issubdtype(value.dtype, jax.dtypes.prng_key) and value.shape == ():
+      return value
+    if value.dtype == np.uint32 and value.shape == (2,):
+      return jnp.asarray(value)
+    if value.shape == () and jnp.issubdtype(value.dtype, jnp.integer):
+      return jax.random.PRNGKey(int(value))
+  raise ValueError(f'{name} must be an int seed or a PRNG key (jax.random.key(0) or '
+                   f'jax.random.PRNGKey(0)), got {value!r}.')
+
+
+def optax_transformation(name: str, value: Any) -> Any:
+  """Checks that ``value`` is an optax transformation (``init`` and ``update``)."""
+  if callable(getattr(value, 'init', None)) and callable(getattr(value, 'update', None)):
+    return value
+  if callable(value):
+    fn = getattr(value, '__qualname__', None) or repr(value)
+    raise ValueError(f'{name} must be an optax transformation, got the function {fn} itself: '
+                     f'call it with its hyperparameters, e.g. optax.sgd(1e-2).')
+  raise ValueError(f'{name} must be an optax transformation such as optax.sgd(1e-2) or '
+                   f'optax.adam(1e-3), got {type(value).__name__} {value!r}.')
+
+
+def neuron_groups(value: Any, group_type: type, error: type = ValueError) -> tuple:
+  """Groups as a tuple: a single group is accepted; names or other objects are errors."""
+  if isinstance(value, group_type):
+    return (value,)
+  hint = ('pass NeuronGroup objects, e.g. snr_jax.discover_groups(model, params, x) or '
+          'snr_jax.dense_group(...)')
+  if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+    raise error(f'groups must be a list of NeuronGroup; got {value!r}: {hint}.')
+  wrong = [g for g in value if not isinstance(g, group_type)]
+  if wrong:
+    raise error(f'groups must be NeuronGroup objects, got {wrong!r}'
+                     f'{" (names)" if all(isinstance(g, str) for g in wrong) else ""}: {hint}.')
+  return tuple(value)
+
+
+def flag(name: str, value: Any) -> Any:
+  """A bool, or a bool/int scalar array (possibly traced); strings and others are errors."""
+  if isinstance(value, (bool, np.bool_)) or (type(value) is int and value in (0, 1)):
+    return value
+  if isinstance(value, (jax.Array, np.ndarray)) and value.shape == () and (
+      value.dtype == bool or jnp.issubdtype(value.dtype, jnp.integer)):
+    return value
+  raise ValueError(f'{name} must be a bool (or a bool scalar array), got {value!r} '
+                   f'({type(value).__name__}).')
+
+
+def activation_keys(groups: Sequence[Any], activations: Any, error: type = ValueError) -> None:
+  """Unknown keys (a misspelled group name) and empty batches are errors."""
+  if not isinstance(activations, Mapping):
+    return  # the shape checks name this
+  names = {g.name for g in groups}
+  unknown = sorted(str(k) for k in activations if k not in names)
+  if unknown:
+    raise error(f'activations have keys {unknown} that match no neuron group (the groups '
+                     f'are {sorted(names)}): fix the names, or drop the extra keys.')
+  for k, a in activations.items():
+    shape = getattr(a, 'shape', None)
+    if shape and any(d == 0 for d in shape[:-1]):
+      raise error(f"activation of group '{k}' has shape {tuple(shape)}: an empty batch. "
+                       'Call update only with at least one example.')

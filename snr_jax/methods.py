@@ -13,6 +13,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import optax
 
+from snr_jax._checks import optax_transformation
 from snr_jax.cbp import continual_backprop
 from snr_jax.groups import NeuronGroup
 from snr_jax.penalties import l2, l2_init
@@ -104,6 +105,7 @@ def make_method(name: str, inner: optax.GradientTransformation, *,
       ones), or a missing ``groups`` / ``init_fn``.
   """
   fn = _lookup(name)
+  inner = optax_transformation('inner', inner)
   valid = method_hyperparameters(name)
   if 'seed' not in valid:      # deterministic methods: a seed is accepted and unused
     hyperparams.pop('seed', None)
@@ -120,7 +122,7 @@ def make_method(name: str, inner: optax.GradientTransformation, *,
     args['groups'] = groups
   if 'init_fn' in sig:
     if init_fn is None:
-      raise ValueError(f"method {name!r} needs init_fn= (key -> fresh params, e.g. "
+      raise ValueError(f'method {name!r} needs init_fn= (key -> fresh params, e.g. '
                        "lambda k: model.init(k, x)['params']).")
     args['init_fn'] = init_fn
   if 'groups' in sig:

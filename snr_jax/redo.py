@@ -80,4 +80,4 @@ def redo(inner: optax.GradientTransformation, groups: Sequence[NeuronGroup], *,
   if not isinstance(period, int) or period < 1:
     raise ValueError(f'period must be a positive int (steps), got {period!r}.')
   rule = ReDoRule(threshold, period)
-  return with_resets(inner, NeuronResets(tuple(groups), rule, axis_name), seed)
+  return with_resets(inner, NeuronResets(groups, rule, axis_name), seed)

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from snr_jax._checks import number_in
+from snr_jax._checks import integer_in, number_at_least, number_in
 from snr_jax.activations import fired as fired_units
 from snr_jax.groups import NeuronGroup
 from snr_jax.reset import any_in_batch, run_if
@@ -161,23 +161,20 @@ def self_normalized_resets(
     raise ValueError(f'unknown estimator {estimator!r}: choose one of {sorted(ESTIMATORS)}.')
   if age_unit not in AGE_UNITS:
     raise ValueError(f'unknown age_unit {age_unit!r}: choose one of {list(AGE_UNITS)}.')
-  for name, v in (('tau_min', tau_min), ('tau_max', tau_max)):
-    if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-      raise ValueError(f'{name} must be a positive int (in {age_unit}), got {v!r}.')
+  unit = f' (in {age_unit})'
+  tau_min = integer_in('tau_min', tau_min, 1, what=unit)
+  tau_max = integer_in('tau_max', tau_max, 1, what=unit)
   if tau_min > tau_max:
     raise ValueError(f'tau_min ({tau_min}) must not exceed tau_max ({tau_max}).')
   if tau_init is None:
     tau_init = tau_max
-  if not isinstance(tau_init, int) or not tau_min <= tau_init <= tau_max:
-    raise ValueError(f'tau_init must be an int in [tau_min, tau_max] = [{tau_min}, '
-                     f'{tau_max}], got {tau_init!r}.')
-  if not isinstance(expansion, (int, float)) or expansion < 1.0:
-    raise ValueError(f'expansion must be a number >= 1, got {expansion!r}.')
+  tau_init = integer_in('tau_init', tau_init, tau_min, tau_max, what=' (= [tau_min, tau_max])')
+  expansion = number_at_least('expansion', expansion, 1)
   if tau_max * expansion >= INT_MAX:
     raise ValueError(f'tau_max * expansion = {tau_max * expansion} overflows int32; '
                      'lower tau_max.')
-  if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
-    raise ValueError(f'batch_size must be a positive int or None, got {batch_size!r}.')
+  if batch_size is not None:
+    batch_size = integer_in('batch_size', batch_size, 1, what=' or None')
   if schedule is None:
     schedule = every_n_tasks(16)
   if not isinstance(schedule, RefreshSchedule):
@@ -186,7 +183,7 @@ def self_normalized_resets(
   est = ESTIMATORS[estimator](eta=eta, tau_min=tau_min, tau_max=tau_max,
                               expansion=float(expansion))
   rule = SNRRule(est, tau_init, schedule, age_unit, batch_size, axis_name)
-  return NeuronResets(tuple(groups), rule, axis_name)
+  return NeuronResets(groups, rule, axis_name)
 
 
 def snr(inner: optax.GradientTransformation, groups: Sequence[NeuronGroup], *,

@@ -4,8 +4,9 @@ Every resetting method (SNR, ReDo, continual backprop) is a :class:`ResetRule`: 
 function that reads the batch's pre-activations and its own state and returns which
 units to reset. Everything else is shared:
 
-* :class:`NeuronResets` pairs a rule with the neuron groups and offers a pure
-  :meth:`NeuronResets.apply` for users who drive optax themselves;
+* :class:`NeuronResets` pairs a rule with the neuron groups;
+  :func:`reset_state` is the pure step (bookkeeping, then resets) for users who
+  drive optax themselves;
 * :func:`with_resets` wraps an inner optimizer into an
   ``optax.GradientTransformationExtraArgs`` that runs the inner update, then the
   rule, then the shared reset of :mod:`snr_jax.reset`, returning updates that land
@@ -21,8 +22,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from snr_jax.activations import check_activations, merge_layers
-from snr_jax.groups import NeuronGroup, validate_groups
+from snr_jax import _checks
+from snr_jax.activations import ActivationError, check_activations, merge_layers
+from snr_jax.groups import GroupError, NeuronGroup, validate_groups
 from snr_jax.reset import reset_neurons_and_advance_key
 
 
@@ -48,7 +50,7 @@ class ResetState(NamedTuple):
 
   Attributes:
     rule: the rule's own state (for SNR: ages, thresholds, gap statistics).
-    key: PRNG key used when no key is passed to ``apply``.
+    key: PRNG key used when no key is passed to :func:`reset_state`.
     last_resets: ``{group: bool (size,)}``, the units reset at the latest step.
   """
   rule: Any
@@ -74,14 +76,12 @@ def find_reset_state(state: Any) -> Optional[ResetState]:
 
 
 def _as_key(seed_or_key: Any) -> jax.Array:
-  if isinstance(seed_or_key, int):
-    return jax.random.PRNGKey(seed_or_key)
-  return seed_or_key
+  return _checks.prng_key('seed (or key)', seed_or_key)
 
 
 @dataclasses.dataclass(frozen=True)
 class NeuronResets:
-  """A reset rule bound to neuron groups: pure ``init`` and ``apply`` functions.
+  """A reset rule bound to neuron groups: pure ``init`` (and ``apply``, :func:`reset_state`).
 
   Attributes:
     groups: the neuron groups (see :func:`snr_jax.discover_groups`).
@@ -94,6 +94,10 @@ class NeuronResets:
   groups: tuple[NeuronGroup, ...]
   rule: ResetRule
   axis_name: Optional[str] = None
+
+  def __post_init__(self):
+    # A single group is accepted; names (strings) or other objects are errors.
+    object.__setattr__(self, 'groups', _checks.neuron_groups(self.groups, NeuronGroup, GroupError))
 
   def init(self, params: Any, key: Any = 0) -> ResetState:
     """Validates the groups against ``params`` and builds the initial state.
@@ -109,45 +113,52 @@ class NeuronResets:
   def apply(self, params: Any, opt_state: Any, state: ResetState, activations: Any, *,
             optimizer: Optional[Any] = None, key: Optional[jax.Array] = None,
             end_of_task: Any = False) -> tuple[Any, Any, ResetState]:
-    """One step of bookkeeping and resets, after the optimizer's update (pure).
+    """``reset_state(self, ...)``: see :func:`reset_state`."""
+    return reset_state(self, params, opt_state, state, activations, optimizer=optimizer,
+                       key=key, end_of_task=end_of_task)
 
-    Args:
-      params: params after this step's optimizer update.
-      opt_state: the optimizer's state after the update (or None).
-      state: this object's state.
-      activations: ``{group name: pre-activation (batch, ..., size)}`` from this
-        step's forward pass.
-      optimizer: the optax optimizer owning ``opt_state``; its parameter-shaped state
-        is zeroed on reset slices. None leaves ``opt_state`` alone.
-      key: PRNG key for this step. By default the state's key, which is split (and
-        advanced) only on steps that reset something, so steps without resets do no
-        random-number work.
-      end_of_task: True on the last step of a task (a bool or traced bool scalar);
-        refreshes thresholds on the rules that refresh at task boundaries.
 
-    Returns:
-      ``(params, opt_state, state)``.
-    """
-    check_activations(self.groups, activations)
-    activations = merge_layers(self.groups, activations)
-    given = key is not None
-    key = key if given else state.key
-    end_of_task = jnp.asarray(end_of_task, bool)
-    masks, rule_state = self.rule.select(state.rule, self.groups, activations, params,
+def reset_state(resets: NeuronResets, params: Any, opt_state: Any, state: ResetState,
+                activations: Any, *, optimizer: Optional[Any] = None,
+                key: Optional[jax.Array] = None, end_of_task: Any = False
+                ) -> tuple[Any, Any, ResetState]:
+  """One step of bookkeeping and resets, after the optimizer's update (pure).
+
+  The functional form of a resetting method: the optimizer returned by
+  :func:`with_resets` (and so :func:`snr_jax.snr`, :func:`snr_jax.redo`,
+  :func:`snr_jax.continual_backprop`) calls it after the inner update. Use it directly
+  to drive optax (or any update rule) yourself.
+
+  Args:
+    resets: the rule bound to its neuron groups.
+    params: params after this step's optimizer update.
+    opt_state: the optimizer's state after the update (or None).
+    state: the :class:`ResetState` (from ``resets.init(params, key)``).
+    activations: ``{group name: pre-activation (batch, ..., size)}`` from this
+      step's forward pass.
+    optimizer: the optax optimizer owning ``opt_state``; its parameter-shaped state
+      is zeroed on reset slices. None leaves ``opt_state`` alone.
+    key: PRNG key for this step. By default the state's key, which is split (and
+      advanced) only on steps that reset something, so steps without resets do no
+      random-number work.
+    end_of_task: True on the last step of a task (a bool or traced bool scalar);
+      refreshes thresholds on the rules that refresh at task boundaries.
+
+  Returns:
+    ``(params, opt_state, state)``.
+  """
+  check_activations(resets.groups, activations)
+  _checks.activation_keys(resets.groups, activations, ActivationError)
+  given = key is not None
+  key = key if given else state.key
+  end_of_task = jnp.asarray(_checks.flag('end_of_task', end_of_task), bool)
+  activations = merge_layers(resets.groups, activations)
+  masks, rule_state = resets.rule.select(state.rule, resets.groups, activations, params,
                                          end_of_task=end_of_task, key=key)
-    params, opt_state, next_key = reset_neurons_and_advance_key(
-        params, opt_state, self.groups, masks, key, optimizer, self.axis_name)
-    # The carried key moves on only when it was used to draw fresh weights.
-    return params, opt_state, ResetState(rule_state, state.key if given else next_key, masks)
-
-
-def apply_resets(resets: NeuronResets, params: Any, opt_state: Any, state: ResetState,
-                 activations: Any, *, optimizer: Optional[Any] = None,
-                 key: Optional[jax.Array] = None, end_of_task: Any = False
-                 ) -> tuple[Any, Any, ResetState]:
-  """Functional form of :meth:`NeuronResets.apply`."""
-  return resets.apply(params, opt_state, state, activations, optimizer=optimizer, key=key,
-                      end_of_task=end_of_task)
+  params, opt_state, next_key = reset_neurons_and_advance_key(
+      params, opt_state, resets.groups, masks, key, optimizer, resets.axis_name)
+  # The carried key moves on only when it was used to draw fresh weights.
+  return params, opt_state, ResetState(rule_state, state.key if given else next_key, masks)
 
 
 def with_resets(inner: optax.GradientTransformation, resets: NeuronResets,
@@ -169,7 +180,8 @@ def with_resets(inner: optax.GradientTransformation, resets: NeuronResets,
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
   """
-  inner = optax.with_extra_args_support(inner)
+  inner = optax.with_extra_args_support(_checks.optax_transformation('inner', inner))
+  _as_key(seed)  # a bad seed is an error now, not at the first update
 
   def init_fn(params):
     return ResetOptState(inner.init(params), resets.init(params, seed))
@@ -180,14 +192,15 @@ def with_resets(inner: optax.GradientTransformation, resets: NeuronResets,
       raise ValueError('resets need the current params: call '
                        'update(grads, state, params, activations=...).')
     check_activations(resets.groups, activations)  # before the inner update runs
+    _checks.activation_keys(resets.groups, activations, ActivationError)
     inner_updates, inner_state = inner.update(updates, state.inner_state, params,
                                               **extra_args)
     new_params = optax.apply_updates(params, inner_updates)
-    new_params, inner_state, reset_state = resets.apply(
-        new_params, inner_state, state.resets, activations, optimizer=inner, key=key,
+    new_params, inner_state, resets_state = reset_state(
+        resets, new_params, inner_state, state.resets, activations, optimizer=inner, key=key,
         end_of_task=end_of_task)
     out = jax.tree.map(lambda n, p: (n - p).astype(p.dtype) if hasattr(p, 'dtype') else n - p,
                        new_params, params)
-    return out, ResetOptState(inner_state, reset_state)
+    return out, ResetOptState(inner_state, resets_state)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -7,6 +7,8 @@ import optax
 import pytest
 
 import snr_jax
+from snr_jax.redo import redo_scores
+from snr_jax.reset import keep_masks
 
 
 def _zero_grads(params):
@@ -72,7 +74,7 @@ def test_redo_resets_exactly_units_at_or_below_the_threshold_at_period_boundarie
   # mean |h| per unit: [4, 2, 1.5, 0.5] / mean 2 -> scores [2, 1, 0.75, 0.25];
   # with a negative entry for unit 3 in one example (relu: counted as 0)
   h = jnp.array([[4., 2., 1.5, 1.0], [4., 2., 1.5, -3.0]])
-  np.testing.assert_allclose(snr_jax.redo_scores(h), [2., 1., 0.75, 0.25])
+  np.testing.assert_allclose(redo_scores(h), [2., 1., 0.75, 0.25])
   state = tx.init(params)
   update = jax.jit(lambda s: tx.update(_zero_grads(params), s, params, activations={'h': h}))
   masks = []
@@ -163,7 +165,7 @@ def test_resetting_methods_leave_other_units_untouched(name, mlp):
   p_i, s_i = run(lambda g, s, p, a: inner.update(g, s, p), inner.init(params), 1)
   masks = s_m.resets.last_resets
   assert sum(int(m.sum()) for m in masks.values()) > 0, 'the setup must reset something'
-  keep = snr_jax.keep_masks(params, groups, masks)
+  keep = keep_masks(params, groups, masks)
   for k, a, b in zip(jax.tree.leaves(keep), jax.tree.leaves(p_m), jax.tree.leaves(p_i)):
     full = np.broadcast_to(np.asarray(k), a.shape)
     np.testing.assert_allclose(np.asarray(a)[full], np.asarray(b)[full], rtol=1e-5, atol=1e-7)

@@ -201,7 +201,7 @@ def test_residual_and_output_layers_are_left_out_with_reasons():
 
 
 def test_transformers_have_only_ffn_groups():
-  from snr_jax.models import GPT, ViT
+  from experiments.models import GPT, ViT
   for model, x in ((GPT(vocab_size=40, num_layers=2), jnp.zeros((2, 8), jnp.int32)),
                    (ViT(num_blocks=2, width=16, mlp_width=32, num_heads=2),
                     jnp.ones((2, 8, 8, 3)))):

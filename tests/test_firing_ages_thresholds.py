@@ -9,6 +9,7 @@ import pytest
 
 import snr_jax
 from snr_jax import GeometricEstimator, HistogramEstimator, NeuronGroup, ParamSlice
+from snr_jax.snr import saturating_add
 
 
 def _groups(*sizes):
@@ -82,9 +83,9 @@ def test_batch_size_override():
 def test_ages_saturate_at_dtype_max():
   top = np.iinfo(np.int32).max
   ages = jnp.array([top - 3, top, 5], jnp.int32)
-  np.testing.assert_array_equal(snr_jax.saturating_add(ages, 8), [top, top, 13])
+  np.testing.assert_array_equal(saturating_add(ages, 8), [top, top, 13])
   ages16 = jnp.array([32760], jnp.int16)
-  assert int(snr_jax.saturating_add(ages16, 100)[0]) == 32767
+  assert int(saturating_add(ages16, 100)[0]) == 32767
 
 
 def test_ages_saturate_inside_the_rule():

@@ -139,7 +139,7 @@ def test_activations_missing_a_group():
 
 
 def test_activations_of_the_wrong_shape():
-  with pytest.raises(snr_jax.ActivationError, match=r"shape \(2, 4\); expected \(batch, ..., 5\)"):
+  with pytest.raises(snr_jax.ActivationError, match=r'shape \(2, 4\); expected \(batch, ..., 5\)'):
     _update({'h': jnp.ones((2, 4))})
   with pytest.raises(snr_jax.ActivationError, match='must be a mapping'):
     _update([jnp.ones((2, 5))])

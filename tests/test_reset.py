@@ -8,6 +8,7 @@ import optax
 import pytest
 
 import snr_jax
+from snr_jax.reset import keep_masks
 
 
 def _mask(groups, name, units):
@@ -155,7 +156,7 @@ def test_optimizer_state_zeroed_on_exactly_the_reset_slices(name, mlp):
   masks = _mask(groups, 'Dense_1', [2])
   _, new_state = snr_jax.reset_neurons(params, state, groups, masks,
                                        jax.random.PRNGKey(0), optimizer=opt)
-  keep = snr_jax.keep_masks(params, groups, masks)
+  keep = keep_masks(params, groups, masks)
   keep = {(layer, name): np.asarray(v) for layer in keep for name, v in keep[layer].items()}
   touched = {('Dense_1', 'kernel'), ('Dense_1', 'bias'), ('Dense_2', 'kernel')}
   old_leaves = jax.tree_util.tree_flatten_with_path(state)[0]

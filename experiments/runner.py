@@ -23,10 +23,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from snr_jax import data as snr_data
-from snr_jax import models
+from experiments import data as snr_data
+from experiments import models
 from snr_jax.activations import apply_with_preactivations, fired
-from snr_jax.benchmarks import ExperimentConfig
+from experiments.benchmarks import ExperimentConfig
 from snr_jax.discovery import discover_groups
 from snr_jax.groups import NeuronGroup
 from snr_jax.methods import make_method

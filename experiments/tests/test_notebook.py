@@ -5,7 +5,7 @@ import pathlib
 
 import matplotlib
 
-NOTEBOOK = pathlib.Path(__file__).resolve().parents[1] / 'experiments' / 'snr_walkthrough.ipynb'
+NOTEBOOK = pathlib.Path(__file__).resolve().parents[1] / 'snr_walkthrough.ipynb'
 
 
 def test_walkthrough_notebook_executes(tmp_path, monkeypatch):

@@ -15,19 +15,19 @@ from .conv import Im2colConv, max_pool_2x2
 from .mlp import MLP
 from .transformer import FFN, GPT, Block, ViT, gpt_widths
 
-MODELS = {"mlp": MLP, "cnn": CNN, "vit": ViT, "gpt": GPT}
+MODELS = {'mlp': MLP, 'cnn': CNN, 'vit': ViT, 'gpt': GPT}
 
 
 def model_for(name: str, **kwargs):
-    """Build a model by name: 'mlp', 'cnn', 'vit' or 'gpt' (case-insensitive).
+  """Build a model by name: 'mlp', 'cnn', 'vit' or 'gpt' (case-insensitive).
 
-    Keyword arguments go to the model's constructor (``GPT`` needs ``vocab_size``).
-    """
-    key = str(name).lower()
-    if key not in MODELS:
-        raise ValueError(f"unknown model {name!r}; known models: {', '.join(sorted(MODELS))}")
-    return MODELS[key](**kwargs)
+  Keyword arguments go to the model's constructor (``GPT`` needs ``vocab_size``).
+  """
+  key = str(name).lower()
+  if key not in MODELS:
+    raise ValueError(f"unknown model {name!r}; known models: {', '.join(sorted(MODELS))}")
+  return MODELS[key](**kwargs)
 
 
-__all__ = ["MLP", "CNN", "ViT", "GPT", "Block", "FFN", "Im2colConv", "max_pool_2x2",
-           "gpt_widths", "model_for", "MODELS"]
+__all__ = ['MLP', 'CNN', 'ViT', 'GPT', 'Block', 'FFN', 'Im2colConv', 'max_pool_2x2',
+           'gpt_widths', 'model_for', 'MODELS']

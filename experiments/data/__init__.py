@@ -7,8 +7,8 @@ Streams (device side, pure JAX, jit-friendly): :func:`permuted_task`,
 :func:`batches` / :func:`batch_indices`.
 """
 
-from snr_jax.data.dataset import DATA_DIR_ENV, Dataset, DatasetNotFoundError
-from snr_jax.data.loaders import (
+from experiments.data.dataset import DATA_DIR_ENV, Dataset, DatasetNotFoundError
+from experiments.data.loaders import (
     DEBIAN_FASHION_MNIST_DIR,
     LOADERS,
     canonical_name,
@@ -20,7 +20,7 @@ from snr_jax.data.loaders import (
     load_mnist,
     load_shakespeare,
 )
-from snr_jax.data.streams import (
+from experiments.data.streams import (
     batch_indices,
     batches,
     class_pair,
@@ -34,7 +34,7 @@ from snr_jax.data.streams import (
     to_float,
     vocab_permutation,
 )
-from snr_jax.data.text import UNK, build_vocab, fetch_shakespeare_text, tokenize
+from experiments.data.text import UNK, build_vocab, fetch_shakespeare_text, tokenize
 
 DATASET_NAMES = tuple(sorted(LOADERS))
 

@@ -1,4 +1,4 @@
-"""Tests for snr_jax.data: task streams and dataset loaders (on small generated files)."""
+"""Tests for experiments.data: task streams and dataset loaders (on small generated files)."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ import pytest
 
 from fakes import (cifar_batch, dump_py2_style, make_mnist_like, write_idx, write_imagenet32,
                    write_mnist_dir)
-from snr_jax import data as D
-from snr_jax.data import formats, loaders, text
+from experiments import data as D
+from experiments.data import formats, loaders, text
 
 
 # ---------------------------------------------------------------------------

@@ -12,7 +12,7 @@ class Protocol:
 
   Attributes:
     name: benchmark name.
-    dataset: dataset loaded for it (see :mod:`snr_jax.data`).
+    dataset: dataset loaded for it (see :mod:`experiments.data`).
     task: the task stream: ``'permuted'``, ``'random_label'``, ``'class_pair'`` or
       ``'permuted_vocab'``.
     model: ``'mlp'``, ``'cnn'`` or ``'gpt'``.

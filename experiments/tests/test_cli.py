@@ -33,15 +33,15 @@ TINY = {
 }
 
 
-@pytest.mark.parametrize('benchmark', sorted(TINY))
-def test_each_benchmark_end_to_end(benchmark, data_dir, tmp_path, capsys):
+@pytest.mark.parametrize('name', sorted(TINY))
+def test_each_benchmark_end_to_end(name, data_dir, tmp_path, capsys):
   out = tmp_path / 'run'
-  code = cli.main([benchmark, '--method', 'snr', '--num-tasks', '3', '--seeds', '2',
+  code = cli.main([name, '--method', 'snr', '--num-tasks', '3', '--seeds', '2',
                    '--data-dir', str(data_dir), '--out', str(out), '--no-progress', '--plot',
-                   '--set', 'tau_min=8', '--set', 'tau_max=64', *TINY[benchmark]])
+                   '--set', 'tau_min=8', '--set', 'tau_max=64', *TINY[name]])
   assert code == 0
   record = json.loads((out / 'config.json').read_text())
-  assert record['config']['benchmark'] == benchmark and record['seeds'] == [0, 1]
+  assert record['config']['benchmark'] == name and record['seeds'] == [0, 1]
   assert str(data_dir) in record['source']
   rows = results.read_metrics(out)
   assert len(rows) == 2 * 3 and {r['seed'] for r in rows} == {'0', '1'}
@@ -82,14 +82,99 @@ def test_resume_after_interruption_equals_uninterrupted_run(data_dir, tmp_path, 
   assert (tmp_path / 'resumed' / 'metrics.csv').read_text() == full
 
 
-def test_resume_refuses_a_checkpoint_of_another_config(data_dir, tmp_path):
+def _snapshot(directory: pathlib.Path) -> dict:
+  return {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(directory.rglob('*'))
+          if p.is_file()}
+
+
+def test_refused_run_leaves_the_directory_untouched(data_dir, tmp_path, capsys):
   base = ['permuted_mnist', '--num-tasks', '2', '--examples-per-task', '32',
           '--data-dir', str(data_dir), '--no-progress', '--out', str(tmp_path / 'r'),
           '--checkpoint-every', '1', '--tasks-per-call', '1']
   assert cli.main([*base, '--method', 'none']) == 0
+  before = _snapshot(tmp_path / 'r')
+  assert (tmp_path / 'r' / 'config.json') in before
+  capsys.readouterr()
   with pytest.raises(SystemExit) as e:
     cli.main([*base, '--method', 'snr'])
   assert e.value.code == 2
+  assert 'different config or seeds' in capsys.readouterr().err
+  assert _snapshot(tmp_path / 'r') == before  # config.json still names the 'none' run
+  record = json.loads((tmp_path / 'r' / 'config.json').read_text())
+  assert record['config']['method'] == 'none'
+
+
+def test_run_that_fails_to_build_creates_no_directory(data_dir, tmp_path, capsys):
+  out = tmp_path / 'never'
+  with pytest.raises(SystemExit) as e:  # an image benchmark given a text dataset
+    cli.main(['permuted_mnist', '--dataset', 'shakespeare', '--data-dir', str(data_dir),
+              '--num-tasks', '1', '--no-progress', '--out', str(out)])
+  assert e.value.code == 2 and 'Traceback' not in capsys.readouterr().err
+  assert not out.exists()
+
+
+def _one_line_error(capsys) -> str:
+  err = capsys.readouterr().err
+  assert 'Traceback' not in err and err.count('\n') == 1, err
+  return err
+
+
+def test_unknown_dataset_is_one_line_listing_the_valid_ones(tmp_path, capsys):
+  with pytest.raises(SystemExit) as e:
+    cli.main(['permuted_mnist', '--dataset', 'mnistt', '--no-progress',
+              '--out', str(tmp_path / 'r')])
+  assert e.value.code == 2
+  err = _one_line_error(capsys)
+  assert "'mnistt'" in err and all(n in err for n in ('mnist', 'fashion_mnist', 'cifar10'))
+  assert not (tmp_path / 'r').exists()
+
+
+@pytest.mark.parametrize('argv', [['permuted_mnistt'], ['permuted_mnistt', '--help']])
+def test_unknown_benchmark_is_one_line_listing_the_valid_ones(argv, capsys):
+  with pytest.raises(SystemExit) as e:
+    cli.main(argv)
+  assert e.value.code == 2
+  err = _one_line_error(capsys)
+  assert "'permuted_mnistt'" in err and all(b in err for b in (*cli.BENCHMARKS, 'plot'))
+
+
+@pytest.mark.parametrize('name', ['permuted_mnist', 'random_label_mnist', 'random_label_cifar',
+                                  'continual_imagenet'])
+def test_scale_is_rejected_where_there_is_no_gpt(name, capsys):
+  with pytest.raises(SystemExit) as e:
+    cli.main([name, '--scale', '4', '--no-progress', '--out', '/tmp/unused'])
+  assert e.value.code == 2 and 'unrecognized arguments: --scale 4' in capsys.readouterr().err
+  assert cli.build_parser().parse_args(['permuted_shakespeare', '--scale', '4']).scale == 4
+
+
+def test_momentum_is_rejected_for_adam(capsys):
+  with pytest.raises(SystemExit) as e:  # the Shakespeare protocol trains with Adam
+    cli.main(['permuted_shakespeare', '--momentum', '0.9', '--no-progress',
+              '--out', '/tmp/unused'])
+  assert e.value.code == 2 and '--momentum applies to SGD only' in capsys.readouterr().err
+
+
+def test_help_of_a_benchmark_module_shows_its_usage_and_defaults(monkeypatch, capsys):
+  monkeypatch.setattr('sys.argv', ['permuted_mnist.py', '--help'])
+  with pytest.raises(SystemExit) as e:
+    cli.benchmark_main('permuted_mnist')
+  assert e.value.code == 0
+  out = capsys.readouterr().out
+  assert out.startswith('usage: python -m experiments.permuted_mnist [-h]')
+  assert 'experiments.cli' not in out and 'COMMAND' not in out
+  text = ' '.join(out.split())  # help lines wrap at the terminal width
+  for default in ('(default: snr)', '(default: 25)', '(default: 5)', '(default: auto)',
+                  "(default: the protocol's)", '(default: runs/permuted_mnist_<method>)'):
+    assert default in text, default
+  assert '--scale' not in out
+
+
+def test_help_of_the_cli_shows_defaults(capsys):
+  with pytest.raises(SystemExit):
+    cli.main(['permuted_shakespeare', '--help'])
+  out = capsys.readouterr().out
+  assert out.startswith('usage: python -m experiments.cli permuted_shakespeare')
+  assert 'GPT width scale (1, 4, 16) (default: 1)' in ' '.join(out.split())
 
 
 @pytest.mark.parametrize('flags, message', [

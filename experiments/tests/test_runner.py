@@ -1,6 +1,7 @@
 """The compiled experiment runner on tiny generated data."""
 
 import dataclasses
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -9,9 +10,13 @@ import optax
 import pytest
 
 import snr_jax
-from snr_jax.benchmarks import ExperimentConfig
-from snr_jax.data import Dataset
-from snr_jax.runner import last_fraction_summary, make_run, run_experiment
+from experiments import data as experiment_data
+from experiments import models
+from experiments.benchmarks import ExperimentConfig
+from experiments.data import Dataset
+from experiments.runner import last_fraction_summary, make_run, run_experiment
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def _images(name, n, shape, classes, seed=0):
@@ -105,9 +110,9 @@ def test_online_accuracy_is_measured_before_the_update(mnist):
   exp = make_run(cfg, mnist)
   carry = exp.init(jax.random.PRNGKey(0), 0.0)
   after, metrics = jax.jit(exp.run_tasks, static_argnums=3)(carry, exp.data, 0, 1)
-  x, y = snr_jax.data.permuted_task(exp.data['images'], exp.data['labels'],
-                                    jax.random.fold_in(carry.stream_key, 0), 16)
-  model = snr_jax.models.MLP(num_outputs=10)
+  x, y = experiment_data.permuted_task(exp.data['images'], exp.data['labels'],
+                                      jax.random.fold_in(carry.stream_key, 0), 16)
+  model = models.MLP(num_outputs=10)
   before_logits = model.apply({'params': carry.params}, x)
   after_logits = model.apply({'params': after.params}, x)
   np.testing.assert_allclose(metrics['accuracy'][0], jnp.mean(before_logits.argmax(-1) == y))
@@ -150,9 +155,9 @@ def test_devices_mode_equals_vmap(tmp_path):
   import sys
   script = '''
 import numpy as np, jax
-from snr_jax.benchmarks import ExperimentConfig
-from snr_jax.data import Dataset
-from snr_jax.runner import run_experiment
+from experiments.benchmarks import ExperimentConfig
+from experiments.data import Dataset
+from experiments.runner import run_experiment
 assert jax.local_device_count() == 4
 rng = np.random.default_rng(0)
 ds = Dataset(name='mnist', source='generated', images=rng.integers(0, 256, (128, 28, 28, 1),
@@ -168,6 +173,6 @@ print('devices ok')
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4',
              JAX_PLATFORMS='cpu')
   out = subprocess.run([sys.executable, '-c', script], env=env, capture_output=True, text=True,
-                       timeout=600)
+                       timeout=600, cwd=ROOT)
   assert out.returncode == 0, out.stderr[-3000:]
   assert 'devices ok' in out.stdout

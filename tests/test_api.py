@@ -1,0 +1,58 @@
+"""The public namespace and the pure reset_state step."""
+
+from importlib import metadata
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import snr_jax
+
+INTERNALS = ('lowest_k', 'redo_scores', 'saturating_add', 'outgoing_magnitude', 'keep_masks',
+             'check_activations', 'ignoring_reset_args', 'find_reset_state', 'apply_resets')
+
+
+def test_namespace_exports_exactly_all_and_no_internals():
+  assert snr_jax.__all__ == sorted(snr_jax.__all__)
+  public = {n for n in vars(snr_jax) if not n.startswith('_')}
+  modules = {n for n in public if type(getattr(snr_jax, n)).__name__ == 'module'}
+  assert public - modules == set(snr_jax.__all__)
+  assert not set(INTERNALS) & public
+  for state in ('SNRState', 'CBPState', 'ReDoState', 'ShrinkPerturbState', 'L2InitState',
+                'ResetState', 'ResetOptState'):
+    assert state in snr_jax.__all__ and hasattr(getattr(snr_jax, state), '_fields')
+
+
+def test_version_comes_from_package_metadata():
+  try:
+    assert snr_jax.__version__ == metadata.version('snr_jax')
+  except metadata.PackageNotFoundError:
+    assert snr_jax.__version__ == '0.0.0+unknown'
+
+
+def test_reset_state_is_the_step_the_optax_face_runs(mlp):
+  model, params, x = mlp
+  groups = snr_jax.discover_groups(model, params, x)
+  _, acts = snr_jax.apply_with_preactivations(model, {'params': params}, x, groups=groups)
+  grads = jax.tree.map(jnp.ones_like, params)
+  hp = dict(tau_min=1, tau_max=4, tau_init=4)  # ages reach the threshold: resets happen
+  inner = optax.sgd(0.1)
+  opt = snr_jax.snr(inner, groups, seed=7, **hp)
+  resetter = snr_jax.self_normalized_resets(groups, **hp)
+  opt_state = opt.init(params)
+  p1, s1 = params, resetter.init(params, key=7)
+  i1 = inner.init(params)
+  p0, resets = params, 0
+  for _ in range(3):
+    updates, opt_state = opt.update(grads, opt_state, p0, activations=acts)
+    p0 = optax.apply_updates(p0, updates)
+    u, i1 = inner.update(grads, i1, p1)
+    p1, i1, s1 = snr_jax.reset_state(resetter, optax.apply_updates(p1, u), i1, s1, acts,
+                                     optimizer=inner)
+    resets += sum(int(m.sum()) for m in s1.last_resets.values())
+  assert resets > 0
+  for a, b in zip(jax.tree.leaves(p0), jax.tree.leaves(p1)):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+  for a, b in zip(jax.tree.leaves(opt_state.resets), jax.tree.leaves(s1)):
+    np.testing.assert_array_equal(a, b)

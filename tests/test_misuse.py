@@ -1,0 +1,108 @@
+"""Misuses of the public API: each is accepted (NumPy scalars) or a clear error up front."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import snr_jax
+
+
+@pytest.fixture
+def setup(mlp):
+  model, params, x = mlp
+  groups = snr_jax.discover_groups(model, params, x)
+  _, acts = snr_jax.apply_with_preactivations(model, {'params': params}, x, groups=groups)
+  grads = jax.tree.map(jnp.ones_like, params)
+  return groups, params, acts, grads
+
+
+def _step(opt, setup, **kwargs):
+  groups, params, acts, grads = setup
+  state = opt.init(params)
+  kwargs.setdefault('activations', acts)
+  return opt.update(grads, state, params, **kwargs)
+
+
+def test_numpy_scalar_hyperparameters_work_like_python_ones(setup):
+  groups = setup[0]
+  kw = dict(tau_min=np.int32(4), tau_max=np.int64(400), expansion=np.float32(2),
+            eta=np.float64(0.08), batch_size=np.int64(4))
+  with_numpy = snr_jax.snr(optax.sgd(0.1), groups, tau_init=np.int64(400), seed=np.int64(3),
+                           **kw)
+  with_python = snr_jax.snr(optax.sgd(0.1), groups, tau_init=400, seed=3,
+                            **{k: v.item() for k, v in kw.items()})
+  a, b = _step(with_numpy, setup), _step(with_python, setup)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(x, y)
+
+
+def test_nan_expansion_is_rejected(setup):
+  with pytest.raises(ValueError, match='expansion must be a number >= 1, got nan'):
+    snr_jax.snr(optax.sgd(0.1), setup[0], expansion=float('nan'))
+
+
+@pytest.mark.parametrize('seed', [None, 1.5, 'zero'])
+def test_bad_seed_is_rejected_at_construction(setup, seed):
+  for make in (snr_jax.snr, snr_jax.redo):
+    with pytest.raises(ValueError, match='must be an int seed or a PRNG key'):
+      make(optax.sgd(0.1), setup[0], seed=seed)
+
+
+def test_a_key_is_accepted_as_seed(setup):
+  for seed in (jax.random.key(3), jax.random.PRNGKey(3)):
+    _step(snr_jax.snr(optax.sgd(0.1), setup[0], seed=seed), setup)
+
+
+@pytest.mark.parametrize('inner, match', [
+    (0.01, r'inner must be an optax transformation such as optax.sgd\(1e-2\).* got float'),
+    (optax.sgd, r'got the function sgd itself: call it with its hyperparameters'),
+])
+def test_non_optax_inner_names_the_fix(setup, inner, match):
+  with pytest.raises(ValueError, match=match):
+    snr_jax.snr(inner, setup[0])
+  with pytest.raises(ValueError, match=match):
+    snr_jax.make_method('l2', inner)
+
+
+def test_a_single_group_is_accepted(setup):
+  groups = setup[0]
+  opt = snr_jax.snr(optax.sgd(0.1), groups[0])
+  _, state = _step(opt, setup, activations={groups[0].name: setup[2][groups[0].name]})
+  assert list(state.resets.rule.ages) == [groups[0].name]
+
+
+@pytest.mark.parametrize('bad', [['Dense_0'], 'Dense_0', None])
+def test_group_names_instead_of_groups_name_the_fix(bad):
+  with pytest.raises(snr_jax.GroupError, match='pass NeuronGroup objects, e.g. '
+                                              r'snr_jax.discover_groups'):
+    snr_jax.snr(optax.sgd(0.1), bad)
+
+
+@pytest.mark.parametrize('flag', ['False', 'True', None, 0.5])
+def test_end_of_task_must_be_a_bool(setup, flag):
+  with pytest.raises(ValueError, match='end_of_task must be a bool'):
+    _step(snr_jax.snr(optax.sgd(0.1), setup[0]), setup, end_of_task=flag)
+
+
+def test_end_of_task_accepts_bools_and_traced_bools(setup):
+  opt = snr_jax.snr(optax.sgd(0.1), setup[0])
+  _step(opt, setup, end_of_task=np.bool_(True))
+  groups, params, acts, grads = setup
+  state = opt.init(params)
+  jax.jit(lambda e: opt.update(grads, state, params, activations=acts, end_of_task=e))(True)
+
+
+def test_activation_keys_that_match_no_group_are_named(setup):
+  groups, _, acts, _ = setup
+  extra = dict(acts, Dense_O=acts[groups[0].name])  # a misspelled name
+  with pytest.raises(snr_jax.ActivationError, match=r"keys \['Dense_O'\] that match no neuron"):
+    _step(snr_jax.snr(optax.sgd(0.1), groups), setup, activations=extra)
+
+
+def test_empty_batch_is_rejected(setup):
+  groups, _, acts, _ = setup
+  empty = {k: v[:0] for k, v in acts.items()}
+  with pytest.raises(snr_jax.ActivationError, match='an empty batch'):
+    _step(snr_jax.snr(optax.sgd(0.1), groups), setup, activations=empty)
