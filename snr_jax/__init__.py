@@ -17,6 +17,7 @@ __version__ = '0.1.0'
 
 from snr_jax.activations import mean_activation
 from snr_jax.cbp import CBPRule, CBPState, continual_backprop, lowest_k
+from snr_jax.cbp import outgoing_mean_magnitude, transfer_to_biases
 from snr_jax.methods import METHODS, ignoring_reset_args, make_method, method_hyperparameters, snr_l2
 from snr_jax.penalties import add_l2, add_l2_init, l2, l2_init
 from snr_jax.redo import ReDoRule, ReDoState, redo, redo_scores
