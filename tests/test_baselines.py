@@ -30,32 +30,49 @@ def test_l2_init_pulls_toward_initial_params_not_zero(mlp):
     np.testing.assert_allclose(n, 0.9 * m, rtol=1e-5)
 
 
-def test_shrink_perturb_shrinks_by_p_and_adds_initializer_noise():
+@pytest.mark.parametrize('noise', ['fast', 'init'])
+def test_shrink_perturb_shrinks_by_p_and_adds_initializer_noise(noise):
   import flax.linen as nn
 
   class Wide(nn.Module):
     @nn.compact
     def __call__(self, x):
       h = nn.Dense(2000, bias_init=nn.initializers.normal(0.5), name='hidden')(x)
-      return nn.Dense(1, name='out')(nn.relu(h))
+      scale = self.param('scale', nn.initializers.ones, (50,))
+      return nn.Dense(1, name='out')(nn.relu(h)) * scale.mean()
 
   m = Wide()
   x = jnp.ones((1, 400))
   init_fn = lambda k: m.init(k, x)['params']
   params = init_fn(jax.random.PRNGKey(0))
   tx = snr_jax.make_method('shrink_perturb', optax.sgd(0.1), init_fn=init_fn, shrink=0.5,
-                           sigma=0.0)
+                           sigma=0.0, noise=noise)
   u, _ = tx.update(_zero_grads(params), tx.init(params), params)
   for n, p in zip(jax.tree.leaves(optax.apply_updates(params, u)), jax.tree.leaves(params)):
     np.testing.assert_allclose(n, 0.5 * p, rtol=1e-6)
-  tx = snr_jax.make_method('shrink_perturb', optax.sgd(0.1), init_fn=init_fn, shrink=1.0,
-                           sigma=0.01)
-  u, _ = tx.update(_zero_grads(params), tx.init(params), params)
-  noise = jax.tree.map(lambda d: d / 0.01, u)
+  def draws(seed, steps=2):
+    tx = snr_jax.make_method('shrink_perturb', optax.sgd(0.1), init_fn=init_fn, shrink=1.0,
+                             sigma=0.01, noise=noise, seed=seed)
+    state, out = tx.init(params), []
+    for _ in range(steps):
+      u, state = tx.update(_zero_grads(params), state, params)
+      out.append(jax.tree.map(lambda d: d / 0.01, u))
+    return out
+
+  eps, eps2 = draws(0)
   # the noise has each initializer's scale: lecun_normal 1/sqrt(fan_in), bias normal(0.5)
-  assert abs(float(jnp.std(noise['hidden']['kernel'])) - 1 / np.sqrt(400)) < 0.005
-  assert abs(float(jnp.std(noise['hidden']['bias'])) - 0.5) < 0.05
-  np.testing.assert_allclose(noise['out']['bias'], 0.0, atol=1e-6)   # zeros init
+  k = np.asarray(eps['hidden']['kernel'])
+  assert abs(float(k.std()) - 1 / np.sqrt(400)) < 0.005 and abs(float(k.mean())) < 0.001
+  assert abs(float(jnp.std(eps['hidden']['bias'])) - 0.5) < 0.05
+  np.testing.assert_allclose(eps['out']['bias'], 0.0, atol=1e-6)   # zeros init
+  np.testing.assert_allclose(eps['scale'], 1.0, atol=1e-4)          # ones init: its mean
+  # fresh and uncorrelated: across steps, across neighbouring elements, across seeds
+  k2 = np.asarray(eps2['hidden']['kernel'])
+  assert abs(np.corrcoef(k.ravel(), k2.ravel())[0, 1]) < 0.01
+  assert abs(np.corrcoef(k.ravel()[:-1], k.ravel()[1:])[0, 1]) < 0.01
+  other = np.asarray(draws(1, 1)[0]['hidden']['kernel'])
+  assert abs(np.corrcoef(k.ravel(), other.ravel())[0, 1]) < 0.01
+  np.testing.assert_array_equal(np.asarray(draws(0, 1)[0]['hidden']['kernel']), k)  # seeded
 
 
 def _redo_setup(threshold, period):
@@ -354,5 +371,7 @@ def test_registry_errors_list_valid_choices(mlp):
     snr_jax.make_method('shrink_perturb', optax.sgd(0.1))
   with pytest.raises(ValueError, match='shrink must be a number in'):
     snr_jax.make_method('shrink_perturb', optax.sgd(0.1), init_fn=lambda k: k, shrink=0.0)
+  with pytest.raises(ValueError, match="noise must be one of"):
+    snr_jax.make_method('shrink_perturb', optax.sgd(0.1), init_fn=lambda k: k, noise='gauss')
   with pytest.raises(ValueError, match='strength must be a number in'):
     snr_jax.make_method('l2', optax.sgd(0.1), strength=-1.0)
