@@ -380,7 +380,8 @@ def run_study(spec: dict, *, workers: Optional[int] = None, dry_run: bool = Fals
     log: where progress lines go.
 
   Returns:
-    ``{'ran': [cell labels], 'skipped': [...], 'selection': {...}, 'rows': [...]}``.
+    ``{'ran': [cell labels], 'skipped': [...], 'failed': [...], 'selection': {...},
+    'rows': [...]}``; a cell that fails in a worker is logged and left for the next run.
   """
   groups = build_groups(spec)
   name = spec['name']
@@ -390,7 +391,7 @@ def run_study(spec: dict, *, workers: Optional[int] = None, dry_run: bool = Fals
             tasks_per_call=spec.get('tasks_per_call', 5), stop_after=stop_after)
   csv_path = pathlib.Path(spec.get('csv', pathlib.Path(spec['runs_dir']) / 'study.csv'))
   table_path = spec.get('table')
-  ran, skipped, selection = [], [], {}
+  ran, skipped, failed, selection = [], [], [], {}
   known: list[Cell] = []
 
   def refresh():
@@ -444,7 +445,7 @@ def run_study(spec: dict, *, workers: Optional[int] = None, dry_run: bool = Fals
       skipped.append(c.label)
       log(f'done     {c.label}')
       return False
-    log(f'{"resume" if state == "partial" else "start":8s} {c.label}')
+    log(f'{"resume" if state == "partial" else "queue":8s} {c.label}')
     if pool is None:
       res = run_cell(c, **kw)
       finished(c, res)
@@ -475,12 +476,19 @@ def run_study(spec: dict, *, workers: Optional[int] = None, dry_run: bool = Fals
       done, _ = cf.wait(list(futures), return_when=cf.FIRST_COMPLETED)
       for fut in done:
         c = futures.pop(fut)
-        finished(c, fut.result())
+        try:
+          res = fut.result()
+        except Exception as e:  # pylint: disable=broad-except
+          failed.append(c.label)   # the other cells go on; rerunning the study retries it
+          log(f'FAILED   {c.label}: {type(e).__name__}: {e}')
+          continue
+        finished(c, res)
   finally:
     if pool is not None:
       pool.shutdown(cancel_futures=True)
   rows = refresh()
-  return {'ran': ran, 'skipped': skipped, 'selection': selection, 'rows': rows}
+  return {'ran': ran, 'skipped': skipped, 'failed': failed, 'selection': selection,
+          'rows': rows}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
