@@ -237,6 +237,20 @@ def test_cbp_transfer_sums_every_entry_of_a_unit_and_pools_outgoing_slices():
   np.testing.assert_allclose(outgoing_mean_magnitude(params, group), [expect0, expect1])
 
 
+def test_cbp_transfer_into_a_conv_consumer_sums_the_channel_taps():
+  from snr_jax.cbp import outgoing_mean_magnitude, transfer_to_biases
+  groups = (snr_jax.dense_group('c1', 3, layer='conv1', consumer='conv2'),)
+  w = jax.random.normal(jax.random.PRNGKey(0), (2, 2, 3, 4))    # (kh, kw, in = 3, out = 4)
+  params = {'conv1': {'kernel': jnp.zeros((1, 1, 1, 3)), 'bias': jnp.zeros(3)},
+            'conv2': {'kernel': w, 'bias': jnp.ones(4)}}
+  f = jnp.array([0.0, 2.0, 0.5])
+  out = transfer_to_biases(params, groups, {'c1': f})
+  expect = 1.0 + sum(f[c] * w[:, :, c, :].sum(axis=(0, 1)) for c in range(3))
+  np.testing.assert_allclose(out['conv2']['bias'], expect, rtol=1e-5)
+  np.testing.assert_allclose(outgoing_mean_magnitude(params, groups[0]),
+                             jnp.abs(w).mean(axis=(0, 1, 3)), rtol=1e-6)
+
+
 def test_cbp_stochastic_rounding_replaces_at_the_rate_in_expectation_and_is_seeded():
   groups = (snr_jax.dense_group('h', 4, layer='l1', consumer='l2'),)
   params = {'l1': {'kernel': jnp.ones((1, 4)), 'bias': jnp.zeros(4)},
