@@ -45,7 +45,7 @@ import optax
 from snr_jax._checks import number_in
 from snr_jax.activations import mean_activation
 from snr_jax.groups import NeuronGroup, ParamSlice, get_path
-from snr_jax.reset import key_path_to_path
+from snr_jax.reset import key_path_to_path, run_if
 from snr_jax.transform import NeuronResets, with_resets
 
 ROUNDINGS = ('accumulate', 'stochastic')
@@ -189,7 +189,9 @@ class CBPRule:
         draw = jax.random.uniform(jax.random.fold_in(jax.random.fold_in(key, steps), gi))
         k = jnp.floor(owed) + (draw < owed - jnp.floor(owed))
       k = jnp.minimum(k, n_eligible).astype(jnp.int32)
-      mask = lowest_k(u_hat, eligible, k)
+      # the sort runs only on steps that replace something (most steps replace nothing)
+      mask = jax.lax.cond(k > 0, lambda a: lowest_k(*a), lambda a: jnp.zeros_like(a[1]),
+                          (u_hat, eligible, k))
       masks[g.name] = mask
       out.utility[g.name] = jnp.where(mask, 0.0, u)
       out.mean_act[g.name] = jnp.where(mask, 0.0, f)
@@ -203,8 +205,9 @@ class CBPRule:
              groups: Sequence[NeuronGroup]) -> Any:
     """Folds the replaced units' mean contributions into the consumers' biases (the
     :class:`snr_jax.ResetRule` hook run before the shared reset)."""
-    del masks   # state.transfer is already 0 off the masks
-    return transfer_to_biases(params, groups, state.transfer)
+    any_replaced = jnp.any(jnp.stack([jnp.any(masks[g.name]) for g in groups]))
+    # state.transfer is 0 off the masks; run_if skips the work (and any copy) otherwise
+    return run_if(any_replaced, lambda p: transfer_to_biases(p, groups, state.transfer), params)
 
 
 def continual_backprop(inner: optax.GradientTransformation, groups: Sequence[NeuronGroup],
