@@ -80,6 +80,7 @@ def main(argv=None):
       'sgd': (sgd, False),
       'snr-histogram': (snr_jax.snr(sgd, groups, estimator='histogram', tau_max=20_000), True),
       'snr-geometric': (snr_jax.snr(sgd, groups, estimator='geometric', tau_max=20_000), True),
+      'cbp': (snr_jax.continual_backprop(sgd, groups), True),
   }
   runs = {name: make_run(opt, groups, model, args.steps, args.batch, s)
           for name, (opt, s) in configs.items()}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pathlib
-from typing import Sequence
+from typing import Optional, Sequence
 
 import jax
 import numpy as np
@@ -13,9 +13,13 @@ from experiments.benchmarks import ExperimentConfig
 from experiments.runner import run_experiment
 
 
+class _Stopped(Exception):
+  """Raised between chunks to end a run early (``stop_after``)."""
+
+
 def drive(config: ExperimentConfig, dataset, seeds: Sequence[int], out: pathlib.Path, *,
           checkpoint_every: int = 25, tasks_per_call: int = 5, mode: str = 'auto',
-          progress: bool = True) -> dict:
+          progress: bool = True, stop_after: Optional[int] = None) -> dict:
   """Runs (or resumes) an experiment, writing its results into ``out``.
 
   Tasks run ``tasks_per_call`` at a time from task 0, so an interrupted run resumes on
@@ -23,6 +27,10 @@ def drive(config: ExperimentConfig, dataset, seeds: Sequence[int], out: pathlib.
   Metrics and the headline are rewritten after every chunk; the carry is checkpointed
   at the first chunk boundary at or after every ``checkpoint_every`` tasks, at the end,
   and when interrupted (Ctrl-C).
+
+  ``stop_after`` (tasks) ends the run early at the first chunk boundary at or after it,
+  with a checkpoint, as an interruption would (a later call resumes it); the summary
+  then has ``complete`` False.
 
   Returns:
     The summary (headline per sweep value).
@@ -38,6 +46,7 @@ def drive(config: ExperimentConfig, dataset, seeds: Sequence[int], out: pathlib.
   bar = tqdm(total=total, desc=f'{config.benchmark} {config.method}', unit='task',
              disable=not progress)
   latest = {'saved': 0}
+  restored = {'done': 0}
 
   def restore(template):
     # Called once the run is built (config and data accepted): the directory is created
@@ -47,6 +56,7 @@ def drive(config: ExperimentConfig, dataset, seeds: Sequence[int], out: pathlib.
     if state is not None:
       bar.update(state['done'])
       latest.update(state, saved=state['done'])
+      restored['done'] = state['done']
     return state
 
   def on_chunk(done, state):
@@ -58,10 +68,20 @@ def drive(config: ExperimentConfig, dataset, seeds: Sequence[int], out: pathlib.
       latest['saved'] = done
     bar.update(done - bar.n)
     bar.set_postfix(accuracy=f'{float(np.mean(metrics["accuracy"][:, -1])):.3f}')
+    if stop_after is not None and stop_after <= done < total:
+      if latest['saved'] < done:
+        results.save_checkpoint(out, fp, done, state['carry'], state['metrics'])
+        latest['saved'] = done
+      raise _Stopped
 
   try:
     out_run = run_experiment(config, dataset, seeds, mode=mode, chunk_tasks=tasks_per_call,
                              on_chunk=on_chunk, restore=restore)
+  except _Stopped:
+    metrics = jax.tree.map(lambda *xs: np.concatenate(xs, axis=1), *latest['metrics'])
+    summary = results.summarize(metrics, members, total)
+    summary['resumed_from'] = restored['done']
+    return summary
   except KeyboardInterrupt:
     if 'carry' in latest and latest['done'] > latest['saved']:
       results.save_checkpoint(out, fp, latest['done'], latest['carry'], latest['metrics'])

@@ -1,10 +1,36 @@
-"""Continual backprop (Dohare et al., Nature 2024).
+"""Continual backprop (Dohare et al., Nature 2024), as in the authors' reference.
 
-Per unit a running utility ``u_i ← d·u_i + (1 − d)·|h_i|·Σ_k |w_out,ik|`` (``|h_i|`` the
-mean absolute activation on the batch) and an age in steps. Each step the units older
-than the maturity threshold ``m`` are eligible; ``ρ·(number eligible)`` is added to a
-per-group accumulator, and its whole part is the number of eligible units with the
-lowest utility that are reset (shared mechanism), their utility and age set to 0.
+Per unit ``i`` of a group, with ``h_i`` its post-ReLU activation averaged over the batch
+(and positions), an age ``a_i`` in steps and a decay ``d``:
+
+* ages first advance by one, then the running utility
+  ``u_i ← d·u_i + (1 − d)·y_i`` with the *contribution* utility
+  ``y_i = mean|w_out,i| · mean|h_i|`` (the mean over every outgoing weight of unit ``i``,
+  pooled over all of the group's outgoing slices) and the running mean activation
+  ``f_i ← d·f_i + (1 − d)·mean(h_i)``;
+* both are bias-corrected: ``û_i = u_i / (1 − d^{a_i})``, ``f̂_i = f_i / (1 − d^{a_i})``;
+* units with ``a_i > m`` (maturity) are eligible. With ``rounding='accumulate'``,
+  ``ρ·(number eligible)`` is added to a per-group accumulator whose whole part is the
+  number replaced (the remainder carries over; the reference's ``accumulate=True``).
+  With ``rounding='stochastic'`` the number is ``⌊ρ·n⌋`` plus one with probability
+  equal to the fractional part (no carry-over). The reference rounds only a number
+  below one this way and truncates larger ones; for the paper's networks ``ρ·n < 1``
+  and the two agree;
+* the eligible units with the lowest ``û`` are replaced. Before the shared reset
+  zeroes their outgoing weights, each replaced unit's mean contribution is folded into
+  the consumer's bias, ``b_out ← b_out + w_out,i · f̂_i`` (:meth:`CBPRule.adjust`), so
+  the network's output is unchanged in expectation; then the shared reset (SPEC §4)
+  re-draws the incoming weights and zeroes the outgoing weights and optimizer state;
+  ``u_i, f_i, a_i ← 0``.
+
+The consumer's bias is the parameter ``bias`` next to the outgoing slice's ``kernel``;
+an outgoing slice with no such sibling transfers nothing. A unit may own several
+entries of a consumer's input axis (Conv -> flatten -> Dense: every row ``r`` with
+``r % C == c``; Conv -> Conv: every spatial tap of input channel ``c``). ``f̂_c`` is the
+channel's mean over positions, and the transfer adds ``f̂_c · Σ w[r, k]`` over all of
+the channel's entries: the exact mean contribution when the channel's mean activation
+is the same at every position, and otherwise its position-averaged reading (for
+Conv -> Conv it also ignores the zero padding at the borders).
 """
 
 from __future__ import annotations
@@ -18,15 +44,32 @@ import optax
 
 from snr_jax._checks import number_in
 from snr_jax.activations import mean_activation
-from snr_jax.groups import NeuronGroup
-from snr_jax.reset import outgoing_magnitude
+from snr_jax.groups import NeuronGroup, ParamSlice, get_path
+from snr_jax.reset import key_path_to_path, run_if
 from snr_jax.transform import NeuronResets, with_resets
+
+ROUNDINGS = ('accumulate', 'stochastic')
 
 
 class CBPState(NamedTuple):
-  utility: dict[str, jax.Array]   # float32 (size,)
-  ages: dict[str, jax.Array]      # int32 (size,), steps since (re)initialisation
-  to_replace: dict[str, jax.Array]  # float32 scalar, fractional replacements owed
+  """State of :class:`CBPRule`.
+
+  Attributes:
+    utility: ``{group: float32 (size,)}``, the running utility ``u`` (not bias-corrected).
+    mean_act: ``{group: float32 (size,)}``, the running mean activation ``f``.
+    ages: ``{group: int32 (size,)}``, steps since (re)initialisation.
+    to_replace: ``{group: float32 scalar}``, fractional replacements owed
+      (``rounding='accumulate'``; stays 0 with ``'stochastic'``).
+    transfer: ``{group: float32 (size,)}``, ``f̂_i`` of the units replaced at the
+      latest step, 0 elsewhere: what :meth:`CBPRule.adjust` folds into the biases.
+    steps: int32 scalar, steps taken (mixed into the rounding's random stream).
+  """
+  utility: dict[str, jax.Array]
+  mean_act: dict[str, jax.Array]
+  ages: dict[str, jax.Array]
+  to_replace: dict[str, jax.Array]
+  transfer: dict[str, jax.Array]
+  steps: jax.Array
 
 
 def lowest_k(values: jax.Array, eligible: jax.Array, k: jax.Array) -> jax.Array:
@@ -37,42 +80,139 @@ def lowest_k(values: jax.Array, eligible: jax.Array, k: jax.Array) -> jax.Array:
   return eligible & (rank < k)
 
 
+def _per_unit(w: jax.Array, s: ParamSlice, size: int) -> jax.Array:
+  """``w`` as ``(size, entries per unit, consumer outputs)``: the unit axis first, the
+  consumer's output axis (the last) last, entry ``r`` of the unit axis to unit
+  ``r % size``."""
+  axis = s.axis % w.ndim
+  if axis == w.ndim - 1:
+    raise ValueError(f"outgoing slice '{'/'.join(s.path)}' indexes units on its last axis; "
+                     'continual backprop reads the consumer\'s outputs there.')
+  w = jnp.moveaxis(w.astype(jnp.float32), axis, 0)
+  w = w.reshape(w.shape[0] // size, size, -1, w.shape[-1])   # (reps, size, taps, out)
+  return jnp.moveaxis(w, 1, 0).reshape(size, -1, w.shape[-1])
+
+
+def outgoing_mean_magnitude(params: Any, group: NeuronGroup) -> jax.Array:
+  """``mean|w_out,i|`` per unit: the mean absolute value over every outgoing weight of
+  unit ``i``, pooled over all of the group's outgoing slices (ones without any)."""
+  if not group.outgoing:
+    return jnp.ones((group.size,), jnp.float32)
+  total = jnp.zeros((group.size,), jnp.float32)
+  count = 0
+  for s in group.outgoing:
+    w = _per_unit(get_path(params, s.path), s, group.size)
+    total = total + jnp.abs(w).sum(axis=(1, 2))
+    count += w.shape[1] * w.shape[2]
+  return total / count
+
+
+def consumer_bias_path(params: Any, s: ParamSlice) -> Optional[tuple[str, ...]]:
+  """The path of the bias next to the outgoing slice's ``kernel``, or None."""
+  if not s.path or s.path[-1] != 'kernel':
+    return None
+  path = tuple(s.path[:-1]) + ('bias',)
+  try:
+    get_path(params, path)
+  except ValueError:
+    return None
+  return path
+
+
+def transfer_to_biases(params: Any, groups: Sequence[NeuronGroup],
+                       amounts: Mapping[str, jax.Array]) -> Any:
+  """Adds ``Σ_i amounts_i · Σ_{entries of i} w_out[·, k]`` to each consumer's bias ``k``.
+
+  Args:
+    params: the params tree (outgoing weights not yet zeroed).
+    groups: neuron groups.
+    amounts: ``{group: float32 (size,)}``, e.g. ``f̂_i`` on replaced units and 0 elsewhere.
+
+  Returns:
+    The params tree with the consumers' biases shifted.
+  """
+  deltas: dict[tuple[str, ...], jax.Array] = {}
+  for g in groups:
+    for s in g.outgoing:
+      path = consumer_bias_path(params, s)
+      if path is None:
+        continue
+      w = _per_unit(get_path(params, s.path), s, g.size).sum(axis=1)   # (size, out)
+      d = amounts[g.name].astype(jnp.float32) @ w
+      deltas[path] = deltas[path] + d if path in deltas else d
+
+  def one(key_path, leaf):
+    d = deltas.get(key_path_to_path(key_path))
+    return leaf if d is None else (leaf + d.reshape(leaf.shape)).astype(leaf.dtype)
+
+  return jax.tree_util.tree_map_with_path(one, params)
+
+
 @dataclasses.dataclass(frozen=True)
 class CBPRule:
-  """Replace the lowest-utility mature units at rate ``replacement_rate``."""
+  """Replace the lowest-utility mature units at rate ``replacement_rate`` (see module doc)."""
 
   replacement_rate: float = 1e-4
   maturity: int = 100
   decay: float = 0.99
+  rounding: str = 'accumulate'
 
   def init(self, groups: Sequence[NeuronGroup], params: Any) -> CBPState:
     del params
-    return CBPState({g.name: jnp.zeros((g.size,), jnp.float32) for g in groups},
-                    {g.name: jnp.zeros((g.size,), jnp.int32) for g in groups},
-                    {g.name: jnp.zeros((), jnp.float32) for g in groups})
+    zeros = lambda g, dt=jnp.float32: jnp.zeros((g.size,), dt)
+    return CBPState({g.name: zeros(g) for g in groups}, {g.name: zeros(g) for g in groups},
+                    {g.name: zeros(g, jnp.int32) for g in groups},
+                    {g.name: jnp.zeros((), jnp.float32) for g in groups},
+                    {g.name: zeros(g) for g in groups}, jnp.zeros((), jnp.int32))
 
   def select(self, state: CBPState, groups: Sequence[NeuronGroup],
              activations: Mapping[str, jax.Array], params: Any, *, end_of_task, key):
-    del end_of_task, key
-    masks, utility, ages, owed = {}, {}, {}, {}
-    for g in groups:
-      contribution = mean_activation(activations[g.name]) * outgoing_magnitude(params, g)
-      u = self.decay * state.utility[g.name] + (1 - self.decay) * contribution
+    del end_of_task
+    d = self.decay
+    steps = state.steps + 1
+    out = CBPState({}, {}, {}, {}, {}, steps)
+    masks = {}
+    for gi, g in enumerate(groups):
+      h = mean_activation(activations[g.name])   # post-ReLU: mean|h| = mean h
       age = jnp.minimum(state.ages[g.name], jnp.iinfo(jnp.int32).max - 1) + 1
+      u = d * state.utility[g.name] + (1 - d) * outgoing_mean_magnitude(params, g) * h
+      f = d * state.mean_act[g.name] + (1 - d) * h
+      correction = 1 - jnp.power(jnp.asarray(d, jnp.float32), age.astype(jnp.float32))
+      u_hat, f_hat = u / correction, f / correction
       eligible = age > self.maturity
-      acc = state.to_replace[g.name] + self.replacement_rate * jnp.sum(eligible)
-      k = jnp.minimum(jnp.floor(acc), jnp.sum(eligible)).astype(jnp.int32)
-      mask = lowest_k(u, eligible, k)
+      n_eligible = jnp.sum(eligible)
+      owed = self.replacement_rate * n_eligible.astype(jnp.float32)
+      if self.rounding == 'accumulate':
+        owed = state.to_replace[g.name] + owed
+        k = jnp.floor(owed)
+      else:
+        draw = jax.random.uniform(jax.random.fold_in(jax.random.fold_in(key, steps), gi))
+        k = jnp.floor(owed) + (draw < owed - jnp.floor(owed))
+      k = jnp.minimum(k, n_eligible).astype(jnp.int32)
+      # the sort runs only on steps that replace something (most steps replace nothing)
+      mask = jax.lax.cond(k > 0, lambda a: lowest_k(*a), lambda a: jnp.zeros_like(a[1]),
+                          (u_hat, eligible, k))
       masks[g.name] = mask
-      utility[g.name] = jnp.where(mask, 0.0, u)
-      ages[g.name] = jnp.where(mask, 0, age)
-      owed[g.name] = acc - k
-    return masks, CBPState(utility, ages, owed)
+      out.utility[g.name] = jnp.where(mask, 0.0, u)
+      out.mean_act[g.name] = jnp.where(mask, 0.0, f)
+      out.ages[g.name] = jnp.where(mask, 0, age)
+      out.to_replace[g.name] = (owed - k if self.rounding == 'accumulate'
+                                else jnp.zeros((), jnp.float32))
+      out.transfer[g.name] = jnp.where(mask, f_hat, 0.0)
+    return masks, out
+
+  def adjust(self, params: Any, masks: Mapping[str, jax.Array], state: CBPState,
+             groups: Sequence[NeuronGroup]) -> Any:
+    """Folds the replaced units' mean contributions into the consumers' biases (the
+    :class:`snr_jax.ResetRule` hook run before the shared reset)."""
+    any_replaced = jnp.any(jnp.stack([jnp.any(masks[g.name]) for g in groups]))
+    # state.transfer is 0 off the masks; run_if skips the work (and any copy) otherwise
+    return run_if(any_replaced, lambda p: transfer_to_biases(p, groups, state.transfer), params)
 
 
 def continual_backprop(inner: optax.GradientTransformation, groups: Sequence[NeuronGroup],
                        *, replacement_rate: float = 1e-4, maturity: int = 100,
-                       decay: float = 0.99, seed: Any = 0,
+                       decay: float = 0.99, rounding: str = 'accumulate', seed: Any = 0,
                        axis_name: Optional[str] = None
                        ) -> optax.GradientTransformationExtraArgs:
   """Wraps ``inner`` with continual backprop (selective reinitialisation).
@@ -83,19 +223,25 @@ def continual_backprop(inner: optax.GradientTransformation, groups: Sequence[Neu
     replacement_rate: ρ, fraction of eligible units replaced per step (Dohare et al.
       1e-4 as a typical value; swept over powers of 10).
     maturity: m, steps a unit is protected after (re)initialisation (100).
-    decay: d, the utility's running-average decay (0.99).
-    seed: int seed or PRNG key for fresh weights.
+    decay: d, the running averages' decay (0.99).
+    rounding: ``'accumulate'`` (carry the fractional replacements over; the
+      reference's ``accumulate=True``) or ``'stochastic'`` (replace one more unit with
+      probability equal to the fractional part; the reference's default).
+    seed: int seed or PRNG key for fresh weights and the stochastic rounding.
     axis_name: name of an enclosing vmap/pmap axis (see ``NeuronResets``).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` taking ``activations=``.
 
   References:
-    Dohare et al., "Loss of plasticity in deep continual learning", Nature 632, 2024.
+    Dohare et al., "Loss of plasticity in deep continual learning", Nature 632, 2024;
+    reference implementation ``lop/algos/gnt.py`` in shibhansh/loss-of-plasticity.
   """
   replacement_rate = number_in('replacement_rate', replacement_rate, 0.0, 1.0)
   if not isinstance(maturity, int) or maturity < 0:
     raise ValueError(f'maturity must be an int >= 0 (steps), got {maturity!r}.')
   decay = number_in('decay', decay, 0.0, 1.0, hi_open=True)
-  rule = CBPRule(replacement_rate, maturity, decay)
+  if rounding not in ROUNDINGS:
+    raise ValueError(f'rounding must be one of {ROUNDINGS}, got {rounding!r}.')
+  rule = CBPRule(replacement_rate, maturity, decay, rounding)
   return with_resets(inner, NeuronResets(tuple(groups), rule, axis_name), seed)

@@ -2,7 +2,9 @@
 
 Every resetting method (SNR, ReDo, continual backprop) is a :class:`ResetRule`: a pure
 function that reads the batch's pre-activations and its own state and returns which
-units to reset. Everything else is shared:
+units to reset. A rule may also define ``adjust(params, masks, state, groups)``, run after
+``select`` and before the reset, to change parameters that the reset itself leaves alone
+(continual backprop's bias transfer). Everything else is shared:
 
 * :class:`NeuronResets` pairs a rule with the neuron groups;
   :func:`reset_state` is the pure step (bookkeeping, then resets) for users who
@@ -43,6 +45,15 @@ class ResetRule(Protocol):
     something is reset): a rule that needs randomness must derive its own stream from
     it, e.g. with ``jax.random.fold_in``.
     """
+
+  # Optional hook, looked up with getattr (a rule without it changes no parameter):
+  #
+  # def adjust(self, params, masks, state, groups) -> params:
+  #   """Changes ``params`` after ``select`` and before the shared reset, given the
+  #   masks and the state ``select`` returned (continual backprop folds the replaced
+  #   units' mean contributions into the consumers' biases here, while their outgoing
+  #   weights still hold their values). Must keep the tree's structure, shapes and dtypes.
+  #   """
 
 
 class ResetState(NamedTuple):
@@ -155,6 +166,9 @@ def reset_state(resets: NeuronResets, params: Any, opt_state: Any, state: ResetS
   activations = merge_layers(resets.groups, activations)
   masks, rule_state = resets.rule.select(state.rule, resets.groups, activations, params,
                                          end_of_task=end_of_task, key=key)
+  adjust = getattr(resets.rule, 'adjust', None)
+  if adjust is not None:   # e.g. continual backprop's bias transfer, before the reset
+    params = adjust(params, masks, rule_state, resets.groups)
   params, opt_state, next_key = reset_neurons_and_advance_key(
       params, opt_state, resets.groups, masks, key, optimizer, resets.axis_name)
   # The carried key moves on only when it was used to draw fresh weights.

@@ -32,32 +32,49 @@ def test_l2_init_pulls_toward_initial_params_not_zero(mlp):
     np.testing.assert_allclose(n, 0.9 * m, rtol=1e-5)
 
 
-def test_shrink_perturb_shrinks_by_p_and_adds_initializer_noise():
+@pytest.mark.parametrize('noise', ['fast', 'init'])
+def test_shrink_perturb_shrinks_by_p_and_adds_initializer_noise(noise):
   import flax.linen as nn
 
   class Wide(nn.Module):
     @nn.compact
     def __call__(self, x):
       h = nn.Dense(2000, bias_init=nn.initializers.normal(0.5), name='hidden')(x)
-      return nn.Dense(1, name='out')(nn.relu(h))
+      scale = self.param('scale', nn.initializers.ones, (50,))
+      return nn.Dense(1, name='out')(nn.relu(h)) * scale.mean()
 
   m = Wide()
   x = jnp.ones((1, 400))
   init_fn = lambda k: m.init(k, x)['params']
   params = init_fn(jax.random.PRNGKey(0))
   tx = snr_jax.make_method('shrink_perturb', optax.sgd(0.1), init_fn=init_fn, shrink=0.5,
-                           sigma=0.0)
+                           sigma=0.0, noise=noise)
   u, _ = tx.update(_zero_grads(params), tx.init(params), params)
   for n, p in zip(jax.tree.leaves(optax.apply_updates(params, u)), jax.tree.leaves(params)):
     np.testing.assert_allclose(n, 0.5 * p, rtol=1e-6)
-  tx = snr_jax.make_method('shrink_perturb', optax.sgd(0.1), init_fn=init_fn, shrink=1.0,
-                           sigma=0.01)
-  u, _ = tx.update(_zero_grads(params), tx.init(params), params)
-  noise = jax.tree.map(lambda d: d / 0.01, u)
+  def draws(seed, steps=2):
+    tx = snr_jax.make_method('shrink_perturb', optax.sgd(0.1), init_fn=init_fn, shrink=1.0,
+                             sigma=0.01, noise=noise, seed=seed)
+    state, out = tx.init(params), []
+    for _ in range(steps):
+      u, state = tx.update(_zero_grads(params), state, params)
+      out.append(jax.tree.map(lambda d: d / 0.01, u))
+    return out
+
+  eps, eps2 = draws(0)
   # the noise has each initializer's scale: lecun_normal 1/sqrt(fan_in), bias normal(0.5)
-  assert abs(float(jnp.std(noise['hidden']['kernel'])) - 1 / np.sqrt(400)) < 0.005
-  assert abs(float(jnp.std(noise['hidden']['bias'])) - 0.5) < 0.05
-  np.testing.assert_allclose(noise['out']['bias'], 0.0, atol=1e-6)   # zeros init
+  k = np.asarray(eps['hidden']['kernel'])
+  assert abs(float(k.std()) - 1 / np.sqrt(400)) < 0.005 and abs(float(k.mean())) < 0.001
+  assert abs(float(jnp.std(eps['hidden']['bias'])) - 0.5) < 0.05
+  np.testing.assert_allclose(eps['out']['bias'], 0.0, atol=1e-6)   # zeros init
+  np.testing.assert_allclose(eps['scale'], 1.0, atol=1e-4)          # ones init: its mean
+  # fresh and uncorrelated: across steps, across neighbouring elements, across seeds
+  k2 = np.asarray(eps2['hidden']['kernel'])
+  assert abs(np.corrcoef(k.ravel(), k2.ravel())[0, 1]) < 0.01
+  assert abs(np.corrcoef(k.ravel()[:-1], k.ravel()[1:])[0, 1]) < 0.01
+  other = np.asarray(draws(1, 1)[0]['hidden']['kernel'])
+  assert abs(np.corrcoef(k.ravel(), other.ravel())[0, 1]) < 0.01
+  np.testing.assert_array_equal(np.asarray(draws(0, 1)[0]['hidden']['kernel']), k)  # seeded
 
 
 def _redo_setup(threshold, period):
@@ -98,7 +115,7 @@ def test_cbp_replaces_lowest_utility_mature_units_at_the_accumulated_rate():
   tx = snr_jax.make_method('cbp', optax.sgd(0.0), groups=groups, replacement_rate=0.125,
                            maturity=2, decay=0.5)
   h = jnp.array([[1., 1., 1., 1.]])
-  # utility contributions |h|·Σ|w_out| = [2, 4, 1, 6]; unit 2 is the lowest.
+  # utility contributions |h|·mean_k|w_out| = [1, 2, 0.5, 3]; unit 2 is the lowest.
   state = tx.init(params)
   update = jax.jit(lambda p, s: tx.update(_zero_grads(p), s, p, activations={'h': h}))
   log = []
@@ -121,6 +138,144 @@ def test_cbp_replaces_lowest_utility_mature_units_at_the_accumulated_rate():
   np.testing.assert_array_equal(cbp_state.ages['h'], [8, 8, 1, 8])
   assert float(cbp_state.utility['h'][2]) == 0.0
   assert float(cbp_state.to_replace['h']) == pytest.approx(0.25 + 0.375)
+
+
+def test_cbp_utility_and_mean_activation_are_running_means_with_bias_correction():
+  groups = (snr_jax.dense_group('h', 3, layer='l1', consumer='l2'),)
+  w_out = jnp.array([[1., -3.], [2., 2.], [0.5, -0.5]])   # mean_k |w| = [2, 2, 0.5]
+  params = {'l1': {'kernel': jnp.ones((2, 3)), 'bias': jnp.zeros(3)},
+            'l2': {'kernel': w_out, 'bias': jnp.zeros(2)}}
+  rule = snr_jax.CBPRule(replacement_rate=0.0, maturity=100, decay=0.5)
+  # pre-activations; relu then mean over the batch: [1, 1.5, 4]
+  acts = {'h': jnp.array([[2., -1., 4.], [0., 3., 4.]])}
+  y = np.array([2 * 1., 2 * 1.5, 0.5 * 4.])   # contribution utility
+  f = np.array([1., 1.5, 4.])
+  state = rule.init(groups, params)
+  key = jax.random.PRNGKey(0)
+  masks, state = rule.select(state, groups, acts, params, end_of_task=False, key=key)
+  np.testing.assert_allclose(state.utility['h'], 0.5 * y, rtol=1e-6)      # (1 - d)·y
+  np.testing.assert_allclose(state.mean_act['h'], 0.5 * f, rtol=1e-6)
+  masks, state = rule.select(state, groups, acts, params, end_of_task=False, key=key)
+  np.testing.assert_allclose(state.utility['h'], 0.75 * y, rtol=1e-6)     # d·0.5y + 0.5y
+  np.testing.assert_array_equal(state.ages['h'], [2, 2, 2])
+  # bias-corrected by 1 - d^a = 0.75: a constant signal is recovered exactly
+  np.testing.assert_allclose(state.utility['h'] / (1 - 0.5 ** 2), y, rtol=1e-6)
+  assert not any(bool(m.any()) for m in masks.values())
+
+
+def _two_layer(params, x):
+  h = x @ params['l1']['kernel'] + params['l1']['bias']
+  return jax.nn.relu(h) @ params['l2']['kernel'] + params['l2']['bias'], {'h': h}
+
+
+def test_cbp_replaces_lowest_bias_corrected_utility_and_transfers_its_mean_to_the_bias():
+  groups = (snr_jax.dense_group('h', 4, layer='l1', consumer='l2'),)
+  params = {'l1': {'kernel': jnp.array([[1., 2., 3., 0.5]]), 'bias': jnp.zeros(4)},
+            'l2': {'kernel': jnp.array([[1., 1.], [1., -1.], [2., 0.], [4., 4.]]),
+                   'bias': jnp.array([0.5, -0.5])}}
+  x = jnp.ones((2, 1))   # constant input: every unit's activation is constant
+  # activations [1, 2, 3, 0.5], mean|w_out| [1, 1, 1, 4]: utility [1, 2, 3, 2];
+  # unit 0 is the lowest. Maturity 2 and rate 0.25 with 4 units: one replacement at step 3.
+  tx = snr_jax.make_method('cbp', optax.sgd(0.0), groups=groups, replacement_rate=0.25,
+                           maturity=2, decay=0.9, seed=3)
+  state = tx.init(params)
+  p = params
+  for step in range(3):
+    before, acts = _two_layer(p, x)
+    u, state = tx.update(_zero_grads(p), state, p, activations=acts)
+    p = optax.apply_updates(p, u)
+    replaced = np.asarray(state.resets.last_resets['h'])
+    if step < 2:
+      assert not replaced.any()
+  np.testing.assert_array_equal(replaced, [True, False, False, False])
+  # b_out += w_out,0 · f̂_0 with f̂_0 = 1 (bias-corrected mean of a constant 1)
+  np.testing.assert_allclose(p['l2']['bias'], [0.5 + 1., -0.5 + 1.], rtol=1e-6)
+  np.testing.assert_array_equal(p['l2']['kernel'][0], 0.0)   # then outgoing zeroed
+  assert not np.allclose(p['l1']['kernel'][:, 0], 1.0)       # incoming re-drawn
+  after, _ = _two_layer(p, x)
+  np.testing.assert_allclose(after, before, rtol=1e-5)       # the function is unchanged
+  rule_state = state.resets.rule
+  assert float(rule_state.utility['h'][0]) == 0.0 and float(rule_state.mean_act['h'][0]) == 0.0
+  assert int(rule_state.ages['h'][0]) == 0
+
+
+def test_cbp_ranks_by_bias_corrected_utility_not_the_raw_running_sum():
+  # unit 0 is young (raw utility small because its running mean has barely started), unit 1
+  # old with a smaller contribution: the bias-corrected ranking replaces unit 1.
+  groups = (snr_jax.dense_group('h', 2, layer='l1', consumer='l2'),)
+  params = {'l1': {'kernel': jnp.ones((1, 2)), 'bias': jnp.zeros(2)},
+            'l2': {'kernel': jnp.ones((2, 1)), 'bias': jnp.zeros(1)}}
+  rule = snr_jax.CBPRule(replacement_rate=0.5, maturity=1, decay=0.9)
+  state = rule.init(groups, params)
+  state = state._replace(utility={'h': jnp.array([0.0, 0.5])},
+                         ages={'h': jnp.array([1, 1000], jnp.int32)})
+  acts = {'h': jnp.array([[2.0, 0.6]])}
+  masks, new = rule.select(state, groups, acts, params, end_of_task=False,
+                           key=jax.random.PRNGKey(0))
+  # raw u: [0.1·2, 0.9·0.5 + 0.1·0.6] = [0.2, 0.51]; corrected: [0.2/0.19, 0.51/~1]
+  # = [1.05, 0.51]: unit 1 is replaced (the raw values would pick unit 0)
+  np.testing.assert_array_equal(masks['h'], [False, True])
+  np.testing.assert_allclose(new.transfer['h'], [0.0, 0.1 * 0.6 / (1 - 0.9 ** 1001)],
+                             rtol=1e-5)
+
+
+def test_cbp_transfer_sums_every_entry_of_a_unit_and_pools_outgoing_slices():
+  from snr_jax.cbp import outgoing_mean_magnitude, transfer_to_biases
+  # a Conv -> flatten -> Dense consumer: 2 channels, 3 positions, rows r % 2 == c
+  w = jnp.arange(18.0).reshape(6, 3) - 8.0
+  group = snr_jax.NeuronGroup('c', 2, (snr_jax.ParamSlice(('conv', 'kernel'), -1,
+                                                          jax.nn.initializers.zeros),),
+                              (snr_jax.ParamSlice(('dense', 'kernel'), -2),
+                               snr_jax.ParamSlice(('other', 'kernel'), -2)))
+  params = {'conv': {'kernel': jnp.zeros((1, 2))},
+            'dense': {'kernel': w, 'bias': jnp.zeros(3)},
+            'other': {'kernel': jnp.array([[10.0], [-20.0]])}}   # no bias: nothing to add
+  out = transfer_to_biases(params, (group,), {'c': jnp.array([2.0, 0.0])})
+  np.testing.assert_allclose(out['dense']['bias'], 2.0 * (w[0] + w[2] + w[4]))
+  np.testing.assert_array_equal(out['other']['kernel'], params['other']['kernel'])
+  # mean |w| over channel 0's 9 dense weights and its 1 'other' weight, pooled
+  expect0 = (np.abs(np.asarray(w)[0::2]).sum() + 10.0) / 10
+  expect1 = (np.abs(np.asarray(w)[1::2]).sum() + 20.0) / 10
+  np.testing.assert_allclose(outgoing_mean_magnitude(params, group), [expect0, expect1])
+
+
+def test_cbp_transfer_into_a_conv_consumer_sums_the_channel_taps():
+  from snr_jax.cbp import outgoing_mean_magnitude, transfer_to_biases
+  groups = (snr_jax.dense_group('c1', 3, layer='conv1', consumer='conv2'),)
+  w = jax.random.normal(jax.random.PRNGKey(0), (2, 2, 3, 4))    # (kh, kw, in = 3, out = 4)
+  params = {'conv1': {'kernel': jnp.zeros((1, 1, 1, 3)), 'bias': jnp.zeros(3)},
+            'conv2': {'kernel': w, 'bias': jnp.ones(4)}}
+  f = jnp.array([0.0, 2.0, 0.5])
+  out = transfer_to_biases(params, groups, {'c1': f})
+  expect = 1.0 + sum(f[c] * w[:, :, c, :].sum(axis=(0, 1)) for c in range(3))
+  np.testing.assert_allclose(out['conv2']['bias'], expect, rtol=1e-5)
+  np.testing.assert_allclose(outgoing_mean_magnitude(params, groups[0]),
+                             jnp.abs(w).mean(axis=(0, 1, 3)), rtol=1e-6)
+
+
+def test_cbp_stochastic_rounding_replaces_at_the_rate_in_expectation_and_is_seeded():
+  groups = (snr_jax.dense_group('h', 4, layer='l1', consumer='l2'),)
+  params = {'l1': {'kernel': jnp.ones((1, 4)), 'bias': jnp.zeros(4)},
+            'l2': {'kernel': jnp.ones((4, 1)), 'bias': jnp.zeros(1)}}
+  acts = {'h': jnp.ones((1, 4))}
+
+  def count(seed, steps=400):
+    tx = snr_jax.make_method('cbp', optax.sgd(0.0), groups=groups, replacement_rate=0.0625,
+                             maturity=0, rounding='stochastic', seed=seed)
+    def step(s, _):
+      _, s = tx.update(_zero_grads(params), s, params, activations=acts)
+      return s, s.resets.last_resets['h'].sum()
+    s, n = jax.lax.scan(step, tx.init(params), None, length=steps)
+    return np.asarray(n), float(s.resets.rule.to_replace['h'])
+
+  n0, owed = count(0)
+  # 4 eligible units x 0.0625 = 0.25 expected per step: 100 in 400 steps (sd ~8.7)
+  assert set(np.unique(n0)) <= {0, 1} and 70 <= n0.sum() <= 130
+  assert owed == 0.0
+  np.testing.assert_array_equal(count(0)[0], n0)           # a pure function of the seed
+  assert not np.array_equal(count(1)[0], n0)
+  with pytest.raises(ValueError, match='rounding must be one of'):
+    snr_jax.make_method('cbp', optax.sgd(0.0), groups=groups, rounding='round')
 
 
 def test_cbp_never_replaces_an_immature_unit():
@@ -166,6 +321,9 @@ def test_resetting_methods_leave_other_units_untouched(name, mlp):
   masks = s_m.resets.last_resets
   assert sum(int(m.sum()) for m in masks.values()) > 0, 'the setup must reset something'
   keep = keep_masks(params, groups, masks)
+  if name == 'cbp':   # the consumers' biases also receive the replaced units' mean output
+    from snr_jax.cbp import transfer_to_biases
+    p_i = transfer_to_biases(p_i, groups, s_m.resets.rule.transfer)
   for k, a, b in zip(jax.tree.leaves(keep), jax.tree.leaves(p_m), jax.tree.leaves(p_i)):
     full = np.broadcast_to(np.asarray(k), a.shape)
     np.testing.assert_allclose(np.asarray(a)[full], np.asarray(b)[full], rtol=1e-5, atol=1e-7)
@@ -229,5 +387,7 @@ def test_registry_errors_list_valid_choices(mlp):
     snr_jax.make_method('shrink_perturb', optax.sgd(0.1))
   with pytest.raises(ValueError, match='shrink must be a number in'):
     snr_jax.make_method('shrink_perturb', optax.sgd(0.1), init_fn=lambda k: k, shrink=0.0)
+  with pytest.raises(ValueError, match="noise must be one of"):
+    snr_jax.make_method('shrink_perturb', optax.sgd(0.1), init_fn=lambda k: k, noise='gauss')
   with pytest.raises(ValueError, match='strength must be a number in'):
     snr_jax.make_method('l2', optax.sgd(0.1), strength=-1.0)

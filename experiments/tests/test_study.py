@@ -1,0 +1,118 @@
+"""The study runner (experiments.study): cells, selection, skip and resume, the table."""
+
+import json
+import pathlib
+
+import pytest
+
+from experiments import study
+
+
+def _spec(tmp_path, **over):
+  spec = {
+      'name': 'tiny', 'runs_dir': str(tmp_path / 'runs'), 'csv': str(tmp_path / 'study.csv'),
+      'table': str(tmp_path / 'study.md'), 'selection_seeds': [0, 1], 'final_seeds': [2, 3],
+      'checkpoint_every': 1, 'tasks_per_call': 1,
+      'benchmarks': [{'benchmark': 'permuted_mnist', 'dataset': 'digits', 'num_tasks': 4,
+                      'examples_per_task': 64,
+                      'optimizers': {'sgd': {'learning_rate': 0.05}}}],
+      'methods': {'none': {}, 'l2': {'strength': [1e-4, 0.5]}},
+  }
+  spec.update(over)
+  return spec
+
+
+def test_grids_expand_to_cartesian_or_explicit_settings():
+  assert study.method_settings('x', {}) == [{}]
+  assert study.method_settings('snr', {'eta': [0.1, 0.2], 'tau_max': 50}) == [
+      {'eta': 0.1, 'tau_max': 50}, {'eta': 0.2, 'tau_max': 50}]
+  assert len(study.method_settings('redo', {'threshold': [0, 0.1], 'period': [10, 100, 1000]})) == 6
+  grid = [{'shrink': 0.9, 'sigma': 0.1}, {'shrink': 0.99, 'sigma': 0.01}]
+  assert study.method_settings('shrink_perturb', {'grid': grid}) == grid
+  with pytest.raises(study.StudyError, match="unknown hyperparameter"):
+    study.build_groups(_spec(pathlib.Path('/tmp'), methods={'l2': {'strenght': [1.0, 2.0]}}))
+
+
+def test_study_end_to_end_selects_runs_final_skips_done_and_resumes(tmp_path):
+  spec = _spec(tmp_path)
+  logs = []
+  # a study killed after 2 of 4 tasks in every cell (two worker processes)
+  first = study.run_study(spec, workers=2, stop_after=2, log=logs.append)
+  assert len(first['ran']) == 3         # l2's two selection cells and none's final cell
+  rows = study.read_csv(tmp_path / 'study.csv')
+  assert {int(r['tasks_done']) for r in rows} == {2}
+  cell_dirs = sorted(p.parent for p in (tmp_path / 'runs').rglob('checkpoint'))
+  assert len(cell_dirs) == 3
+  # started again: each cell resumes from its checkpoint, then l2's final runs
+  logs.clear()
+  second = study.run_study(spec, workers=0, log=logs.append)
+  assert len(second['ran']) == 4
+  assert sum('resumed from task 2' in line for line in logs) == 3
+  sel = second['selection']['permuted_mnist/digits/sgd/l2']
+  scores = {s['hparams']['strength']: s['score'] for s in sel['scores']}
+  assert sel['chosen']['strength'] == max(scores, key=scores.get)
+  assert all(s['seeds'] == 2 for s in sel['scores'])
+  rows = study.read_csv(tmp_path / 'study.csv')
+  finals = [r for r in rows if r['phase'] == 'final']
+  assert {(r['method'], int(r['seed'])) for r in finals} == {
+      (m, s) for m in ('none', 'l2') for s in (2, 3)}
+  assert all(int(r['tasks_done']) == 4 for r in rows)
+  chosen = [r for r in finals if r['method'] == 'l2']
+  assert {json.loads(r['hparams'])['strength'] for r in chosen} == {sel['chosen']['strength']}
+  # each cell kept its usual results
+  for r in rows:
+    out = pathlib.Path(r['run_dir'])
+    assert json.loads((out / 'summary.json').read_text())['complete']
+    assert (out / 'config.json').exists() and (out / 'metrics.csv').exists()
+  table = (tmp_path / 'study.md').read_text()
+  assert 'reduced; protocol 500' in table and '(n=2)' in table
+  # a third run has nothing to do
+  mtimes = {p: p.stat().st_mtime_ns for p in (tmp_path / 'runs').rglob('metrics.csv')}
+  third = study.run_study(spec, workers=0, log=logs.append)
+  assert third['ran'] == [] and len(third['skipped']) == 4
+  assert mtimes == {p: p.stat().st_mtime_ns for p in (tmp_path / 'runs').rglob('metrics.csv')}
+  # a spec that changed under existing results is refused, naming the directory
+  changed = _spec(tmp_path)
+  changed['benchmarks'][0]['optimizers']['sgd']['learning_rate'] = 0.01
+  with pytest.raises(study.StudyError, match='another config or seeds'):
+    study.run_study(changed, workers=0, log=logs.append)
+
+
+def _row(method, opt, seed, last10, hp='{}', phase='final', done=10, total=10):
+  return {'study': 's', 'benchmark': 'permuted_mnist', 'dataset': 'fashion_mnist',
+          'optimizer': opt, 'learning_rate': '0.01', 'method': method, 'hparams': hp,
+          'phase': phase, 'seed': str(seed), 'tasks_done': str(done), 'tasks_total': str(total),
+          'protocol_tasks': '500', 'avg_accuracy': '0.5', 'last10_accuracy': str(last10),
+          'dead_fraction_last': '0', 'wall_s': '1', 'run_dir': 'x'}
+
+
+def test_table_from_fixture_csv(tmp_path):
+  rows = [_row('none', 'sgd', 0, 0.70), _row('none', 'sgd', 1, 0.72),
+          _row('snr', 'sgd', 0, 0.75, '{"eta": 0.08}'), _row('snr', 'sgd', 1, 0.77, '{"eta": 0.08}'),
+          _row('snr', 'sgd', 0, 0.99, '{"eta": 0.3}', phase='select'),   # not reported
+          _row('none', 'adam', 0, 0.60, done=4), _row('none', 'adam', 1, 0.61, done=4)]
+  path = tmp_path / 'fixture.csv'
+  study.write_csv(path, rows)
+  assert study.main(['--table', str(path), '--out', str(tmp_path / 't.md')]) == 0
+  text = (tmp_path / 't.md').read_text()
+  lines = text.splitlines()
+  header = next(l for l in lines if l.startswith('| benchmark | optimizer | tasks |'))
+  assert header.split('|')[4:6] == [' none ', ' snr ']          # registry order
+  sgd = next(l for l in lines if '| sgd | 10 (reduced; protocol 500) |' in l)
+  assert '0.710 ± 0.010 (n=2)' in sgd and '**0.760 ± 0.010 (n=2)**' in sgd
+  assert '0.99' not in text
+  adam = next(l for l in lines if '| adam |' in l and 'running' in l)
+  assert 'running (4/10 tasks)' in adam
+  assert '| permuted_mnist (fashion_mnist) | sgd | snr | 0.01 | eta=0.08 |' in text
+
+
+def test_selection_picks_the_best_total_average_and_breaks_ties_by_order():
+  rows = [dict(_row('l2', 'sgd', s, 0, json.dumps({'strength': v}), 'select'),
+               avg_accuracy=str(a))
+          for v, s, a in [(1, 0, 0.5), (1, 1, 0.75), (2, 0, 0.875), (2, 1, 0.375),
+                          (3, 0, 0.625), (3, 1, 0.625)]]
+  chosen, scores = study.select_setting(rows, [{'strength': 1}, {'strength': 2}, {'strength': 3}])
+  assert chosen == {'strength': 1}          # 0.625 each: the first listed wins
+  rows[0]['avg_accuracy'] = '0.25'
+  chosen, scores = study.select_setting(rows, [{'strength': 1}, {'strength': 2}, {'strength': 3}])
+  assert chosen == {'strength': 2} and [s['score'] for s in scores] == pytest.approx([0.5, 0.625, 0.625])
