@@ -40,12 +40,13 @@ from typing import Any, Mapping, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from snr_jax._checks import number_in
 from snr_jax.activations import mean_activation
 from snr_jax.groups import NeuronGroup, ParamSlice, get_path
-from snr_jax.reset import key_path_to_path, run_if
+from snr_jax.reset import _unit_ids, key_path_to_path, run_if
 from snr_jax.transform import NeuronResets, with_resets
 
 ROUNDINGS = ('accumulate', 'stochastic')
@@ -80,17 +81,28 @@ def lowest_k(values: jax.Array, eligible: jax.Array, k: jax.Array) -> jax.Array:
   return eligible & (rank < k)
 
 
-def _per_unit(w: jax.Array, s: ParamSlice, size: int) -> jax.Array:
-  """``w`` as ``(size, entries per unit, consumer outputs)``: the unit axis first, the
-  consumer's output axis (the last) last, entry ``r`` of the unit axis to unit
-  ``r % size``."""
-  axis = s.axis % w.ndim
-  if axis == w.ndim - 1:
+def _unit_sums(w: jax.Array, group: NeuronGroup, s: ParamSlice):
+  """Per unit, ``w`` summed over the entries it owns: ``(layers, units, consumer outputs)``,
+  and the number of summed weights per unit (a static array). Entries follow the slice's
+  row -> unit map (``unit_of``, or ``r % units``)."""
+  nd = w.ndim
+  axis = s.axis % nd
+  if axis == nd - 1:
     raise ValueError(f"outgoing slice '{'/'.join(s.path)}' indexes units on its last axis; "
                      'continual backprop reads the consumer\'s outputs there.')
-  w = jnp.moveaxis(w.astype(jnp.float32), axis, 0)
-  w = w.reshape(w.shape[0] // size, size, -1, w.shape[-1])   # (reps, size, taps, out)
-  return jnp.moveaxis(w, 1, 0).reshape(size, -1, w.shape[-1])
+  lead = (axis,) if s.layer_axis is None else (s.layer_axis % nd, axis)
+  w = jnp.moveaxis(w.astype(jnp.float32), lead, tuple(range(len(lead))))
+  if s.layer_axis is None:
+    w = w[None]
+  n, out = w.shape[1], w.shape[-1]
+  w = w.reshape(w.shape[0], n, -1, out)
+  taps = w.shape[2]
+  w = w.sum(axis=2)                                              # (layers, n, out)
+  ids = _unit_ids(group, s, n)
+  keep = ids >= 0
+  sums = jnp.zeros((w.shape[0], group.units, out), jnp.float32).at[:, ids[keep]].add(w[:, keep])
+  counts = np.bincount(ids[keep], minlength=group.units) * taps * out
+  return sums, counts
 
 
 def outgoing_mean_magnitude(params: Any, group: NeuronGroup) -> jax.Array:
@@ -98,13 +110,13 @@ def outgoing_mean_magnitude(params: Any, group: NeuronGroup) -> jax.Array:
   unit ``i``, pooled over all of the group's outgoing slices (ones without any)."""
   if not group.outgoing:
     return jnp.ones((group.size,), jnp.float32)
-  total = jnp.zeros((group.size,), jnp.float32)
-  count = 0
+  total = jnp.zeros((group.layers, group.units), jnp.float32)
+  count = np.zeros((group.units,))
   for s in group.outgoing:
-    w = _per_unit(get_path(params, s.path), s, group.size)
-    total = total + jnp.abs(w).sum(axis=(1, 2))
-    count += w.shape[1] * w.shape[2]
-  return total / count
+    sums, n = _unit_sums(jnp.abs(get_path(params, s.path)), group, s)
+    total = total + sums.sum(axis=-1)
+    count = count + n
+  return (total / np.maximum(count, 1)).reshape(-1)
 
 
 def consumer_bias_path(params: Any, s: ParamSlice) -> Optional[tuple[str, ...]]:
@@ -137,13 +149,14 @@ def transfer_to_biases(params: Any, groups: Sequence[NeuronGroup],
       path = consumer_bias_path(params, s)
       if path is None:
         continue
-      w = _per_unit(get_path(params, s.path), s, g.size).sum(axis=1)   # (size, out)
-      d = amounts[g.name].astype(jnp.float32) @ w
+      w, _ = _unit_sums(get_path(params, s.path), g, s)            # (layers, units, out)
+      a = amounts[g.name].astype(jnp.float32).reshape(g.layers, g.units)
+      d = jnp.einsum('lu,luk->lk', a, w)
       deltas[path] = deltas[path] + d if path in deltas else d
 
   def one(key_path, leaf):
     d = deltas.get(key_path_to_path(key_path))
-    return leaf if d is None else (leaf + d.reshape(leaf.shape)).astype(leaf.dtype)
+    return leaf if d is None else (leaf + d.reshape(leaf.shape)).astype(leaf.dtype)  # (L, out)
 
   return jax.tree_util.tree_map_with_path(one, params)
 

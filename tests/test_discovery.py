@@ -621,3 +621,25 @@ def test_a_declared_stacked_group_must_name_its_layers():
   ok = snr_jax.NeuronGroup('fc1', 15, (snr_jax.ParamSlice(
       ('stack', 'fc1', 'kernel'), -1, nn.initializers.lecun_normal(), layer_axis=0),), layers=3)
   assert snr_jax.validate_groups([ok], params)[0].units == 5
+
+
+def test_cbp_reads_consumer_rows_through_the_discovered_layout():
+  from snr_jax.cbp import outgoing_mean_magnitude, transfer_to_biases
+  model, x, variables, _ = _setup('cnn_channel_first')
+  groups = snr_jax.discover_groups(model, variables, x)
+  conv1 = next(g for g in groups if g.name == 'Conv_1')
+  params = variables['params']
+  w = np.asarray(params['Dense_0']['kernel'])              # rows: (channel, h, w) flattened
+  rows = w.reshape(5, 4, -1)                               # 5 channels x 2*2 positions
+  amounts = {g.name: jnp.zeros((g.size,)) for g in groups}
+  amounts['Conv_1'] = amounts['Conv_1'].at[1].set(2.0)
+  out = transfer_to_biases(params, groups, amounts)
+  np.testing.assert_allclose(out['Dense_0']['bias'] - params['Dense_0']['bias'],
+                             2.0 * rows[1].sum(axis=0), rtol=1e-5)
+  np.testing.assert_allclose(outgoing_mean_magnitude(params, conv1),
+                             np.abs(rows).mean(axis=(1, 2)), rtol=1e-5)
+  model, x, variables, _ = _setup('scanned')
+  groups = snr_jax.discover_groups(model, variables, x)
+  k = np.asarray(variables['params']['stack']['fc2']['kernel'])   # (layers, units, out)
+  np.testing.assert_allclose(outgoing_mean_magnitude(variables['params'], groups[0]),
+                             np.abs(k).mean(axis=2).reshape(-1), rtol=1e-5)
