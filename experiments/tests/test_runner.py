@@ -51,10 +51,10 @@ TINY = {
 }
 
 
-@pytest.mark.parametrize('benchmark', sorted(TINY))
-def test_three_task_run_of_each_benchmark(benchmark):
-  make_data, overrides = TINY[benchmark]
-  cfg = ExperimentConfig(benchmark, method='snr', num_tasks=3,
+@pytest.mark.parametrize('name', sorted(TINY))  # not 'benchmark': pytest-benchmark's fixture
+def test_three_task_run_of_each_benchmark(name):
+  make_data, overrides = TINY[name]
+  cfg = ExperimentConfig(name, method='snr', num_tasks=3,
                          hparams=dict(tau_init=64, tau_min=16, tau_max=64), **overrides)
   out = run_experiment(cfg, make_data(), seeds=[0])
   m = out['metrics']
