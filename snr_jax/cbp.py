@@ -257,4 +257,4 @@ def continual_backprop(inner: optax.GradientTransformation, groups: Sequence[Neu
   if rounding not in ROUNDINGS:
     raise ValueError(f'rounding must be one of {ROUNDINGS}, got {rounding!r}.')
   rule = CBPRule(replacement_rate, maturity, decay, rounding)
-  return with_resets(inner, NeuronResets(tuple(groups), rule, axis_name), seed)
+  return with_resets(inner, NeuronResets(groups, rule, axis_name), seed)
