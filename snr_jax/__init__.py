@@ -18,6 +18,7 @@ from snr_jax.shrink_perturb import ShrinkPerturbState, shrink_perturb
 from snr_jax.snr import SNRRule, SNRState, dead_fraction, self_normalized_resets, snr, snr_info
 from snr_jax.thresholds import (GeometricEstimator, GeometricState, HistogramEstimator,
                                 HistogramState)
+from snr_jax.training import apply_gradients, reset_metrics
 from snr_jax.transform import (NeuronResets, ResetOptState, ResetRule, ResetState, reset_state,
                                with_resets)
 
@@ -56,6 +57,7 @@ __all__ = [
     'Site',
     'add_l2',
     'add_l2_init',
+    'apply_gradients',
     'apply_with_preactivations',
     'at_random',
     'continual_backprop',
@@ -73,6 +75,7 @@ __all__ = [
     'method_hyperparameters',
     'preactivations_from_intermediates',
     'redo',
+    'reset_metrics',
     'reset_model_state',
     'reset_neurons',
     'reset_optimizer_state',

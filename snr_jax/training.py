@@ -1,0 +1,64 @@
+"""Glue for training loops: a Flax ``TrainState`` step that passes activations, and one
+flat metrics dict for every method's optimizer state.
+
+``flax.training.train_state.TrainState.apply_gradients(grads=..., **kwargs)`` treats its
+keyword arguments as fields to replace, so it cannot hand ``activations=`` to the
+optimizer; :func:`apply_gradients` is the same step with the extra arguments forwarded
+to ``tx.update``. With NNX, ``nnx.Optimizer.update(model, grads, activations=acts)``
+already forwards them (see the README).
+
+Gradient accumulation: wrap the *inner* optimizer, ``snr(optax.MultiSteps(inner, k),
+groups)``, so that SNR sees every micro-batch's firing (its ages count every example) and
+a reset also clears the accumulated gradients of the reset slices. The other nesting,
+``optax.MultiSteps(snr(inner, groups), k)``, would run SNR only on the last micro-batch
+of each accumulation.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from snr_jax.snr import SNRState, dead_fraction
+from snr_jax.transform import find_reset_state
+
+
+def apply_gradients(state: Any, grads: Any, **extra_args) -> Any:
+  """``TrainState.apply_gradients`` that forwards ``activations=``, ``end_of_task=``, ...
+
+  Args:
+    state: a ``flax.training.train_state.TrainState`` (or anything with ``params``,
+      ``opt_state``, ``tx``, ``step`` and ``replace``).
+    grads: gradients of the loss with respect to ``state.params``.
+    **extra_args: passed to ``state.tx.update`` (e.g. ``activations=acts``).
+
+  Returns:
+    The state after one step: new params, optimizer state and step count.
+  """
+  updates, opt_state = state.tx.update(grads, state.opt_state, state.params, **extra_args)
+  return state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                       opt_state=opt_state)
+
+
+def reset_metrics(opt_state: Any, dead_after: int = 1000) -> dict[str, jax.Array]:
+  """Per-group figures of any method's optimizer state, as one flat dict for a logger.
+
+  Keys are ``'resets/<group>'`` (units reset at the latest step) for every resetting
+  method (SNR, ReDo, continual backprop), plus ``'dead_fraction/<group>'`` (units silent
+  for ``dead_after`` or more, in the ages' unit) and ``'mean_threshold/<group>'`` for SNR.
+  A method that resets nothing (none, L2, L2 Init, Shrink & Perturb) gives an empty dict.
+  Jit-friendly: the values are scalar arrays.
+  """
+  rs = find_reset_state(opt_state)
+  if rs is None:
+    return {}
+  out = {f'resets/{k}': jnp.sum(v) for k, v in rs.last_resets.items()}
+  if isinstance(rs.rule, SNRState):
+    out.update({f'dead_fraction/{k}': dead_fraction(v, dead_after)
+                for k, v in rs.rule.ages.items()})
+    out.update({f'mean_threshold/{k}': jnp.mean(v.astype(jnp.float32))
+                for k, v in rs.rule.thresholds.items()})
+  return out
