@@ -8,15 +8,17 @@ state for one neuron group:
   to the mean gap (the authors' transformer code).
 
 ``record`` stores this step's completed gaps (neurons that fired) and censored gaps
-(neurons being reset); ``refresh`` moves τ towards the estimated quantile on the
-neurons selected by ``mask`` and clears their statistics.
+(neurons being reset); ``quantile`` returns the estimator's (1 − η) quantile estimate
+per neuron; ``refresh`` hands that estimate to :func:`update_thresholds`, the one
+place where the threshold rule (contract, expand, clamp) is written, and clears the
+statistics of the neurons selected by ``mask``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -35,6 +37,60 @@ def _expand(tau: jax.Array, expansion: float) -> jax.Array:
   return jnp.floor(tau.astype(jnp.float32) * expansion).astype(tau.dtype)
 
 
+def update_thresholds(thresholds: jax.Array, estimate: jax.Array, mask: jax.Array, *,
+                      tau_min: int, tau_max: int, expansion: Optional[float]) -> jax.Array:
+  """The threshold rule shared by every estimator (SPEC §3a–§3c).
+
+  On the neurons selected by ``mask``: if the estimate lies below the threshold
+  (``estimate < τ``) the threshold contracts to it (``τ ← estimate``), otherwise it
+  expands (``τ ← expansion·τ``); then it is clamped into ``[tau_min, tau_max]``. With
+  ``expansion=None`` the threshold is simply set to the estimate (no doubling; the
+  per-token estimator, SPEC §3c), then clamped.
+
+  SPEC §3a writes the histogram's rule as "if ``q < τ``: contract, else expand" and
+  §3b the geometric one as "if ``τ ≤ τ_p``: expand, else contract"; since
+  ``τ ≤ τ_p ⇔ not (τ_p < τ)`` both are this one comparison.
+
+  Args:
+    thresholds: int32 ``(size,)``, the current τ.
+    estimate: int32 ``(size,)``, the estimator's (1 − η) quantile estimate.
+    mask: bool ``(size,)``, the neurons refreshed now; the others keep their τ.
+    tau_min: floor on τ.
+    tau_max: ceiling on τ.
+    expansion: factor applied to τ when the estimate does not lie below it, or None.
+
+  Returns:
+    The new thresholds, int32 ``(size,)``.
+  """
+  if expansion is None:
+    new = estimate
+  else:
+    new = jnp.where(estimate < thresholds, estimate, _expand(thresholds, expansion))
+  new = jnp.clip(new, tau_min, tau_max)
+  return jnp.where(mask, new, thresholds)
+
+
+class _RefreshMixin:
+  """``refresh`` for an estimator with ``quantile``, ``clear`` and the rule's fields."""
+
+  def refresh(self, state, thresholds: jax.Array, mask: jax.Array, increment: int):
+    """New thresholds on the ``mask``ed neurons, and their statistics cleared.
+
+    Args:
+      state: the estimator's state.
+      thresholds: int32 ``(size,)``, the current τ.
+      mask: bool ``(size,)``, the neurons to refresh.
+      increment: the age increment of one batch (used by the geometric pseudo-count).
+
+    Returns:
+      ``(thresholds, state)``.
+    """
+    new = update_thresholds(thresholds, self.quantile(state, increment), mask,
+                            tau_min=self.tau_min, tau_max=self.tau_max,
+                            expansion=self.expansion)
+    return new, self.clear(state, mask)
+
+
 class HistogramState(NamedTuple):
   """Per-neuron gap counts; ``counts[i, g]`` for gap g in 0..τ_max (last bin: ≥ τ_max)."""
   counts: jax.Array
@@ -48,7 +104,7 @@ class GeometricState(NamedTuple):
 
 
 @dataclasses.dataclass(frozen=True)
-class HistogramEstimator:
+class HistogramEstimator(_RefreshMixin):
   """Empirical-quantile thresholds (SPEC §3a).
 
   At a refresh, per neuron: ``q`` = the smallest gap ``g ≥ 1`` whose empirical CDF over
@@ -85,17 +141,13 @@ class HistogramEstimator:
     q = jnp.argmax(cdf >= jnp.asarray(1.0 - self.eta, jnp.float32), axis=1).astype(jnp.int32) + 1
     return jnp.where(total > 0, q, 1)
 
-  def refresh(self, state: HistogramState, thresholds: jax.Array, mask: jax.Array,
-              increment: int) -> tuple[jax.Array, HistogramState]:
-    q = self.quantile(state, increment)
-    new = jnp.where(q < thresholds, q, _expand(thresholds, self.expansion))
-    new = jnp.clip(new, self.tau_min, self.tau_max)
-    counts = jnp.where(mask[:, None], 0, state.counts)
-    return jnp.where(mask, new, thresholds), HistogramState(counts)
+  def clear(self, state: HistogramState, mask: jax.Array) -> HistogramState:
+    """Empties the histograms of the ``mask``ed neurons."""
+    return HistogramState(jnp.where(mask[:, None], 0, state.counts))
 
 
 @dataclasses.dataclass(frozen=True)
-class GeometricEstimator:
+class GeometricEstimator(_RefreshMixin):
   """Thresholds from the mean gap, assuming exponential gaps (SPEC §3b).
 
   A recorded gap counts the batch in which the neuron fired (``age + increment``), so a
@@ -128,14 +180,10 @@ class GeometricEstimator:
     tau_p = jnp.ceil(jnp.asarray(-_log(self.eta), jnp.float32) * mean)
     return jnp.minimum(tau_p, float(INT_MAX // 2)).astype(jnp.int32)
 
-  def refresh(self, state: GeometricState, thresholds: jax.Array, mask: jax.Array,
-              increment: int) -> tuple[jax.Array, GeometricState]:
-    tau_p = self.quantile(state, increment)
-    new = jnp.where(thresholds <= tau_p, _expand(thresholds, self.expansion), tau_p)
-    new = jnp.clip(new, self.tau_min, self.tau_max)
-    return (jnp.where(mask, new, thresholds),
-            GeometricState(jnp.where(mask, 0.0, state.gap_sum),
-                           jnp.where(mask, 0.0, state.gap_count)))
+  def clear(self, state: GeometricState, mask: jax.Array) -> GeometricState:
+    """Resets the ``mask``ed neurons' sums (to the pseudo-count, added in ``quantile``)."""
+    return GeometricState(jnp.where(mask, 0.0, state.gap_sum),
+                          jnp.where(mask, 0.0, state.gap_count))
 
 
 ESTIMATORS = {'histogram': HistogramEstimator, 'geometric': GeometricEstimator}
