@@ -22,3 +22,5 @@ from snr_jax.penalties import add_l2, add_l2_init, l2, l2_init
 from snr_jax.redo import ReDoRule, ReDoState, redo, redo_scores
 from snr_jax.reset import outgoing_magnitude
 from snr_jax.shrink_perturb import shrink_perturb
+from snr_jax.activations import fire_counts
+from snr_jax.thresholds import PerTokenEstimator, RateState
