@@ -264,8 +264,8 @@ class PerTokenEstimator(_RefreshMixin):
     ``[τ_min, τ_max]``.
 
   A unit is reset when ``⌊BT / c⌋ ≥ τ``, i.e. when its firing rate in this batch is at
-  most about ``λ̂ / (−ln η)``: for ``η ≥ 1/e`` (``−ln η ≤ 1``) that includes units firing
-  at exactly their own average rate.
+  most about ``λ̂ / (−ln η)``: for ``η ≥ 1/e`` (``−ln η ≤ 1``) that includes, up to the
+  rounding of τ and of the age, units firing at their own average rate.
 
   The counters are exact int32. So that they never overflow, when ``total`` passes
   :data:`RATE_CAP` (2³⁰ positions since the refresh: a million steps of 1,024 tokens)
