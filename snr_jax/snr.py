@@ -3,6 +3,9 @@
 Each neuron's *age* counts the examples since it last fired. A neuron is reset when
 ``P(A_i ≥ a_i) ≤ η`` under its own inter-firing law, i.e. when its age reaches its
 threshold ``τ_i``, the ``(1 − η)`` quantile of its recorded gaps (SPEC §2–§5).
+The threshold estimator (:mod:`snr_jax.thresholds`) says how a batch's firing moves
+the ages: for the per-token estimator (SPEC §3c) they count positions (tokens, spatial
+positions), see :func:`snr_jax.ages.position_ages`.
 
 References:
   Farias & Jozefiak, "Self-Normalized Resets for Plasticity in Continual Learning",
