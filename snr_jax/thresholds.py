@@ -130,9 +130,11 @@ class _BatchLevel(_RefreshMixin):
   age_units = ('examples', 'steps')
 
   def observe(self, activation: jax.Array, increment: int) -> BatchFiring:
+    """Whether each unit fired anywhere in ``activation`` (``(..., units)``)."""
     return BatchFiring(fired_units(activation), increment)
 
   def advance_ages(self, ages: jax.Array, firing: BatchFiring) -> jax.Array:
+    """0 where the unit fired, ``+increment`` elsewhere (:func:`snr_jax.ages.batch_ages`)."""
     return batch_ages(ages, firing.fired, firing.increment)
 
 
@@ -293,6 +295,7 @@ class PerTokenEstimator(_RefreshMixin):
     return RateState(jnp.ones((size,), jnp.int32), jnp.ones((size,), jnp.int32))
 
   def observe(self, activation: jax.Array, increment: int) -> PositionFiring:
+    """The positions of ``activation`` (``(..., units)``) and each unit's firing count."""
     del increment
     positions, counts = fire_counts(activation)
     if positions >= RATE_CAP:
@@ -301,6 +304,7 @@ class PerTokenEstimator(_RefreshMixin):
     return PositionFiring(positions, counts)
 
   def advance_ages(self, ages: jax.Array, firing: PositionFiring) -> jax.Array:
+    """``+BT`` if silent, else ``⌊BT/c⌋`` (:func:`snr_jax.ages.position_ages`)."""
     return position_ages(ages, firing.positions, firing.counts)
 
   def record(self, state: RateState, *, positions: int, counts: jax.Array,
