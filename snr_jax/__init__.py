@@ -2,7 +2,7 @@
 
 from importlib import metadata as _metadata
 
-from snr_jax.activations import (ActivationError, apply_with_preactivations, fired,
+from snr_jax.activations import (ActivationError, apply_with_preactivations, fire_counts, fired,
                                  mean_activation, preactivations_from_intermediates)
 from snr_jax.capture import CaptureError, with_preactivations
 from snr_jax.cbp import CBPRule, CBPState, continual_backprop
@@ -17,7 +17,7 @@ from snr_jax.schedules import (RefreshSchedule, ScheduleState, at_random, every_
 from snr_jax.shrink_perturb import ShrinkPerturbState, shrink_perturb
 from snr_jax.snr import SNRRule, SNRState, dead_fraction, self_normalized_resets, snr, snr_info
 from snr_jax.thresholds import (GeometricEstimator, GeometricState, HistogramEstimator,
-                                HistogramState)
+                                HistogramState, PerTokenEstimator, RateState)
 from snr_jax.training import apply_gradients, reset_metrics
 from snr_jax.transform import (NeuronResets, ResetOptState, ResetRule, ResetState, reset_state,
                                with_resets)
@@ -44,6 +44,8 @@ __all__ = [
     'NeuronGroup',
     'NeuronResets',
     'ParamSlice',
+    'PerTokenEstimator',
+    'RateState',
     'ReDoRule',
     'ReDoState',
     'RefreshSchedule',
@@ -67,6 +69,7 @@ __all__ = [
     'discover_groups',
     'every_n_steps',
     'every_n_tasks',
+    'fire_counts',
     'fired',
     'l2',
     'l2_init',

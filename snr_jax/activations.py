@@ -48,6 +48,26 @@ def merge_layers(groups: Sequence[NeuronGroup], activations: Activations) -> dic
   return out
 
 
+def fire_counts(preactivation: jax.Array, predicate=None) -> tuple[int, jax.Array]:
+  """How many positions each unit fired at: pre-activation > 0, counted (SPEC §3c).
+
+  Units are on the last axis; every other axis (examples, tokens, spatial positions) is
+  a position. ``counts > 0`` is exactly :func:`fired`.
+
+  Args:
+    preactivation: array of shape ``(..., units)``.
+    predicate: optional elementwise firing test replacing ``h > 0`` (see :func:`fired`).
+
+  Returns:
+    ``(positions, counts)``: ``positions`` the number of positions in the batch (a
+    Python int, the product of all axes but the last), ``counts`` an int32 array of
+    shape ``(units,)``.
+  """
+  x = preactivation > 0 if predicate is None else predicate(preactivation)
+  positions = x.size // x.shape[-1]
+  return positions, jnp.sum(x.reshape(-1, x.shape[-1]), axis=0, dtype=jnp.int32)
+
+
 def check_activations(groups: Sequence[NeuronGroup], activations: Any) -> None:
   """Raises ActivationError unless every group has a pre-activation of its size."""
   if activations is None:

@@ -3,6 +3,9 @@
 Each neuron's *age* counts the examples since it last fired. A neuron is reset when
 ``P(A_i ≥ a_i) ≤ η`` under its own inter-firing law, i.e. when its age reaches its
 threshold ``τ_i``, the ``(1 − η)`` quantile of its recorded gaps (SPEC §2–§5).
+The threshold estimator (:mod:`snr_jax.thresholds`) says how a batch's firing moves
+the ages: for the per-token estimator (SPEC §3c) they count positions (tokens, spatial
+positions), see :func:`snr_jax.ages.position_ages`.
 
 References:
   Farias & Jozefiak, "Self-Normalized Resets for Plasticity in Continual Learning",
@@ -19,21 +22,32 @@ import jax.numpy as jnp
 import optax
 
 from snr_jax._checks import integer_in, number_at_least, number_in
-from snr_jax.activations import fired as fired_units
+from snr_jax.ages import saturating_add  # pylint: disable=unused-import  (public here too)
 from snr_jax.groups import NeuronGroup
 from snr_jax.reset import any_in_batch, run_if
 from snr_jax.schedules import RefreshSchedule, ScheduleState, every_n_tasks
-from snr_jax.thresholds import ESTIMATORS, INT_MAX, GeometricEstimator, HistogramEstimator
+from snr_jax.thresholds import (ESTIMATORS, INT_MAX, RATE_CAP, GeometricEstimator,
+                                HistogramEstimator, PerTokenEstimator)
 from snr_jax.transform import NeuronResets, find_reset_state, with_resets
 
-AGE_UNITS = ('examples', 'steps')
+AGE_UNITS = ('examples', 'steps', 'positions')
+
+# Defaults per estimator: (tau_min, tau_max, tau_init); tau_init None means tau_max.
+_TAU_DEFAULTS = {
+    'histogram': (100, 20_000, None),
+    'geometric': (100, 20_000, None),
+    # per-token: τ_0 = 10 positions (SPEC §3c); no floor beyond 1 and no effective
+    # ceiling: τ = ⌈−ln η / λ̂⌉ is bounded by the positions seen since the refresh.
+    'per_token': (1, RATE_CAP, 10),
+}
 
 
 class SNRState(NamedTuple):
   """Per-group SNR statistics (all dicts keyed by group name).
 
   Attributes:
-    ages: int32 (size,), examples (or steps) since each unit last fired.
+    ages: int32 (size,), examples (or steps) since each unit last fired; for the
+      per-token estimator, positions (see :func:`snr_jax.ages.position_ages`).
     thresholds: int32 (size,), τ_i in the same unit.
     estimator: the threshold estimator's state per group.
     schedule: refresh counters.
@@ -44,17 +58,11 @@ class SNRState(NamedTuple):
   schedule: ScheduleState
 
 
-def saturating_add(ages: jax.Array, increment: int) -> jax.Array:
-  """``ages + increment`` clipped at the dtype's maximum instead of wrapping."""
-  top = jnp.iinfo(ages.dtype).max
-  return jnp.where(ages > top - increment, top, ages + increment)
-
-
 @dataclasses.dataclass(frozen=True)
 class SNRRule:
   """The SNR reset rule; build it with :func:`self_normalized_resets`."""
 
-  estimator: Union[HistogramEstimator, GeometricEstimator]
+  estimator: Union[HistogramEstimator, GeometricEstimator, PerTokenEstimator]
   tau_init: int
   schedule: RefreshSchedule
   age_unit: str = 'examples'
@@ -84,13 +92,15 @@ class SNRRule:
       act = activations[g.name]
       inc = self._increment(act)
       increments[g.name] = inc
-      fired = fired_units(act, g.firing)
+      # The estimator says what this batch's firing is and how it moves the ages
+      # (batch-level: back to 0 if fired anywhere; per-token: the gap in positions).
+      firing = self.estimator.observe(act, inc, g.firing)
       before = state.ages[g.name]
-      age = jnp.where(fired, 0, saturating_add(before, inc))
+      age = self.estimator.advance_ages(before, firing)
       reset = age >= state.thresholds[g.name]
       est[g.name] = self.estimator.record(
-          state.estimator[g.name], fired=fired, age_before=before, reset=reset,
-          age_at_reset=age, increment=inc)
+          state.estimator[g.name], **firing._asdict(), age_before=before, reset=reset,
+          age_at_reset=age)
       ages[g.name] = jnp.where(reset, 0, age)
       masks[g.name] = reset
 
@@ -121,11 +131,11 @@ def self_normalized_resets(
     eta: float = 0.08,
     estimator: str = 'histogram',
     tau_init: Optional[int] = None,
-    tau_min: int = 100,
-    tau_max: int = 20_000,
-    expansion: float = 2.0,
+    tau_min: Optional[int] = None,
+    tau_max: Optional[int] = None,
+    expansion: Optional[float] = None,
     schedule: Optional[RefreshSchedule] = None,
-    age_unit: str = 'examples',
+    age_unit: Optional[str] = None,
     batch_size: Optional[int] = None,
     axis_name: Optional[str] = None,
 ) -> NeuronResets:
@@ -135,17 +145,28 @@ def self_normalized_resets(
     groups: the neuron groups (:func:`snr_jax.discover_groups` or declared).
     eta: rejection percentile η in (0, 1): reset when ``P(A ≥ age) ≤ η``. Default
       0.08 (the authors' Permuted-MNIST notebook; their code's default is 0.01, their
-      transformer runs use 0.05).
-    estimator: ``'histogram'`` (SPEC §3a, released code) or ``'geometric'`` (§3b,
-      O(1) memory).
-    tau_init: initial threshold τ_0; default ``tau_max``.
-    tau_min: floor on τ (100 examples in the released code).
-    tau_max: ceiling on τ; also the histogram's last bin (20,000 examples).
-    expansion: factor applied to τ when the estimated quantile does not lie below it.
+      transformer runs use 0.05; their per-token sweep spans 0.01–0.4).
+    estimator: ``'histogram'`` (SPEC §3a, released code), ``'geometric'`` (§3b,
+      O(1) memory) or ``'per_token'`` (§3c, O(1) memory: per-position firing rates
+      and ages in positions, for token models and other layouts with many positions
+      per example; :class:`snr_jax.PerTokenEstimator`).
+    tau_init: initial threshold τ_0; default ``tau_max`` (histogram, geometric) or
+      10 positions (per_token, the authors' value; clamped into
+      ``[tau_min, tau_max]``).
+    tau_min: floor on τ: default 100 examples (the released code), 1 for per_token.
+    tau_max: ceiling on τ; also the histogram's last bin. Default 20,000 examples;
+      for per_token 2³⁰ positions, i.e. no ceiling in practice (without doubling, τ
+      is at most ``−ln η`` times the positions seen since the refresh).
+    expansion: factor applied to τ when the estimated quantile does not lie below it
+      (default 2). Not accepted by per_token, which sets τ to the estimate.
     schedule: when thresholds refresh: ``every_n_tasks(16)`` (default; signal ends
-      of tasks with ``end_of_task=True``), ``every_n_steps(n)``, or ``at_random(p)``.
-    age_unit: ``'examples'`` (ages grow by the batch size; the paper) or ``'steps'``.
+      of tasks with ``end_of_task=True``), ``every_n_steps(n)``, or ``at_random(p)``
+      (the authors' transformer runs: 1e-4 for geometric, 1/(k·120) for per_token).
+    age_unit: ``'examples'`` (default; ages grow by the batch size, the paper) or
+      ``'steps'`` for the batch-level estimators; per_token ages count
+      ``'positions'`` (its default and only unit).
     batch_size: examples per step; default: the leading axis of each activation.
+      Not accepted by per_token, which counts the positions of each activation.
     axis_name: name of the enclosing vmap/pmap axis when runs are batched (e.g.
       ``jax.vmap(run, axis_name='seeds')``), so that resets and refreshes run as real
       branches only when some member needs them; results are unchanged.
@@ -154,25 +175,44 @@ def self_normalized_resets(
     A :class:`NeuronResets`; see :func:`snr` for the optax wrapper.
 
   Raises:
-    ValueError: for hyperparameters out of range or an unknown estimator or unit.
+    ValueError: for hyperparameters out of range, an unknown estimator or unit, or an
+      argument that the chosen estimator does not take.
   """
   eta = number_in('eta (a tail probability)', eta, 0.0, 1.0, lo_open=True, hi_open=True)
   if estimator not in ESTIMATORS:
     raise ValueError(f'unknown estimator {estimator!r}: choose one of {sorted(ESTIMATORS)}.')
+  est_cls = ESTIMATORS[estimator]
+  if age_unit is None:
+    age_unit = est_cls.age_units[0]
   if age_unit not in AGE_UNITS:
     raise ValueError(f'unknown age_unit {age_unit!r}: choose one of {list(AGE_UNITS)}.')
+  per_token = estimator == 'per_token'
+  if per_token and expansion is not None:
+    raise ValueError("estimator='per_token' sets τ to its estimate at a refresh, with no "
+                     'expansion (SPEC §3c); leave expansion unset.')
+  if per_token and batch_size is not None:
+    raise ValueError("estimator='per_token' counts the positions of each pre-activation "
+                     '(all axes but the last); leave batch_size unset.')
+  default_min, default_max, default_init = _TAU_DEFAULTS[estimator]
   unit = f' (in {age_unit})'
-  tau_min = integer_in('tau_min', tau_min, 1, what=unit)
-  tau_max = integer_in('tau_max', tau_max, 1, what=unit)
+  tau_min = integer_in('tau_min', default_min if tau_min is None else tau_min, 1, what=unit)
+  tau_max = integer_in('tau_max', default_max if tau_max is None else tau_max, 1, what=unit)
   if tau_min > tau_max:
     raise ValueError(f'tau_min ({tau_min}) must not exceed tau_max ({tau_max}).')
   if tau_init is None:
-    tau_init = tau_max
+    tau_init = tau_max if default_init is None else min(max(default_init, tau_min), tau_max)
   tau_init = integer_in('tau_init', tau_init, tau_min, tau_max, what=' (= [tau_min, tau_max])')
-  expansion = number_at_least('expansion', expansion, 1)
-  if tau_max * expansion >= INT_MAX:
-    raise ValueError(f'tau_max * expansion = {tau_max * expansion} overflows int32; '
-                     'lower tau_max.')
+  if per_token:
+    if tau_max > RATE_CAP:
+      raise ValueError(f'tau_max must be at most {RATE_CAP} positions for per_token, got '
+                       f'{tau_max}.')
+    est = est_cls(eta=eta, tau_min=tau_min, tau_max=tau_max)
+  else:
+    expansion = number_at_least('expansion', 2.0 if expansion is None else expansion, 1)
+    if tau_max * expansion >= INT_MAX:
+      raise ValueError(f'tau_max * expansion = {tau_max * expansion} overflows int32; '
+                       'lower tau_max.')
+    est = est_cls(eta=eta, tau_min=tau_min, tau_max=tau_max, expansion=float(expansion))
   if batch_size is not None:
     batch_size = integer_in('batch_size', batch_size, 1, what=' or None')
   if schedule is None:
@@ -180,8 +220,6 @@ def self_normalized_resets(
   if not isinstance(schedule, RefreshSchedule):
     raise ValueError('schedule must be built with snr_jax.every_n_tasks, every_n_steps or '
                      f'at_random, got {type(schedule).__name__}.')
-  est = ESTIMATORS[estimator](eta=eta, tau_min=tau_min, tau_max=tau_max,
-                              expansion=float(expansion))
   rule = SNRRule(est, tau_init, schedule, age_unit, batch_size, axis_name)
   return NeuronResets(groups, rule, axis_name)
 
@@ -209,7 +247,16 @@ def snr(inner: optax.GradientTransformation, groups: Sequence[NeuronGroup], *,
 
 
 def dead_fraction(ages: jax.Array, dead_after: int = 1000) -> jax.Array:
-  """Fraction of units that have not fired for ``dead_after`` examples (SPEC §7)."""
+  """Fraction of units whose age reached ``dead_after`` (in the ages' unit).
+
+  With batch-level ages (examples) that is SPEC §7's dead neuron: no firing for the last
+  ``dead_after`` examples. With per-token ages (positions) a unit's age is its last
+  within-batch mean gap ``⌊BT/c⌋ ≤ BT`` plus ``BT`` per silent batch since, so it counts
+  as dead once that gap reaches ``dead_after`` positions; such a unit has been silent on
+  at least the last ``⌈dead_after/BT⌉ − 1`` whole batches (so with ``dead_after ≤ BT``, a
+  unit firing at fewer than one position in ``dead_after`` counts as dead). To match the
+  examples definition pass ``dead_after`` × positions per example (e.g. 1,000 × 128).
+  """
   return jnp.mean(ages >= dead_after)
 
 
@@ -219,7 +266,8 @@ def snr_info(state: Any, dead_after: int = 1000) -> dict[str, dict[str, jax.Arra
   Args:
     state: the state of :func:`snr` (or of any optax chain holding it), or a
       :class:`ResetState`.
-    dead_after: age (in the ages' unit) from which a unit counts as dead.
+    dead_after: age (in the ages' unit: examples, steps, or positions for the
+      per-token estimator; see :func:`dead_fraction`) from which a unit counts as dead.
 
   Returns:
     ``{'resets': {group: count this step}, 'dead_fraction': {...},

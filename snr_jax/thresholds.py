@@ -1,25 +1,38 @@
 """Per-neuron reset thresholds τ_i: the (1 − η) quantile of a neuron's inter-firing gap.
 
-Two estimators (SPEC §3), each a frozen dataclass with pure methods over a NamedTuple
+Three estimators (SPEC §3), each a frozen dataclass with pure methods over a NamedTuple
 state for one neuron group:
 
 * :class:`HistogramEstimator`: the released code's empirical histogram of gaps;
 * :class:`GeometricEstimator`: O(1) memory, the quantile of an exponential law fitted
-  to the mean gap (the authors' transformer code).
+  to the mean gap (the authors' transformer code);
+* :class:`PerTokenEstimator`: O(1) memory, the quantile of an exponential law fitted
+  to the per-position firing rate (the authors' unpublished "SNR-V2" for token models).
+
+Each estimator also says what one batch's firing is and how it moves the ages:
+``observe`` summarises a pre-activation (batch-level: whether each unit fired anywhere;
+per-token: at how many positions) and ``advance_ages`` applies :mod:`snr_jax.ages`'s
+rule for that summary. The SNR rule does everything else (the reset decision
+``age ≥ τ``, ages back to 0 on a reset) once, for every estimator.
 
 ``record`` stores this step's completed gaps (neurons that fired) and censored gaps
-(neurons being reset); ``refresh`` moves τ towards the estimated quantile on the
-neurons selected by ``mask`` and clears their statistics.
+(neurons being reset); ``quantile`` returns the estimator's (1 − η) quantile estimate
+per neuron; ``refresh`` hands that estimate to :func:`update_thresholds`, the one
+place where the threshold rule (contract, expand, clamp) is written, and clears the
+statistics of the neurons selected by ``mask``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
+
+from snr_jax.activations import fire_counts, fired as fired_units
+from snr_jax.ages import batch_ages, position_ages
 
 INT_MAX = jnp.iinfo(jnp.int32).max
 
@@ -35,6 +48,97 @@ def _expand(tau: jax.Array, expansion: float) -> jax.Array:
   return jnp.floor(tau.astype(jnp.float32) * expansion).astype(tau.dtype)
 
 
+def update_thresholds(thresholds: jax.Array, estimate: jax.Array, mask: jax.Array, *,
+                      tau_min: int, tau_max: int, expansion: Optional[float]) -> jax.Array:
+  """The threshold rule shared by every estimator (SPEC §3a–§3c).
+
+  On the neurons selected by ``mask``: if the estimate lies below the threshold
+  (``estimate < τ``) the threshold contracts to it (``τ ← estimate``), otherwise it
+  expands (``τ ← expansion·τ``); then it is clamped into ``[tau_min, tau_max]``. With
+  ``expansion=None`` the threshold is simply set to the estimate (no doubling; the
+  per-token estimator, SPEC §3c), then clamped.
+
+  SPEC §3a writes the histogram's rule as "if ``q < τ``: contract, else expand" and
+  §3b the geometric one as "if ``τ ≤ τ_p``: expand, else contract"; since
+  ``τ ≤ τ_p ⇔ not (τ_p < τ)`` both are this one comparison.
+
+  Args:
+    thresholds: int32 ``(size,)``, the current τ.
+    estimate: int32 ``(size,)``, the estimator's (1 − η) quantile estimate.
+    mask: bool ``(size,)``, the neurons refreshed now; the others keep their τ.
+    tau_min: floor on τ.
+    tau_max: ceiling on τ.
+    expansion: factor applied to τ when the estimate does not lie below it, or None.
+
+  Returns:
+    The new thresholds, int32 ``(size,)``.
+  """
+  if expansion is None:
+    new = estimate
+  else:
+    new = jnp.where(estimate < thresholds, estimate, _expand(thresholds, expansion))
+  new = jnp.clip(new, tau_min, tau_max)
+  return jnp.where(mask, new, thresholds)
+
+
+class _RefreshMixin:
+  """``refresh`` for an estimator with ``quantile``, ``clear`` and the rule's fields."""
+
+  def refresh(self, state, thresholds: jax.Array, mask: jax.Array, increment: int):
+    """New thresholds on the ``mask``ed neurons, and their statistics cleared.
+
+    Args:
+      state: the estimator's state.
+      thresholds: int32 ``(size,)``, the current τ.
+      mask: bool ``(size,)``, the neurons to refresh.
+      increment: the age increment of one batch (used by the geometric pseudo-count).
+
+    Returns:
+      ``(thresholds, state)``.
+    """
+    new = update_thresholds(thresholds, self.quantile(state, increment), mask,
+                            tau_min=self.tau_min, tau_max=self.tau_max,
+                            expansion=self.expansion)
+    return new, self.clear(state, mask)
+
+
+class BatchFiring(NamedTuple):
+  """One batch's firing as the batch-level estimators see it (SPEC §2).
+
+  Attributes:
+    fired: bool ``(units,)``, pre-activation > 0 anywhere in the batch.
+    increment: the batch's length in the ages' unit (examples, or 1 in steps).
+  """
+  fired: jax.Array
+  increment: int
+
+
+class PositionFiring(NamedTuple):
+  """One batch's firing as the per-token estimator sees it (SPEC §3c).
+
+  Attributes:
+    positions: the positions in the batch, ``BT`` (a Python int).
+    counts: int32 ``(units,)``, the positions at which each unit fired.
+  """
+  positions: int
+  counts: jax.Array
+
+
+class _BatchLevel(_RefreshMixin):
+  """Firing and ages of the batch-level estimators: fired anywhere, age back to 0."""
+
+  age_units = ('examples', 'steps')
+
+  def observe(self, activation: jax.Array, increment: int, predicate=None) -> BatchFiring:
+    """Whether each unit fired anywhere in ``activation`` (``(..., units)``); ``predicate``
+    is a declared group's firing test (default ``h > 0``)."""
+    return BatchFiring(fired_units(activation, predicate), increment)
+
+  def advance_ages(self, ages: jax.Array, firing: BatchFiring) -> jax.Array:
+    """0 where the unit fired, ``+increment`` elsewhere (:func:`snr_jax.ages.batch_ages`)."""
+    return batch_ages(ages, firing.fired, firing.increment)
+
+
 class HistogramState(NamedTuple):
   """Per-neuron gap counts; ``counts[i, g]`` for gap g in 0..τ_max (last bin: ≥ τ_max)."""
   counts: jax.Array
@@ -48,7 +152,7 @@ class GeometricState(NamedTuple):
 
 
 @dataclasses.dataclass(frozen=True)
-class HistogramEstimator:
+class HistogramEstimator(_BatchLevel):
   """Empirical-quantile thresholds (SPEC §3a).
 
   At a refresh, per neuron: ``q`` = the smallest gap ``g ≥ 1`` whose empirical CDF over
@@ -85,17 +189,13 @@ class HistogramEstimator:
     q = jnp.argmax(cdf >= jnp.asarray(1.0 - self.eta, jnp.float32), axis=1).astype(jnp.int32) + 1
     return jnp.where(total > 0, q, 1)
 
-  def refresh(self, state: HistogramState, thresholds: jax.Array, mask: jax.Array,
-              increment: int) -> tuple[jax.Array, HistogramState]:
-    q = self.quantile(state, increment)
-    new = jnp.where(q < thresholds, q, _expand(thresholds, self.expansion))
-    new = jnp.clip(new, self.tau_min, self.tau_max)
-    counts = jnp.where(mask[:, None], 0, state.counts)
-    return jnp.where(mask, new, thresholds), HistogramState(counts)
+  def clear(self, state: HistogramState, mask: jax.Array) -> HistogramState:
+    """Empties the histograms of the ``mask``ed neurons."""
+    return HistogramState(jnp.where(mask[:, None], 0, state.counts))
 
 
 @dataclasses.dataclass(frozen=True)
-class GeometricEstimator:
+class GeometricEstimator(_BatchLevel):
   """Thresholds from the mean gap, assuming exponential gaps (SPEC §3b).
 
   A recorded gap counts the batch in which the neuron fired (``age + increment``), so a
@@ -128,14 +228,112 @@ class GeometricEstimator:
     tau_p = jnp.ceil(jnp.asarray(-_log(self.eta), jnp.float32) * mean)
     return jnp.minimum(tau_p, float(INT_MAX // 2)).astype(jnp.int32)
 
-  def refresh(self, state: GeometricState, thresholds: jax.Array, mask: jax.Array,
-              increment: int) -> tuple[jax.Array, GeometricState]:
-    tau_p = self.quantile(state, increment)
-    new = jnp.where(thresholds <= tau_p, _expand(thresholds, self.expansion), tau_p)
-    new = jnp.clip(new, self.tau_min, self.tau_max)
-    return (jnp.where(mask, new, thresholds),
-            GeometricState(jnp.where(mask, 0.0, state.gap_sum),
-                           jnp.where(mask, 0.0, state.gap_count)))
+  def clear(self, state: GeometricState, mask: jax.Array) -> GeometricState:
+    """Resets the ``mask``ed neurons' sums (to the pseudo-count, added in ``quantile``)."""
+    return GeometricState(jnp.where(mask, 0.0, state.gap_sum),
+                          jnp.where(mask, 0.0, state.gap_count))
 
 
-ESTIMATORS = {'histogram': HistogramEstimator, 'geometric': GeometricEstimator}
+RATE_CAP = 2 ** 30
+"""Largest ``total`` a :class:`RateState` holds before both of its counters are halved."""
+
+
+class RateState(NamedTuple):
+  """Per-unit firing-rate counters since the last refresh, pseudo-counts included.
+
+  Attributes:
+    count: int32 ``(size,)``, 1 + positions at which the unit fired + its resets.
+    total: int32 ``(size,)``, 1 + positions seen.
+  """
+  count: jax.Array
+  total: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class PerTokenEstimator(_RefreshMixin):
+  """Thresholds from the per-position firing rate (SPEC §3c; the authors' "SNR-V2").
+
+  For token models, where a batch of ``BT`` positions (examples × tokens, or × spatial
+  positions) fires almost every unit somewhere. Per unit, with ``c`` the positions at
+  which its pre-activation is > 0:
+
+  * ``count += c`` (``+ 1`` when the unit is reset this step) and ``total += BT``
+    every step; both start at a pseudo-count of 1 and restart there at each refresh;
+    ``λ̂ = count / total`` is the per-position firing probability;
+  * ages count positions (:func:`snr_jax.ages.position_ages`): ``+BT`` after a
+    silent batch, ``⌊BT / c⌋`` (the mean gap within the batch, not 0) otherwise;
+  * at a refresh ``τ ← ⌈−ln(η) / λ̂⌉``, with no doubling (``expansion`` is None: the
+    authors' note says it avoids thresholds shrinking forever), clamped into
+    ``[τ_min, τ_max]``.
+
+  A unit is reset when ``⌊BT / c⌋ ≥ τ``, i.e. when its firing rate in this batch is at
+  most about ``λ̂ / (−ln η)``: for ``η ≥ 1/e`` (``−ln η ≤ 1``) that includes, up to the
+  rounding of τ and of the age, units firing at their own average rate.
+
+  The counters are exact int32. So that they never overflow, when ``total`` passes
+  :data:`RATE_CAP` (2³⁰ positions since the refresh: a million steps of 1,024 tokens)
+  both are halved (rounding up), which keeps ``λ̂`` up to that rounding and only
+  lightens the pseudo-count.
+
+  With one position per example (2-D pre-activations, ``BT`` = batch size) and a batch
+  size of 1, the refreshed estimate equals :class:`GeometricEstimator`'s ``τ_p`` (see
+  ``tests/test_per_token.py``); otherwise the two estimate different things (a
+  per-position rate against a mean gap counted in whole batches).
+  """
+
+  eta: float
+  tau_min: int
+  tau_max: int
+
+  age_units = ('positions',)
+
+  @property
+  def expansion(self) -> None:
+    """No doubling at a refresh: τ is set to the estimate (SPEC §3c)."""
+    return None
+
+  def init(self, size: int) -> RateState:
+    return RateState(jnp.ones((size,), jnp.int32), jnp.ones((size,), jnp.int32))
+
+  def observe(self, activation: jax.Array, increment: int, predicate=None) -> PositionFiring:
+    """The positions of ``activation`` (``(..., units)``) and each unit's firing count
+    (``predicate``: a declared group's firing test, default ``h > 0``)."""
+    del increment
+    positions, counts = fire_counts(activation, predicate)
+    if positions >= RATE_CAP:
+      raise ValueError(f'a batch of {positions} positions is too many for the per-token '
+                       f'counters (int32); use batches of fewer than {RATE_CAP} positions.')
+    return PositionFiring(positions, counts)
+
+  def advance_ages(self, ages: jax.Array, firing: PositionFiring) -> jax.Array:
+    """``+BT`` if silent, else ``⌊BT/c⌋`` (:func:`snr_jax.ages.position_ages`)."""
+    return position_ages(ages, firing.positions, firing.counts)
+
+  def record(self, state: RateState, *, positions: int, counts: jax.Array,
+             age_before: jax.Array, reset: jax.Array, age_at_reset: jax.Array) -> RateState:
+    """Adds this batch's firing counts (and one per reset) and its positions."""
+    del age_before, age_at_reset
+    count = state.count + counts.astype(jnp.int32) + reset.astype(jnp.int32)
+    total = state.total + positions
+    halve = total > RATE_CAP
+    return RateState(jnp.where(halve, (count + 1) // 2, count),
+                     jnp.where(halve, (total + 1) // 2, total))
+
+  def rate(self, state: RateState) -> jax.Array:
+    """``λ̂ = count / total`` per unit, float32."""
+    return state.count.astype(jnp.float32) / state.total.astype(jnp.float32)
+
+  def quantile(self, state: RateState, increment: int = 1) -> jax.Array:
+    """``⌈−ln(η) / λ̂⌉`` per unit, as int32 (saturating)."""
+    del increment
+    mean_gap = state.total.astype(jnp.float32) / state.count.astype(jnp.float32)
+    tau = jnp.ceil(jnp.asarray(-_log(self.eta), jnp.float32) * mean_gap)
+    return jnp.minimum(tau, float(INT_MAX // 2)).astype(jnp.int32)
+
+  def clear(self, state: RateState, mask: jax.Array) -> RateState:
+    """Restarts the ``mask``ed units' counters at the pseudo-count of 1."""
+    return RateState(jnp.where(mask, 1, state.count), jnp.where(mask, 1, state.total))
+
+
+ESTIMATORS = {'histogram': HistogramEstimator, 'geometric': GeometricEstimator,
+              'per_token': PerTokenEstimator}

@@ -240,3 +240,25 @@ def test_neuron_firing_every_batch_has_one_batch_mean_gap():
   states = _run(r, s, [_acts([1])] * 10)
   # mean gap = 4 examples -> tau_p = ceil(3.0 * 4) = 12 < 500 -> contract.
   assert int(states[-1].rule.thresholds['g0'][0]) == math.ceil(-math.log(0.05) * 4)
+
+
+def test_one_threshold_rule_for_both_estimators():
+  # SPEC §3a (contract if q < τ) and §3b (expand if τ ≤ τ_p) are one comparison: at a tie
+  # both expand, below τ both contract; both go through update_thresholds.
+  from snr_jax.thresholds import update_thresholds
+  thr = jnp.array([8, 8, 8], jnp.int32)
+  est = jnp.array([5, 8, 11], jnp.int32)
+  new = update_thresholds(thr, est, jnp.ones(3, bool), tau_min=1, tau_max=100, expansion=2.0)
+  np.testing.assert_array_equal(new, [5, 16, 16])
+  hist = HistogramEstimator(eta=0.1, tau_min=1, tau_max=20)
+  geo = GeometricEstimator(eta=0.1, tau_min=1, tau_max=20)
+  for e, st in ((hist, _hist([{5: 1}, {8: 1}, {11: 1}], tau_max=20)),
+                (geo, snr_jax.GeometricState(jnp.zeros(3), jnp.zeros(3)))):
+    q = e.quantile(st, 1)
+    got, _ = e.refresh(st, thr, jnp.ones(3, bool), 1)
+    np.testing.assert_array_equal(got, jnp.where(q < thr, q, 16))
+  np.testing.assert_array_equal(hist.quantile(_hist([{5: 1}, {8: 1}, {11: 1}], 20)), est)
+  # expansion=None: the estimate itself, clamped; unmasked neurons keep their τ
+  new = update_thresholds(thr, est, jnp.array([True, True, False]), tau_min=6, tau_max=100,
+                          expansion=None)
+  np.testing.assert_array_equal(new, [6, 8, 8])

@@ -207,3 +207,25 @@ def test_quickstart_runs_with_fewer_tasks(tmp_path):
   assert (tmp_path / 'plot.png').stat().st_size > 10_000
   for method in ('none', 'snr'):
     assert len(results.read_metrics(tmp_path / method)) == 3 * 4
+
+
+@pytest.mark.parametrize('method', ['snr', 'snr_l2'])
+def test_per_token_estimator_through_the_cli(method, data_dir, tmp_path):
+  out = tmp_path / 'run'
+  code = cli.main(['permuted_shakespeare', '--method', method, '--num-tasks', '2',
+                   '--data-dir', str(data_dir), '--out', str(out), '--no-progress',
+                   '--set', 'estimator=per_token', '--set', 'eta=0.05',
+                   *TINY['permuted_shakespeare']])
+  assert code == 0
+  record = json.loads((out / 'config.json').read_text())
+  assert record['config']['hparams']['estimator'] == 'per_token'
+  assert len(results.read_metrics(out)) == 2
+
+
+def test_per_token_rejects_expansion_through_the_cli(data_dir, tmp_path, capsys):
+  with pytest.raises(SystemExit) as e:
+    cli.main(['permuted_shakespeare', '--method', 'snr', '--num-tasks', '1',
+              '--data-dir', str(data_dir), '--out', str(tmp_path / 'r'), '--no-progress',
+              '--set', 'estimator=per_token', '--set', 'expansion=2',
+              *TINY['permuted_shakespeare']])
+  assert e.value.code == 2 and 'no expansion' in capsys.readouterr().err
