@@ -30,7 +30,7 @@ from experiments.benchmarks import ExperimentConfig
 from snr_jax.discovery import discover_groups
 from snr_jax.groups import NeuronGroup
 from snr_jax.methods import make_method
-from snr_jax.snr import saturating_add
+from snr_jax.ages import batch_ages
 from snr_jax.transform import find_reset_state
 
 
@@ -213,7 +213,7 @@ def make_run(config: ExperimentConfig, dataset: snr_data.Dataset,
         updates, opt_state = tx.update(grads, opt_state, params, activations=acts,
                                        end_of_task=end_of_task)
         params = optax.apply_updates(params, updates)
-        ages = {g.name: jnp.where(fired(acts[g.name]), 0, saturating_add(ages[g.name], batch))
+        ages = {g.name: batch_ages(ages[g.name], fired(acts[g.name]), batch)
                 for g in groups}
         return (params, opt_state, ages), (loss, acc, _reset_counts(opt_state, groups))
 

@@ -45,6 +45,7 @@ import optax
 
 from snr_jax._checks import number_in
 from snr_jax.activations import mean_activation
+from snr_jax.ages import saturating_add
 from snr_jax.groups import NeuronGroup, ParamSlice, get_path
 from snr_jax.reset import _unit_ids, key_path_to_path, run_if
 from snr_jax.transform import NeuronResets, with_resets
@@ -187,7 +188,7 @@ class CBPRule:
     masks = {}
     for gi, g in enumerate(groups):
       h = mean_activation(activations[g.name])   # post-ReLU: mean|h| = mean h
-      age = jnp.minimum(state.ages[g.name], jnp.iinfo(jnp.int32).max - 1) + 1
+      age = saturating_add(state.ages[g.name], 1)
       u = d * state.utility[g.name] + (1 - d) * outgoing_mean_magnitude(params, g) * h
       f = d * state.mean_act[g.name] + (1 - d) * h
       correction = 1 - jnp.power(jnp.asarray(d, jnp.float32), age.astype(jnp.float32))

@@ -186,6 +186,10 @@ def self_normalized_resets(
     age_unit = est_cls.age_units[0]
   if age_unit not in AGE_UNITS:
     raise ValueError(f'unknown age_unit {age_unit!r}: choose one of {list(AGE_UNITS)}.')
+  if age_unit not in est_cls.age_units:
+    raise ValueError(f'age_unit {age_unit!r} does not apply to estimator {estimator!r}, '
+                     f'whose ages count {" or ".join(est_cls.age_units)}; leave age_unit '
+                     'unset or choose another estimator.')
   per_token = estimator == 'per_token'
   if per_token and expansion is not None:
     raise ValueError("estimator='per_token' sets τ to its estimate at a refresh, with no "
