@@ -26,14 +26,14 @@ from experiments._bench import median_time, pin_cores
 
 
 class MLP(nn.Module):
-  sow: bool = False
+  sown: bool = False
 
   @nn.compact
   def __call__(self, x):
     for i, h in enumerate((100, 100)):
       x = nn.Dense(h, name=f'Dense_{i}')(x)
-      if self.sow:
-        self.sow('intermediates', 'pre', x)
+      if self.sown:
+        self.sow('intermediates', f'pre_{i}', x)
       x = nn.relu(x)
     return nn.Dense(10, name='Dense_2')(x)
 
@@ -72,11 +72,11 @@ def main(argv=None):
   cores = pin_cores(args.cores)
 
   x = jax.random.normal(jax.random.PRNGKey(1), (args.batch, 784))
-  plain, sowing = MLP(), MLP(sow=True)
+  plain, sowing = MLP(), MLP(sown=True)
   params = plain.init(jax.random.PRNGKey(0), x)['params']
   groups = snr_jax.discover_groups(plain, params, x)
   declared = [snr_jax.dense_group(g.name, g.size, layer=g.name, consumer=f'Dense_{i + 1}',
-                                  activation=(g.name, 'pre'))
+                                  activation=(f'pre_{i}',))
               for i, g in enumerate(groups)]
   capture = snr_jax.with_preactivations(plain, groups)
 
