@@ -16,26 +16,9 @@ import numpy as np
 from flax import linen as nn
 from flax import nnx
 
+from snr_jax._util import key_path_to_path
+
 Path = tuple[str, ...]
-
-
-def key_path_to_path(key_path) -> Path:
-  """A jax tree key path as a tuple of strings (dict keys, attributes, indices).
-
-  The ``value`` attribute of an NNX variable is not part of the path, so a tree of
-  ``nnx.Param`` leaves and the same tree of arrays have the same paths.
-  """
-  out = []
-  for k in key_path:
-    if isinstance(k, jax.tree_util.GetAttrKey) and k.name in ('value', 'raw_value'):
-      continue
-    for attr in ('key', 'name', 'idx'):
-      if hasattr(k, attr):
-        out.append(str(getattr(k, attr)))
-        break
-    else:
-      out.append(str(k))
-  return tuple(out)
 
 
 def is_array(x: Any) -> bool:

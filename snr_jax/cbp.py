@@ -47,7 +47,8 @@ from snr_jax._checks import number_in
 from snr_jax.activations import mean_activation
 from snr_jax.ages import saturating_add
 from snr_jax.groups import NeuronGroup, ParamSlice, get_path
-from snr_jax.reset import _unit_ids, key_path_to_path, run_if
+from snr_jax._util import key_path_to_path, run_if
+from snr_jax.reset import _unit_ids
 from snr_jax.transform import NeuronResets, with_resets
 
 ROUNDINGS = ('accumulate', 'stochastic')

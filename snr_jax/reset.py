@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from snr_jax._trace import key_path_to_path
+from snr_jax._util import any_in_batch, key_path_to_path
 from snr_jax.groups import NeuronGroup, ParamSlice, Path, get_path
 
 Masks = Mapping[str, jax.Array]
@@ -187,35 +187,6 @@ def reset_optimizer_state(optimizer: Any, opt_state: Any, params: Any,
   return optax.tree_utils.tree_map_params(
       optimizer, zero, opt_state, keep,
       is_leaf=lambda x: x is None or isinstance(x, optax.MaskedNode))
-
-
-def any_in_batch(pred: jax.Array, axis_name: Optional[str] = None) -> jax.Array:
-  """``pred``, or'ed over the members of a named vmap/pmap axis when one is given.
-
-  Under ``vmap`` a ``lax.cond`` whose predicate differs between members becomes a
-  ``select`` that runs both branches on every step. A predicate shared by the whole
-  batch keeps it a real branch, taken only when some member needs it; each member
-  then applies its own (possibly empty) mask, so results do not change.
-  """
-  if axis_name is None:
-    return pred
-  return jax.lax.psum(pred.astype(jnp.int32), axis_name) > 0
-
-
-def run_if(pred: jax.Array, fn: Callable[[Any], Any], operand: Any) -> Any:
-  """``fn(operand)`` if ``pred`` else ``operand``, updating ``operand`` in place.
-
-  ``lax.cond`` whose false branch returns its operand makes XLA copy the operand on
-  every call, taken or not; for a large state (an SNR histogram is 16 MB for the
-  paper's MLP) that copy dominates a training step. A ``while_loop`` of zero or one
-  iteration keeps the buffers aliased, so a step that does not run ``fn`` costs nothing.
-  ``fn`` must return a tree of the operand's structure, shapes and dtypes.
-  """
-  def body(carry):
-    _, x = carry
-    return jnp.zeros((), bool), fn(x)
-
-  return jax.lax.while_loop(lambda carry: carry[0], body, (jnp.asarray(pred, bool), operand))[1]
 
 
 def reset_neurons(params: Any, opt_state: Any, groups: Sequence[NeuronGroup],

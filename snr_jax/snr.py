@@ -24,7 +24,7 @@ import optax
 from snr_jax._checks import integer_in, number_at_least, number_in
 from snr_jax.ages import saturating_add  # pylint: disable=unused-import  (public here too)
 from snr_jax.groups import NeuronGroup
-from snr_jax.reset import any_in_batch, run_if
+from snr_jax._util import any_in_batch, run_if
 from snr_jax.schedules import RefreshSchedule, ScheduleState, every_n_tasks
 from snr_jax.thresholds import (ESTIMATORS, INT_MAX, RATE_CAP, GeometricEstimator,
                                 HistogramEstimator, PerTokenEstimator)
@@ -138,6 +138,7 @@ def self_normalized_resets(
     age_unit: Optional[str] = None,
     batch_size: Optional[int] = None,
     axis_name: Optional[str] = None,
+    check_finite: bool = False,
 ) -> NeuronResets:
   """Self-Normalized Resets as pure ``init``/``apply`` functions (no optimizer wrap).
 
@@ -170,6 +171,11 @@ def self_normalized_resets(
     axis_name: name of the enclosing vmap/pmap axis when runs are batched (e.g.
       ``jax.vmap(run, axis_name='seeds')``), so that resets and refreshes run as real
       branches only when some member needs them; results are unchanged.
+
+    check_finite: opt-in check that every pre-activation is finite, with
+      ``jax.experimental.checkify`` (run the step under ``checkify.checkify``; the
+      error names the group). Without it, a NaN pre-activation counts as silent
+      (``NaN > 0`` is False): the unit ages towards a reset, which re-draws it.
 
   Returns:
     A :class:`NeuronResets`; see :func:`snr` for the optax wrapper.
@@ -225,7 +231,7 @@ def self_normalized_resets(
     raise ValueError('schedule must be built with snr_jax.every_n_tasks, every_n_steps or '
                      f'at_random, got {type(schedule).__name__}.')
   rule = SNRRule(est, tau_init, schedule, age_unit, batch_size, axis_name)
-  return NeuronResets(groups, rule, axis_name)
+  return NeuronResets(groups, rule, axis_name, bool(check_finite))
 
 
 def snr(inner: optax.GradientTransformation, groups: Sequence[NeuronGroup], *,

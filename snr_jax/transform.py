@@ -23,6 +23,7 @@ from typing import Any, NamedTuple, Optional, Protocol, Sequence
 import jax
 import jax.numpy as jnp
 import optax
+from jax.experimental import checkify
 
 from snr_jax import _checks
 from snr_jax.activations import ActivationError, check_activations, merge_layers
@@ -100,11 +101,15 @@ class NeuronResets:
     axis_name: set it to the name of the vmap/pmap axis when batching runs (e.g.
       ``jax.vmap(run, axis_name='seeds')``): the reset branch then runs only on steps
       where some member resets, instead of on every step. Results are unchanged.
+    check_finite: check with ``jax.experimental.checkify`` that every pre-activation is
+      finite (opt-in; run the step under ``checkify.checkify``). Unchecked, a NaN
+      pre-activation counts as silent.
   """
 
   groups: tuple[NeuronGroup, ...]
   rule: ResetRule
   axis_name: Optional[str] = None
+  check_finite: bool = False
 
   def __post_init__(self):
     # A single group is accepted; names (strings) or other objects are errors.
@@ -160,6 +165,14 @@ def reset_state(resets: NeuronResets, params: Any, opt_state: Any, state: ResetS
   """
   check_activations(resets.groups, activations)
   _checks.activation_keys(resets.groups, activations, ActivationError)
+  # shapes are static: params of another model are an error at trace time, not a
+  # silently misapplied mask
+  validate_groups(resets.groups, params)
+  if resets.check_finite:
+    for g in resets.groups:
+      checkify.check(jnp.all(jnp.isfinite(activations[g.name])),
+                     f"group '{g.name}': non-finite pre-activations (NaN or inf); they count "
+                     'as silent, so these units age towards a reset.')
   given = key is not None
   key = key if given else state.key
   end_of_task = jnp.asarray(_checks.flag('end_of_task', end_of_task), bool)

@@ -106,3 +106,44 @@ def test_empty_batch_is_rejected(setup):
   empty = {k: v[:0] for k, v in acts.items()}
   with pytest.raises(snr_jax.ActivationError, match='an empty batch'):
     _step(snr_jax.snr(optax.sgd(0.1), groups), setup, activations=empty)
+
+
+def test_update_with_params_of_another_model_is_a_clear_error():
+  import flax.linen as nn
+
+  class Net(nn.Module):
+    width: int = 8
+
+    @nn.compact
+    def __call__(self, x):
+      return nn.Dense(2)(nn.relu(nn.Dense(self.width, name='hidden')(x)))
+
+  x = jnp.ones((3, 4))
+  params = Net().init(jax.random.PRNGKey(0), x)['params']
+  other = Net(width=6).init(jax.random.PRNGKey(0), x)['params']
+  groups = snr_jax.discover_groups(Net(), params, x)
+  tx = snr_jax.snr(optax.sgd(0.1), groups)
+  state = tx.init(params)
+  with pytest.raises(snr_jax.GroupError, match="'hidden'.*6 entries.*8 units"):
+    tx.update(jax.tree.map(jnp.zeros_like, other), state, other,
+              activations={'hidden': -jnp.ones((3, 8))})
+
+
+def test_nan_activations_count_as_silent_and_an_opt_in_check_names_the_group():
+  from jax.experimental import checkify
+  group = snr_jax.dense_group('h', 3, layer='Dense_0', consumer='Dense_1')
+  params = {'Dense_0': {'kernel': jnp.ones((2, 3)), 'bias': jnp.zeros(3)},
+            'Dense_1': {'kernel': jnp.ones((3, 1)), 'bias': jnp.zeros(1)}}
+  acts = {'h': jnp.array([[jnp.nan, 1.0, -1.0]] * 4)}
+  grads = jax.tree.map(jnp.zeros_like, params)
+  tx = snr_jax.snr(optax.sgd(0.1), [group], tau_init=100, tau_min=100, tau_max=100)
+  _, state = tx.update(grads, tx.init(params), params, activations=acts)
+  np.testing.assert_array_equal(state.resets.rule.ages['h'], [4, 0, 4])   # NaN: silent
+  checked = snr_jax.snr(optax.sgd(0.1), [group], check_finite=True)
+  step = jax.jit(checkify.checkify(lambda a: checked.update(grads, checked.init(params), params,
+                                                            activations=a)))
+  err, _ = step(acts)
+  with pytest.raises(Exception, match="group 'h': non-finite pre-activations"):
+    err.throw()
+  err, _ = step({'h': jnp.ones((4, 3))})
+  assert err.get() is None
