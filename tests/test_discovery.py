@@ -643,3 +643,21 @@ def test_cbp_reads_consumer_rows_through_the_discovered_layout():
   k = np.asarray(variables['params']['stack']['fc2']['kernel'])   # (layers, units, out)
   np.testing.assert_allclose(outgoing_mean_magnitude(variables['params'], groups[0]),
                              np.abs(k).mean(axis=2).reshape(-1), rtol=1e-5)
+
+
+def test_per_token_snr_on_a_scanned_group_counts_positions_per_layer_and_unit():
+  model, x, variables, _ = _setup('scanned')
+  groups = snr_jax.discover_groups(model, variables, x)
+  g = groups[0]
+  params = variables['params']
+  tx = snr_jax.snr(optax.sgd(0.0), groups, estimator='per_token', tau_init=10, tau_min=10,
+                   tau_max=10)
+  state = tx.init(params)
+  acts = jnp.ones((3, 2, 6, 5))                      # (layers, batch, tokens, units)
+  acts = acts.at[2, :, :, 4].set(-1.0)               # (layer 2, unit 4): silent
+  acts = acts.at[1, 0, :3, 0].set(-1.0)              # (layer 1, unit 0): fires at 9 of 12
+  grads = jax.tree.map(jnp.zeros_like, params)
+  _, state = tx.update(grads, state, params, activations={g.name: acts})
+  ages = np.asarray(state.resets.rule.ages[g.name]).reshape(3, 5)
+  assert ages[2, 4] == 0 and bool(state.resets.last_resets[g.name].reshape(3, 5)[2, 4])
+  assert ages[1, 0] == 12 // 9 and ages[0, 0] == 1 and ages.shape == (3, 5)
