@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import argparse
-import statistics
 
 import flax.linen as nn
 import jax
@@ -23,6 +22,7 @@ import optax
 
 import snr_jax
 from experiments._bench import median_time, pin_cores
+from experiments.bench_overhead import compare, make_run, task_data
 
 
 class MLP(nn.Module):
@@ -36,30 +36,6 @@ class MLP(nn.Module):
         self.sow('intermediates', f'pre_{i}', x)
       x = nn.relu(x)
     return nn.Dense(10, name='Dense_2')(x)
-
-
-def make_run(forward, optimizer, steps, batch):
-  """``steps`` SNR steps on one task-sized dataset held on device, one compiled call."""
-  def loss_fn(params, x, y):
-    out, acts = forward(params, x)
-    return optax.softmax_cross_entropy_with_integer_labels(out, y).mean(), acts
-
-  def step(carry, i):
-    params, state, data_x, data_y = carry
-    start = (i % (data_x.shape[0] // batch)) * batch
-    x = jax.lax.dynamic_slice_in_dim(data_x, start, batch)
-    y = jax.lax.dynamic_slice_in_dim(data_y, start, batch)
-    (loss, acts), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, x, y)
-    updates, state = optimizer.update(grads, state, params, activations=acts)
-    return (optax.apply_updates(params, updates), state, data_x, data_y), loss
-
-  @jax.jit
-  def run(params, data_x, data_y):
-    (params, *_), losses = jax.lax.scan(step, (params, optimizer.init(params), data_x, data_y),
-                                        jnp.arange(steps))
-    return params, losses
-
-  return run
 
 
 def main(argv=None):
@@ -88,23 +64,11 @@ def main(argv=None):
     return capture({'params': p}, xb)
 
   sgd = optax.sgd(1e-2)
-  runs = {'hand-written sow': make_run(sown, snr_jax.snr(sgd, declared), args.steps, args.batch),
-          'with_preactivations': make_run(captured, snr_jax.snr(sgd, groups), args.steps,
+  runs = {'hand-written sow': make_run(snr_jax.snr(sgd, declared), sown, args.steps, args.batch),
+          'with_preactivations': make_run(snr_jax.snr(sgd, groups), captured, args.steps,
                                           args.batch)}
-  kx, ky = jax.random.split(jax.random.PRNGKey(0))
-  data = (jax.random.uniform(kx, (10_000, 784)), jax.random.randint(ky, (10_000,), 0, 10))
-  for run in runs.values():
-    jax.block_until_ready(run(params, *data))
-  times = {name: [] for name in runs}
-  for _ in range(args.reps):  # interleaved, so drifts in load hit both alike
-    for name, run in runs.items():
-      times[name].append(median_time(lambda: jax.block_until_ready(run(params, *data)), 1))
-  base = statistics.median(times['hand-written sow'])
-  print(f'capture: {args.steps} SNR steps, batch {args.batch}, median of {args.reps}, '
-        f'{jax.devices()[0].platform}, {cores} core(s)')
-  for name, ts in times.items():
-    med = statistics.median(ts)
-    print(f'  {name:22s} {args.steps / med:9.0f} steps/s   ratio {med / base:5.3f}')
+  print('capture:')
+  compare(runs, params, task_data(), args.steps, args.batch, args.reps, cores, 'hand-written sow')
 
   from experiments.models import GPT  # noqa: E402  (the harness's benchmark model)
   gpt = GPT(vocab_size=500, num_layers=12, scale=16)

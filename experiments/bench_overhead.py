@@ -31,13 +31,14 @@ class MLP(nn.Module):
     return nn.Dense(10)(x)
 
 
-def make_run(optimizer, groups, model, steps, batch, with_snr):
-  """A whole run of ``steps`` SGD steps on random data, one compiled function."""
+def make_run(optimizer, forward, steps, batch):
+  """A whole run of ``steps`` steps on one task-sized dataset, one compiled function.
+
+  ``forward(params, x)`` returns ``(logits, pre-activations or None)``; the
+  pre-activations, when given, go to ``optimizer.update`` as ``activations=``.
+  """
   def loss_fn(params, x, y):
-    if with_snr:
-      out, acts = snr_jax.apply_with_preactivations(model, {'params': params}, x, groups=groups)
-    else:
-      out, acts = model.apply({'params': params}, x), None
+    out, acts = forward(params, x)
     return optax.softmax_cross_entropy_with_integer_labels(out, y).mean(), acts
 
   def step(carry, i):
@@ -47,7 +48,7 @@ def make_run(optimizer, groups, model, steps, batch, with_snr):
     x = jax.lax.dynamic_slice_in_dim(data_x, start, batch)
     y = jax.lax.dynamic_slice_in_dim(data_y, start, batch)
     (loss, acts), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, x, y)
-    extra = {'activations': acts} if with_snr else {}
+    extra = {} if acts is None else {'activations': acts}
     updates, state = optimizer.update(grads, state, params, **extra)
     return (optax.apply_updates(params, updates), state, data_x, data_y), loss
 
@@ -59,6 +60,26 @@ def make_run(optimizer, groups, model, steps, batch, with_snr):
     return params, losses
 
   return run
+
+
+def task_data():
+  """10,000 random 784-pixel images and labels: one Permuted-MNIST-sized task."""
+  kx, ky = jax.random.split(jax.random.PRNGKey(0))
+  return jax.random.uniform(kx, (10_000, 784)), jax.random.randint(ky, (10_000,), 0, 10)
+
+
+def compare(runs, params, data, steps, batch, reps, cores, base):
+  """Compiles each run, times them interleaved, prints steps/s and ratios to ``base``."""
+  calls = {name: (lambda run=run: run(params, *data)) for name, run in runs.items()}
+  for call in calls.values():  # compile
+    timed(call)
+  medians = median_times(calls, reps)
+  print(f'{steps} steps, batch {batch}, median of {reps}, '
+        f'{jax.devices()[0].platform}, {cores} core(s)')
+  for name, med in medians.items():
+    print(f'  {name:22s} {steps / med:10.0f} steps/s   ratio to {base} '
+          f'{med / medians[base]:6.3f}')
+  return medians
 
 
 def main(argv=None):
@@ -82,20 +103,12 @@ def main(argv=None):
       'snr-geometric': (snr_jax.snr(sgd, groups, estimator='geometric', tau_max=20_000), True),
       'cbp': (snr_jax.continual_backprop(sgd, groups), True),
   }
-  runs = {name: make_run(opt, groups, model, args.steps, args.batch, s)
+  capture = snr_jax.with_preactivations(model, groups)
+  plain = lambda p, x: (model.apply({'params': p}, x), None)
+  with_acts = lambda p, x: capture({'params': p}, x)
+  runs = {name: make_run(opt, with_acts if s else plain, args.steps, args.batch)
           for name, (opt, s) in configs.items()}
-  kx, ky = jax.random.split(jax.random.PRNGKey(0))
-  data = (jax.random.uniform(kx, (10_000, 784)), jax.random.randint(ky, (10_000,), 0, 10))
-  calls = {name: (lambda run=run: run(params, *data)) for name, run in runs.items()}
-  for call in calls.values():  # compile
-    timed(call)
-  medians = median_times(calls, args.reps)
-  base = medians['sgd']
-  print(f'{args.steps} steps, batch {args.batch}, median of {args.reps}, '
-        f'{jax.devices()[0].platform}, {cores} core(s)')
-  for name, med in medians.items():
-    print(f'{name:15s} {args.steps / med:10.0f} steps/s   ratio to sgd {med / base:5.2f}')
-
+  compare(runs, params, task_data(), args.steps, args.batch, args.reps, cores, 'sgd')
 
 if __name__ == '__main__':
   main()

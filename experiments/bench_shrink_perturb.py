@@ -11,8 +11,6 @@ repetitions, interleaved, after a compile).
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
@@ -21,7 +19,7 @@ import optax
 import snr_jax
 from snr_jax.shrink_perturb import NOISES
 from experiments._bench import pin_cores
-from experiments.bench_overhead import MLP, make_run
+from experiments.bench_overhead import MLP, compare, make_run, task_data
 
 
 def main(argv=None):
@@ -42,25 +40,9 @@ def main(argv=None):
   configs = {'sgd': sgd}
   for noise in NOISES:
     configs[f'sp-{noise}'] = snr_jax.shrink_perturb(sgd, init_fn, noise=noise)
-  runs = {name: make_run(opt, None, model, args.steps, args.batch, False)
-          for name, opt in configs.items()}
-  kx, ky = jax.random.split(jax.random.PRNGKey(0))
-  data = (jax.random.uniform(kx, (10_000, 784)), jax.random.randint(ky, (10_000,), 0, 10))
-  for run in runs.values():  # compile
-    jax.block_until_ready(run(params, *data))
-  times = {name: [] for name in runs}
-  for _ in range(args.reps):   # interleaved, so drifts in machine load hit all alike
-    for name, run in runs.items():
-      t = time.perf_counter()
-      jax.block_until_ready(run(params, *data))
-      times[name].append(time.perf_counter() - t)
-  base = statistics.median(times['sgd'])
-  print(f'{args.steps} steps, batch {args.batch}, median of {args.reps}, '
-        f'{jax.devices()[0].platform}, {cores} core(s)')
-  for name, ts in times.items():
-    med = statistics.median(ts)
-    print(f'{name:10s} {args.steps / med:10.0f} steps/s   ratio to sgd {med / base:5.2f}')
-
+  plain = lambda p, xb: (model.apply({'params': p}, xb), None)
+  runs = {name: make_run(opt, plain, args.steps, args.batch) for name, opt in configs.items()}
+  compare(runs, params, task_data(), args.steps, args.batch, args.reps, cores, 'sgd')
 
 if __name__ == '__main__':
   main()

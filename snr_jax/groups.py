@@ -28,7 +28,6 @@ import dataclasses
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 

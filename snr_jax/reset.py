@@ -15,7 +15,7 @@ masks is an elementwise select, a no-op on steps without resets.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
