@@ -68,6 +68,6 @@ def test_vit_class_pair_stream_runs_with_every_method(setup, method, hp):
   assert all(np.isfinite(np.asarray(l)).all() for l in jax.tree.leaves(p))
   if hp.get('estimator') == 'per_token':
     # a batch is 4 images × 4 patches = 16 positions; no refresh within 3 tasks
-    rule = snr_jax.find_reset_state(s).rule
+    rule = s.resets.rule
     for est in rule.estimator.values():
       np.testing.assert_array_equal(est.total, 1 + 16 * 3 * steps)
