@@ -139,6 +139,7 @@ def self_normalized_resets(
     batch_size: Optional[int] = None,
     axis_name: Optional[str] = None,
     check_finite: bool = False,
+    state_budget: int = 2 ** 30,
 ) -> NeuronResets:
   """Self-Normalized Resets as pure ``init``/``apply`` functions (no optimizer wrap).
 
@@ -176,6 +177,10 @@ def self_normalized_resets(
       ``jax.experimental.checkify`` (run the step under ``checkify.checkify``; the
       error names the group). Without it, a NaN pre-activation counts as silent
       (``NaN > 0`` is False): the unit ages towards a reset, which re-draws it.
+
+    state_budget: the most bytes SNR's state (ages, thresholds, estimator) may take;
+      computed from shapes alone before anything is allocated (default 1 GiB). The
+      histogram estimator holds ``tau_max + 1`` int32 counters per unit.
 
   Returns:
     A :class:`NeuronResets`; see :func:`snr` for the optax wrapper.
@@ -231,7 +236,28 @@ def self_normalized_resets(
     raise ValueError('schedule must be built with snr_jax.every_n_tasks, every_n_steps or '
                      f'at_random, got {type(schedule).__name__}.')
   rule = SNRRule(est, tau_init, schedule, age_unit, batch_size, axis_name)
-  return NeuronResets(groups, rule, axis_name, bool(check_finite))
+  resets = NeuronResets(groups, rule, axis_name, bool(check_finite))
+  _check_state_budget(resets.groups, est, estimator, integer_in('state_budget', state_budget, 1))
+  return resets
+
+
+def state_bytes_per_unit(estimator: Any) -> int:
+  """Bytes of SNR state per unit for an estimator: its own state (from shapes alone,
+  nothing allocated) plus the int32 age and threshold."""
+  shapes = jax.eval_shape(lambda: estimator.init(1))
+  return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(shapes)) + 8
+
+
+def _check_state_budget(groups, estimator, name: str, budget: int) -> None:
+  per_unit = state_bytes_per_unit(estimator)
+  total = per_unit * sum(g.size for g in groups)
+  if total > budget:
+    sizes = ', '.join(f"'{g.name}': {g.size} units" for g in groups)
+    raise ValueError(
+        f"SNR's state would take {total / 2 ** 20:,.1f} MiB ({per_unit:,} bytes per unit with "
+        f"estimator={name!r}; groups {sizes}), over state_budget={budget:,} bytes. Use "
+        "estimator='geometric' (16 bytes per unit), a smaller tau_max, or raise "
+        'state_budget.')
 
 
 def snr(inner: optax.GradientTransformation, groups: Sequence[NeuronGroup], *,

@@ -147,3 +147,17 @@ def test_nan_activations_count_as_silent_and_an_opt_in_check_names_the_group():
     err.throw()
   err, _ = step({'h': jnp.ones((4, 3))})
   assert err.get() is None
+
+
+def test_state_size_is_checked_before_anything_is_allocated():
+  from snr_jax.snr import state_bytes_per_unit
+  group = snr_jax.dense_group('h', 100, layer='a')
+  hist = snr_jax.self_normalized_resets([group], tau_max=20_000)
+  assert state_bytes_per_unit(hist.rule.estimator) == 4 * 20_001 + 8
+  geo = snr_jax.self_normalized_resets([group], estimator='geometric')
+  assert state_bytes_per_unit(geo.rule.estimator) == 16
+  with pytest.raises(ValueError, match=r"'h': 100 units.*estimator='geometric'"):
+    snr_jax.self_normalized_resets([group], tau_max=10 ** 9)   # 400 GB of histograms
+  with pytest.raises(ValueError, match='over state_budget=1,000,000'):
+    snr_jax.snr(optax.sgd(0.1), [group], state_budget=10 ** 6)   # 8 MB > 1 MB
+  snr_jax.snr(optax.sgd(0.1), [group], estimator='geometric', state_budget=10 ** 6)
