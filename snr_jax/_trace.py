@@ -91,7 +91,10 @@ def as_traceable(f: Any, model: Any, args: tuple, kwargs: dict,
   """
   kind = model_kind(f)
   modules: dict[Path, Any] = {}
-  finish = lambda out: out
+
+  def finish(out):  # NNX replaces it: the module takes back its updated state
+    return out
+
   if kind == 'linen':
     variables = model if isinstance(model, dict) and 'params' in model else {'params': model}
 
@@ -126,7 +129,7 @@ def as_traceable(f: Any, model: Any, args: tuple, kwargs: dict,
       out = m(*args, **kwargs)
       return out, nnx.state(m)
 
-    def finish(result):
+    def finish(result):  # noqa: F811
       out, new_state = result
       nnx.update(model, new_state)
       return out

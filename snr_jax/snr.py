@@ -22,7 +22,6 @@ import jax.numpy as jnp
 import optax
 
 from snr_jax._checks import integer_in, number_at_least, number_in
-from snr_jax.ages import saturating_add  # pylint: disable=unused-import  (public here too)
 from snr_jax.groups import NeuronGroup
 from snr_jax._util import any_in_batch, run_if
 from snr_jax.schedules import RefreshSchedule, ScheduleState, every_n_tasks

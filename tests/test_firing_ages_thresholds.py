@@ -9,7 +9,7 @@ import pytest
 
 import snr_jax
 from snr_jax import GeometricEstimator, HistogramEstimator, NeuronGroup, ParamSlice
-from snr_jax.snr import saturating_add
+from snr_jax.ages import saturating_add
 
 
 def _groups(*sizes):
