@@ -175,7 +175,22 @@ ZOO = {
 }
 
 
+def _sample(key, x):
+  """A batch like ``x``: tokens for a token model, normal values otherwise."""
+  if jnp.issubdtype(x.dtype, jnp.integer):
+    return jax.random.randint(key, x.shape, 0, 40)
+  return jax.random.normal(key, x.shape)
+
+
 def _setup(name):
+  if name == 'gpt':
+    from experiments.models import GPT
+    model = GPT(vocab_size=40, context_length=8, width=16, num_heads=2, ffn_width=12)
+    x = _sample(jax.random.PRNGKey(1), jnp.zeros((4, 8), jnp.int32))
+    want = [truth('block_0/ffn/Dense_0', 12, {'block_0/ffn/Dense_0/kernel': 1,
+                                              'block_0/ffn/Dense_0/bias': 0},
+                  {'block_0/ffn/Dense_1/kernel': 0})]
+    return model, x, model.init(KEY, x), want
   model, shape, want = ZOO[name]
   x = jax.random.normal(jax.random.PRNGKey(1), shape)
   variables = model.init(KEY, x)
@@ -360,7 +375,7 @@ def _loss(out):
 
 
 BEHAVIOUR = ['mlp', 'cnn_channel_last', 'cnn_channel_first', 'layernorm', 'batchnorm',
-             'residual_mlp', 'resnet_block', 'two_heads', 'scanned']
+             'residual_mlp', 'resnet_block', 'two_heads', 'scanned', 'gpt']
 
 
 @pytest.mark.parametrize('name', BEHAVIOUR)
@@ -395,7 +410,7 @@ def test_snr_resets_a_silent_unit_on_time_and_nothing_else(name):
   keys = jax.random.split(jax.random.PRNGKey(7), 6)
   fired_after = []
   for t in range(6):
-    xb = jax.random.normal(keys[t], x.shape)
+    xb = _sample(keys[t], x)
     before = params
     params, opt_state, acts, plain_inner = step(params, opt_state, xb)
     resets = np.asarray(snr_jax.snr_info(opt_state)['resets'][group.name])
