@@ -126,3 +126,28 @@ def activation_keys(groups: Sequence[Any], activations: Any, error: type = Value
     if shape and any(d == 0 for d in shape[:-1]):
       raise error(f"activation of group '{k}' has shape {tuple(shape)}: an empty batch. "
                        'Call update only with at least one example.')
+
+
+def axis_name_or_none(name: str, value: Any) -> Any:
+  """Checks that an axis name argument is None or a hashable name (a str, usually)."""
+  if value is None or isinstance(value, str):
+    return value
+  try:
+    hash(value)
+  except TypeError:
+    raise ValueError(f'{name} must be an axis name (a str) or None, got {value!r}.') from None
+  return value
+
+
+def bound_axis(name: str, axis: Any) -> None:
+  """Raises a clear error when ``axis`` names no enclosing mapped axis (at trace time)."""
+  if axis is None:
+    return
+  import jax  # pylint: disable=import-outside-toplevel
+  try:
+    jax.lax.axis_size(axis)
+  except NameError:
+    raise ValueError(
+        f'{name}={axis!r} names no enclosing mapped axis: call the update inside '
+        f'shard_map, pmap or vmap over an axis of that name, or leave {name} unset (jit '
+        'with sharded inputs needs none).') from None

@@ -26,6 +26,21 @@ Location = tuple[int, ...]
 # Calls whose body is inlined into the calling scope.
 INLINED = ('jit', 'pjit', 'closed_call', 'core_call', 'checkpoint', 'remat', 'remat2')
 RELU_NAMES = ('relu', 'relu6')
+# Type-only eqns that tracing inserts in some contexts and not in others (shard_map marks
+# replicated values as varying with pvary): locations do not count them, so a site found
+# outside shard_map is found again inside it.
+UNCOUNTED = ('pvary', 'pcast')
+
+
+def counted_eqns(jaxpr):
+  """``(location index, eqn)`` for the eqns that locations count (see ``UNCOUNTED``)."""
+  k = 0
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name in UNCOUNTED:
+      yield None, eqn
+      continue
+    yield k, eqn
+    k += 1
 
 
 @dataclasses.dataclass
@@ -138,8 +153,8 @@ class _Builder:
       env[var] = i
     for var, i in zip(jaxpr.invars, in_ids):
       env[var] = i
-    for k, eqn in enumerate(jaxpr.eqns):
-      here = loc + (k,)
+    for k, eqn in counted_eqns(jaxpr):
+      here = loc + (-1 if k is None else k,)
       name = eqn.primitive.name
       ins = [self.read(scope, env, a) for a in eqn.invars]
       if name in INLINED and ('jaxpr' in eqn.params or 'call_jaxpr' in eqn.params):

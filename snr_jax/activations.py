@@ -182,10 +182,13 @@ def apply_with_preactivations(model: nn.Module, variables: Any, *args,
   return out, acts
 
 
-def mean_activation(preactivation: jax.Array) -> jax.Array:
+def mean_activation(preactivation: jax.Array, data_axis=None) -> jax.Array:
   """Mean of ``|relu(h)|`` per unit over every axis but the last (batch, space, tokens).
 
-  The per-unit activity that ReDo scores and continual backprop's utility use.
+  The per-unit activity that ReDo scores and continual backprop's utility use. With a
+  ``data_axis`` (shard_map/pmap data parallelism, equal shards) it is the global batch's
+  mean: one all-reduce of a vector per group.
   """
   h = jax.nn.relu(preactivation.astype(jnp.float32))
-  return jnp.mean(h.reshape(-1, h.shape[-1]), axis=0)
+  mean = jnp.mean(h.reshape(-1, h.shape[-1]), axis=0)
+  return mean if data_axis is None else jax.lax.pmean(mean, data_axis)

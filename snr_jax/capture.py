@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from jax.extend import core as jex_core
 
-from snr_jax._jaxpr import INLINED, is_relu_call
+from snr_jax._jaxpr import INLINED, counted_eqns, is_relu_call
 from snr_jax._trace import as_traceable, model_kind
 from snr_jax.groups import GroupError, NeuronGroup
 
@@ -59,7 +59,7 @@ def _eval(jaxpr, consts, args, targets: Targets):
   by_eqn: dict[int, Targets] = {}
   for name, (loc, operand) in targets.items():
     by_eqn.setdefault(loc[0], {})[name] = (loc[1:], operand)
-  for k, eqn in enumerate(jaxpr.eqns):
+  for k, eqn in counted_eqns(jaxpr):
     invals = [read(v) for v in eqn.invars]
     here = by_eqn.get(k)
     if not here:

@@ -171,6 +171,7 @@ class CBPRule:
   maturity: int = 100
   decay: float = 0.99
   rounding: str = 'accumulate'
+  data_axis: Optional[str] = None
 
   def init(self, groups: Sequence[NeuronGroup], params: Any) -> CBPState:
     del params
@@ -188,7 +189,7 @@ class CBPRule:
     out = CBPState({}, {}, {}, {}, {}, steps)
     masks = {}
     for gi, g in enumerate(groups):
-      h = mean_activation(activations[g.name])   # post-ReLU: mean|h| = mean h
+      h = mean_activation(activations[g.name], self.data_axis)   # post-ReLU: mean|h| = mean h
       age = saturating_add(state.ages[g.name], 1)
       u = d * state.utility[g.name] + (1 - d) * outgoing_mean_magnitude(params, g) * h
       f = d * state.mean_act[g.name] + (1 - d) * h
@@ -228,7 +229,7 @@ class CBPRule:
 def continual_backprop(inner: optax.GradientTransformation, groups: Sequence[NeuronGroup],
                        *, replacement_rate: float = 1e-4, maturity: int = 100,
                        decay: float = 0.99, rounding: str = 'accumulate', seed: Any = 0,
-                       axis_name: Optional[str] = None
+                       axis_name: Optional[str] = None, data_axis: Optional[str] = None
                        ) -> optax.GradientTransformationExtraArgs:
   """Wraps ``inner`` with continual backprop (selective reinitialisation).
 
@@ -244,6 +245,8 @@ def continual_backprop(inner: optax.GradientTransformation, groups: Sequence[Neu
       probability equal to the fractional part; the reference's default).
     seed: int seed or PRNG key for fresh weights and the stochastic rounding.
     axis_name: name of an enclosing vmap/pmap axis (see ``NeuronResets``).
+    data_axis: the data-parallel axis inside ``shard_map``/``pmap``: activity statistics
+      are taken over the global batch (see :func:`snr_jax.self_normalized_resets`).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` taking ``activations=``.
@@ -258,5 +261,5 @@ def continual_backprop(inner: optax.GradientTransformation, groups: Sequence[Neu
   decay = number_in('decay', decay, 0.0, 1.0, hi_open=True)
   if rounding not in ROUNDINGS:
     raise ValueError(f'rounding must be one of {ROUNDINGS}, got {rounding!r}.')
-  rule = CBPRule(replacement_rate, maturity, decay, rounding)
+  rule = CBPRule(replacement_rate, maturity, decay, rounding, data_axis)
   return with_resets(inner, NeuronResets(groups, rule, axis_name), seed)

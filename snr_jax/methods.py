@@ -48,7 +48,7 @@ def _none(inner):
 
 
 _SNR_HPARAMS = [p for p in inspect.signature(self_normalized_resets).parameters
-                if p not in ('groups', 'axis_name')]
+                if p not in ('groups', 'axis_name', 'data_axis')]
 
 METHODS: dict[str, Callable[..., Any]] = {
     'none': _none,
@@ -66,7 +66,7 @@ def method_hyperparameters(name: str) -> list[str]:
   """The hyperparameter names ``make_method`` accepts for method ``name``."""
   fn = _lookup(name)
   params = [p for p in inspect.signature(fn).parameters
-            if p not in ('inner', 'groups', 'init_fn', 'axis_name', 'hyperparams',
+            if p not in ('inner', 'groups', 'init_fn', 'axis_name', 'data_axis', 'hyperparams',
                          'snr_hyperparams')]
   if name in ('snr', 'snr_l2'):
     params += _SNR_HPARAMS
@@ -82,7 +82,7 @@ def _lookup(name: str):
 def make_method(name: str, inner: optax.GradientTransformation, *,
                 groups: Optional[Sequence[NeuronGroup]] = None,
                 init_fn: Optional[Callable] = None, axis_name: Optional[str] = None,
-                **hyperparams
+                data_axis: Optional[str] = None, **hyperparams
                 ) -> optax.GradientTransformationExtraArgs:
   """Builds a method by name around an optimizer.
 
@@ -94,6 +94,9 @@ def make_method(name: str, inner: optax.GradientTransformation, *,
     init_fn: ``key -> params`` drawing fresh parameters (needed by shrink_perturb).
     axis_name: name of an enclosing vmap/pmap axis, for the resetting methods (see
       :class:`snr_jax.NeuronResets`); ignored by the others.
+    data_axis: the data-parallel axis inside ``shard_map``/``pmap``, for the resetting
+      methods: their statistics cover the global batch; ignored by the others (their
+      updates need no batch statistics).
     **hyperparams: the method's hyperparameters (see :func:`method_hyperparameters`);
       ``seed`` (int or PRNG key) is accepted by every method.
 
@@ -127,6 +130,7 @@ def make_method(name: str, inner: optax.GradientTransformation, *,
     args['init_fn'] = init_fn
   if 'groups' in sig:
     args['axis_name'] = axis_name
+    args['data_axis'] = data_axis
   tx = fn(inner, **args, **hyperparams)
   if name in ('none', 'l2', 'l2_init'):
     tx = ignoring_reset_args(tx)

@@ -25,9 +25,9 @@ class ReDoState(NamedTuple):
   steps: jax.Array  # steps taken so far
 
 
-def redo_scores(preactivation: jax.Array) -> jax.Array:
+def redo_scores(preactivation: jax.Array, data_axis=None) -> jax.Array:
   """The normalised activity ``s_i`` of each unit (0 for every unit of a silent layer)."""
-  a = mean_activation(preactivation)
+  a = mean_activation(preactivation, data_axis)
   avg = jnp.mean(a)
   return jnp.where(avg > 0, a / jnp.where(avg > 0, avg, 1.0), 0.0)
 
@@ -38,6 +38,7 @@ class ReDoRule:
 
   threshold: float = 0.1
   period: int = 1000
+  data_axis: Optional[str] = None
 
   def init(self, groups: Sequence[NeuronGroup], params: Any) -> ReDoState:
     del groups, params
@@ -48,14 +49,14 @@ class ReDoRule:
     del params, end_of_task, key
     steps = state.steps + 1
     now = steps % self.period == 0
-    masks = {g.name: now & (redo_scores(activations[g.name]) <= self.threshold)
+    masks = {g.name: now & (redo_scores(activations[g.name], self.data_axis) <= self.threshold)
              for g in groups}
     return masks, ReDoState(steps)
 
 
 def redo(inner: optax.GradientTransformation, groups: Sequence[NeuronGroup], *,
          threshold: float = 0.1, period: int = 1000, seed: Any = 0,
-         axis_name: Optional[str] = None
+         axis_name: Optional[str] = None, data_axis: Optional[str] = None
          ) -> optax.GradientTransformationExtraArgs:
   """Wraps ``inner`` with ReDo.
 
@@ -68,6 +69,8 @@ def redo(inner: optax.GradientTransformation, groups: Sequence[NeuronGroup], *,
       recycle every 1000 gradient steps in their Atari runs).
     seed: int seed or PRNG key for fresh weights.
     axis_name: name of an enclosing vmap/pmap axis (see ``NeuronResets``).
+    data_axis: the data-parallel axis inside ``shard_map``/``pmap``: scores are taken
+      over the global batch (see :func:`snr_jax.self_normalized_resets`).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` taking ``activations=``.
@@ -79,5 +82,5 @@ def redo(inner: optax.GradientTransformation, groups: Sequence[NeuronGroup], *,
   threshold = number_in('threshold', threshold, 0.0, float('inf'))
   if not isinstance(period, int) or period < 1:
     raise ValueError(f'period must be a positive int (steps), got {period!r}.')
-  rule = ReDoRule(threshold, period)
+  rule = ReDoRule(threshold, period, data_axis)
   return with_resets(inner, NeuronResets(groups, rule, axis_name), seed)

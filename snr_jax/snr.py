@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from snr_jax import _checks
 from snr_jax._checks import integer_in, number_at_least, number_in
 from snr_jax.groups import NeuronGroup
 from snr_jax._util import any_in_batch, run_if
@@ -67,6 +68,7 @@ class SNRRule:
   age_unit: str = 'examples'
   batch_size: Optional[int] = None
   axis_name: Optional[str] = None
+  data_axis: Optional[str] = None
 
   def _increment(self, activation: jax.Array) -> int:
     if self.age_unit == 'steps':
@@ -94,6 +96,9 @@ class SNRRule:
       # The estimator says what this batch's firing is and how it moves the ages
       # (batch-level: back to 0 if fired anywhere; per-token: the gap in positions).
       firing = self.estimator.observe(act, inc, g.firing)
+      if self.data_axis is not None:   # the global batch: fired on any shard (SPEC §8)
+        firing = firing.across(self.data_axis, self.age_unit != 'steps')
+        inc = increments[g.name] = getattr(firing, 'increment', inc)
       before = state.ages[g.name]
       age = self.estimator.advance_ages(before, firing)
       reset = age >= state.thresholds[g.name]
@@ -139,6 +144,7 @@ def self_normalized_resets(
     axis_name: Optional[str] = None,
     check_finite: bool = False,
     state_budget: int = 2 ** 30,
+    data_axis: Optional[str] = None,
 ) -> NeuronResets:
   """Self-Normalized Resets as pure ``init``/``apply`` functions (no optimizer wrap).
 
@@ -177,6 +183,10 @@ def self_normalized_resets(
       error names the group). Without it, a NaN pre-activation counts as silent
       (``NaN > 0`` is False): the unit ages towards a reset, which re-draws it.
 
+    data_axis: the data-parallel axis name when the update runs inside ``shard_map`` or
+      ``pmap`` over shards of the batch: firing is reduced over it (a unit fires if it
+      fired on any shard, ages grow by the global batch), so every replica makes the
+      same resets. Not needed for ``jit`` with sharded inputs, where the batch is global.
     state_budget: the most bytes SNR's state (ages, thresholds, estimator) may take;
       computed from shapes alone before anything is allocated (default 1 GiB). The
       histogram estimator holds ``tau_max + 1`` int32 counters per unit.
@@ -234,7 +244,8 @@ def self_normalized_resets(
   if not isinstance(schedule, RefreshSchedule):
     raise ValueError('schedule must be built with snr_jax.every_n_tasks, every_n_steps or '
                      f'at_random, got {type(schedule).__name__}.')
-  rule = SNRRule(est, tau_init, schedule, age_unit, batch_size, axis_name)
+  rule = SNRRule(est, tau_init, schedule, age_unit, batch_size, axis_name,
+                 _checks.axis_name_or_none('data_axis', data_axis))
   resets = NeuronResets(groups, rule, axis_name, bool(check_finite))
   _check_state_budget(resets.groups, est, estimator, integer_in('state_budget', state_budget, 1))
   return resets

@@ -112,6 +112,14 @@ class BatchFiring(NamedTuple):
   fired: jax.Array
   increment: int
 
+  def across(self, axis_name: str, scale_increment: bool) -> 'BatchFiring':
+    """The global batch's firing under data parallelism: fired on any shard (one
+    all-reduce of the firing vector); the increment grows by the number of shards when
+    it counts examples."""
+    fired = jax.lax.psum(self.fired.astype(jnp.int32), axis_name) > 0
+    n = jax.lax.axis_size(axis_name)
+    return BatchFiring(fired, self.increment * n if scale_increment else self.increment)
+
 
 class PositionFiring(NamedTuple):
   """One batch's firing as the per-token estimator sees it (SPEC §3c).
@@ -122,6 +130,13 @@ class PositionFiring(NamedTuple):
   """
   positions: int
   counts: jax.Array
+
+  def across(self, axis_name: str, scale_increment: bool) -> 'PositionFiring':
+    """The global batch's firing under data parallelism: counts summed over the shards,
+    positions times the number of shards."""
+    del scale_increment
+    return PositionFiring(self.positions * jax.lax.axis_size(axis_name),
+                          jax.lax.psum(self.counts, axis_name))
 
 
 class _BatchLevel(_RefreshMixin):

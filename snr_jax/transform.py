@@ -165,6 +165,8 @@ def reset_state(resets: NeuronResets, params: Any, opt_state: Any, state: ResetS
   """
   check_activations(resets.groups, activations)
   _checks.activation_keys(resets.groups, activations, ActivationError)
+  _checks.bound_axis('axis_name', resets.axis_name)
+  _checks.bound_axis('data_axis', getattr(resets.rule, 'data_axis', None))
   # shapes are static: params of another model are an error at trace time, not a
   # silently misapplied mask
   validate_groups(resets.groups, params)
