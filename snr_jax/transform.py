@@ -87,6 +87,16 @@ def find_reset_state(state: Any) -> Optional[ResetState]:
   return None
 
 
+def _fingerprint(params: Any) -> jax.Array:
+  """A uint32 that changes with the params' values (the bits of a weighted sum)."""
+  total = jnp.zeros((), jnp.float32)
+  for i, leaf in enumerate(jax.tree.leaves(params)):
+    leaf = jnp.asarray(leaf, jnp.float32)
+    total = total + jnp.sum(leaf * (1.0 + jnp.arange(leaf.size, dtype=jnp.float32).reshape(
+        leaf.shape) % 7.0)) * (i + 1)
+  return jax.lax.bitcast_convert_type(total, jnp.uint32)
+
+
 def _as_key(seed_or_key: Any) -> jax.Array:
   return _checks.prng_key('seed (or key)', seed_or_key)
 
@@ -118,13 +128,19 @@ class NeuronResets:
   def init(self, params: Any, key: Any = 0) -> ResetState:
     """Validates the groups against ``params`` and builds the initial state.
 
+    The state's key is the seed's key folded with a fingerprint of the initial
+    ``params``, so runs whose initial params differ never share a reset stream, even
+    when one optimizer (one seed) is initialised for several members at once
+    (``jax.vmap(tx.init)(stacked_params)``). It stays a pure function of seed and params.
+
     Args:
       params: the params tree.
       key: a PRNG key or an int seed, for the fresh weights drawn at resets.
     """
     groups = validate_groups(self.groups, params)
     masks = {g.name: jnp.zeros((g.size,), bool) for g in groups}
-    return ResetState(self.rule.init(groups, params), _as_key(key), masks)
+    key = jax.random.fold_in(_as_key(key), _fingerprint(params))
+    return ResetState(self.rule.init(groups, params), key, masks)
 
   def apply(self, params: Any, opt_state: Any, state: ResetState, activations: Any, *,
             optimizer: Optional[Any] = None, key: Optional[jax.Array] = None,
