@@ -431,7 +431,7 @@ class _Walker:
           tr[i] = res
     for i in self.outputs:
       if i in tr:
-        w.reasons.append(f'its ReLU output {self.where_out.replace("is an output", "is an output")}')
+        w.reasons.append(f'its ReLU output {self.where_out}')
     return w
 
   def _post_op(self, op: Op, ts, w: _Walk):

@@ -26,7 +26,7 @@ from snr_jax._checks import integer_in, number_at_least, number_in
 from snr_jax.groups import NeuronGroup
 from snr_jax._util import any_in_batch, run_if
 from snr_jax.schedules import RefreshSchedule, ScheduleState, every_n_tasks
-from snr_jax.thresholds import (ESTIMATORS, INT_MAX, RATE_CAP, GeometricEstimator,
+from snr_jax.thresholds import (ESTIMATORS, INT_MAX, RATE_CAP, GeometricEstimator, global_firing,
                                 HistogramEstimator, PerTokenEstimator)
 from snr_jax.transform import NeuronResets, find_reset_state, with_resets
 
@@ -88,17 +88,16 @@ class SNRRule:
              end_of_task: jax.Array, key: jax.Array):
     del params
     ages, est, masks = {}, {}, {}
-    increments = {}
+    increments = {g.name: self._increment(activations[g.name]) for g in groups}
+    # The estimator says what this batch's firing is and how it moves the ages
+    # (batch-level: back to 0 if fired anywhere; per-token: the gap in positions).
+    firings = {g.name: self.estimator.observe(activations[g.name], increments[g.name],
+                                              g.firing) for g in groups}
+    if self.data_axis is not None:   # the global batch: one all-reduce for all groups
+      firings = global_firing(firings, self.data_axis, self.age_unit != 'steps')
+      increments = {k: getattr(f, 'increment', increments[k]) for k, f in firings.items()}
     for g in groups:
-      act = activations[g.name]
-      inc = self._increment(act)
-      increments[g.name] = inc
-      # The estimator says what this batch's firing is and how it moves the ages
-      # (batch-level: back to 0 if fired anywhere; per-token: the gap in positions).
-      firing = self.estimator.observe(act, inc, g.firing)
-      if self.data_axis is not None:   # the global batch: fired on any shard (SPEC §8)
-        firing = firing.across(self.data_axis, self.age_unit != 'steps')
-        inc = increments[g.name] = getattr(firing, 'increment', inc)
+      firing = firings[g.name]
       before = state.ages[g.name]
       age = self.estimator.advance_ages(before, firing)
       reset = age >= state.thresholds[g.name]

@@ -112,14 +112,6 @@ class BatchFiring(NamedTuple):
   fired: jax.Array
   increment: int
 
-  def across(self, axis_name: str, scale_increment: bool) -> 'BatchFiring':
-    """The global batch's firing under data parallelism: fired on any shard (one
-    all-reduce of the firing vector); the increment grows by the number of shards when
-    it counts examples."""
-    fired = jax.lax.psum(self.fired.astype(jnp.int32), axis_name) > 0
-    n = jax.lax.axis_size(axis_name)
-    return BatchFiring(fired, self.increment * n if scale_increment else self.increment)
-
 
 class PositionFiring(NamedTuple):
   """One batch's firing as the per-token estimator sees it (SPEC §3c).
@@ -131,12 +123,30 @@ class PositionFiring(NamedTuple):
   positions: int
   counts: jax.Array
 
-  def across(self, axis_name: str, scale_increment: bool) -> 'PositionFiring':
-    """The global batch's firing under data parallelism: counts summed over the shards,
-    positions times the number of shards."""
-    del scale_increment
-    return PositionFiring(self.positions * jax.lax.axis_size(axis_name),
-                          jax.lax.psum(self.counts, axis_name))
+
+def global_firing(firings: dict, axis_name: str, scale_increment: bool) -> dict:
+  """Every group's firing over the global batch, under data parallelism (SPEC §8).
+
+  A unit fired if it fired on any shard, per-token counts are summed, and positions (or
+  an increment counting examples) grow by the number of shards. All groups go through
+  one all-reduce.
+
+  Args:
+    firings: ``{group: BatchFiring or PositionFiring}`` of this shard.
+    axis_name: the data-parallel axis.
+    scale_increment: whether a batch-level increment counts examples (not steps).
+  """
+  n = jax.lax.axis_size(axis_name)
+  local = {k: f.fired.astype(jnp.int32) if isinstance(f, BatchFiring) else f.counts
+           for k, f in firings.items()}
+  summed = jax.lax.psum(local, axis_name)
+  out = {}
+  for k, f in firings.items():
+    if isinstance(f, BatchFiring):
+      out[k] = BatchFiring(summed[k] > 0, f.increment * n if scale_increment else f.increment)
+    else:
+      out[k] = PositionFiring(f.positions * n, summed[k])
+  return out
 
 
 class _BatchLevel(_RefreshMixin):

@@ -38,14 +38,15 @@ kx, ky = jax.random.split(jax.random.PRNGKey(1))
 xs = jax.random.normal(kx, (STEPS, BATCH, 8))
 ys = jax.random.randint(ky, (STEPS, BATCH), 0, 4)
 METHODS = {
-    'snr': lambda ax: snr_jax.snr(optax.sgd(0.2), groups, eta=0.08, tau_min=64, tau_max=640,
+    'snr': lambda ax: snr_jax.snr(optax.sgd(0.05), groups, eta=0.08, tau_min=64, tau_max=640,
                                    schedule=snr_jax.every_n_steps(20), seed=3, data_axis=ax),
-    'snr_per_token': lambda ax: snr_jax.snr(optax.sgd(0.2), groups, estimator='per_token',
-                                             eta=0.3, tau_init=200, schedule=snr_jax.every_n_steps(20),
+    'snr_per_token': lambda ax: snr_jax.snr(optax.sgd(0.05), groups, estimator='per_token',
+                                             eta=0.3, tau_init=200,
+                                             schedule=snr_jax.every_n_steps(20),
                                              seed=3, data_axis=ax),
-    'redo': lambda ax: snr_jax.redo(optax.sgd(0.2), groups, threshold=0.0, period=10, seed=3,
+    'redo': lambda ax: snr_jax.redo(optax.sgd(0.05), groups, threshold=0.0, period=10, seed=3,
                                     data_axis=ax),
-    'cbp': lambda ax: snr_jax.continual_backprop(optax.sgd(0.2), groups, replacement_rate=0.02,
+    'cbp': lambda ax: snr_jax.continual_backprop(optax.sgd(0.05), groups, replacement_rate=0.02,
                                                  maturity=5, seed=3, data_axis=ax),
 }
 
@@ -116,8 +117,8 @@ def check(make_tx):
       ms_stacked = jit_sh[1]
     else:
       ms_stacked = {k: np.stack([np.asarray(m[k]) for m in ms]) for k in ref_masks}
-    out[f'{name}_mask_mismatches'] = int(sum((np.asarray(ms_stacked[k]) != np.asarray(ref_masks[k])).sum()
-                                             for k in ref_masks))
+    out[f'{name}_mask_mismatches'] = int(sum(
+        (np.asarray(ms_stacked[k]) != np.asarray(ref_masks[k])).sum() for k in ref_masks))
   return out
 
 

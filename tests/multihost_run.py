@@ -82,8 +82,8 @@ def make_step(tx):
 
 
 hp = dict(eta=0.08, tau_min=64, tau_max=640, schedule=snr_jax.every_n_steps(20), seed=3)
-tx = snr_jax.snr(optax.sgd(0.2), groups, **hp)
-tx_dp = snr_jax.snr(optax.sgd(0.2), groups, data_axis='d', **hp)
+tx = snr_jax.snr(optax.sgd(0.05), groups, **hp)
+tx_dp = snr_jax.snr(optax.sgd(0.05), groups, data_axis='d', **hp)
 forms = {
     'jit': (tx, jax.jit(make_step(tx), out_shardings=replicated)),
     'shard_map': (tx_dp, jax.jit(jax.shard_map(make_step(tx_dp), mesh=mesh,
