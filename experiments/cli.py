@@ -109,9 +109,10 @@ def _add_run_arguments(p: argparse.ArgumentParser, name: str) -> None:
   p.add_argument('--checkpoint-every', type=int, default=25, help='tasks between checkpoints')
   p.add_argument('--tasks-per-call', type=int, default=5,
                  help='tasks per compiled call; progress updates between calls')
-  p.add_argument('--mode', default='auto', choices=('auto', 'vmap', 'devices', 'sequential'),
-                 help='batch seeds with vmap, split them over local devices (pmap), or '
-                      'run them one by one (auto: vmap, but one by one for CNNs on CPU)')
+  p.add_argument('--mode', default='auto', choices=('auto', 'vmap', 'mesh', 'sequential'),
+                 help='batch seeds with vmap, place them on a device mesh (jit over every '
+                      'device), or run them one by one (auto: vmap, but one by one for CNNs '
+                      'on CPU)')
   p.add_argument('--plot', action='store_true', help='also write plot.png in --out')
   p.add_argument('--no-progress', action='store_true', help='no progress bar')
 

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from experiments import data as snr_data
 from experiments import models
@@ -252,35 +253,36 @@ def seed_keys(seeds: Sequence[int]) -> jax.Array:
 def compile_batched(exp: Experiment, mode: str, chunk: int):
   """The batched (over seeds × sweep values) init and chunk runner.
 
-  ``mode``: ``'vmap'`` batches in one computation; ``'devices'`` splits the members over
-  the local devices (``pmap``) and vmaps within each; ``'sequential'`` runs one member
-  at a time through the same compiled function.
+  ``mode``: ``'vmap'`` batches in one computation; ``'mesh'`` is the same computation
+  jitted over a device mesh whose axis places the members (one GPU, several, or
+  virtual CPU devices alike); ``'sequential'`` runs one member at a time through the
+  same compiled function.
   """
   if mode == 'vmap':
     init = jax.jit(jax.vmap(exp.init))
     run = jax.jit(jax.vmap(exp.run_tasks, in_axes=(0, None, None, None),
                            axis_name=exp.axis_name), static_argnums=3)
     return init, lambda carry, first, n: run(carry, exp.data, first, n)
-  if mode == 'devices':
-    vinit = jax.vmap(exp.init)
-    vrun = jax.vmap(exp.run_tasks, in_axes=(0, None, None, None), axis_name=exp.axis_name)
-    pinit = jax.pmap(vinit)
-    prun = jax.pmap(vrun, in_axes=(0, None, None, None), static_broadcasted_argnums=3)
+  if mode == 'mesh':
+    # jit over a Mesh whose one axis places the members (seeds x sweep values); the
+    # task data is replicated. GSPMD turns the vmapped axis_name reductions into
+    # cross-device ones, so the members stay independent runs.
+    vinit = jax.jit(jax.vmap(exp.init))
+    vrun = jax.jit(jax.vmap(exp.run_tasks, in_axes=(0, None, None, None),
+                            axis_name=exp.axis_name), static_argnums=3)
 
-    def split(x, d):
-      return x.reshape(d, x.shape[0] // d, *x.shape[1:])
-
-    def merge(x):
-      return x.reshape(x.shape[0] * x.shape[1], *x.shape[2:])
+    def shardings(members):
+      mesh = Mesh(np.array(jax.devices()[:_devices_for(members)]), ('members',))
+      return NamedSharding(mesh, P('members')), NamedSharding(mesh, P())
 
     def init(keys, values):
-      d = _devices_for(keys.shape[0])
-      return jax.tree.map(merge, pinit(split(keys, d), split(values, d)))
+      split, _ = shardings(keys.shape[0])
+      return vinit(jax.device_put(keys, split), jax.device_put(values, split))
 
     def run(carry, first, n):
-      d = _devices_for(jax.tree.leaves(carry)[0].shape[0])
-      carry, metrics = prun(jax.tree.map(lambda x: split(x, d), carry), exp.data, first, n)
-      return jax.tree.map(merge, carry), jax.tree.map(merge, metrics)
+      split, whole = shardings(jax.tree.leaves(carry)[0].shape[0])
+      carry = jax.device_put(carry, split)
+      return vrun(carry, jax.device_put(exp.data, whole), first, n)
 
     return init, run
   if mode == 'sequential':
@@ -298,12 +300,12 @@ def compile_batched(exp: Experiment, mode: str, chunk: int):
       return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
 
     return init, run
-  raise ValueError(f"mode must be 'vmap', 'devices', 'sequential' or 'auto', got {mode!r}.")
+  raise ValueError(f"mode must be 'vmap', 'mesh', 'sequential' or 'auto', got {mode!r}.")
 
 
 def _devices_for(members: int) -> int:
-  """The most local devices (at most one per member) that split the members evenly."""
-  return max(d for d in range(1, min(members, jax.local_device_count()) + 1)
+  """The most devices (at most one per member) that split the members evenly."""
+  return max(d for d in range(1, min(members, jax.device_count()) + 1)
              if members % d == 0)
 
 
@@ -325,7 +327,7 @@ def run_experiment(config: ExperimentConfig, dataset: snr_data.Dataset, seeds: S
     config: the experiment.
     dataset: its data.
     seeds: integer seeds.
-    mode: ``'vmap'``, ``'devices'``, ``'sequential'`` or ``'auto'`` (:func:`default_mode`).
+    mode: ``'vmap'``, ``'mesh'``, ``'sequential'`` or ``'auto'`` (:func:`default_mode`).
     chunk_tasks: tasks per compiled call (default: all); between chunks ``on_chunk``
       sees the progress, e.g. for a progress bar or a checkpoint.
     on_chunk: ``on_chunk(tasks_done, state)`` with ``state = {'done', 'carry', 'metrics'}``
@@ -343,7 +345,7 @@ def run_experiment(config: ExperimentConfig, dataset: snr_data.Dataset, seeds: S
     raise ValueError('give at least one seed.')
   mode = default_mode(config) if mode == 'auto' else mode
   exp = make_run(config, dataset,
-                 axis_name='members' if mode in ('vmap', 'devices') else None)
+                 axis_name='members' if mode in ('vmap', 'mesh') else None)
   values = list(config.sweep[1]) if config.sweep else [0.0]
   members = [{'seed': s, 'sweep_value': v} for s in seeds for v in values]
   keys = seed_keys([m['seed'] for m in members])

@@ -88,13 +88,14 @@ def find_reset_state(state: Any) -> Optional[ResetState]:
 
 
 def _fingerprint(params: Any) -> jax.Array:
-  """A uint32 that changes with the params' values (the bits of a weighted sum)."""
-  total = jnp.zeros((), jnp.float32)
+  """A uint32 that changes with the params' values: a weighted sum of their bits in
+  wrapping integer arithmetic, so it is exact in any order (vmapped, sharded or not)."""
+  total = jnp.zeros((), jnp.uint32)
   for i, leaf in enumerate(jax.tree.leaves(params)):
-    leaf = jnp.asarray(leaf, jnp.float32)
-    total = total + jnp.sum(leaf * (1.0 + jnp.arange(leaf.size, dtype=jnp.float32).reshape(
-        leaf.shape) % 7.0)) * (i + 1)
-  return jax.lax.bitcast_convert_type(total, jnp.uint32)
+    bits = jax.lax.bitcast_convert_type(jnp.asarray(leaf, jnp.float32), jnp.uint32)
+    weights = jnp.arange(bits.size, dtype=jnp.uint32).reshape(bits.shape) * 2 + 1
+    total = total + jnp.sum(bits * weights, dtype=jnp.uint32) * jnp.uint32(2 * i + 1)
+  return total
 
 
 def _as_key(seed_or_key: Any) -> jax.Array:

@@ -148,31 +148,45 @@ def test_text_benchmark_rejects_image_data(mnist):
     make_run(ExperimentConfig('permuted_shakespeare', num_tasks=1), mnist)
 
 
-def test_devices_mode_equals_vmap(tmp_path):
-  """Seeds split over 4 (virtual CPU) devices give the vmapped results."""
+def test_mesh_mode_equals_vmap_and_resumes_bitwise(tmp_path):
+  """Seeds placed on a mesh of 4 (virtual CPU) devices give the vmapped results, and a run
+  stopped after a chunk resumes on the mesh to the uninterrupted run's bits."""
   import os
   import subprocess
   import sys
-  script = '''
+  script = f'''
+import pathlib
 import numpy as np, jax
 from experiments.benchmarks import ExperimentConfig
 from experiments.data import Dataset
-from experiments.runner import run_experiment
-assert jax.local_device_count() == 4
+from experiments.driver import drive
+from experiments.runner import compile_batched, make_run, run_experiment, seed_keys
+assert jax.device_count() == 4
 rng = np.random.default_rng(0)
 ds = Dataset(name='mnist', source='generated', images=rng.integers(0, 256, (128, 28, 28, 1),
              dtype=np.uint8), labels=rng.integers(0, 10, 128).astype(np.int32), num_classes=10)
-cfg = ExperimentConfig('permuted_mnist', method='snr', num_tasks=2, examples_per_task=32,
+cfg = ExperimentConfig('permuted_mnist', method='snr', num_tasks=4, examples_per_task=32,
                        hparams=dict(tau_init=32, tau_min=16, tau_max=64))
-a = run_experiment(cfg, ds, seeds=[0, 1, 2, 3], mode='devices')['metrics']
+a = run_experiment(cfg, ds, seeds=[0, 1, 2, 3], mode='mesh')['metrics']
 b = run_experiment(cfg, ds, seeds=[0, 1, 2, 3], mode='vmap')['metrics']
 for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
   np.testing.assert_allclose(x, y, rtol=2e-5, atol=1e-6)
-print('devices ok')
+init, _ = compile_batched(make_run(cfg, ds, axis_name='members'), 'mesh', 2)
+carry = init(seed_keys([0, 1, 2, 3]), np.zeros(4, np.float32))
+assert len(jax.tree.leaves(carry)[0].sharding.device_set) == 4   # one member per device
+out = pathlib.Path({str(tmp_path)!r})
+whole = drive(cfg, ds, [0, 1, 2, 3], out / 'whole', tasks_per_call=2, mode='mesh',
+              progress=False)
+drive(cfg, ds, [0, 1, 2, 3], out / 'resumed', tasks_per_call=2, mode='mesh', progress=False,
+      stop_after=2)
+resumed = drive(cfg, ds, [0, 1, 2, 3], out / 'resumed', tasks_per_call=2, mode='mesh',
+                progress=False)
+assert (out / 'whole' / 'metrics.csv').read_text() == (out / 'resumed' / 'metrics.csv').read_text()
+print('mesh ok')
 '''
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4',
              JAX_PLATFORMS='cpu')
   out = subprocess.run([sys.executable, '-c', script], env=env, capture_output=True, text=True,
                        timeout=600, cwd=ROOT)
   assert out.returncode == 0, out.stderr[-3000:]
-  assert 'devices ok' in out.stdout
+  assert 'mesh ok' in out.stdout
