@@ -13,30 +13,14 @@ import os
 os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=8'
 import json, sys
 import jax, jax.numpy as jnp, numpy as np, optax
-import flax.linen as nn
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import snr_jax
+from parallel_setup import setup
 
-STEPS, BATCH, N = int(sys.argv[1]), 64, 8
-
-
-class MLP(nn.Module):
-  @nn.compact
-  def __call__(self, x):
-    x = nn.relu(nn.Dense(32, name='h0')(x))
-    x = nn.relu(nn.Dense(32, name='h1')(x))
-    return nn.Dense(4, name='out')(x)
+STEPS, N = int(sys.argv[1]), 8
 
 
-model = MLP()
-x0 = jnp.ones((BATCH, 8))
-params = model.init(jax.random.PRNGKey(0), x0)['params']
-params['h0']['bias'] = params['h0']['bias'].at[:16].set(-3.0)   # half the units start silent
-groups = snr_jax.discover_groups(model, params, x0)
-capture = snr_jax.with_preactivations(model, groups)
-kx, ky = jax.random.split(jax.random.PRNGKey(1))
-xs = jax.random.normal(kx, (STEPS, BATCH, 8))
-ys = jax.random.randint(ky, (STEPS, BATCH), 0, 4)
+params, groups, loss_sum, xs, ys = setup(STEPS)
 METHODS = {
     'snr': lambda ax: snr_jax.snr(optax.sgd(0.05), groups, eta=0.08, tau_min=64, tau_max=640,
                                    schedule=snr_jax.every_n_steps(20), seed=3, data_axis=ax),
@@ -57,9 +41,6 @@ def check(make_tx):
   out = {}
 
 
-  def loss_sum(p, x, y):
-    out, acts = capture({'params': p}, x)
-    return optax.softmax_cross_entropy_with_integer_labels(out, y).sum() / BATCH, acts
 
 
   def step_global(carry, xy):

@@ -22,34 +22,15 @@ if num_processes > 1:
   jax.distributed.initialize(coordinator_address=f'127.0.0.1:{port}',
                              num_processes=num_processes, process_id=process_id)
 
-import flax.linen as nn  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P  # noqa: E402
 
 import snr_jax  # noqa: E402
+from parallel_setup import BATCH, setup  # noqa: E402
 
-BATCH = 64
-
-
-class MLP(nn.Module):
-  @nn.compact
-  def __call__(self, x):
-    x = nn.relu(nn.Dense(32, name='h0')(x))
-    x = nn.relu(nn.Dense(32, name='h1')(x))
-    return nn.Dense(4, name='out')(x)
-
-
-model = MLP()
-x0 = np.ones((BATCH, 8), np.float32)
-params = model.init(jax.random.PRNGKey(0), x0)['params']
-params['h0']['bias'] = params['h0']['bias'].at[:16].set(-3.0)   # half the units start silent
-groups = snr_jax.discover_groups(model, params, x0)
-capture = snr_jax.with_preactivations(model, groups)
-kx, ky = jax.random.split(jax.random.PRNGKey(1))
-xs = np.asarray(jax.random.normal(kx, (steps, BATCH, 8)))
-ys = np.asarray(jax.random.randint(ky, (steps, BATCH), 0, 4))
+params, groups, loss_sum, xs, ys = setup(steps)
+xs, ys = np.asarray(xs), np.asarray(ys)
 
 mesh = Mesh(np.array(jax.devices()), ('d',))
 replicated, batch_sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P('d'))
@@ -66,11 +47,6 @@ def global_batch(t):
 def replicate(tree):
   return jax.tree.map(lambda a: jax.make_array_from_callback(
       np.shape(a), replicated, lambda idx, a=np.asarray(a): a[idx]), tree)
-
-
-def loss_sum(p, x, y):
-  logits, acts = capture({'params': p}, x)
-  return optax.softmax_cross_entropy_with_integer_labels(logits, y).sum() / BATCH, acts
 
 
 def make_step(tx):
