@@ -82,8 +82,10 @@ def compare(runs, params, data, steps, batch, reps, cores, base):
   return medians
 
 
-def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def mlp_setup(description: str, argv=None):
+  """The MLP benchmarks' flags (--steps, --reps, --batch, --cores), core pinning, and the
+  model with its params: ``(args, cores, model, x, params)``."""
+  parser = argparse.ArgumentParser(description=description)
   parser.add_argument('--steps', type=int, default=10_000)
   parser.add_argument('--reps', type=int, default=5)
   parser.add_argument('--batch', type=int, default=16)
@@ -91,10 +93,13 @@ def main(argv=None):
                       help='pin to this many cores (0: no pinning)')
   args = parser.parse_args(argv)
   cores = pin_cores(args.cores)
-
   model = MLP()
   x = jnp.ones((args.batch, 784))
-  params = model.init(jax.random.PRNGKey(0), x)['params']
+  return args, cores, model, x, model.init(jax.random.PRNGKey(0), x)['params']
+
+
+def main(argv=None):
+  args, cores, model, x, params = mlp_setup(__doc__.splitlines()[0], argv)
   groups = snr_jax.discover_groups(model, params, jax.random.normal(jax.random.PRNGKey(1), x.shape))
   sgd = optax.sgd(1e-2)
   configs = {

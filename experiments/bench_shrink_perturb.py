@@ -10,31 +10,16 @@ repetitions, interleaved, after a compile).
 
 from __future__ import annotations
 
-import argparse
 
-import jax
-import jax.numpy as jnp
 import optax
 
 import snr_jax
 from snr_jax.shrink_perturb import NOISES
-from experiments._bench import pin_cores
-from experiments.bench_overhead import MLP, compare, make_run, task_data
+from experiments.bench_overhead import compare, make_run, mlp_setup, task_data
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--steps', type=int, default=10_000)
-  parser.add_argument('--reps', type=int, default=5)
-  parser.add_argument('--batch', type=int, default=16)
-  parser.add_argument('--cores', type=int, default=1,
-                      help='pin to this many cores (0: no pinning)')
-  args = parser.parse_args(argv)
-  cores = pin_cores(args.cores)
-
-  model = MLP()
-  x = jnp.ones((args.batch, 784))
-  params = model.init(jax.random.PRNGKey(0), x)['params']
+  args, cores, model, x, params = mlp_setup(__doc__.splitlines()[0], argv)
   init_fn = lambda k: model.init(k, x)['params']
   sgd = optax.sgd(1e-2)
   configs = {'sgd': sgd}
