@@ -56,6 +56,10 @@ class Experiment:
     init: ``(key, sweep_value) -> Carry``.
     run_tasks: ``(carry, data, first_task, num_tasks) -> (carry, metrics)``; metrics
       are arrays with a leading task axis. ``num_tasks`` is static.
+    train_step: ``train_step(sweep_value)`` gives the step ``run_tasks`` takes on each
+      batch, ``(params, opt_state, x, y, end_of_task) -> (params, opt_state, (loss,
+      accuracy, pre-activations))``, without the task stream around it (for
+      benchmarks).
   """
   config: ExperimentConfig
   dataset_name: str
@@ -65,6 +69,7 @@ class Experiment:
   init: Callable[..., Carry]
   run_tasks: Callable[..., tuple[Carry, dict]]
   axis_name: Optional[str] = None
+  train_step: Optional[Callable[..., Callable]] = None
 
 
 def _host_data(config: ExperimentConfig, dataset: snr_data.Dataset) -> dict[str, np.ndarray]:
@@ -196,9 +201,20 @@ def make_run(config: ExperimentConfig, dataset: snr_data.Dataset,
     acc = jnp.mean(jnp.argmax(logits, -1) == yb)
     return loss, (acc, acts)
 
-  def run_tasks(carry: Carry, d: dict, first_task, num_tasks: int):
+  def train_step(sweep_value):
     # the method's key lives in its state; build_tx's key only seeds init.
-    tx = build_tx(jax.random.PRNGKey(0), carry.sweep_value)
+    tx = build_tx(jax.random.PRNGKey(0), sweep_value)
+
+    def step(params, opt_state, xb, yb, end_of_task):
+      (loss, (acc, acts)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, xb, yb)
+      updates, opt_state = tx.update(grads, opt_state, params, activations=acts,
+                                     end_of_task=end_of_task)
+      return optax.apply_updates(params, updates), opt_state, (loss, acc, acts)
+
+    return step
+
+  def run_tasks(carry: Carry, d: dict, first_task, num_tasks: int):
+    train = train_step(carry.sweep_value)
 
     def one_task(carry: Carry, t):
       task_key = jax.random.fold_in(carry.stream_key, t)
@@ -209,11 +225,8 @@ def make_run(config: ExperimentConfig, dataset: snr_data.Dataset,
       def step(c, inputs):
         params, opt_state, ages = c
         idx, end_of_task = inputs
-        (loss, (acc, acts)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            params, lookup(idx), y[idx])
-        updates, opt_state = tx.update(grads, opt_state, params, activations=acts,
-                                       end_of_task=end_of_task)
-        params = optax.apply_updates(params, updates)
+        params, opt_state, (loss, acc, acts) = train(params, opt_state, lookup(idx), y[idx],
+                                                     end_of_task)
         ages = {g.name: batch_ages(ages[g.name], fired(acts[g.name]), batch)
                 for g in groups}
         return (params, opt_state, ages), (loss, acc, _reset_counts(opt_state, groups))
@@ -233,7 +246,7 @@ def make_run(config: ExperimentConfig, dataset: snr_data.Dataset,
     return jax.lax.scan(one_task, carry, first_task + jnp.arange(num_tasks))
 
   return Experiment(config, dataset.name, dataset.source, groups, data, init, run_tasks,
-                    axis_name)
+                    axis_name, train_step)
 
 
 def last_fraction_summary(accuracy: np.ndarray, fraction: float = 0.1) -> dict[str, float]:
