@@ -14,7 +14,9 @@ from experiments import data as experiment_data
 from experiments import models
 from experiments.benchmarks import ExperimentConfig
 from experiments.data import Dataset
-from experiments.runner import last_fraction_summary, make_run, run_experiment
+from experiments.runner import last_fraction_summary, make_run, run_experiment, seed_keys
+from snr_jax.ages import batch_ages
+from snr_jax.transform import find_reset_state
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -121,6 +123,92 @@ def test_online_accuracy_is_measured_before_the_update(mnist):
   after_loss = optax.softmax_cross_entropy_with_integer_labels(after_logits, y).mean()
   assert abs(float(after_loss) - float(loss)) > 1e-3
 
+
+
+def _reference_permuted_run(cfg, dataset, groups):
+  """The Permuted protocol written out plainly, as the runner defined it when the
+  Permuted studies started: each task materialised (the images of
+  ``permuted_task_indices``, pixels permuted), batches read from it in ``batch_indices``
+  order, one train step per batch, metrics per task; seeds
+  vmapped, tasks and steps in ``lax.scan``, as in the runner.
+
+  The runner must give these numbers to the bit: runs resume from checkpoints the
+  runner wrote, so any change to what a step computes (or to the order of its float
+  operations) would make a resumed run differ from an uninterrupted one.
+  """
+  n, batch = cfg.resolved('examples_per_task'), cfg.resolved('batch_size')
+  steps = cfg.steps_per_task
+  model = models.MLP(num_outputs=10)
+  init_fn = lambda k: model.init(k, jnp.zeros((batch, 784)))['params']
+  inner = (optax.adam if cfg.resolved('optimizer') == 'adam' else optax.sgd)(
+      cfg.resolved('learning_rate'))
+  tx = snr_jax.make_method(cfg.method, inner, groups=groups, init_fn=init_fn,
+                           seed=jax.random.PRNGKey(0), axis_name='members', **cfg.hparams)
+
+  def loss_fn(params, xb, yb):
+    logits, acts = snr_jax.apply_with_preactivations(model, {'params': params}, xb,
+                                                     groups=groups)
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
+    return loss, (jnp.mean(jnp.argmax(logits, -1) == yb), acts)
+
+  def one_task(carry, t, images, labels):
+    task_key = jax.random.fold_in(carry.stream_key, t)
+    idx, perm = experiment_data.permuted_task_indices(task_key, images.shape[0], 784, n)
+    order = experiment_data.batch_indices(n, batch, 1, jax.random.fold_in(task_key, 1))
+
+    def step(c, inputs):
+      params, opt_state, ages = c
+      b, s = inputs
+      xb = experiment_data.to_float(images[idx[b]].reshape(batch, 784)[:, perm])
+      (loss, (acc, acts)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+          params, xb, labels[idx][b])
+      updates, opt_state = tx.update(grads, opt_state, params, activations=acts,
+                                     end_of_task=s == steps - 1)
+      params = optax.apply_updates(params, updates)
+      ages = {g.name: batch_ages(ages[g.name], snr_jax.fired(acts[g.name]), batch)
+              for g in groups}
+      found = find_reset_state(opt_state)
+      resets = {g.name: (jnp.zeros((), jnp.int32) if found is None else
+                         jnp.sum(found.last_resets[g.name]).astype(jnp.int32)) for g in groups}
+      return (params, opt_state, ages), (loss, acc, resets)
+
+    (params, opt_state, ages), (loss, acc, resets) = jax.lax.scan(
+        step, (carry.params, carry.opt_state, carry.ages), (order, jnp.arange(steps)))
+    leaves = jax.tree.leaves(params)
+    metrics = {
+        'accuracy': jnp.mean(acc), 'loss': jnp.mean(loss),
+        'resets': {k: jnp.sum(v) for k, v in resets.items()},
+        'dead_fraction': {k: jnp.mean(a >= cfg.dead_after) for k, a in ages.items()},
+        'weight_magnitude': sum(jnp.sum(jnp.abs(l)) for l in leaves)
+                            / sum(l.size for l in leaves),
+    }
+    return carry._replace(params=params, opt_state=opt_state, ages=ages), metrics
+
+  def run(carry, images, labels):
+    return jax.lax.scan(lambda c, t: one_task(c, t, images, labels), carry,
+                        jnp.arange(cfg.resolved('num_tasks')))
+
+  run = jax.jit(jax.vmap(run, in_axes=(0, None, None), axis_name='members'))
+  return lambda carry: run(carry, jnp.asarray(dataset.images), jnp.asarray(dataset.labels))
+
+
+@pytest.mark.parametrize('method,optimizer,hparams', [
+    ('snr', 'sgd', dict(tau_init=32, tau_min=16, tau_max=64)),
+    ('cbp', 'adam', dict(replacement_rate=0.05, maturity=2)),
+])
+def test_permuted_runner_matches_plain_reference_bitwise(method, optimizer, hparams, mnist):
+  cfg = ExperimentConfig('permuted_mnist', method=method, optimizer=optimizer, num_tasks=3,
+                         examples_per_task=64, hparams=hparams)
+  seeds = [0, 1]
+  out = run_experiment(cfg, mnist, seeds=seeds, mode='vmap', chunk_tasks=2)
+  exp = make_run(cfg, mnist, axis_name='members')
+  fresh = jax.jit(jax.vmap(exp.init))(seed_keys(seeds), jnp.zeros(len(seeds), jnp.float32))
+  carry, metrics = _reference_permuted_run(cfg, mnist, exp.groups)(fresh)
+  assert sum(v.sum() for v in out['metrics']['resets'].values()) > 0
+  for a, b in zip(jax.tree.leaves(out['metrics']), jax.tree.leaves(metrics)):
+    np.testing.assert_array_equal(a, b)
+  for a, b in zip(jax.tree.leaves(out['carry']), jax.tree.leaves(carry)):
+    np.testing.assert_array_equal(a, b)
 
 def test_headline_is_mean_over_last_tenth_of_tasks():
   acc = np.array([[0.0] * 18 + [0.5, 0.7], [0.0] * 18 + [0.9, 0.9]])
