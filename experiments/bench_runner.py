@@ -1,7 +1,12 @@
 """Speed of the experiment runner on the paper's protocols.
 
 * Permuted MNIST protocol (MLP, batch 16, 625 steps per task): steps/s inside the runner
-  for SNR and for no intervention, 1 seed and 8 seeds (vmapped);
+  for SNR and for no intervention, 1 seed and 8 seeds (vmapped); for 1 seed, also the
+  bare train step (the runner's own step, same model, optimizer and method, in
+  ``lax.scan`` on a fixed pre-made batch stream, as in ``bench_overhead``) timed
+  interleaved with the runner in this process, and the time ratio runner / bare
+  (``--profile`` adds the runner without vmap and the bare step with the runner's
+  batch gather, to split the difference);
 * the wall time of the full 500-task Permuted protocol for one seed with SNR, compile
   included (the paper's released code runs it at about 290 steps/s here: ~18 minutes);
 * the CNN inside the runner on the Random-label CIFAR protocol (batch 16), one seed.
@@ -12,6 +17,7 @@ MNIST's shape. CIFAR is generated data of CIFAR-10's shape. Speed does not depen
 pixel values.
 
     python -m experiments.bench_runner [--tasks 8] [--reps 3] [--cores 1] [--skip-full]
+        [--skip-seeds] [--only-ratio] [--profile]
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import argparse
 
 import numpy as np
 
-from experiments._bench import median_time, pin_cores, timed
+from experiments._bench import median_time, median_times, pin_cores, timed
 
 
 def _generated(name, n, shape, classes):
@@ -39,17 +45,81 @@ def _mnist_like():
     return _generated('mnist', 60_000, (28, 28, 1), 10), None
 
 
-def steps_per_second(config, dataset, seeds, tasks, reps, mode='auto'):
-  import jax  # pylint: disable=import-outside-toplevel
+def runner_call(config, dataset, seeds, tasks, mode='auto'):
+  """``run(tasks tasks)`` of the compiled runner from a fresh carry, compiled."""
   from experiments import runner  # pylint: disable=import-outside-toplevel
   mode = runner.default_mode(config) if mode == 'auto' else mode
   exp = runner.make_run(config, dataset, axis_name='members' if mode == 'vmap' else None)
   init, run = runner.compile_batched(exp, mode, tasks)
-  keys = runner.seed_keys(seeds)
-  carry = init(keys, np.zeros(len(seeds), np.float32))
-  timed(lambda: run(carry, 0, tasks))  # compile
-  t = median_time(lambda: run(carry, 0, tasks), reps)
+  carry = init(runner.seed_keys(seeds), np.zeros(len(seeds), np.float32))
+  call = lambda: run(carry, 0, tasks)
+  timed(call)  # compile
+  return call
+
+
+def bare_call(config, dataset, tasks, gather=False):
+  """The runner's train step alone, for as many steps as ``tasks`` tasks, compiled.
+
+  One seed, no vmap, no task stream: the steps run in ``lax.scan`` on one pre-made
+  Permuted task (float32 images already permuted), its batches read in order with
+  ``dynamic_slice`` as in ``bench_overhead``; ``end_of_task`` marks the same steps as
+  in the runner. With ``gather``, each batch is instead gathered from the dataset and
+  pixel-permuted as the runner does it (uint8 rows, then the permutation, then float).
+  """
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from experiments import data, runner  # pylint: disable=import-outside-toplevel
+  exp = runner.make_run(config, dataset)
+  carry = jax.jit(exp.init)(jax.random.PRNGKey(0), 0.0)
+  n, batch = config.resolved('examples_per_task'), config.resolved('batch_size')
+  steps = config.steps_per_task
+  images, labels = exp.data['images'], exp.data['labels']
+  task_x, task_y = data.permuted_task(images, labels, jax.random.PRNGKey(1), n)
+  idx, perm = data.permuted_task_indices(jax.random.PRNGKey(1), images.shape[0],
+                                         task_x.shape[1], n)
+
+  @jax.jit
+  def run(params, opt_state, task_x, task_y):
+    train = exp.train_step(carry.sweep_value)
+
+    def step(c, i):
+      params, opt_state = c
+      start = (i % (n // batch)) * batch
+      if gather:
+        rows = idx[start + jnp.arange(batch)]
+        xb = data.to_float(images[rows].reshape(batch, -1)[:, perm])
+        yb = labels[rows]
+      else:
+        xb = jax.lax.dynamic_slice_in_dim(task_x, start, batch)
+        yb = jax.lax.dynamic_slice_in_dim(task_y, start, batch)
+      params, opt_state, (loss, acc, _) = train(params, opt_state, xb, yb,
+                                                i % steps == steps - 1)
+      return (params, opt_state), (loss, acc)
+
+    return jax.lax.scan(step, (params, opt_state), jnp.arange(tasks * steps))
+
+  call = lambda: run(carry.params, carry.opt_state, task_x, task_y)
+  timed(call)  # compile
+  return call
+
+
+def steps_per_second(config, dataset, seeds, tasks, reps, mode='auto'):
+  t = median_time(runner_call(config, dataset, seeds, tasks, mode), reps)
   return tasks * config.steps_per_task / t
+
+
+def runner_against_bare(config, dataset, tasks, reps, profile=False):
+  """Steps/s of the runner and of the bare step for one seed, timed interleaved:
+  ``{'runner': ..., 'bare': ...}``. ``profile`` adds the runner without vmap
+  (``'runner, no vmap'``, its sequential mode) and the bare step with the runner's
+  batch gather (``'bare + gather'``), which split the runner's extra time."""
+  calls = {'runner': runner_call(config, dataset, [0], tasks),
+           'bare': bare_call(config, dataset, tasks)}
+  if profile:
+    calls['runner, no vmap'] = runner_call(config, dataset, [0], tasks, mode='sequential')
+    calls['bare + gather'] = bare_call(config, dataset, tasks, gather=True)
+  steps = tasks * config.steps_per_task
+  return {name: steps / t for name, t in median_times(calls, reps).items()}
 
 
 def main(argv=None):
@@ -58,7 +128,16 @@ def main(argv=None):
   parser.add_argument('--reps', type=int, default=3)
   parser.add_argument('--cores', type=int, default=1, help='pin to this many cores (0: none)')
   parser.add_argument('--skip-full', action='store_true', help='skip the 500-task run')
+  parser.add_argument('--skip-seeds', action='store_true', help='skip the 8-seed runs')
+  parser.add_argument('--profile', action='store_true',
+                      help='also time the runner without vmap and the bare step with the '
+                      "runner's batch gather")
+  parser.add_argument('--only-ratio', action='store_true',
+                      help='only the runner / bare ratios (implies --skip-full --skip-seeds, '
+                      'no CIFAR)')
   args = parser.parse_args(argv)
+  if args.only_ratio:
+    args.skip_full = args.skip_seeds = True
   cores = pin_cores(args.cores)
 
   import jax  # pylint: disable=import-outside-toplevel
@@ -70,10 +149,15 @@ def main(argv=None):
         f'({mnist.source}); median of {args.reps}')
   for method in ('none', 'snr'):
     cfg = ExperimentConfig('permuted_mnist', method=method, dataset=name)
-    for seeds in ([0], list(range(8))):
-      sps = steps_per_second(cfg, mnist, seeds, args.tasks, args.reps)
-      print(f'permuted MLP  {method:5s} {len(seeds)} seed(s): {sps:8.0f} steps/s '
-            f'({sps * len(seeds):8.0f} seed-steps/s)')
+    sps = runner_against_bare(cfg, mnist, args.tasks, args.reps, args.profile)
+    for what, value in sps.items():
+      label = 'runner, 1 seed' if what == 'runner' else what
+      print(f'permuted MLP  {method:5s} {label:16s}: {value:8.0f} steps/s; time / bare step '
+            f'{sps["bare"] / value:5.2f}')
+    if not args.skip_seeds:
+      sps = steps_per_second(cfg, mnist, list(range(8)), args.tasks, args.reps)
+      print(f'permuted MLP  {method:5s} 8 seed(s): {sps:8.0f} steps/s '
+            f'({sps * 8:8.0f} seed-steps/s)')
 
   if not args.skip_full:
     cfg = ExperimentConfig('permuted_mnist', method='snr', dataset=name)
@@ -83,6 +167,8 @@ def main(argv=None):
           f'{steps} steps in {wall:.1f} s (compile included), last-10% accuracy '
           f'{out["metrics"]["accuracy"][0, -50:].mean():.3f}')
 
+  if args.only_ratio:
+    return
   cifar = _generated('cifar10', 1_000, (32, 32, 3), 10)
   cfg = ExperimentConfig('random_label_cifar', method='snr', epochs=20)
   sps = steps_per_second(cfg, cifar, [0], 2, args.reps)
