@@ -89,7 +89,8 @@ def _host_data(config: ExperimentConfig, dataset: snr_data.Dataset) -> dict[str,
   return {'images': np.asarray(dataset.images), 'labels': np.asarray(dataset.labels, np.int32)}
 
 
-def _make_task(config: ExperimentConfig, data: dict, task_index, key, num_classes: int):
+def _make_task(config: ExperimentConfig, data: dict, task_index, key, num_classes: int,
+               axis_name: Optional[str] = None):
   """One task as ``(lookup, labels)``: ``lookup(batch_indices)`` gives a batch's inputs.
 
   Permuted and class-pair tasks are gathered a batch at a time from the dataset (with
@@ -102,7 +103,7 @@ def _make_task(config: ExperimentConfig, data: dict, task_index, key, num_classe
   if p.task == 'permuted':
     images = data['images']
     idx, perm = snr_data.permuted_task_indices(key, images.shape[0],
-                                               int(np.prod(images.shape[1:])), n)
+                                               int(np.prod(images.shape[1:])), n, axis_name)
     lookup = lambda b: snr_data.to_float(images[idx[b]].reshape(b.shape[0], -1)[:, perm])
     return lookup, data['labels'][idx]
   if p.task == 'class_pair':
@@ -168,11 +169,11 @@ def make_run(config: ExperimentConfig, dataset: snr_data.Dataset,
   n = config.resolved('examples_per_task')
   steps = config.steps_per_task
 
-  def task(d, t, key):
-    return _make_task(config, d, t, key, stream_classes)
+  def task(d, t, key, axis=axis_name):
+    return _make_task(config, d, t, key, stream_classes, axis)
 
   # One concrete batch for shapes and for discovering the neuron groups.
-  sample = jax.jit(lambda d: task(d, 0, jax.random.PRNGKey(0))[0](jnp.arange(batch)))(data)
+  sample = jax.jit(lambda d: task(d, 0, jax.random.PRNGKey(0), None)[0](jnp.arange(batch)))(data)
   params0 = model.init(jax.random.PRNGKey(0), sample)['params']
   groups = discover_groups(model, params0, sample)
   init_fn = lambda k: model.init(k, sample)['params']

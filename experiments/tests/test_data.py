@@ -96,6 +96,22 @@ def test_permuted_tasks_differ_between_keys_and_repeat_for_same_key():
   np.testing.assert_array_equal(again[0], tasks[2][0])
 
 
+@pytest.mark.parametrize('n,k', [(60000, 10000), (5000, 300), (100, 1), (256, 64)])
+def test_shuffle_prefix_is_the_full_shuffles_prefix_to_the_bit(n, k):
+  # (100, 1): the candidate count leaves its window for about 12 of these 4,000 keys, so
+  # the full-sort fallback runs too, alone and under vmap with a shared branch.
+  from experiments.data import streams
+  keys = jax.random.split(jax.random.PRNGKey(0), 4000 if n <= 1000 else 100)
+  want = jax.jit(jax.vmap(lambda key: streams.shuffle(key, n)[:k]))(keys)
+  got = jax.jit(jax.vmap(lambda key: streams.shuffle_prefix(key, n, k)))(keys)
+  shared = jax.jit(jax.vmap(lambda key: streams.shuffle_prefix(key, n, k, 'members'),
+                            axis_name='members'))(keys)
+  one = jax.jit(lambda key: streams.shuffle_prefix(key, n, k))(keys[0])
+  np.testing.assert_array_equal(got, want)
+  np.testing.assert_array_equal(shared, want)
+  np.testing.assert_array_equal(one, want[0])
+
+
 def test_permuted_task_scales_uint8_to_unit_interval():
   images = np.full((8, 28, 28, 1), 255, np.uint8)
   images[:, 0, 0, 0] = 0
