@@ -57,7 +57,8 @@ def shuffle_prefix(key: Array, n: int, k: int, axis_name=None) -> Array:
   keys lie below a threshold that about ``k + 8√k`` of the uniform keys fall under;
   only those (at most ``k + 16√k``, compacted in index order) are sorted, so ties
   keep their index order as in :func:`shuffle`. When the count falls outside
-  ``[k, k + 16√k]`` (about once in 10¹⁵ tasks) the full sort gives the answer; under
+  ``[k, k + 16√k]`` (for 10,000 of 60,000, with probability 2·10⁻¹⁷; often for a
+  small ``k``) the full sort gives the answer; under
   ``vmap`` pass its ``axis_name`` so that the full sort runs only when some member
   needs it (otherwise both run).
   """
