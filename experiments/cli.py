@@ -76,6 +76,7 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 # Flags that apply to some benchmarks only (the others reject them as unrecognized).
 _GPT_BENCHMARKS = ('permuted_shakespeare',)
+_MLP_BENCHMARKS = ('permuted_mnist', 'random_label_mnist')
 
 
 def _add_run_arguments(p: argparse.ArgumentParser, name: str) -> None:
@@ -98,6 +99,8 @@ def _add_run_arguments(p: argparse.ArgumentParser, name: str) -> None:
   p.add_argument('--batch-size', type=int, help="examples per step (default: the protocol's)")
   if name in _GPT_BENCHMARKS:
     p.add_argument('--scale', type=int, default=1, help='GPT width scale (1, 4, 16)')
+  if name in _MLP_BENCHMARKS:
+    p.add_argument('--width', type=int, help='hidden width of both MLP layers (default 100)')
   p.add_argument('--dataset', help="dataset to use instead of the protocol's (e.g. "
                                    'fashion_mnist or digits for Permuted runs)')
   p.add_argument('--data-dir', help='directory with raw dataset files (or set '
@@ -174,7 +177,7 @@ def _config_from_args(args):
         learning_rate=args.lr, momentum=args.momentum, num_tasks=args.num_tasks,
         examples_per_task=args.examples_per_task, epochs=args.epochs,
         batch_size=args.batch_size, dataset=args.dataset,
-        model_scale=getattr(args, 'scale', 1), sweep=sweep)
+        model_scale=getattr(args, 'scale', 1), width=getattr(args, 'width', None), sweep=sweep)
   except (ValueError, TypeError) as e:
     raise CliError(str(e)) from None
   if args.momentum and config.resolved('optimizer') != 'sgd':

@@ -118,6 +118,8 @@ def _model(config: ExperimentConfig, num_outputs: int):
                       scale=config.model_scale)
   if p.model == 'cnn':
     return models.CNN(num_outputs=num_outputs)
+  if config.width is not None:
+    return models.MLP(num_outputs=num_outputs, hidden=(config.width, config.width))
   return models.MLP(num_outputs=num_outputs)
 
 

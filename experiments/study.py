@@ -46,8 +46,10 @@ Spec (JSON; TOML with the same keys)::
       "benchmarks": [
         {"benchmark": "permuted_mnist", "dataset": "fashion_mnist", "num_tasks": 500,
          "optimizers": {"sgd": {"learning_rate": 0.01}, "adam": {"learning_rate": 0.001}},
-         "config": {}, "methods": ["none", "l2", "snr"]}   # config: other ExperimentConfig
-      ],                                                    # fields; methods: optional filter
+         "config": {}, "methods": ["none", "l2", "snr"]},  # config: other ExperimentConfig
+        {"benchmark": "permuted_mnist", "label": "permuted_mnist_w400", "width": 400,
+         "dataset": "fashion_mnist"}                        # fields; methods: optional filter;
+      ],                                                    # label: its name in the results
       "methods": {
         "none": {},
         "l2": {"strength": [1e-5, 1e-4, 1e-3]},             # lists: a cartesian grid
@@ -178,7 +180,7 @@ def build_groups(spec: dict) -> list[dict]:
                     method=method_of(m, spec['methods'][m]), optimizer=opt,
                     **{k: v for k, v in b.items()
                        if k in ('dataset', 'num_tasks', 'examples_per_task', 'epochs',
-                                'batch_size', 'model_scale')},
+                                'batch_size', 'model_scale', 'width')},
                     **opt_cfg)
         try:
           for hp in settings:
@@ -186,8 +188,11 @@ def build_groups(spec: dict) -> list[dict]:
         except (TypeError, ValueError) as e:
           raise StudyError(f'{bench}/{opt}/{m}: {e}') from None
         dataset = base.get('dataset') or ExperimentConfig(**base).dataset_name
-        key = (bench, dataset, opt, m)
-        where = runs_dir / f'{bench}-{dataset}' / opt / m
+        key = (b.get('label', bench), dataset, opt, m)
+        if any(g['key'] == key for g in groups):
+          raise StudyError(f"two benchmark entries make the group {'/'.join(key)}: give each "
+                           "a distinct 'label' (e.g. \"permuted_mnist_w400\").")
+        where = runs_dir / f'{key[0]}-{dataset}' / opt / m
         groups.append({
             'key': key, 'base': base, 'settings': settings,
             'select': [Cell(key, base, hp, sel_seeds, 'select',
@@ -271,7 +276,6 @@ def run_cell(cell: Cell, data_dir: Optional[str] = None, source: Optional[str] =
 
 def cell_rows(study: str, cell: Cell) -> list[dict]:
   """The study CSV rows of one cell (one per seed), from its metrics.csv; [] if none."""
-  from experiments.benchmarks import PROTOCOLS  # pylint: disable=import-outside-toplevel
   out = pathlib.Path(cell.out)
   if not (out / 'metrics.csv').exists():
     return []
@@ -294,7 +298,7 @@ def cell_rows(study: str, cell: Cell) -> list[dict]:
         'optimizer': cell.group[2], 'learning_rate': config.resolved('learning_rate'),
         'method': cell.group[3], 'hparams': json.dumps(cell.hparams, sort_keys=True),
         'phase': cell.phase, 'seed': seed, 'tasks_done': len(acc), 'tasks_total': total,
-        'protocol_tasks': PROTOCOLS[cell.group[0]].num_tasks,
+        'protocol_tasks': config.protocol.num_tasks,
         'avg_accuracy': sum(acc) / len(acc),
         'last10_accuracy': sum(acc[-k:]) / len(acc[-k:]),
         'dead_fraction_last': sum(dead) / len(dead) if dead else '',

@@ -143,6 +143,20 @@ def test_config_errors():
     ExperimentConfig(optimizer='rmsprop')
 
 
+def test_width_sets_the_mlp_hidden_layers_and_only_the_mlp(mnist):
+  cfg = ExperimentConfig('permuted_mnist', method='snr', num_tasks=1, width=24,
+                         examples_per_task=32)
+  assert {g.name: g.size for g in make_run(cfg, mnist).groups} == {'Dense_0': 24, 'Dense_1': 24}
+  assert {g.name: g.size for g in make_run(dataclasses.replace(cfg, width=None), mnist).groups
+          } == {'Dense_0': 100, 'Dense_1': 100}
+  assert cfg.to_dict()['width'] == 24
+  assert 'width' not in ExperimentConfig().to_dict()   # earlier runs' records are unchanged
+  with pytest.raises(ValueError, match="width sets the MLP's hidden width"):
+    ExperimentConfig('random_label_cifar', width=24)
+  with pytest.raises(ValueError, match='width must be a positive int'):
+    ExperimentConfig(width=0)
+
+
 def test_text_benchmark_rejects_image_data(mnist):
   with pytest.raises(ValueError, match='needs a text dataset'):
     make_run(ExperimentConfig('permuted_shakespeare', num_tasks=1), mnist)

@@ -161,3 +161,16 @@ def test_spread_table_from_fixture_csv():
   assert cols == ['permuted_mnist (fashion_mnist)', 'sgd', 'snr', '3', '0.740 (eta=0.1)',
                   '0.610 (eta=0.3)', '0.130', '0.007']
   assert study.spread_table([r for r in rows if r['method'] == 'l2']) == ''
+
+
+def test_benchmark_labels_keep_entries_of_one_benchmark_apart(tmp_path):
+  entry = {'benchmark': 'permuted_mnist', 'dataset': 'digits', 'num_tasks': 2}
+  spec = _spec(tmp_path, methods={'none': {}},
+               benchmarks=[dict(entry, label='pm_w8', width=8), dict(entry, label='pm_w16', width=16)])
+  groups = study.build_groups(spec)
+  assert [g['key'][0] for g in groups] == ['pm_w8', 'pm_w16']
+  assert [g['base']['width'] for g in groups] == [8, 16]
+  assert len({str(g['where']) for g in groups}) == 2
+  spec['benchmarks'] = [dict(entry, width=8), dict(entry, width=16)]
+  with pytest.raises(study.StudyError, match="give each a distinct 'label'"):
+    study.build_groups(spec)
