@@ -32,6 +32,12 @@ def drive(config: ExperimentConfig, dataset, seeds: Sequence[int], out: pathlib.
   with a checkpoint, as an interruption would (a later call resumes it); the summary
   then has ``complete`` False.
 
+  Under several processes (``jax.distributed``, every process calling ``drive`` alike)
+  all of them compute and checkpoint their part of the carry; only process 0 writes
+  config, metrics and summary, and shows progress. An interruption (Ctrl-C) reaches
+  one process only, so there it keeps the last periodic checkpoint instead of writing
+  a new one.
+
   Returns:
     The summary (headline per sweep value).
   """
@@ -43,8 +49,9 @@ def drive(config: ExperimentConfig, dataset, seeds: Sequence[int], out: pathlib.
   results.check_resumable(out, fp)  # a refused run leaves the directory as it was
   members = [{'seed': s, 'sweep_value': v} for s in seeds
              for v in (config.sweep[1] if config.sweep else (0.0,))]
+  writer = results.is_writer()
   bar = tqdm(total=total, desc=f'{config.benchmark} {config.method}', unit='task',
-             disable=not progress)
+             disable=not (progress and writer))
   latest = {'saved': 0}
   restored = {'done': 0}
 
@@ -52,7 +59,8 @@ def drive(config: ExperimentConfig, dataset, seeds: Sequence[int], out: pathlib.
     # Called once the run is built (config and data accepted): the directory is created
     # only now, so a run that fails to build leaves no trace either.
     state = results.load_checkpoint(out, fp, template)
-    results.write_config(out, record)
+    if writer:
+      results.write_config(out, record)
     if state is not None:
       bar.update(state['done'])
       latest.update(state, saved=state['done'])
@@ -62,7 +70,8 @@ def drive(config: ExperimentConfig, dataset, seeds: Sequence[int], out: pathlib.
   def on_chunk(done, state):
     latest.update(state)   # first, so that an interrupt from here on can checkpoint it
     metrics = jax.tree.map(lambda *xs: np.concatenate(xs, axis=1), *state['metrics'])
-    results.write_metrics(out, metrics, members, total)
+    if writer:
+      results.write_metrics(out, metrics, members, total)
     if done - latest['saved'] >= checkpoint_every or done == total:
       results.save_checkpoint(out, fp, done, state['carry'], state['metrics'])
       latest['saved'] = done
@@ -83,7 +92,7 @@ def drive(config: ExperimentConfig, dataset, seeds: Sequence[int], out: pathlib.
     summary['resumed_from'] = restored['done']
     return summary
   except KeyboardInterrupt:
-    if 'carry' in latest and latest['done'] > latest['saved']:
+    if 'carry' in latest and latest['done'] > latest['saved'] and jax.process_count() == 1:
       results.save_checkpoint(out, fp, latest['done'], latest['carry'], latest['metrics'])
     raise
   finally:

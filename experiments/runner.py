@@ -266,23 +266,27 @@ def compile_batched(exp: Experiment, mode: str, chunk: int):
   if mode == 'mesh':
     # jit over a Mesh whose one axis places the members (seeds x sweep values); the
     # task data is replicated. GSPMD turns the vmapped axis_name reductions into
-    # cross-device ones, so the members stay independent runs.
+    # cross-device ones, so the members stay independent runs. Under several processes
+    # the mesh spans them all (every process runs this same program).
     vinit = jax.jit(jax.vmap(exp.init))
     vrun = jax.jit(jax.vmap(exp.run_tasks, in_axes=(0, None, None, None),
                             axis_name=exp.axis_name), static_argnums=3)
+    placed = {}
 
     def shardings(members):
-      mesh = Mesh(np.array(jax.devices()[:_devices_for(members)]), ('members',))
-      return NamedSharding(mesh, P('members')), NamedSharding(mesh, P())
+      if members not in placed:
+        mesh = Mesh(np.array(_member_devices(members)), ('members',))
+        split, whole = NamedSharding(mesh, P('members')), NamedSharding(mesh, P())
+        placed[members] = split, _place(exp.data, whole)
+      return placed[members]
 
     def init(keys, values):
       split, _ = shardings(keys.shape[0])
-      return vinit(jax.device_put(keys, split), jax.device_put(values, split))
+      return vinit(_place(keys, split), _place(values, split))
 
     def run(carry, first, n):
-      split, whole = shardings(jax.tree.leaves(carry)[0].shape[0])
-      carry = jax.device_put(carry, split)
-      return vrun(carry, jax.device_put(exp.data, whole), first, n)
+      split, data = shardings(jax.tree.leaves(carry)[0].shape[0])
+      return vrun(_place(carry, split), data, first, n)
 
     return init, run
   if mode == 'sequential':
@@ -303,10 +307,61 @@ def compile_batched(exp: Experiment, mode: str, chunk: int):
   raise ValueError(f"mode must be 'vmap', 'mesh', 'sequential' or 'auto', got {mode!r}.")
 
 
-def _devices_for(members: int) -> int:
-  """The most devices (at most one per member) that split the members evenly."""
-  return max(d for d in range(1, min(members, jax.device_count()) + 1)
-             if members % d == 0)
+def _member_devices(members: int) -> list:
+  """The mesh's devices: the most (at most one per member) that split the members evenly,
+  the same number from every process."""
+  processes = jax.process_count()
+  per_process = max(k for k in range(1, min(members // processes,
+                                            jax.local_device_count()) + 1)
+                    if members % (k * processes) == 0)
+  return [d for p in range(processes)
+          for d in sorted((d for d in jax.devices() if d.process_index == p),
+                          key=lambda d: d.id)[:per_process]]
+
+
+def _place(tree, sharding: NamedSharding):
+  """``tree`` on ``sharding``; under several processes from host values that every
+  process holds alike (arrays already spread over processes are left as they are)."""
+  if sharding.is_fully_addressable:
+    return jax.device_put(tree, sharding)
+
+  def put(x):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+      return x
+    host = np.asarray(x)
+    return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
+
+  return jax.tree.map(put, tree)
+
+
+def to_host(tree):
+  """Numpy copies of ``tree``'s arrays, gathered from every process where they are spread
+  over several."""
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+  return jax.tree.map(lambda x: np.asarray(x) if x.is_fully_addressable
+                      else multihost_utils.process_allgather(x, tiled=True), tree)
+
+
+def resolve_mode(config: ExperimentConfig, mode: str, num_members: int) -> str:
+  """The mode to run: ``mode`` checked against the number of processes, ``'auto'``
+  resolved (:func:`default_mode` in one process, ``'mesh'`` across several).
+
+  Raises:
+    ValueError: an unknown mode; or, under several processes, a mode other than
+      ``'mesh'``, or members that do not split evenly over the processes.
+  """
+  if mode not in ('auto', 'vmap', 'mesh', 'sequential'):
+    raise ValueError(f"mode must be 'vmap', 'mesh', 'sequential' or 'auto', got {mode!r}.")
+  processes = jax.process_count()
+  if processes == 1:
+    return default_mode(config) if mode == 'auto' else mode
+  if mode not in ('auto', 'mesh'):
+    raise ValueError(f"mode {mode!r} runs on one process's devices; with {processes} "
+                     "processes use mode 'mesh' (or 'auto').")
+  if num_members % processes:
+    raise ValueError(f'{num_members} members (seeds x sweep values) do not split evenly '
+                     f'over {processes} processes; use a multiple of {processes} seeds.')
+  return 'mesh'
 
 
 def default_mode(config: ExperimentConfig) -> str:
@@ -327,7 +382,9 @@ def run_experiment(config: ExperimentConfig, dataset: snr_data.Dataset, seeds: S
     config: the experiment.
     dataset: its data.
     seeds: integer seeds.
-    mode: ``'vmap'``, ``'mesh'``, ``'sequential'`` or ``'auto'`` (:func:`default_mode`).
+    mode: ``'vmap'``, ``'mesh'``, ``'sequential'`` or ``'auto'`` (:func:`resolve_mode`);
+      under several processes (``jax.distributed``) ``'mesh'`` only, over every
+      process's devices, with the members splitting evenly over the processes.
     chunk_tasks: tasks per compiled call (default: all); between chunks ``on_chunk``
       sees the progress, e.g. for a progress bar or a checkpoint.
     on_chunk: ``on_chunk(tasks_done, state)`` with ``state = {'done', 'carry', 'metrics'}``
@@ -343,11 +400,11 @@ def run_experiment(config: ExperimentConfig, dataset: snr_data.Dataset, seeds: S
   seeds = list(seeds)
   if not seeds:
     raise ValueError('give at least one seed.')
-  mode = default_mode(config) if mode == 'auto' else mode
-  exp = make_run(config, dataset,
-                 axis_name='members' if mode in ('vmap', 'mesh') else None)
   values = list(config.sweep[1]) if config.sweep else [0.0]
   members = [{'seed': s, 'sweep_value': v} for s in seeds for v in values]
+  mode = resolve_mode(config, mode, len(members))
+  exp = make_run(config, dataset,
+                 axis_name='members' if mode in ('vmap', 'mesh') else None)
   keys = seed_keys([m['seed'] for m in members])
   vals = jnp.asarray([m['sweep_value'] for m in members], jnp.float32)
   total = config.resolved('num_tasks')
@@ -360,7 +417,7 @@ def run_experiment(config: ExperimentConfig, dataset: snr_data.Dataset, seeds: S
   while done < total:
     n = min(chunk, total - done)
     carry, metrics = run(carry, done, n)
-    chunks.append(jax.tree.map(np.asarray, metrics))
+    chunks.append(to_host(metrics))
     done += n
     if on_chunk is not None:
       on_chunk(done, {'done': done, 'carry': carry, 'metrics': chunks})
