@@ -52,8 +52,12 @@ def _free_port() -> int:
 
 
 def _launch(argv, devices, write_log):
+  # A compilation cache shared by the runs of one test: the resumed run skips compiling.
+  cache = pathlib.Path(write_log).parent / 'compilation_cache'
   env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
-             JAX_PLATFORMS='cpu')
+             JAX_PLATFORMS='cpu', JAX_COMPILATION_CACHE_DIR=str(cache),
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
+             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0')
   return subprocess.Popen([sys.executable, '-c', WRAPPER, str(write_log), *argv], cwd=ROOT,
                           env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
