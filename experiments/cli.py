@@ -115,6 +115,9 @@ def _add_run_arguments(p: argparse.ArgumentParser, name: str) -> None:
                       'device, of every process when there are several), or run them one '
                       'by one (auto: vmap, but one by one for CNNs on CPU; mesh across '
                       'processes)')
+  p.add_argument('--batch-devices', type=int, default=1, metavar='B',
+                 help="with --mode mesh, shard each member's batch over B devices (firing "
+                      'and ages stay those of the whole batch)')
   p.add_argument('--stop-after', type=int, metavar='TASKS',
                  help='end the run after this many tasks (at the end of a chunk), with a '
                       'checkpoint; the same command without it continues the run')
@@ -243,7 +246,7 @@ def run_benchmark(args) -> dict:
   distributed = _check_distributed(args)
   config = _config_from_args(args)
   seeds = _parse_seeds(args.seeds)
-  for flag in ('checkpoint_every', 'tasks_per_call', 'stop_after'):
+  for flag in ('checkpoint_every', 'tasks_per_call', 'stop_after', 'batch_devices'):
     if getattr(args, flag) is not None and getattr(args, flag) < 1:
       raise CliError(f'--{flag.replace("_", "-")} must be at least 1.')
   try:
@@ -260,7 +263,8 @@ def run_benchmark(args) -> dict:
   try:
     summary = drive(config, dataset, seeds, out, checkpoint_every=args.checkpoint_every,
                     tasks_per_call=args.tasks_per_call, mode=args.mode,
-                    progress=not args.no_progress, stop_after=args.stop_after)
+                    progress=not args.no_progress, stop_after=args.stop_after,
+                    batch_devices=args.batch_devices)
   except ValueError as e:
     raise CliError(str(e)) from None
   if not results.is_writer():

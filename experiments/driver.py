@@ -19,7 +19,8 @@ class _Stopped(Exception):
 
 def drive(config: ExperimentConfig, dataset, seeds: Sequence[int], out: pathlib.Path, *,
           checkpoint_every: int = 25, tasks_per_call: int = 5, mode: str = 'auto',
-          progress: bool = True, stop_after: Optional[int] = None) -> dict:
+          progress: bool = True, stop_after: Optional[int] = None,
+          batch_devices: int = 1) -> dict:
   """Runs (or resumes) an experiment, writing its results into ``out``.
 
   Tasks run ``tasks_per_call`` at a time from task 0, so an interrupted run resumes on
@@ -27,6 +28,9 @@ def drive(config: ExperimentConfig, dataset, seeds: Sequence[int], out: pathlib.
   Metrics and the headline are rewritten after every chunk; the carry is checkpointed
   at the first chunk boundary at or after every ``checkpoint_every`` tasks, at the end,
   and when interrupted (Ctrl-C).
+
+  ``batch_devices`` > 1 (mode ``'mesh'``) shards each member's batches over that many
+  devices (:func:`experiments.runner.run_experiment`).
 
   ``stop_after`` (tasks) ends the run early at the first chunk boundary at or after it,
   with a checkpoint, as an interruption would (a later call resumes it); the summary
@@ -85,7 +89,7 @@ def drive(config: ExperimentConfig, dataset, seeds: Sequence[int], out: pathlib.
 
   try:
     out_run = run_experiment(config, dataset, seeds, mode=mode, chunk_tasks=tasks_per_call,
-                             on_chunk=on_chunk, restore=restore)
+                             on_chunk=on_chunk, restore=restore, batch_devices=batch_devices)
   except _Stopped:
     metrics = jax.tree.map(lambda *xs: np.concatenate(xs, axis=1), *latest['metrics'])
     summary = results.summarize(metrics, members, total)
