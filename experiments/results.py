@@ -18,7 +18,8 @@ Layout of ``OUT/``:
   before orbax hold ``checkpoint/state.msgpack`` (Flax msgpack); it is still read when
   no orbax checkpoint exists, and removed once one is written.
 
-Only process 0 writes config, metrics and summary (:func:`is_writer`).
+Under several processes only process 0 writes config, metrics and summary (the driver
+asks :func:`is_writer`); every process takes part in a checkpoint.
 """
 
 from __future__ import annotations
