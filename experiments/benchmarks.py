@@ -73,6 +73,8 @@ class ExperimentConfig:
     dataset: dataset override (e.g. ``'fashion_mnist'`` or ``'digits'`` for the
       offline quickstart); the run records which dataset and source served it.
     model_scale: GPT width scale (1, 4, 16); ignored by other models.
+    width: the MLP's hidden width (both layers; None: the protocol's 100); MLP
+      benchmarks only.
     dead_after: examples without firing after which a unit counts as dead (1,000).
     sweep: optional ``(hyperparameter, values)`` batched with vmap in one compiled run
       (one of ``SWEEPABLE``).
@@ -90,6 +92,7 @@ class ExperimentConfig:
   batch_size: Optional[int] = None
   dataset: Optional[str] = None
   model_scale: int = 1
+  width: Optional[int] = None
   dead_after: int = 1000
   sweep: Optional[tuple[str, tuple[float, ...]]] = None
 
@@ -107,10 +110,13 @@ class ExperimentConfig:
     if self.optimizer is not None and self.optimizer not in ('sgd', 'adam'):
       raise ValueError(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}.")
     for name in ('num_tasks', 'examples_per_task', 'epochs', 'batch_size', 'model_scale',
-                 'dead_after'):
+                 'width', 'dead_after'):
       v = getattr(self, name)
       if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
         raise ValueError(f'{name} must be a positive int, got {v!r}.')
+    if self.width is not None and self.protocol.model != 'mlp':
+      raise ValueError(f'width sets the MLP\'s hidden width; {self.benchmark!r} trains a '
+                       f'{self.protocol.model.upper()}.')
     if self.learning_rate is not None and not self.learning_rate > 0:
       raise ValueError(f'learning_rate must be > 0, got {self.learning_rate!r}.')
     if not 0 <= self.momentum < 1:
@@ -150,6 +156,8 @@ class ExperimentConfig:
 
   def to_dict(self) -> dict[str, Any]:
     d = dataclasses.asdict(self)
+    if self.width is None:     # runs recorded before the field existed keep their fingerprint
+      del d['width']
     d['hparams'] = dict(self.hparams)
     d['resolved'] = {k: self.resolved(k) for k in ('optimizer', 'learning_rate', 'num_tasks',
                                                     'examples_per_task', 'epochs', 'batch_size')}

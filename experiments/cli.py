@@ -7,7 +7,8 @@
 Each run writes its config, the dataset and source used, per-task metrics and the
 headline figure into ``--out`` (see ``experiments.results``), checkpoints every
 ``--checkpoint-every`` tasks, and resumes from that checkpoint when started again with
-the same flags and output directory.
+the same flags and output directory. With ``--coordinator``, ``--num-processes`` and
+``--process-id`` the same command runs over several processes (``jax.distributed``).
 """
 
 from __future__ import annotations
@@ -76,6 +77,7 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 # Flags that apply to some benchmarks only (the others reject them as unrecognized).
 _GPT_BENCHMARKS = ('permuted_shakespeare',)
+_MLP_BENCHMARKS = ('permuted_mnist', 'random_label_mnist')
 
 
 def _add_run_arguments(p: argparse.ArgumentParser, name: str) -> None:
@@ -98,6 +100,8 @@ def _add_run_arguments(p: argparse.ArgumentParser, name: str) -> None:
   p.add_argument('--batch-size', type=int, help="examples per step (default: the protocol's)")
   if name in _GPT_BENCHMARKS:
     p.add_argument('--scale', type=int, default=1, help='GPT width scale (1, 4, 16)')
+  if name in _MLP_BENCHMARKS:
+    p.add_argument('--width', type=int, help='hidden width of both MLP layers (default 100)')
   p.add_argument('--dataset', help="dataset to use instead of the protocol's (e.g. "
                                    'fashion_mnist or digits for Permuted runs)')
   p.add_argument('--data-dir', help='directory with raw dataset files (or set '
@@ -111,10 +115,27 @@ def _add_run_arguments(p: argparse.ArgumentParser, name: str) -> None:
                  help='tasks per compiled call; progress updates between calls')
   p.add_argument('--mode', default='auto', choices=('auto', 'vmap', 'mesh', 'sequential'),
                  help='batch seeds with vmap, place them on a device mesh (jit over every '
-                      'device), or run them one by one (auto: vmap, but one by one for CNNs '
-                      'on CPU)')
+                      'device, of every process when there are several), or run them one '
+                      'by one (auto: vmap, but one by one for CNNs on CPU; mesh across '
+                      'processes)')
+  p.add_argument('--batch-devices', type=int, default=1, metavar='B',
+                 help="with --mode mesh, shard each member's batch over B devices (firing "
+                      'and ages stay those of the whole batch)')
+  p.add_argument('--stop-after', type=int, metavar='TASKS',
+                 help='end the run after this many tasks (at the end of a chunk), with a '
+                      'checkpoint; the same command without it continues the run')
   p.add_argument('--plot', action='store_true', help='also write plot.png in --out')
   p.add_argument('--no-progress', action='store_true', help='no progress bar')
+  hosts = p.add_argument_group(
+      'several processes (jax.distributed)',
+      'Give all three to run one program over every process (e.g. one per host), with\n'
+      '--mode mesh placing the members on all their devices. Every process runs the same\n'
+      'command with its own --process-id and the same --out (a shared file system);\n'
+      'only process 0 writes results, each process writes its part of the checkpoint.')
+  hosts.add_argument('--coordinator', metavar='HOST:PORT',
+                     help="process 0's address, reachable from every process")
+  hosts.add_argument('--num-processes', type=int, metavar='N', help='number of processes')
+  hosts.add_argument('--process-id', type=int, metavar='I', help='this process, 0 to N-1')
 
 
 def _describe(name: str) -> str:
@@ -174,7 +195,7 @@ def _config_from_args(args):
         learning_rate=args.lr, momentum=args.momentum, num_tasks=args.num_tasks,
         examples_per_task=args.examples_per_task, epochs=args.epochs,
         batch_size=args.batch_size, dataset=args.dataset,
-        model_scale=getattr(args, 'scale', 1), sweep=sweep)
+        model_scale=getattr(args, 'scale', 1), width=getattr(args, 'width', None), sweep=sweep)
   except (ValueError, TypeError) as e:
     raise CliError(str(e)) from None
   if args.momentum and config.resolved('optimizer') != 'sgd':
@@ -183,19 +204,60 @@ def _config_from_args(args):
   return config
 
 
+_DISTRIBUTED_FLAGS = ('coordinator', 'num_processes', 'process_id')
+
+
+def _check_distributed(args) -> bool:
+  """Whether the run spans several processes; raises CliError on incomplete flags."""
+  given = [f for f in _DISTRIBUTED_FLAGS if getattr(args, f) is not None]
+  if not given:
+    return False
+  missing = [f for f in _DISTRIBUTED_FLAGS if f not in given]
+  if missing:
+    raise CliError('a run over several processes needs --coordinator, --num-processes and '
+                   '--process-id together; missing: '
+                   + ', '.join('--' + f.replace('_', '-') for f in missing) + '.')
+  host, _, port = args.coordinator.rpartition(':')
+  if not host or not port.isdigit():
+    raise CliError(f'--coordinator takes HOST:PORT (e.g. 10.0.0.1:1234), got '
+                   f'{args.coordinator!r}.')
+  if args.num_processes < 1:
+    raise CliError('--num-processes must be at least 1.')
+  if not 0 <= args.process_id < args.num_processes:
+    raise CliError(f'--process-id must be in 0..{args.num_processes - 1} '
+                   f'(--num-processes {args.num_processes}), got {args.process_id}.')
+  return True
+
+
+def _start_distributed(args) -> None:
+  """``jax.distributed.initialize`` with the flags (before any other use of JAX)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  # CPU devices talk over gloo (the default CPU client has no cross-process collectives);
+  # other backends ignore this.
+  jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  try:
+    jax.distributed.initialize(coordinator_address=args.coordinator,
+                               num_processes=args.num_processes, process_id=args.process_id)
+  except RuntimeError as e:   # e.g. JAX already in use in this process
+    raise CliError(f'jax.distributed.initialize failed: {e}') from None
+
+
 def run_benchmark(args) -> dict:
   from experiments import data  # pylint: disable=import-outside-toplevel
   from experiments import results  # pylint: disable=import-outside-toplevel
   from experiments.driver import drive  # pylint: disable=import-outside-toplevel
+  distributed = _check_distributed(args)
   config = _config_from_args(args)
   seeds = _parse_seeds(args.seeds)
-  for flag in ('checkpoint_every', 'tasks_per_call'):
-    if getattr(args, flag) < 1:
+  for flag in ('checkpoint_every', 'tasks_per_call', 'stop_after', 'batch_devices'):
+    if getattr(args, flag) is not None and getattr(args, flag) < 1:
       raise CliError(f'--{flag.replace("_", "-")} must be at least 1.')
   try:
     data.canonical_name(config.dataset_name)
   except ValueError as e:  # an unknown name: one line listing the valid ones
     raise CliError(str(e)) from None
+  if distributed:
+    _start_distributed(args)
   try:
     dataset = data.load_dataset(config.dataset_name, data_dir=args.data_dir, source=args.source)
   except data.DatasetNotFoundError as e:
@@ -204,12 +266,20 @@ def run_benchmark(args) -> dict:
   try:
     summary = drive(config, dataset, seeds, out, checkpoint_every=args.checkpoint_every,
                     tasks_per_call=args.tasks_per_call, mode=args.mode,
-                    progress=not args.no_progress)
+                    progress=not args.no_progress, stop_after=args.stop_after,
+                    batch_devices=args.batch_devices)
   except ValueError as e:
     raise CliError(str(e)) from None
+  if not results.is_writer():
+    return summary
   if args.plot:
     from experiments.plots import plot_runs  # pylint: disable=import-outside-toplevel
     plot_runs([out], out / 'plot.png')
+  if summary['resumed_from']:
+    print(f'resumed from task {summary["resumed_from"]}')
+  if not summary['complete']:
+    print(f'stopped after {summary["tasks_done"]} of {summary["tasks_total"]} tasks; run '
+          'the same command without --stop-after to continue.')
   for s in summary['by_sweep_value']:
     label = f' ({config.sweep[0]}={s["sweep_value"]})' if config.sweep else ''
     print(f'{config.benchmark} {config.method}{label}: last-10% online accuracy '

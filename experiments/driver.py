@@ -19,7 +19,8 @@ class _Stopped(Exception):
 
 def drive(config: ExperimentConfig, dataset, seeds: Sequence[int], out: pathlib.Path, *,
           checkpoint_every: int = 25, tasks_per_call: int = 5, mode: str = 'auto',
-          progress: bool = True, stop_after: Optional[int] = None) -> dict:
+          progress: bool = True, stop_after: Optional[int] = None,
+          batch_devices: int = 1) -> dict:
   """Runs (or resumes) an experiment, writing its results into ``out``.
 
   Tasks run ``tasks_per_call`` at a time from task 0, so an interrupted run resumes on
@@ -28,9 +29,18 @@ def drive(config: ExperimentConfig, dataset, seeds: Sequence[int], out: pathlib.
   at the first chunk boundary at or after every ``checkpoint_every`` tasks, at the end,
   and when interrupted (Ctrl-C).
 
+  ``batch_devices`` > 1 (mode ``'mesh'``) shards each member's batches over that many
+  devices (:func:`experiments.runner.run_experiment`).
+
   ``stop_after`` (tasks) ends the run early at the first chunk boundary at or after it,
   with a checkpoint, as an interruption would (a later call resumes it); the summary
   then has ``complete`` False.
+
+  Under several processes (``jax.distributed``, every process calling ``drive`` alike)
+  all of them compute and checkpoint their part of the carry; only process 0 writes
+  config, metrics and summary, and shows progress. An interruption (Ctrl-C) reaches
+  one process only, so there it keeps the last periodic checkpoint instead of writing
+  a new one.
 
   Returns:
     The summary (headline per sweep value).
@@ -43,8 +53,9 @@ def drive(config: ExperimentConfig, dataset, seeds: Sequence[int], out: pathlib.
   results.check_resumable(out, fp)  # a refused run leaves the directory as it was
   members = [{'seed': s, 'sweep_value': v} for s in seeds
              for v in (config.sweep[1] if config.sweep else (0.0,))]
+  writer = results.is_writer()
   bar = tqdm(total=total, desc=f'{config.benchmark} {config.method}', unit='task',
-             disable=not progress)
+             disable=not (progress and writer))
   latest = {'saved': 0}
   restored = {'done': 0}
 
@@ -52,7 +63,8 @@ def drive(config: ExperimentConfig, dataset, seeds: Sequence[int], out: pathlib.
     # Called once the run is built (config and data accepted): the directory is created
     # only now, so a run that fails to build leaves no trace either.
     state = results.load_checkpoint(out, fp, template)
-    results.write_config(out, record)
+    if writer:
+      results.write_config(out, record)
     if state is not None:
       bar.update(state['done'])
       latest.update(state, saved=state['done'])
@@ -62,7 +74,8 @@ def drive(config: ExperimentConfig, dataset, seeds: Sequence[int], out: pathlib.
   def on_chunk(done, state):
     latest.update(state)   # first, so that an interrupt from here on can checkpoint it
     metrics = jax.tree.map(lambda *xs: np.concatenate(xs, axis=1), *state['metrics'])
-    results.write_metrics(out, metrics, members, total)
+    if writer:
+      results.write_metrics(out, metrics, members, total)
     if done - latest['saved'] >= checkpoint_every or done == total:
       results.save_checkpoint(out, fp, done, state['carry'], state['metrics'])
       latest['saved'] = done
@@ -76,14 +89,14 @@ def drive(config: ExperimentConfig, dataset, seeds: Sequence[int], out: pathlib.
 
   try:
     out_run = run_experiment(config, dataset, seeds, mode=mode, chunk_tasks=tasks_per_call,
-                             on_chunk=on_chunk, restore=restore)
+                             on_chunk=on_chunk, restore=restore, batch_devices=batch_devices)
   except _Stopped:
     metrics = jax.tree.map(lambda *xs: np.concatenate(xs, axis=1), *latest['metrics'])
     summary = results.summarize(metrics, members, total)
     summary['resumed_from'] = restored['done']
     return summary
   except KeyboardInterrupt:
-    if 'carry' in latest and latest['done'] > latest['saved']:
+    if 'carry' in latest and latest['done'] > latest['saved'] and jax.process_count() == 1:
       results.save_checkpoint(out, fp, latest['done'], latest['carry'], latest['metrics'])
     raise
   finally:

@@ -67,3 +67,95 @@ def plot_runs(runs: Sequence[pathlib.Path], path: pathlib.Path,
   fig.savefig(path, dpi=120)
   plt.close(fig)
   return path
+
+
+def _smooth(y: np.ndarray, window: int) -> np.ndarray:
+  """Trailing moving average along the last axis (the first points average fewer tasks)."""
+  c = np.cumsum(y, axis=-1)
+  out = c.copy()
+  out[..., window:] = c[..., window:] - c[..., :-window]
+  return out / np.minimum(np.arange(1, y.shape[-1] + 1), window)
+
+
+def _figure(nrows: int, ncols: int, size: tuple[float, float]):
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  fig, axes = plt.subplots(nrows, ncols, figsize=(size[0] * ncols, size[1] * nrows),
+                           squeeze=False)
+  return plt, fig, axes
+
+
+def _save(plt, fig, path: pathlib.Path, title: Optional[str]) -> pathlib.Path:
+  if title:
+    fig.suptitle(title)
+  fig.tight_layout()
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
+
+
+def plot_study_curves(rows: Sequence[dict], path: pathlib.Path,
+                      title: Optional[str] = None) -> pathlib.Path:
+  """A study's final cells: accuracy and dead fraction per task, one row per optimizer.
+
+  Args:
+    rows: study CSV rows (``experiments.study``) of one benchmark and dataset; the
+      final ones are drawn from their run directories, one line per method (mean over
+      seeds, moving average over 2% of the tasks).
+    path: the PNG to write.
+    title: optional figure title.
+
+  Returns:
+    ``path``.
+  """
+  final = [r for r in rows if r['phase'] == 'final']
+  if not final:
+    raise ValueError('no final cells to draw.')
+  from snr_jax.methods import METHODS  # pylint: disable=import-outside-toplevel
+  order = {m: i for i, m in enumerate(METHODS)}
+  optimizers = sorted({r['optimizer'] for r in final})
+  plt, fig, axes = _figure(len(optimizers), 2, (6.0, 3.6))
+  for ax_row, opt in zip(axes, optimizers):
+    mine = [r for r in final if r['optimizer'] == opt]
+    for method in sorted({r['method'] for r in mine}, key=lambda m: (order.get(m, 99), m)):
+      run = next(r['run_dir'] for r in mine if r['method'] == method)
+      (series,) = load_run(pathlib.Path(run)).values()
+      for ax, name in zip(ax_row, ('accuracy', 'dead_fraction')):
+        y = series[name].mean(axis=0)
+        window = max(1, y.shape[0] // 50)
+        ax.plot(np.arange(1, y.shape[0] + 1), _smooth(y, window), lw=1.2,
+                label=f"{method} ({series[name].shape[0]} seeds)")
+    ax_row[0].set(xlabel='task', ylabel='online accuracy', title=f'{opt}: accuracy per task')
+    ax_row[1].set(xlabel='task', ylabel='fraction of dead units',
+                  title=f'{opt}: dead units (silent for 1,000 examples)')
+    ax_row[0].legend(fontsize=7, ncol=2)
+  return _save(plt, fig, path, title)
+
+
+def plot_spread(scores: dict, path: pathlib.Path, title: Optional[str] = None) -> pathlib.Path:
+  """Each setting's last-10% accuracy per method, a line from worst to best.
+
+  Args:
+    scores: ``experiments.study.setting_scores`` of one benchmark and dataset.
+    path: the PNG to write.
+    title: optional figure title.
+
+  Returns:
+    ``path``.
+  """
+  optimizers = sorted({k[2] for k in scores})
+  plt, fig, axes = _figure(1, len(optimizers), (6.0, 3.8))
+  for ax, opt in zip(axes[0], optimizers):
+    keys = [k for k in scores if k[2] == opt]
+    for x, key in enumerate(keys):
+      means = np.array([s['mean'] for s in scores[key]])
+      ax.plot([x, x], [means.min(), means.max()], color='0.6', lw=3, zorder=1)
+      ax.scatter(np.full(means.shape, x), means, s=14, zorder=2)
+      ax.annotate(f'{means.max() - means.min():.3f}', (x, means.max()), fontsize=7,
+                  ha='center', va='bottom', xytext=(0, 3), textcoords='offset points')
+    ax.set_xticks(range(len(keys)), [k[3] for k in keys], rotation=30, ha='right', fontsize=8)
+    ax.set(ylabel='last-10% online accuracy', title=f'{opt}: spread over each grid')
+  return _save(plt, fig, path, title)

@@ -9,8 +9,17 @@ Layout of ``OUT/``:
   tasks, so a crash or Ctrl-C keeps everything finished so far;
 * ``summary.json``: the headline (mean online accuracy over the last 10% of tasks,
   mean ± std over seeds, per sweep value), written with the metrics;
-* ``checkpoint/state.msgpack``: the run's full carry at a task boundary, written
-  atomically with Flax's serialization every ``checkpoint_every`` tasks.
+* ``checkpoint/<tasks done>/``: an orbax checkpoint of the run's full carry and the
+  metrics so far, at a task boundary, every ``checkpoint_every`` tasks. Orbax writes it
+  into a temporary directory and renames it when complete, so a killed run leaves at
+  worst an unfinished temporary directory, which is never loaded; only the newest
+  checkpoint is kept. Under several processes every process writes its own shards of
+  the carry (orbax's multi-host protocol) and process 0 the rest. Run directories from
+  before orbax hold ``checkpoint/state.msgpack`` (Flax msgpack); it is still read when
+  no orbax checkpoint exists, and removed once one is written.
+
+Under several processes only process 0 writes config, metrics and summary (the driver
+asks :func:`is_writer`); every process takes part in a checkpoint.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ import os
 import pathlib
 from typing import Any, Optional, Sequence
 
+import jax
 import numpy as np
 from flax import serialization
 
@@ -35,6 +45,11 @@ def _atomic_write(path: pathlib.Path, data: bytes) -> None:
     f.flush()
     os.fsync(f.fileno())
   os.replace(tmp, path)
+
+
+def is_writer() -> bool:
+  """Whether this process writes results: the only one, or process 0 of several."""
+  return jax.process_index() == 0
 
 
 def config_record(config, seeds: Sequence[int], dataset: str, source: str) -> dict:
@@ -65,14 +80,21 @@ def check_resumable(out: pathlib.Path, fp: str) -> None:
       found.append((config, fingerprint(json.loads(config.read_text()))))
     except (ValueError, KeyError):
       found.append((config, None))
-  checkpoint = out / 'checkpoint' / 'state.msgpack'
-  if checkpoint.exists():
-    found.append((checkpoint, serialization.msgpack_restore(checkpoint.read_bytes())
+  latest = _latest(out)
+  if latest is not None:
+    found.append((out / 'checkpoint' / str(latest[1]), _read_meta(*latest)['fingerprint']))
+  legacy = out / 'checkpoint' / _LEGACY
+  if legacy.exists():
+    found.append((legacy, serialization.msgpack_restore(legacy.read_bytes())
                   .get('fingerprint')))
   for path, other in found:
     if other != fp:
-      raise ValueError(f'{path} was written by a run with a different config or seeds; '
-                       'resume with the same flags, or use a new --out directory.')
+      raise ValueError(_other_run(path))
+
+
+def _other_run(path) -> str:
+  return (f'{path} was written by a run with a different config or seeds; resume with the '
+          'same flags, or use a new --out directory.')
 
 
 def write_config(out: pathlib.Path, record: dict) -> None:
@@ -131,26 +153,77 @@ def read_metrics(out: pathlib.Path) -> list[dict]:
     return list(csv.DictReader(f))
 
 
+_LEGACY = 'state.msgpack'   # the checkpoint file of run directories from before orbax
+
+
+def _manager(out: pathlib.Path, create: bool):
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  return ocp.CheckpointManager(out / 'checkpoint', options=ocp.CheckpointManagerOptions(
+      max_to_keep=1, create=create, enable_async_checkpointing=False,
+      cleanup_tmp_directories=create))
+
+
+def _latest(out: pathlib.Path):
+  """``(manager, step)`` of the newest complete orbax checkpoint in ``out``, or None."""
+  directory = out / 'checkpoint'
+  if not (directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())):
+    return None   # nothing to read: no manager, so nothing is touched
+  manager = _manager(out, create=False)
+  step = manager.latest_step()
+  return None if step is None else (manager, step)
+
+
+def _read_meta(manager, step: int) -> dict:
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
+
+
 def save_checkpoint(out: pathlib.Path, fp: str, done: int, carry: Any, chunks: list) -> None:
-  (out / 'checkpoint').mkdir(parents=True, exist_ok=True)
-  payload = {'fingerprint': fp, 'done': done, 'carry': carry, 'chunks': chunks}
-  _atomic_write(out / 'checkpoint' / 'state.msgpack', serialization.msgpack_serialize(
-      serialization.to_state_dict(payload)))
+  """Checkpoints the carry and the metrics so far (orbax; every process must call it)."""
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  history = jax.tree.map(lambda *xs: np.concatenate(xs, axis=1), *chunks)
+  manager = _manager(out, create=True)
+  manager.save(done, force=True, args=ocp.args.Composite(
+      carry=ocp.args.StandardSave(carry), history=ocp.args.StandardSave(history),
+      meta=ocp.args.JsonSave({'fingerprint': fp, 'done': done})))
+  manager.wait_until_finished()
+  manager.close()
+  legacy = out / 'checkpoint' / _LEGACY
+  if is_writer() and legacy.exists():
+    legacy.unlink()
 
 
 def load_checkpoint(out: pathlib.Path, fp: str, carry_template: Any) -> Optional[dict]:
   """The checkpoint in ``out`` as ``{'done', 'carry', 'metrics'}``, or None if absent.
 
+  The newest complete orbax checkpoint, else a legacy ``state.msgpack``. The carry is
+  restored with ``carry_template``'s structure, dtypes and shardings; ``metrics`` is a
+  list of per-chunk metrics (one chunk holding every task so far).
+
   Raises:
     ValueError: the checkpoint belongs to a different config or seeds.
   """
-  path = out / 'checkpoint' / 'state.msgpack'
+  latest = _latest(out)
+  if latest is None:
+    return _load_legacy(out, fp, carry_template)
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  manager, step = latest
+  meta = _read_meta(manager, step)
+  if meta['fingerprint'] != fp:
+    raise ValueError(_other_run(out / 'checkpoint' / str(step)))
+  state = manager.restore(step, args=ocp.args.Composite(
+      carry=ocp.args.StandardRestore(carry_template), history=ocp.args.StandardRestore()))
+  history = jax.tree.map(np.asarray, state['history'])
+  return {'done': int(meta['done']), 'carry': state['carry'], 'metrics': [history]}
+
+
+def _load_legacy(out: pathlib.Path, fp: str, carry_template: Any) -> Optional[dict]:
+  path = out / 'checkpoint' / _LEGACY
   if not path.exists():
     return None
   raw = serialization.msgpack_restore(path.read_bytes())
   if raw.get('fingerprint') != fp:
-    raise ValueError(f'{path} was written by a run with a different config or seeds; '
-                     'resume with the same flags, or use a new --out directory.')
+    raise ValueError(_other_run(path))
   carry = serialization.from_state_dict(carry_template, raw['carry'])
   chunks = [c for _, c in sorted(raw['chunks'].items(), key=lambda kv: int(kv[0]))]
   return {'done': int(raw['done']), 'carry': carry, 'metrics': chunks}

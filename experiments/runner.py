@@ -124,6 +124,8 @@ def _model(config: ExperimentConfig, num_outputs: int):
                       scale=config.model_scale)
   if p.model == 'cnn':
     return models.CNN(num_outputs=num_outputs)
+  if config.width is not None:
+    return models.MLP(num_outputs=num_outputs, hidden=(config.width, config.width))
   return models.MLP(num_outputs=num_outputs)
 
 
@@ -141,7 +143,8 @@ def _reset_counts(opt_state, groups) -> dict[str, jax.Array]:
 
 
 def make_run(config: ExperimentConfig, dataset: snr_data.Dataset,
-             axis_name: Optional[str] = None) -> Experiment:
+             axis_name: Optional[str] = None,
+             batch_sharding: Optional[NamedSharding] = None) -> Experiment:
   """Builds the experiment's pure functions for one config and one dataset.
 
   Args:
@@ -149,6 +152,9 @@ def make_run(config: ExperimentConfig, dataset: snr_data.Dataset,
     dataset: the loaded dataset (its name and source are recorded).
     axis_name: the vmap axis name the functions will be batched under, if any (lets
       resetting methods branch only when some member resets).
+    batch_sharding: where each step's batch goes (a sharding constraint, e.g. over a
+      mesh's 'batch' axis); firing and ages stay those of the whole batch (jit's
+      global semantics).
 
   Returns:
     An :class:`Experiment`. ``run_experiment`` drives it; or call
@@ -226,8 +232,10 @@ def make_run(config: ExperimentConfig, dataset: snr_data.Dataset,
       def step(c, inputs):
         params, opt_state, ages = c
         idx, end_of_task = inputs
-        params, opt_state, (loss, acc, acts) = train(params, opt_state, lookup(idx), y[idx],
-                                                     end_of_task)
+        xb, yb = lookup(idx), y[idx]
+        if batch_sharding is not None:
+          xb, yb = jax.lax.with_sharding_constraint((xb, yb), batch_sharding)
+        params, opt_state, (loss, acc, acts) = train(params, opt_state, xb, yb, end_of_task)
         ages = {g.name: batch_ages(ages[g.name], fired(acts[g.name]), batch)
                 for g in groups}
         return (params, opt_state, ages), (loss, acc, _reset_counts(opt_state, groups))
@@ -264,13 +272,15 @@ def seed_keys(seeds: Sequence[int]) -> jax.Array:
   return jnp.stack([jax.random.PRNGKey(s) for s in seeds])
 
 
-def compile_batched(exp: Experiment, mode: str, chunk: int):
+def compile_batched(exp: Experiment, mode: str, chunk: int, mesh: Optional[Mesh] = None):
   """The batched (over seeds × sweep values) init and chunk runner.
 
   ``mode``: ``'vmap'`` batches in one computation; ``'mesh'`` is the same computation
   jitted over a device mesh whose axis places the members (one GPU, several, or
   virtual CPU devices alike); ``'sequential'`` runs one member at a time through the
-  same compiled function.
+  same compiled function. ``mesh``: the mesh for ``'mesh'`` (default: one axis,
+  ``'members'``, over :func:`member_mesh`'s devices), e.g. ``member_mesh(n, b)``
+  with a ``'batch'`` axis that ``exp`` shards its batches over.
   """
   if mode == 'vmap':
     init = jax.jit(jax.vmap(exp.init))
@@ -280,23 +290,30 @@ def compile_batched(exp: Experiment, mode: str, chunk: int):
   if mode == 'mesh':
     # jit over a Mesh whose one axis places the members (seeds x sweep values); the
     # task data is replicated. GSPMD turns the vmapped axis_name reductions into
-    # cross-device ones, so the members stay independent runs.
+    # cross-device ones, so the members stay independent runs. Under several processes
+    # the mesh spans them all (every process runs this same program).
+    batch_axis = mesh is not None and 'batch' in mesh.axis_names
     vinit = jax.jit(jax.vmap(exp.init))
     vrun = jax.jit(jax.vmap(exp.run_tasks, in_axes=(0, None, None, None),
-                            axis_name=exp.axis_name), static_argnums=3)
+                            axis_name=exp.axis_name,
+                            spmd_axis_name='members' if batch_axis else None),
+                   static_argnums=3)
+    placed = {}
 
     def shardings(members):
-      mesh = Mesh(np.array(jax.devices()[:_devices_for(members)]), ('members',))
-      return NamedSharding(mesh, P('members')), NamedSharding(mesh, P())
+      if members not in placed:
+        m = mesh if mesh is not None else member_mesh(members)
+        split, whole = NamedSharding(m, P('members')), NamedSharding(m, P())
+        placed[members] = split, _place(exp.data, whole)
+      return placed[members]
 
     def init(keys, values):
       split, _ = shardings(keys.shape[0])
-      return vinit(jax.device_put(keys, split), jax.device_put(values, split))
+      return vinit(_place(keys, split), _place(values, split))
 
     def run(carry, first, n):
-      split, whole = shardings(jax.tree.leaves(carry)[0].shape[0])
-      carry = jax.device_put(carry, split)
-      return vrun(carry, jax.device_put(exp.data, whole), first, n)
+      split, data = shardings(jax.tree.leaves(carry)[0].shape[0])
+      return vrun(_place(carry, split), data, first, n)
 
     return init, run
   if mode == 'sequential':
@@ -317,10 +334,84 @@ def compile_batched(exp: Experiment, mode: str, chunk: int):
   raise ValueError(f"mode must be 'vmap', 'mesh', 'sequential' or 'auto', got {mode!r}.")
 
 
-def _devices_for(members: int) -> int:
-  """The most devices (at most one per member) that split the members evenly."""
-  return max(d for d in range(1, min(members, jax.device_count()) + 1)
-             if members % d == 0)
+def member_mesh(members: int, batch_devices: int = 1) -> Mesh:
+  """The mesh that places the members: axis ``'members'`` over the most devices (at most
+  one per member) that split them evenly, the same number from every process; with
+  ``batch_devices`` > 1, a second axis ``'batch'`` of that many devices per member (in
+  one process) for each member's batch."""
+  processes = jax.process_count()
+  per_process = max(k for k in range(1, min(members // processes,
+                                            jax.local_device_count() // batch_devices) + 1)
+                    if members % (k * processes) == 0)
+  devices = [d for p in range(processes)
+             for d in sorted((d for d in jax.devices() if d.process_index == p),
+                             key=lambda d: d.id)[:per_process * batch_devices]]
+  if batch_devices == 1:
+    return Mesh(np.array(devices), ('members',))
+  return Mesh(np.array(devices).reshape(-1, batch_devices), ('members', 'batch'))
+
+
+def _place(tree, sharding: NamedSharding):
+  """``tree`` on ``sharding``; under several processes from host values that every
+  process holds alike (arrays already spread over processes are left as they are)."""
+  if sharding.is_fully_addressable:
+    return jax.device_put(tree, sharding)
+
+  def put(x):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+      return x
+    host = np.asarray(x)
+    return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
+
+  return jax.tree.map(put, tree)
+
+
+def to_host(tree):
+  """Numpy copies of ``tree``'s arrays, gathered from every process where they are spread
+  over several."""
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+  return jax.tree.map(lambda x: np.asarray(x) if x.is_fully_addressable
+                      else multihost_utils.process_allgather(x, tiled=True), tree)
+
+
+def resolve_mode(config: ExperimentConfig, mode: str, num_members: int,
+                 batch_devices: int = 1) -> str:
+  """The mode to run: ``mode`` checked against the number of processes and
+  ``batch_devices``, ``'auto'`` resolved (:func:`default_mode` in one process, ``'mesh'``
+  across several or with ``batch_devices`` > 1).
+
+  Raises:
+    ValueError: an unknown mode; ``batch_devices`` > 1 outside ``'mesh'``, not dividing
+      the batch size or more than a process's devices; or, under several processes, a
+      mode other than ``'mesh'``, or members that do not split evenly over the processes.
+  """
+  if mode not in ('auto', 'vmap', 'mesh', 'sequential'):
+    raise ValueError(f"mode must be 'vmap', 'mesh', 'sequential' or 'auto', got {mode!r}.")
+  if batch_devices != 1:
+    batch = config.resolved('batch_size')
+    if not isinstance(batch_devices, int) or batch_devices < 1:
+      raise ValueError(f'batch_devices must be a positive int, got {batch_devices!r}.')
+    if mode not in ('auto', 'mesh'):
+      raise ValueError(f"batch_devices={batch_devices} shards batches over a mesh; use "
+                       f"mode 'mesh' (or 'auto'), not {mode!r}.")
+    if batch % batch_devices:
+      raise ValueError(f'batch_devices={batch_devices} does not divide the batch size '
+                       f'{batch}; use a divisor of it.')
+    if batch_devices > jax.local_device_count():
+      raise ValueError(f'batch_devices={batch_devices} but this process has '
+                       f'{jax.local_device_count()} device(s); use at most that many.')
+  processes = jax.process_count()
+  if processes == 1:
+    if batch_devices != 1:
+      return 'mesh'
+    return default_mode(config) if mode == 'auto' else mode
+  if mode not in ('auto', 'mesh'):
+    raise ValueError(f"mode {mode!r} runs on one process's devices; with {processes} "
+                     "processes use mode 'mesh' (or 'auto').")
+  if num_members % processes:
+    raise ValueError(f'{num_members} members (seeds x sweep values) do not split evenly '
+                     f'over {processes} processes; use a multiple of {processes} seeds.')
+  return 'mesh'
 
 
 def default_mode(config: ExperimentConfig) -> str:
@@ -333,21 +424,25 @@ def default_mode(config: ExperimentConfig) -> str:
 def run_experiment(config: ExperimentConfig, dataset: snr_data.Dataset, seeds: Sequence[int], *,
                    mode: str = 'auto', chunk_tasks: Optional[int] = None,
                    on_chunk: Optional[Callable[[int, dict], None]] = None,
-                   restore: Optional[Callable[[Carry], Optional[dict]]] = None
-                   ) -> dict[str, Any]:
+                   restore: Optional[Callable[[Carry], Optional[dict]]] = None,
+                   batch_devices: int = 1) -> dict[str, Any]:
   """Runs an experiment for several seeds (and sweep values), compiled once.
 
   Args:
     config: the experiment.
     dataset: its data.
     seeds: integer seeds.
-    mode: ``'vmap'``, ``'mesh'``, ``'sequential'`` or ``'auto'`` (:func:`default_mode`).
+    mode: ``'vmap'``, ``'mesh'``, ``'sequential'`` or ``'auto'`` (:func:`resolve_mode`);
+      under several processes (``jax.distributed``) ``'mesh'`` only, over every
+      process's devices, with the members splitting evenly over the processes.
     chunk_tasks: tasks per compiled call (default: all); between chunks ``on_chunk``
       sees the progress, e.g. for a progress bar or a checkpoint.
     on_chunk: ``on_chunk(tasks_done, state)`` with ``state = {'done', 'carry', 'metrics'}``
       (``metrics``: the list of per-chunk metrics so far).
     restore: ``restore(fresh_carry)`` returns such a state to resume from (e.g. read
       from a checkpoint, using the fresh carry as its template), or None.
+    batch_devices: in ``'mesh'`` mode, shard each member's batches over this many
+      devices (a second mesh axis); firing and ages stay those of the whole batch.
 
   Returns:
     ``{'metrics': {name: array (members, tasks) or {group: array}}, 'members':
@@ -357,16 +452,18 @@ def run_experiment(config: ExperimentConfig, dataset: snr_data.Dataset, seeds: S
   seeds = list(seeds)
   if not seeds:
     raise ValueError('give at least one seed.')
-  mode = default_mode(config) if mode == 'auto' else mode
-  exp = make_run(config, dataset,
-                 axis_name='members' if mode in ('vmap', 'mesh') else None)
   values = list(config.sweep[1]) if config.sweep else [0.0]
   members = [{'seed': s, 'sweep_value': v} for s in seeds for v in values]
+  mode = resolve_mode(config, mode, len(members), batch_devices)
+  mesh = member_mesh(len(members), batch_devices) if mode == 'mesh' else None
+  exp = make_run(config, dataset,
+                 axis_name='members' if mode in ('vmap', 'mesh') else None,
+                 batch_sharding=NamedSharding(mesh, P('batch')) if batch_devices > 1 else None)
   keys = seed_keys([m['seed'] for m in members])
   vals = jnp.asarray([m['sweep_value'] for m in members], jnp.float32)
   total = config.resolved('num_tasks')
   chunk = min(chunk_tasks or total, total)
-  init, run = compile_batched(exp, mode, chunk)
+  init, run = compile_batched(exp, mode, chunk, mesh)
   done, carry, chunks = 0, init(keys, vals), []
   start = restore(carry) if restore is not None else None
   if start is not None:
@@ -374,7 +471,7 @@ def run_experiment(config: ExperimentConfig, dataset: snr_data.Dataset, seeds: S
   while done < total:
     n = min(chunk, total - done)
     carry, metrics = run(carry, done, n)
-    chunks.append(jax.tree.map(np.asarray, metrics))
+    chunks.append(to_host(metrics))
     done += n
     if on_chunk is not None:
       on_chunk(done, {'done': done, 'carry': carry, 'metrics': chunks})

@@ -2,6 +2,7 @@
 
     python -m experiments.study SPEC.json            # or SPEC.toml
     python -m experiments.study SPEC.json --workers 1 --dry-run
+    python -m experiments.study SPEC.json --report    # CSV, table, figures; runs nothing
     python -m experiments.study --table results/study.csv --out results/study.md
 
 A spec declares benchmarks (each with a dataset, task count, optimizers and their learning
@@ -15,13 +16,23 @@ optimizer × method is one *group*. Its cells follow Kumar et al.'s protocol:
    the selection seeds, so the reported figure is not the one the choice was made on);
    the table reports its last-10% online accuracy, mean ± std over these seeds.
 
-A method with a single setting skips the selection. Each cell is one run of
+A method with a single setting skips the selection. A spec with ``"final": false`` is a
+sweep: every setting of every method runs on the selection seeds and nothing more (the
+robustness section below reads those runs). Each cell is one run of
 ``experiments.driver.drive`` (the compiled runner; its seeds batched as usual) in its
 own directory under ``runs_dir`` with the usual config.json, metrics.csv, summary.json
 and checkpoint. A cell whose summary says complete is skipped; a cell that was killed
 resumes from its checkpoint. Cells run in ``workers`` processes (default 2, each pinned
 to its own core). After each cell the main process rewrites the study CSV (one row per
-cell and seed), ``selection.json`` beside it, and the markdown table.
+cell and seed), ``selection.json`` beside it, and the markdown table. The table ends
+with each method's *spread*: best − worst last-10% accuracy over its grid, on the
+selection seeds (the paper's robustness claim). With ``"figures": DIR`` the study also
+draws, when it ends, accuracy and dead fraction per task of the final cells and the
+spread (``--report`` redraws both and the table from the cells on disk, running nothing).
+
+A method's key is its label in the results; ``"method"`` inside its grid names the
+``snr_jax`` method when the label is not one (e.g. ``"snr_per_token": {"method": "snr",
+"estimator": "per_token", "eta": [0.01, 0.05]}``).
 
 Spec (JSON; TOML with the same keys)::
 
@@ -35,15 +46,20 @@ Spec (JSON; TOML with the same keys)::
       "benchmarks": [
         {"benchmark": "permuted_mnist", "dataset": "fashion_mnist", "num_tasks": 500,
          "optimizers": {"sgd": {"learning_rate": 0.01}, "adam": {"learning_rate": 0.001}},
-         "config": {}, "methods": ["none", "l2", "snr"]}   # config: other ExperimentConfig
-      ],                                                    # fields; methods: optional filter
+         "config": {}, "methods": ["none", "l2", "snr"]},  # config: other ExperimentConfig
+        {"benchmark": "permuted_mnist", "label": "permuted_mnist_w400", "width": 400,
+         "dataset": "fashion_mnist"}                        # fields; methods: optional filter;
+      ],                                                    # label: its name in the results
       "methods": {
         "none": {},
         "l2": {"strength": [1e-5, 1e-4, 1e-3]},             # lists: a cartesian grid
         "snr": {"eta": [0.01, 0.08, 0.3], "tau_max": 20000}, # scalars: fixed
         "shrink_perturb": {"grid": [{"shrink": 0.9999, "sigma": 1e-4},
-                                    {"shrink": 0.999, "sigma": 1e-3}]}   # explicit settings
-      }
+                                    {"shrink": 0.999, "sigma": 1e-3}]},  # explicit settings
+        "snr_pt": {"method": "snr", "estimator": "per_token", "eta": [0.01, 0.05]}  # a label
+      },
+      "final": true,                                        # false: selection seeds only
+      "figures": "results/figures"                          # optional PNGs
     }
 
 Relative paths are taken from the current directory.
@@ -115,6 +131,7 @@ def method_settings(name: str, grid: Any) -> list[dict]:
   """The hyperparameter settings of one method's grid (see the module docstring)."""
   if not isinstance(grid, dict):
     raise StudyError(f'method {name!r}: its grid must be an object, got {grid!r}.')
+  grid = {k: v for k, v in grid.items() if k != 'method'}   # the label's method, not a setting
   if 'grid' in grid:
     settings = grid['grid']
     if not isinstance(settings, list) or not all(isinstance(s, dict) for s in settings):
@@ -127,12 +144,26 @@ def method_settings(name: str, grid: Any) -> list[dict]:
           for combo in itertools.product(*(lists[k] for k in keys))]
 
 
+def method_of(label: str, grid: Any) -> str:
+  """The ``snr_jax`` method a spec's method key runs: its grid's ``"method"``, else the key."""
+  from snr_jax.methods import METHODS  # pylint: disable=import-outside-toplevel
+  method = grid.get('method', label) if isinstance(grid, dict) else label
+  if method not in METHODS:
+    hint = ('' if isinstance(grid, dict) and 'method' in grid else
+            f'; to use {label!r} as a label, name the method in its grid, e.g. '
+            f'{{"method": "snr", ...}}')
+    raise StudyError(f'method {label!r}: unknown method {method!r}, choose one of '
+                     f'{sorted(METHODS)}{hint}.')
+  return method
+
+
 def build_groups(spec: dict) -> list[dict]:
   """Every benchmark × optimizer × method with its settings and cell configs."""
   from experiments.benchmarks import ExperimentConfig  # pylint: disable=import-outside-toplevel
   runs_dir = pathlib.Path(spec['runs_dir'])
   sel_seeds = tuple(spec.get('selection_seeds', DEFAULT_SELECTION_SEEDS))
   fin_seeds = tuple(spec.get('final_seeds', DEFAULT_FINAL_SEEDS))
+  sweep_only = not spec.get('final', True)
   groups = []
   for b in spec['benchmarks']:
     bench = b.get('benchmark')
@@ -145,10 +176,11 @@ def build_groups(spec: dict) -> list[dict]:
     for opt, opt_cfg in optimizers.items():
       for m in names:
         settings = method_settings(m, spec['methods'][m])
-        base = dict(b.get('config', {}), benchmark=bench, method=m, optimizer=opt,
+        base = dict(b.get('config', {}), benchmark=bench,
+                    method=method_of(m, spec['methods'][m]), optimizer=opt,
                     **{k: v for k, v in b.items()
                        if k in ('dataset', 'num_tasks', 'examples_per_task', 'epochs',
-                                'batch_size', 'model_scale')},
+                                'batch_size', 'model_scale', 'width')},
                     **opt_cfg)
         try:
           for hp in settings:
@@ -156,14 +188,17 @@ def build_groups(spec: dict) -> list[dict]:
         except (TypeError, ValueError) as e:
           raise StudyError(f'{bench}/{opt}/{m}: {e}') from None
         dataset = base.get('dataset') or ExperimentConfig(**base).dataset_name
-        key = (bench, dataset, opt, m)
-        where = runs_dir / f'{bench}-{dataset}' / opt / m
+        key = (b.get('label', bench), dataset, opt, m)
+        if any(g['key'] == key for g in groups):
+          raise StudyError(f"two benchmark entries make the group {'/'.join(key)}: give each "
+                           "a distinct 'label' (e.g. \"permuted_mnist_w400\").")
+        where = runs_dir / f'{key[0]}-{dataset}' / opt / m
         groups.append({
             'key': key, 'base': base, 'settings': settings,
             'select': [Cell(key, base, hp, sel_seeds, 'select',
                             str(where / f'{hparams_slug(hp)}-select'))
-                       for hp in settings] if len(settings) > 1 else [],
-            'final_seeds': fin_seeds, 'where': where})
+                       for hp in settings] if len(settings) > 1 or sweep_only else [],
+            'final_seeds': None if sweep_only else fin_seeds, 'where': where})
   return groups
 
 
@@ -241,7 +276,6 @@ def run_cell(cell: Cell, data_dir: Optional[str] = None, source: Optional[str] =
 
 def cell_rows(study: str, cell: Cell) -> list[dict]:
   """The study CSV rows of one cell (one per seed), from its metrics.csv; [] if none."""
-  from experiments.benchmarks import PROTOCOLS  # pylint: disable=import-outside-toplevel
   out = pathlib.Path(cell.out)
   if not (out / 'metrics.csv').exists():
     return []
@@ -264,7 +298,7 @@ def cell_rows(study: str, cell: Cell) -> list[dict]:
         'optimizer': cell.group[2], 'learning_rate': config.resolved('learning_rate'),
         'method': cell.group[3], 'hparams': json.dumps(cell.hparams, sort_keys=True),
         'phase': cell.phase, 'seed': seed, 'tasks_done': len(acc), 'tasks_total': total,
-        'protocol_tasks': PROTOCOLS[cell.group[0]].num_tasks,
+        'protocol_tasks': config.protocol.num_tasks,
         'avg_accuracy': sum(acc) / len(acc),
         'last10_accuracy': sum(acc[-k:]) / len(acc[-k:]),
         'dead_fraction_last': sum(dead) / len(dead) if dead else '',
@@ -324,8 +358,9 @@ def make_table(rows: Sequence[dict], title: str = 'Study results') -> str:
   """
   from snr_jax.methods import METHODS  # pylint: disable=import-outside-toplevel
   final = [r for r in rows if r['phase'] == 'final']
+  spread = spread_table(rows)
   if not final:
-    return f'# {title}\n\nNo final cells yet.\n'
+    return f'# {title}\n\nNo final cells yet.\n' + (f'\n{spread}' if spread else '')
   order = {m: i for i, m in enumerate(METHODS)}
   methods = sorted({r['method'] for r in final}, key=lambda m: (order.get(m, 99), m))
   lines = [f'# {title}', '',
@@ -361,13 +396,87 @@ def make_table(rows: Sequence[dict], title: str = 'Study results') -> str:
   for (bench, ds, opt), m, hp, lr in chosen:
     hp_text = ', '.join(f'{k}={v}' for k, v in json.loads(hp).items()) or 'defaults'
     lines.append(f'| {bench} ({ds}) | {opt} | {m} | {lr} | {hp_text} |')
+  return '\n'.join(lines) + '\n' + (f'\n{spread}' if spread else '')
+
+
+def setting_scores(rows: Sequence[dict]) -> dict[tuple, list[dict]]:
+  """Each group's complete selection settings with their last-10% accuracy over seeds.
+
+  Returns:
+    ``{(benchmark, dataset, optimizer, method): [{'hparams', 'mean', 'std', 'n'}, ...]}``
+    for groups with at least two settings whose selection runs are all complete.
+  """
+  by_group: dict = {}
+  for r in rows:
+    if r['phase'] == 'select':
+      key = (r['benchmark'], r['dataset'], r['optimizer'], r['method'])
+      by_group.setdefault(key, {}).setdefault(r['hparams'], []).append(r)
+  out = {}
+  for key, settings in by_group.items():
+    scored = []
+    for hp, rs in settings.items():
+      if all(int(r['tasks_done']) == int(r['tasks_total']) for r in rs):
+        mean, std = _mean_std([float(r['last10_accuracy']) for r in rs])
+        scored.append({'hparams': json.loads(hp), 'mean': mean, 'std': std, 'n': len(rs)})
+    if len(scored) >= 2:
+      out[key] = scored
+  return out
+
+
+def _method_order(key: tuple) -> tuple:
+  """Sort key of a group key: benchmark, dataset, optimizer, then the registry's order."""
+  from snr_jax.methods import METHODS  # pylint: disable=import-outside-toplevel
+  return key[:3], list(METHODS).index(key[3]) if key[3] in METHODS else 99, key[3]
+
+
+def spread_table(rows: Sequence[dict]) -> str:
+  """Markdown: per group, best − worst last-10% accuracy over its grid ('' if none)."""
+  scores = setting_scores(rows)
+  if not scores:
+    return ''
+  text = lambda hp: ', '.join(f'{k}={v}' for k, v in hp.items()) or 'defaults'
+  lines = ['## Robustness to the hyperparameter', '',
+           "Last-10% online accuracy of every setting of a method's grid on the selection "
+           'seeds; spread = best − worst setting. Seed std: the mean over settings of the '
+           'std over seeds, the scale of noise a spread should be read against.', '',
+           '| benchmark | optimizer | method | settings | best | worst | spread | seed std |',
+           '|---|---|---|---|---|---|---|---|']
+  for key in sorted(scores, key=_method_order):
+    sc = scores[key]
+    best = max(sc, key=lambda x: x['mean'])
+    worst = min(sc, key=lambda x: x['mean'])
+    noise = sum(x['std'] for x in sc) / len(sc)
+    lines.append(f"| {key[0]} ({key[1]}) | {key[2]} | {key[3]} | {len(sc)} | "
+                 f"{best['mean']:.3f} ({text(best['hparams'])}) | "
+                 f"{worst['mean']:.3f} ({text(worst['hparams'])}) | "
+                 f"{best['mean'] - worst['mean']:.3f} | {noise:.3f} |")
   return '\n'.join(lines) + '\n'
 
 
 # --- the study loop --------------------------------------------------------------------
 
+def draw_figures(rows: Sequence[dict], out_dir: pathlib.Path, name: str, log=print) -> list:
+  """The study's PNGs: per benchmark × dataset, curves of the final cells and the spread."""
+  from experiments import plots  # pylint: disable=import-outside-toplevel
+  written = []
+  for bench, ds in sorted({(r['benchmark'], r['dataset']) for r in rows}):
+    mine = [r for r in rows if (r['benchmark'], r['dataset']) == (bench, ds)]
+    stem = out_dir / f'{name}_{bench}-{ds}'
+    if any(r['phase'] == 'final' for r in mine):
+      written.append(plots.plot_study_curves(mine, stem.with_name(stem.name + '_curves.png'),
+                                             title=f'{bench} ({ds}), final cells'))
+    scores = setting_scores(mine)
+    scores = {k: scores[k] for k in sorted(scores, key=_method_order)}
+    if scores:
+      written.append(plots.plot_spread(scores, stem.with_name(stem.name + '_spread.png'),
+                                       title=f'{bench} ({ds}): last-10% accuracy per setting'))
+  for path in written:
+    log(f'wrote    {path}')
+  return written
+
+
 def run_study(spec: dict, *, workers: Optional[int] = None, dry_run: bool = False,
-              stop_after: Optional[int] = None, log=print) -> dict:
+              stop_after: Optional[int] = None, report: bool = False, log=print) -> dict:
   """Runs every cell of ``spec`` not yet done (see the module docstring).
 
   Args:
@@ -375,6 +484,8 @@ def run_study(spec: dict, *, workers: Optional[int] = None, dry_run: bool = Fals
     workers: worker processes (default: the spec's ``workers``, else 2); 0 runs the
       cells in this process (for tests and debugging).
     dry_run: list the cells and their states without running anything.
+    report: run nothing; rewrite the CSV, selection, table and figures from the cells
+      on disk.
     stop_after: end every cell after this many tasks, with a checkpoint (simulates a
       killed study; a later call resumes each cell).
     log: where progress lines go.
@@ -413,7 +524,7 @@ def run_study(spec: dict, *, workers: Optional[int] = None, dry_run: bool = Fals
     rows = [r for c in g['select'] for r in cell_rows(name, c)]
     hp, scores = select_setting(rows, g['settings'])
     selection['/'.join(g['key'])] = {'chosen': hp, 'scores': scores}
-    return final_cell(g, hp)
+    return None if g['final_seeds'] is None else final_cell(g, hp)
 
   pending: list[Cell] = []
   for g in groups:
@@ -421,7 +532,8 @@ def run_study(spec: dict, *, workers: Optional[int] = None, dry_run: bool = Fals
     f = finals_ready(g)
     if f is not None:
       pending.append(f)
-  waiting = [g for g in groups if g['select']]   # groups whose final is not yet known
+  # groups whose final is not yet known
+  waiting = [g for g in groups if g['select'] and g['final_seeds'] is not None]
   waiting = [g for g in waiting if not any(c.group == g['key'] and c.phase == 'final'
                                            for c in pending)]
   if dry_run:
@@ -430,6 +542,15 @@ def run_study(spec: dict, *, workers: Optional[int] = None, dry_run: bool = Fals
     for g in waiting:
       log(f"{'later':8s} {'/'.join(g['key'])} final (after its selection)")
     return {'ran': [], 'skipped': [], 'selection': selection, 'rows': []}
+  if report:
+    known.extend(pending)
+    for g in groups:
+      if g['final_seeds'] is None and g['select']:
+        finals_ready(g)
+    rows = refresh()
+    if spec.get('figures'):
+      draw_figures(rows, pathlib.Path(spec['figures']), name, log)
+    return {'ran': [], 'skipped': [], 'selection': selection, 'rows': rows}
 
   pool = None
   if workers > 0:
@@ -486,7 +607,12 @@ def run_study(spec: dict, *, workers: Optional[int] = None, dry_run: bool = Fals
   finally:
     if pool is not None:
       pool.shutdown(cancel_futures=True)
+  for g in groups:
+    if g['final_seeds'] is None and g['select']:
+      finals_ready(g)           # a sweep: records its scores in selection.json
   rows = refresh()
+  if spec.get('figures'):
+    draw_figures(rows, pathlib.Path(spec['figures']), name, log)
   return {'ran': ran, 'skipped': skipped, 'failed': failed, 'selection': selection,
           'rows': rows}
 
@@ -499,6 +625,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser.add_argument('spec', nargs='?', help='study spec (.json or .toml)')
   parser.add_argument('--workers', type=int, help='worker processes (default: spec, else 2)')
   parser.add_argument('--dry-run', action='store_true', help='list cells and their states')
+  parser.add_argument('--report', action='store_true',
+                      help='run nothing: rewrite the CSV, table and figures from the cells '
+                           'on disk')
   parser.add_argument('--stop-after', type=int, help='end each cell after this many tasks '
                                                      '(with a checkpoint)')
   parser.add_argument('--table', metavar='STUDY_CSV', help='only write a markdown table from '
@@ -518,7 +647,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not args.spec:
       parser.error('give a study spec, or --table STUDY_CSV.')
     run_study(load_spec(pathlib.Path(args.spec)), workers=args.workers, dry_run=args.dry_run,
-              stop_after=args.stop_after, log=lambda s: print(s, flush=True))
+              stop_after=args.stop_after, report=args.report,
+              log=lambda s: print(s, flush=True))
   except (StudyError, FileNotFoundError) as e:
     parser.exit(2, f'error: {e}\n')
   return 0

@@ -587,6 +587,34 @@ def load_digits(data_dir: Optional[PathLike] = None, source: Optional[str] = Non
 # ---------------------------------------------------------------------------
 # Dispatch
 
+def load_generated_cifar10(data_dir: Optional[PathLike] = None,
+                           source: Optional[str] = None) -> Dataset:
+  """Uniform-noise images of CIFAR-10's shape: a *labelled stand-in*, never CIFAR-10.
+
+  CIFAR-10 cannot be had on this project's machines. Random-label tasks (new random
+  labels on a fixed sample of images) measure memorisation, which noise images also
+  demand, so this stand-in runs the Random-label CIFAR protocol end to end; its results
+  are recorded under this name and are not the paper's CIFAR figures.
+
+  Args:
+    data_dir: unused (accepted for a uniform signature).
+    source: ``"bundled"`` or ``None`` (generated here, from seed 0).
+
+  Returns:
+    Dataset with ``images`` uint8 (10000, 32, 32, 3) and ``labels`` int32 in [0, 10).
+  """
+  del data_dir
+
+  def thunk() -> Dataset:
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (10_000, 32, 32, 3), dtype=np.uint8)
+    return _image_dataset('generated_cifar10', 'generated noise images (stand-in for '
+                          'CIFAR-10, seed 0)', 'train', images,
+                          rng.integers(0, 10, 10_000), 10)
+
+  return _resolve('generated_cifar10', [('bundled', thunk)], source, 'nothing to install')
+
+
 LOADERS: dict[str, Callable[..., Dataset]] = {
     'mnist': load_mnist,
     'fashion_mnist': load_fashion_mnist,
@@ -594,6 +622,7 @@ LOADERS: dict[str, Callable[..., Dataset]] = {
     'imagenet32': load_imagenet32,
     'shakespeare': load_shakespeare,
     'digits': load_digits,
+    'generated_cifar10': load_generated_cifar10,
 }
 
 _ALIASES = {

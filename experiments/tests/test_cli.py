@@ -72,7 +72,7 @@ def test_resume_after_interruption_equals_uninterrupted_run(data_dir, tmp_path, 
   assert cli.main([*flags, '--out', str(tmp_path / 'resumed')]) == 130
   partial = results.read_metrics(tmp_path / 'resumed')
   assert len(partial) == 2 * 4                      # results so far survived
-  assert (tmp_path / 'resumed' / 'checkpoint' / 'state.msgpack').exists()
+  assert (tmp_path / 'resumed' / 'checkpoint' / '4' / 'carry').is_dir()   # orbax, at task 4
   monkeypatch.setattr(results, 'write_metrics', real_write)
 
   args = cli.build_parser().parse_args([*flags, '--out', str(tmp_path / 'resumed')])
@@ -167,6 +167,7 @@ def test_help_of_a_benchmark_module_shows_its_usage_and_defaults(monkeypatch, ca
                   "(default: the protocol's)", '(default: runs/permuted_mnist_<method>)'):
     assert default in text, default
   assert '--scale' not in out
+  assert 'hidden width of both MLP layers (default 100)' in text
 
 
 def test_help_of_the_cli_shows_defaults(capsys):
@@ -175,6 +176,7 @@ def test_help_of_the_cli_shows_defaults(capsys):
   out = capsys.readouterr().out
   assert out.startswith('usage: python -m experiments.cli permuted_shakespeare')
   assert 'GPT width scale (1, 4, 16) (default: 1)' in ' '.join(out.split())
+  assert '--width' not in out
 
 
 @pytest.mark.parametrize('flags, message', [

@@ -506,3 +506,14 @@ def test_load_digits_bundled_with_sklearn(monkeypatch):
   monkeypatch.setitem(sys.modules, 'sklearn.datasets', None)  # simulate sklearn missing
   with pytest.raises(D.DatasetNotFoundError, match='scikit-learn'):
     D.load_digits()
+
+
+def test_generated_cifar10_is_a_named_deterministic_stand_in():
+  a = D.load_dataset('generated-cifar10')
+  b = D.load_dataset('generated_cifar10', source='bundled')
+  assert a.name == 'generated_cifar10' and 'stand-in' in a.source
+  assert a.images.shape == (10_000, 32, 32, 3) and a.images.dtype == np.uint8
+  assert a.num_classes == 10 and set(np.unique(a.labels)) == set(range(10))
+  np.testing.assert_array_equal(a.images, b.images)
+  with pytest.raises(ValueError, match="must be one of \\['bundled'\\]"):
+    D.load_dataset('generated_cifar10', source='files')

@@ -2,6 +2,7 @@
 
 import dataclasses
 import pathlib
+import re
 
 import jax
 import jax.numpy as jnp
@@ -236,14 +237,29 @@ def test_config_errors():
     ExperimentConfig(optimizer='rmsprop')
 
 
+def test_width_sets_the_mlp_hidden_layers_and_only_the_mlp(mnist):
+  cfg = ExperimentConfig('permuted_mnist', method='snr', num_tasks=1, width=24,
+                         examples_per_task=32)
+  assert {g.name: g.size for g in make_run(cfg, mnist).groups} == {'Dense_0': 24, 'Dense_1': 24}
+  assert {g.name: g.size for g in make_run(dataclasses.replace(cfg, width=None), mnist).groups
+          } == {'Dense_0': 100, 'Dense_1': 100}
+  assert cfg.to_dict()['width'] == 24
+  assert 'width' not in ExperimentConfig().to_dict()   # earlier runs' records are unchanged
+  with pytest.raises(ValueError, match="width sets the MLP's hidden width"):
+    ExperimentConfig('random_label_cifar', width=24)
+  with pytest.raises(ValueError, match='width must be a positive int'):
+    ExperimentConfig(width=0)
+
+
 def test_text_benchmark_rejects_image_data(mnist):
   with pytest.raises(ValueError, match='needs a text dataset'):
     make_run(ExperimentConfig('permuted_shakespeare', num_tasks=1), mnist)
 
 
 def test_mesh_mode_equals_vmap_and_resumes_bitwise(tmp_path):
-  """Seeds placed on a mesh of 4 (virtual CPU) devices give the vmapped results, and a run
-  stopped after a chunk resumes on the mesh to the uninterrupted run's bits."""
+  """Seeds placed on a mesh of 4 (virtual CPU) devices give the vmapped results, also with
+  each member's batch sharded over 2 devices, and a run stopped after a chunk resumes on
+  the mesh to the uninterrupted run's bits."""
   import os
   import subprocess
   import sys
@@ -264,6 +280,14 @@ a = run_experiment(cfg, ds, seeds=[0, 1, 2, 3], mode='mesh')['metrics']
 b = run_experiment(cfg, ds, seeds=[0, 1, 2, 3], mode='vmap')['metrics']
 for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
   np.testing.assert_allclose(x, y, rtol=2e-5, atol=1e-6)
+# a second mesh axis shards each member's batch over 2 devices: same resets, same numbers
+c = run_experiment(cfg, ds, seeds=[0, 1], mode='mesh', batch_devices=2)
+mesh2d = c['carry'].params['Dense_0']['kernel'].sharding.mesh
+assert dict(mesh2d.shape) == {{'members': 2, 'batch': 2}}
+for x, y in zip(jax.tree.leaves(c['metrics']), jax.tree.leaves(b)):
+  np.testing.assert_allclose(x, y[:2], rtol=2e-5, atol=1e-6)
+for g in c['metrics']['resets']:
+  np.testing.assert_array_equal(c['metrics']['resets'][g], b['resets'][g][:2])
 init, _ = compile_batched(make_run(cfg, ds, axis_name='members'), 'mesh', 2)
 carry = init(seed_keys([0, 1, 2, 3]), np.zeros(4, np.float32))
 assert len(jax.tree.leaves(carry)[0].sharding.device_set) == 4   # one member per device
@@ -283,3 +307,16 @@ print('mesh ok')
                        timeout=600, cwd=ROOT)
   assert out.returncode == 0, out.stderr[-3000:]
   assert 'mesh ok' in out.stdout
+
+
+@pytest.mark.parametrize('mode, batch_devices, message', [
+    ('vmap', 2, "shards batches over a mesh; use mode 'mesh'"),
+    ('mesh', 3, 'does not divide the batch size 16'),
+    ('mesh', 2, 'this process has 1 device(s)'),
+])
+def test_batch_devices_errors(mode, batch_devices, message, mnist):
+  if batch_devices == 2 and mode == 'mesh' and jax.local_device_count() > 1:
+    pytest.skip('needs a process with one device')
+  cfg = ExperimentConfig('permuted_mnist', num_tasks=1, examples_per_task=64)
+  with pytest.raises(ValueError, match=re.escape(message)):
+    run_experiment(cfg, mnist, seeds=[0, 1], mode=mode, batch_devices=batch_devices)

@@ -116,3 +116,61 @@ def test_selection_picks_the_best_total_average_and_breaks_ties_by_order():
   rows[0]['avg_accuracy'] = '0.25'
   chosen, scores = study.select_setting(rows, [{'strength': 1}, {'strength': 2}, {'strength': 3}])
   assert chosen == {'strength': 2} and [s['score'] for s in scores] == pytest.approx([0.5, 0.625, 0.625])
+
+
+def test_a_sweep_with_labels_runs_only_selection_seeds_and_reports_spread(tmp_path):
+  spec = _spec(tmp_path, final=False, figures=str(tmp_path / 'figures'),
+               methods={'l2': {'strength': [1e-4, 0.5]},
+                        'snr_short': {'method': 'snr', 'eta': [0.05, 0.3], 'tau_min': 8, 'tau_max': 64}})
+  result = study.run_study(spec, workers=0, log=lambda s: None)
+  assert len(result['ran']) == 4                       # 2 settings × 2 methods, no finals
+  rows = study.read_csv(tmp_path / 'study.csv')
+  assert {r['phase'] for r in rows} == {'select'}
+  assert {(r['method'], int(r['seed'])) for r in rows} == {
+      (m, s) for m in ('l2', 'snr_short') for s in (0, 1)}
+  labelled = next(r for r in rows if r['method'] == 'snr_short')
+  record = json.loads((pathlib.Path(labelled['run_dir']) / 'config.json').read_text())
+  assert record['config']['method'] == 'snr' and 'method' not in record['config']['hparams']
+  assert set(result['selection']) == {'permuted_mnist/digits/sgd/l2',
+                                      'permuted_mnist/digits/sgd/snr_short'}
+  table = (tmp_path / 'study.md').read_text()
+  assert 'No final cells yet' in table and '## Robustness to the hyperparameter' in table
+  spread = next(l for l in table.splitlines() if '| snr_short |' in l)
+  means = sorted(sum(float(r['last10_accuracy']) for r in rows
+                     if r['method'] == 'snr_short' and json.loads(r['hparams'])['eta'] == eta) / 2
+                 for eta in (0.05, 0.3))
+  assert spread.split('|')[7].strip() == f'{means[1] - means[0]:.3f}'
+  figures = sorted(p.name for p in (tmp_path / 'figures').iterdir())
+  assert figures == ['tiny_permuted_mnist-digits_spread.png']   # no finals: no curves
+
+
+def test_a_label_that_is_no_method_must_name_one():
+  with pytest.raises(study.StudyError, match='to use .snr_fast. as a label, name the method'):
+    study.build_groups(_spec(pathlib.Path('/tmp'), methods={'snr_fast': {'eta': [0.1, 0.2]}}))
+
+
+def test_spread_table_from_fixture_csv():
+  rows = [_row('snr', 'sgd', s, a, json.dumps({'eta': e}), 'select')
+          for e, s, a in [(0.01, 0, 0.70), (0.01, 1, 0.72), (0.1, 0, 0.74), (0.1, 1, 0.74),
+                          (0.3, 0, 0.60), (0.3, 1, 0.62)]]
+  rows.append(_row('snr', 'sgd', 0, 0.10, json.dumps({'eta': 0.9}), 'select', done=3))  # running
+  rows.append(_row('l2', 'sgd', 0, 0.5, json.dumps({'strength': 1}), 'select'))  # one setting
+  text = study.spread_table(rows)
+  (line,) = [l for l in text.splitlines() if l.startswith('| permuted_mnist')]
+  cols = [c.strip() for c in line.split('|')[1:-1]]
+  assert cols == ['permuted_mnist (fashion_mnist)', 'sgd', 'snr', '3', '0.740 (eta=0.1)',
+                  '0.610 (eta=0.3)', '0.130', '0.007']
+  assert study.spread_table([r for r in rows if r['method'] == 'l2']) == ''
+
+
+def test_benchmark_labels_keep_entries_of_one_benchmark_apart(tmp_path):
+  entry = {'benchmark': 'permuted_mnist', 'dataset': 'digits', 'num_tasks': 2}
+  spec = _spec(tmp_path, methods={'none': {}},
+               benchmarks=[dict(entry, label='pm_w8', width=8), dict(entry, label='pm_w16', width=16)])
+  groups = study.build_groups(spec)
+  assert [g['key'][0] for g in groups] == ['pm_w8', 'pm_w16']
+  assert [g['base']['width'] for g in groups] == [8, 16]
+  assert len({str(g['where']) for g in groups}) == 2
+  spec['benchmarks'] = [dict(entry, width=8), dict(entry, width=16)]
+  with pytest.raises(study.StudyError, match="give each a distinct 'label'"):
+    study.build_groups(spec)
