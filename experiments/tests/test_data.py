@@ -490,7 +490,7 @@ def test_source_restriction_and_bad_names(tmp_path):
   assert D.load_mnist(data_dir=tmp_path, source='files').images.shape[0] == 3
   with pytest.raises(ValueError, match='bundled'):
     D.load_mnist(data_dir=tmp_path, source='bundled')
-  names = 'cifar10, digits, fashion_mnist, imagenet32, mnist, shakespeare'
+  names = 'cifar10, digits, fashion_mnist, generated_cifar10, imagenet32, mnist, shakespeare'
   with pytest.raises(ValueError, match=names):
     D.load_dataset('svhn')
   with pytest.raises(ValueError, match='source'):
