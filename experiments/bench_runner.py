@@ -9,7 +9,10 @@
   batch gather, to split the difference);
 * the wall time of the full 500-task Permuted protocol for one seed with SNR, compile
   included (the paper's released code runs it at about 290 steps/s here: ~18 minutes);
-* the CNN inside the runner on the Random-label CIFAR protocol (batch 16), one seed.
+* the CNN inside the runner on the Random-label CIFAR protocol (batch 16), one seed;
+* with ``--mesh-devices N``: instead of the above, 8 seeds of the Permuted protocol
+  vmapped on one device against the same members placed on a mesh of N devices
+  (``--mode mesh``; on CPU, N virtual devices), timed interleaved.
 
 Permuted runs use Fashion-MNIST when it is installed (Debian's dataset-fashion-mnist;
 MNIST itself is not to be had here, and it has the same shape), else generated data of
@@ -18,6 +21,7 @@ pixel values.
 
     python -m experiments.bench_runner [--tasks 8] [--reps 3] [--cores 1] [--skip-full]
         [--skip-seeds] [--only-ratio] [--profile]
+    python -m experiments.bench_runner --mesh-devices 8 --cores 0
 """
 
 from __future__ import annotations
@@ -49,7 +53,8 @@ def runner_call(config, dataset, seeds, tasks, mode='auto'):
   """``run(tasks tasks)`` of the compiled runner from a fresh carry, compiled."""
   from experiments import runner  # pylint: disable=import-outside-toplevel
   mode = runner.default_mode(config) if mode == 'auto' else mode
-  exp = runner.make_run(config, dataset, axis_name='members' if mode == 'vmap' else None)
+  exp = runner.make_run(config, dataset,
+                        axis_name='members' if mode in ('vmap', 'mesh') else None)
   init, run = runner.compile_batched(exp, mode, tasks)
   carry = init(runner.seed_keys(seeds), np.zeros(len(seeds), np.float32))
   call = lambda: run(carry, 0, tasks)
@@ -122,6 +127,14 @@ def runner_against_bare(config, dataset, tasks, reps, profile=False):
   return {name: steps / t for name, t in median_times(calls, reps).items()}
 
 
+def mesh_against_vmap(config, dataset, seeds, tasks, reps):
+  """Steps/s of the members vmapped on one device and placed on every device, timed
+  interleaved: ``{'vmap': ..., 'mesh': ...}``."""
+  calls = {mode: runner_call(config, dataset, seeds, tasks, mode) for mode in ('vmap', 'mesh')}
+  steps = tasks * config.steps_per_task
+  return {mode: steps / t for mode, t in median_times(calls, reps).items()}
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--tasks', type=int, default=8, help='tasks per timed call')
@@ -135,7 +148,14 @@ def main(argv=None):
   parser.add_argument('--only-ratio', action='store_true',
                       help='only the runner / bare ratios (implies --skip-full --skip-seeds, '
                       'no CIFAR)')
+  parser.add_argument('--mesh-devices', type=int, default=0,
+                      help='only compare 8 seeds vmapped on one device with the same on a '
+                      'mesh of this many devices (virtual CPU devices on CPU)')
   args = parser.parse_args(argv)
+  if args.mesh_devices:
+    import os  # pylint: disable=import-outside-toplevel
+    os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
+                               f' --xla_force_host_platform_device_count={args.mesh_devices}')
   if args.only_ratio:
     args.skip_full = args.skip_seeds = True
   cores = pin_cores(args.cores)
@@ -147,6 +167,17 @@ def main(argv=None):
   mnist, name = _mnist_like()
   print(f'{jax.default_backend()}, {cores} core(s); permuted data: {mnist.name} '
         f'({mnist.source}); median of {args.reps}')
+  if args.mesh_devices:
+    if jax.device_count() != args.mesh_devices:
+      raise SystemExit(f'asked for {args.mesh_devices} devices, JAX sees '
+                       f'{jax.device_count()}: run this in a fresh process.')
+    for method in ('none', 'snr'):
+      cfg = ExperimentConfig('permuted_mnist', method=method, dataset=name)
+      sps = mesh_against_vmap(cfg, mnist, list(range(8)), args.tasks, args.reps)
+      print(f"permuted MLP  {method:5s} 8 seeds: vmap on 1 device {sps['vmap'] * 8:8.0f} "
+            f"seed-steps/s; mesh on {args.mesh_devices} devices {sps['mesh'] * 8:8.0f} "
+            f"seed-steps/s; mesh / vmap throughput {sps['mesh'] / sps['vmap']:5.2f}")
+    return
   for method in ('none', 'snr'):
     cfg = ExperimentConfig('permuted_mnist', method=method, dataset=name)
     sps = runner_against_bare(cfg, mnist, args.tasks, args.reps, args.profile)

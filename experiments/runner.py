@@ -15,6 +15,7 @@ firing over the last ``dead_after`` examples) and mean absolute weight.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, Callable, Iterable, NamedTuple, Optional, Sequence
 
@@ -294,10 +295,26 @@ def compile_batched(exp: Experiment, mode: str, chunk: int, mesh: Optional[Mesh]
     # the mesh spans them all (every process runs this same program).
     batch_axis = mesh is not None and 'batch' in mesh.axis_names
     vinit = jax.jit(jax.vmap(exp.init))
-    vrun = jax.jit(jax.vmap(exp.run_tasks, in_axes=(0, None, None, None),
-                            axis_name=exp.axis_name,
-                            spmd_axis_name='members' if batch_axis else None),
-                   static_argnums=3)
+    local_run = jax.vmap(exp.run_tasks, in_axes=(0, None, None, None),
+                         axis_name=exp.axis_name,
+                         spmd_axis_name='members' if batch_axis else None)
+    if batch_axis:
+      vrun = jax.jit(local_run, static_argnums=3)
+    else:
+      # Each device runs its own members (shard_map), so a reduction over the vmap axis
+      # (e.g. "does any member reset this step?", which keeps the reset a real branch)
+      # stays on the device instead of becoming a cross-device all-reduce every step.
+      def vrun(carry, data, first, n):
+        m = jax.tree.leaves(carry)[0].sharding.mesh
+        return _sharded_members(m, n)(carry, data, jnp.asarray(first))
+
+      @functools.lru_cache(maxsize=None)
+      def _sharded_members(m, n):
+        # The same devices under another axis name: 'members' names the vmap axis inside.
+        devices = Mesh(m.devices, ('member_devices',))
+        return jax.jit(jax.shard_map(lambda c, d, f: local_run(c, d, f, n), mesh=devices,
+                                     in_specs=(P('member_devices'), P(), P()),
+                                     out_specs=P('member_devices'), check_vma=False))
     placed = {}
 
     def shardings(members):

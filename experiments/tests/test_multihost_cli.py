@@ -79,8 +79,12 @@ def _wait(procs) -> list[str]:
         q.kill()
       raise
     assert p.returncode == 0, err[-3000:]
-    outs.append(''.join(l for l in out.splitlines(True) if not l.startswith('[Gloo]')))
-  return outs   # stdout of each, without gloo's connection messages
+    outs.append(''.join(l for l in out.splitlines(True) if any(m in l for m in CLI_LINES)))
+  return outs   # the CLI's own lines of each stdout
+
+
+# What the CLI prints (gloo also prints connection messages to stdout, at times in pieces).
+CLI_LINES = ('stopped after', 'resumed from', 'results in', 'permuted_mnist', 'accuracy')
 
 
 def _written(log: pathlib.Path, out: pathlib.Path) -> set[pathlib.Path]:
