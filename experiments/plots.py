@@ -41,12 +41,10 @@ def load_run(run: pathlib.Path) -> dict[str, dict[str, np.ndarray]]:
 def plot_runs(runs: Sequence[pathlib.Path], path: pathlib.Path,
               title: Optional[str] = None) -> pathlib.Path:
   """Writes a PNG with two panels (accuracy, dead fraction) for the given runs."""
-  import matplotlib  # pylint: disable=import-outside-toplevel
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
   if not runs:
     raise ValueError('give at least one result directory to plot.')
-  fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+  plt, fig, axes = _figure(1, 2, (5.5, 4.0))
+  axes = axes[0]
   for run in runs:
     for label, m in load_run(run).items():
       for ax, name in zip(axes, ('accuracy', 'dead_fraction')):
@@ -59,14 +57,7 @@ def plot_runs(runs: Sequence[pathlib.Path], path: pathlib.Path,
   axes[1].set(xlabel='task', ylabel='fraction of dead units',
               title='Dead units (no firing in 1,000 examples)')
   axes[0].legend()
-  if title:
-    fig.suptitle(title)
-  fig.tight_layout()
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
-  return path
+  return _save(plt, fig, path, title)
 
 
 def _smooth(y: np.ndarray, window: int) -> np.ndarray:
@@ -92,7 +83,7 @@ def _save(plt, fig, path: pathlib.Path, title: Optional[str]) -> pathlib.Path:
   fig.tight_layout()
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(path, dpi=110)
+  fig.savefig(path, dpi=120)
   plt.close(fig)
   return path
 
