@@ -8,13 +8,15 @@ Each run writes its config, the dataset and source used, per-task metrics and th
 headline figure into ``--out`` (see ``experiments.results``), checkpoints every
 ``--checkpoint-every`` tasks, and resumes from that checkpoint when started again with
 the same flags and output directory. With ``--coordinator``, ``--num-processes`` and
-``--process-id`` the same command runs over several processes (``jax.distributed``).
+``--process-id``, or ``--distributed`` under a cluster launcher (Slurm, Open MPI, Cloud
+TPU, Kubernetes), the same command runs over several processes (``jax.distributed``).
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import os
 import pathlib
 import sys
 from typing import Optional, Sequence
@@ -128,10 +130,15 @@ def _add_run_arguments(p: argparse.ArgumentParser, name: str) -> None:
   p.add_argument('--no-progress', action='store_true', help='no progress bar')
   hosts = p.add_argument_group(
       'several processes (jax.distributed)',
-      'Give all three to run one program over every process (e.g. one per host), with\n'
-      '--mode mesh placing the members on all their devices. Every process runs the same\n'
-      'command with its own --process-id and the same --out (a shared file system);\n'
-      'only process 0 writes results, each process writes its part of the checkpoint.')
+      'Give all three, or --distributed, to run one program over every process (e.g. one\n'
+      'per host), with --mode mesh placing the members on all their devices. Every process\n'
+      'runs the same command with the same --out (a shared file system); only process 0\n'
+      'writes results, each process writes its part of the checkpoint.')
+  hosts.add_argument('--distributed', action='store_true',
+                     help='take what the three flags below leave unset from the cluster '
+                          "launcher's environment (Slurm's srun, Open MPI's mpirun, Cloud "
+                          'TPU, Kubernetes; JAX_COORDINATOR_ADDRESS, JAX_COORDINATOR_PORT), '
+                          'as jax.distributed.initialize() does')
   hosts.add_argument('--coordinator', metavar='HOST:PORT',
                      help="process 0's address, reachable from every process")
   hosts.add_argument('--num-processes', type=int, metavar='N', help='number of processes')
@@ -206,31 +213,59 @@ def _config_from_args(args):
 
 _DISTRIBUTED_FLAGS = ('coordinator', 'num_processes', 'process_id')
 
+# Environment variables by which a launcher says it started several copies of this command.
+_LAUNCHER_TASKS = (('SLURM_NTASKS', 'SLURM_PROCID', "Slurm's srun"),
+                   ('OMPI_COMM_WORLD_SIZE', 'OMPI_COMM_WORLD_RANK', "Open MPI's mpirun"))
+
+
+def _flag(name: str) -> str:
+  return '--' + name.replace('_', '-')
+
+
+def _launched_tasks() -> Optional[tuple[int, str]]:
+  """(number of tasks, launcher) when a launcher started several copies of this process."""
+  for size, rank, launcher in _LAUNCHER_TASKS:
+    if rank in os.environ and os.environ.get(size, '1').isdigit() and int(os.environ[size]) > 1:
+      return int(os.environ[size]), launcher
+  return None
+
 
 def _check_distributed(args) -> bool:
-  """Whether the run spans several processes; raises CliError on incomplete flags."""
+  """Whether the run spans several processes; raises CliError on incomplete or bad flags,
+  and on several launched copies of a run that would each run alone."""
   given = [f for f in _DISTRIBUTED_FLAGS if getattr(args, f) is not None]
-  if not given:
+  if not given and not args.distributed:
+    tasks = _launched_tasks()
+    if tasks:
+      raise CliError(f'{tasks[1]} started {tasks[0]} copies of this run, which would each run '
+                     'alone into the same --out; add --distributed to run them as one '
+                     'program over all their devices, or launch one task.')
     return False
   missing = [f for f in _DISTRIBUTED_FLAGS if f not in given]
-  if missing:
+  if missing and not args.distributed:
     raise CliError('a run over several processes needs --coordinator, --num-processes and '
-                   '--process-id together; missing: '
-                   + ', '.join('--' + f.replace('_', '-') for f in missing) + '.')
-  host, _, port = args.coordinator.rpartition(':')
-  if not host or not port.isdigit():
-    raise CliError(f'--coordinator takes HOST:PORT (e.g. 10.0.0.1:1234), got '
-                   f'{args.coordinator!r}.')
-  if args.num_processes < 1:
+                   '--process-id together (or --distributed, to take the rest from a '
+                   "cluster launcher's environment); missing: "
+                   + ', '.join(_flag(f) for f in missing) + '.')
+  if args.coordinator is not None:
+    host, _, port = args.coordinator.rpartition(':')
+    if not host or not port.isdigit():
+      raise CliError(f'--coordinator takes HOST:PORT (e.g. 10.0.0.1:1234), got '
+                     f'{args.coordinator!r}.')
+  if args.num_processes is not None and args.num_processes < 1:
     raise CliError('--num-processes must be at least 1.')
-  if not 0 <= args.process_id < args.num_processes:
+  if args.process_id is not None and args.process_id < 0:
+    raise CliError(f'--process-id must be at least 0, got {args.process_id}.')
+  if (args.num_processes is not None and args.process_id is not None
+      and args.process_id >= args.num_processes):
     raise CliError(f'--process-id must be in 0..{args.num_processes - 1} '
                    f'(--num-processes {args.num_processes}), got {args.process_id}.')
   return True
 
 
 def _start_distributed(args) -> None:
-  """``jax.distributed.initialize`` with the flags (before any other use of JAX)."""
+  """``jax.distributed.initialize`` with the flags, the rest from the launcher's
+  environment under ``--distributed`` (before any other use of JAX)."""
   import jax  # pylint: disable=import-outside-toplevel
   # CPU devices talk over gloo (the default CPU client has no cross-process collectives);
   # other backends ignore this.
@@ -238,6 +273,10 @@ def _start_distributed(args) -> None:
   try:
     jax.distributed.initialize(coordinator_address=args.coordinator,
                                num_processes=args.num_processes, process_id=args.process_id)
+  except ValueError as e:   # nothing to detect: JAX names the first value it lacks
+    unset = ', '.join(_flag(f) for f in _DISTRIBUTED_FLAGS if getattr(args, f) is None)
+    raise CliError(f'--distributed found no cluster launcher (Slurm, Open MPI, Cloud TPU, '
+                   f'Kubernetes) to take {unset} from ({e}); pass them as flags.') from None
   except RuntimeError as e:   # e.g. JAX already in use in this process
     raise CliError(f'jax.distributed.initialize failed: {e}') from None
 

@@ -1,7 +1,7 @@
 """The command line over two processes for real (jax.distributed on localhost, gloo, 4 CPU
 devices each) in --mode mesh: process 0 alone writes the results, which equal one process
 with 8 devices and vmap on one device; a run stopped there resumes from its orbax
-checkpoint to the same numbers."""
+checkpoint to the same numbers, started the way Slurm's srun starts it (--distributed)."""
 
 import os
 import pathlib
@@ -51,13 +51,13 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _launch(argv, devices, write_log):
+def _launch(argv, devices, write_log, env=()):
   # A compilation cache shared by the runs of one test: the resumed run skips compiling.
   cache = pathlib.Path(write_log).parent / 'compilation_cache'
   env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
              JAX_PLATFORMS='cpu', JAX_COMPILATION_CACHE_DIR=str(cache),
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
-             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0')
+             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0', **dict(env))
   return subprocess.Popen([sys.executable, '-c', WRAPPER, str(write_log), *argv], cwd=ROOT,
                           env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -67,6 +67,18 @@ def _two_processes(out, logs, *extra):
   return [_launch([*FLAGS, '--mode', 'mesh', '--out', str(out), *extra,
                    '--coordinator', address, '--num-processes', '2', '--process-id', str(i)],
                   4, logs / f'writes{i}.txt') for i in range(2)]
+
+
+def _srun(out, logs):
+  """Two processes as Slurm's srun starts them: no flags, --distributed, the step's
+  environment (JAX reads the coordinator's node, the task count and this task's rank)."""
+  port = str(_free_port())
+  return [_launch([*FLAGS, '--mode', 'mesh', '--out', str(out), '--distributed'], 4,
+                  logs / f'writes{i}.txt',
+                  {'SLURM_JOB_ID': '7', 'SLURM_STEP_NODELIST': '127.0.0.1',
+                   'SLURM_STEP_NUM_NODES': '1', 'SLURM_NTASKS': '2', 'SLURM_PROCID': str(i),
+                   'SLURM_LOCALID': str(i), 'JAX_COORDINATOR_PORT': port})
+          for i in range(2)]
 
 
 def _wait(procs) -> list[str]:
@@ -114,7 +126,7 @@ def test_two_processes_write_once_equal_one_process_and_resume(tmp_path):
   assert partial == [r for r in reference if int(r['task']) < 2]
   assert (multi / 'checkpoint' / '2' / 'carry').is_dir()
 
-  resumed = _wait(_two_processes(multi, logs))
+  resumed = _wait(_srun(multi, logs))
   assert 'resumed from task 2' in resumed[0] and resumed[1] == ''
   assert all(p.is_relative_to(multi / 'checkpoint')
              for p in _written(logs / 'writes1.txt', multi))
@@ -134,6 +146,8 @@ def test_two_processes_write_once_equal_one_process_and_resume(tmp_path):
      '--coordinator takes HOST:PORT'),
     (['--coordinator', 'h:1', '--num-processes', '2', '--process-id', '2'],
      '--process-id must be in 0..1'),
+    (['--distributed', '--coordinator', 'h'], '--coordinator takes HOST:PORT'),
+    (['--distributed', '--process-id', '-1'], '--process-id must be at least 0'),
 ])
 def test_incomplete_multihost_flags_are_refused_before_anything_runs(flags, message, tmp_path,
                                                                       capsys):
@@ -157,3 +171,31 @@ def test_modes_across_processes_are_checked_before_anything_runs(monkeypatch):
     resolve_mode(config, 'vmap', 4)
   with pytest.raises(ValueError, match='3 members .* do not split evenly over 2 processes'):
     resolve_mode(config, 'mesh', 3)
+
+
+def test_copies_started_by_a_launcher_without_distributed_are_refused(tmp_path, capsys,
+                                                                     monkeypatch):
+  monkeypatch.setenv('SLURM_NTASKS', '4')
+  monkeypatch.setenv('SLURM_PROCID', '1')
+  out = tmp_path / 'never'
+  with pytest.raises(SystemExit) as e:
+    cli.main([*FLAGS, '--out', str(out)])
+  assert e.value.code == 2
+  err = capsys.readouterr().err
+  assert "Slurm's srun started 4 copies" in err and '--distributed' in err
+  assert not out.exists()
+  monkeypatch.setenv('SLURM_NTASKS', '1')   # one task: an ordinary run
+  assert cli._launched_tasks() is None
+
+
+def test_distributed_without_a_launcher_names_the_flags_before_anything_runs(tmp_path):
+  env = {k: v for k, v in os.environ.items()
+         if not k.startswith(('SLURM_', 'OMPI_', 'JAX_COORDINATOR', 'KUBERNETES_'))}
+  out = tmp_path / 'never'
+  done = subprocess.run([sys.executable, '-m', 'experiments.cli', *FLAGS, '--out', str(out),
+                         '--distributed', '--num-processes', '2'], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=120)
+  assert done.returncode == 2
+  assert ('found no cluster launcher' in done.stderr
+          and '--coordinator, --process-id' in done.stderr), done.stderr
+  assert 'Traceback' not in done.stderr and not out.exists()
