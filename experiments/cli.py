@@ -122,7 +122,8 @@ def _add_run_arguments(p: argparse.ArgumentParser, name: str) -> None:
                       'processes)')
   p.add_argument('--batch-devices', type=int, default=1, metavar='B',
                  help="with --mode mesh, shard each member's batch over B devices (firing "
-                      'and ages stay those of the whole batch)')
+                      'and ages stay those of the whole batch); B above the devices of one '
+                      'process spans whole processes')
   p.add_argument('--stop-after', type=int, metavar='TASKS',
                  help='end the run after this many tasks (at the end of a chunk), with a '
                       'checkpoint; the same command without it continues the run')

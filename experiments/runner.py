@@ -354,15 +354,19 @@ def compile_batched(exp: Experiment, mode: str, chunk: int, mesh: Optional[Mesh]
 def member_mesh(members: int, batch_devices: int = 1) -> Mesh:
   """The mesh that places the members: axis ``'members'`` over the most devices (at most
   one per member) that split them evenly, the same number from every process; with
-  ``batch_devices`` > 1, a second axis ``'batch'`` of that many devices per member (in
-  one process) for each member's batch."""
-  processes = jax.process_count()
-  per_process = max(k for k in range(1, min(members // processes,
-                                            jax.local_device_count() // batch_devices) + 1)
+  ``batch_devices`` > 1, a second axis ``'batch'`` of that many devices per member for
+  each member's batch: within one process, or, when it exceeds a process's devices, over
+  ``batch_devices // jax.local_device_count()`` whole processes (:func:`resolve_mode`
+  checks that these split)."""
+  processes, local = jax.process_count(), jax.local_device_count()
+  by_process = [sorted((d for d in jax.devices() if d.process_index == p), key=lambda d: d.id)
+                for p in range(processes)]
+  if batch_devices > local:   # each member's batch spans whole processes
+    devices = [d for ds in by_process for d in ds]
+    return Mesh(np.array(devices).reshape(-1, batch_devices), ('members', 'batch'))
+  per_process = max(k for k in range(1, min(members // processes, local // batch_devices) + 1)
                     if members % (k * processes) == 0)
-  devices = [d for p in range(processes)
-             for d in sorted((d for d in jax.devices() if d.process_index == p),
-                             key=lambda d: d.id)[:per_process * batch_devices]]
+  devices = [d for ds in by_process for d in ds[:per_process * batch_devices]]
   if batch_devices == 1:
     return Mesh(np.array(devices), ('members',))
   return Mesh(np.array(devices).reshape(-1, batch_devices), ('members', 'batch'))
@@ -399,8 +403,9 @@ def resolve_mode(config: ExperimentConfig, mode: str, num_members: int,
 
   Raises:
     ValueError: an unknown mode; ``batch_devices`` > 1 outside ``'mesh'``, not dividing
-      the batch size or more than a process's devices; or, under several processes, a
-      mode other than ``'mesh'``, or members that do not split evenly over the processes.
+      the batch size, or more than a process's devices without spanning whole processes;
+      or, under several processes, a mode other than ``'mesh'``, or members that do not
+      split evenly over the processes (or the groups of processes that share a batch).
   """
   if mode not in ('auto', 'vmap', 'mesh', 'sequential'):
     raise ValueError(f"mode must be 'vmap', 'mesh', 'sequential' or 'auto', got {mode!r}.")
@@ -414,10 +419,20 @@ def resolve_mode(config: ExperimentConfig, mode: str, num_members: int,
     if batch % batch_devices:
       raise ValueError(f'batch_devices={batch_devices} does not divide the batch size '
                        f'{batch}; use a divisor of it.')
-    if batch_devices > jax.local_device_count():
-      raise ValueError(f'batch_devices={batch_devices} but this process has '
-                       f'{jax.local_device_count()} device(s); use at most that many.')
-  processes = jax.process_count()
+  processes, local = jax.process_count(), jax.local_device_count()
+  # members split over groups of processes: one process each, or, when a member's batch
+  # spans several processes, the processes that share it
+  groups = processes
+  if batch_devices > local:
+    if processes == 1:
+      raise ValueError(f'batch_devices={batch_devices} but this process has {local} '
+                       'device(s); use at most that many.')
+    span = batch_devices // local
+    if batch_devices % local or processes % span:
+      raise ValueError(f'batch_devices={batch_devices} spans processes of {local} devices '
+                       f'each: use at most {local}, or a multiple of {local} that splits '
+                       f'the {processes} processes (e.g. {local * processes}).')
+    groups = processes // span
   if processes == 1:
     if batch_devices != 1:
       return 'mesh'
@@ -425,9 +440,11 @@ def resolve_mode(config: ExperimentConfig, mode: str, num_members: int,
   if mode not in ('auto', 'mesh'):
     raise ValueError(f"mode {mode!r} runs on one process's devices; with {processes} "
                      "processes use mode 'mesh' (or 'auto').")
-  if num_members % processes:
+  if num_members % groups:
+    where = (f'{processes} processes' if groups == processes else
+             f'{groups} groups of processes (batch_devices={batch_devices})')
     raise ValueError(f'{num_members} members (seeds x sweep values) do not split evenly '
-                     f'over {processes} processes; use a multiple of {processes} seeds.')
+                     f'over {where}; use a multiple of {groups} seeds.')
   return 'mesh'
 
 

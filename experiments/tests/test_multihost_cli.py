@@ -139,6 +139,23 @@ def test_two_processes_write_once_equal_one_process_and_resume(tmp_path):
     np.testing.assert_allclose(v, _columns(reference)[k], rtol=0, atol=1e-6, err_msg=k)
 
 
+def test_a_batch_spanning_both_processes_gives_the_single_device_run(tmp_path):
+  """--batch-devices 8 over 2 processes of 4 devices: every member's batch is split over
+  both processes (mesh 1 x 8), and firing, resets and metrics are those of one device."""
+  multi, logs = tmp_path / 'multi', tmp_path / 'logs'
+  logs.mkdir()
+  procs = _two_processes(multi, logs, '--batch-devices', '8')
+  vmap = tmp_path / 'vmap'
+  assert cli.main([*FLAGS, '--mode', 'vmap', '--out', str(vmap)]) == 0
+  _wait(procs)
+  spanned, reference = (_columns(results.read_metrics(d)) for d in (multi, vmap))
+  assert reference['resets/Dense_0'].sum() > 0
+  for k, v in reference.items():
+    if k.startswith('resets/'):
+      np.testing.assert_array_equal(spanned[k], v, err_msg=k)
+    np.testing.assert_allclose(spanned[k], v, rtol=0, atol=1e-6, err_msg=k)
+
+
 @pytest.mark.parametrize('flags, message', [
     (['--coordinator', '127.0.0.1:1234'], 'missing: --num-processes, --process-id'),
     (['--num-processes', '2', '--process-id', '0'], 'missing: --coordinator'),
@@ -171,6 +188,15 @@ def test_modes_across_processes_are_checked_before_anything_runs(monkeypatch):
     resolve_mode(config, 'vmap', 4)
   with pytest.raises(ValueError, match='3 members .* do not split evenly over 2 processes'):
     resolve_mode(config, 'mesh', 3)
+  # a batch over more devices than a process has spans whole processes
+  monkeypatch.setattr('jax.local_device_count', lambda: 4)
+  assert resolve_mode(config, 'auto', 3, batch_devices=8) == 'mesh'   # one group: both
+  with pytest.raises(ValueError, match='use at most 4, or a multiple of 4 that splits'):
+    resolve_mode(config, 'mesh', 4, batch_devices=16)
+  monkeypatch.setattr('jax.process_count', lambda: 4)
+  with pytest.raises(ValueError, match=r'3 members .* over 2 groups of processes '
+                                       r'\(batch_devices=8\)'):
+    resolve_mode(config, 'mesh', 3, batch_devices=8)
 
 
 def test_copies_started_by_a_launcher_without_distributed_are_refused(tmp_path, capsys,
