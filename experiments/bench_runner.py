@@ -1,12 +1,12 @@
 """Speed of the experiment runner on the paper's protocols.
 
 * Permuted MNIST protocol (MLP, batch 16, 625 steps per task): steps/s inside the runner
-  for SNR and for no intervention, 1 seed and 8 seeds (vmapped); for 1 seed, also the
-  bare train step (the runner's own step, same model, optimizer and method, in
-  ``lax.scan`` on a fixed pre-made batch stream, as in ``bench_overhead``) timed
-  interleaved with the runner in this process, and the time ratio runner / bare
-  (``--profile`` adds the runner without vmap and the bare step with the runner's
-  batch gather, to split the difference);
+  for SNR and for no intervention, 1 seed (the default mode: sequential) and 8 seeds
+  (vmapped); for 1 seed, also the bare train step (the runner's own step, same model,
+  optimizer and method, in ``lax.scan`` on a fixed pre-made batch stream, as in
+  ``bench_overhead``) timed interleaved with the runner in this process, and the time
+  ratio runner / bare (``--profile`` adds the runner vmapped over its one member and
+  the bare step with the runner's batch gather, to split the difference);
 * the wall time of the full 500-task Permuted protocol for one seed with SNR, compile
   included (the paper's released code runs it at about 290 steps/s here: ~18 minutes);
 * the CNN inside the runner on the Random-label CIFAR protocol (batch 16), one seed;
@@ -52,7 +52,7 @@ def _mnist_like():
 def runner_call(config, dataset, seeds, tasks, mode='auto'):
   """``run(tasks tasks)`` of the compiled runner from a fresh carry, compiled."""
   from experiments import runner  # pylint: disable=import-outside-toplevel
-  mode = runner.default_mode(config) if mode == 'auto' else mode
+  mode = runner.default_mode(config, len(seeds)) if mode == 'auto' else mode
   exp = runner.make_run(config, dataset,
                         axis_name='members' if mode in ('vmap', 'mesh') else None)
   init, run = runner.compile_batched(exp, mode, tasks)
@@ -114,14 +114,15 @@ def steps_per_second(config, dataset, seeds, tasks, reps, mode='auto'):
 
 
 def runner_against_bare(config, dataset, tasks, reps, profile=False):
-  """Steps/s of the runner and of the bare step for one seed, timed interleaved:
-  ``{'runner': ..., 'bare': ...}``. ``profile`` adds the runner without vmap
-  (``'runner, no vmap'``, its sequential mode) and the bare step with the runner's
-  batch gather (``'bare + gather'``), which split the runner's extra time."""
+  """Steps/s of the runner (its default mode for one seed: sequential) and of the bare
+  step for one seed, timed interleaved: ``{'runner': ..., 'bare': ...}``. ``profile``
+  adds the runner vmapped over its one member (``'runner, vmap over 1'``) and the bare
+  step with the runner's batch gather (``'bare + gather'``), which split the runner's
+  extra time."""
   calls = {'runner': runner_call(config, dataset, [0], tasks),
            'bare': bare_call(config, dataset, tasks)}
   if profile:
-    calls['runner, no vmap'] = runner_call(config, dataset, [0], tasks, mode='sequential')
+    calls['runner, vmap over 1'] = runner_call(config, dataset, [0], tasks, mode='vmap')
     calls['bare + gather'] = bare_call(config, dataset, tasks, gather=True)
   steps = tasks * config.steps_per_task
   return {name: steps / t for name, t in median_times(calls, reps).items()}
@@ -143,8 +144,8 @@ def main(argv=None):
   parser.add_argument('--skip-full', action='store_true', help='skip the 500-task run')
   parser.add_argument('--skip-seeds', action='store_true', help='skip the 8-seed runs')
   parser.add_argument('--profile', action='store_true',
-                      help='also time the runner without vmap and the bare step with the '
-                      "runner's batch gather")
+                      help='also time the runner vmapped over its one member and the bare '
+                      "step with the runner's batch gather")
   parser.add_argument('--only-ratio', action='store_true',
                       help='only the runner / bare ratios (implies --skip-full --skip-seeds, '
                       'no CIFAR)')
@@ -183,7 +184,7 @@ def main(argv=None):
     sps = runner_against_bare(cfg, mnist, args.tasks, args.reps, args.profile)
     for what, value in sps.items():
       label = 'runner, 1 seed' if what == 'runner' else what
-      print(f'permuted MLP  {method:5s} {label:16s}: {value:8.0f} steps/s; time / bare step '
+      print(f'permuted MLP  {method:5s} {label:19s}: {value:8.0f} steps/s; time / bare step '
             f'{sps["bare"] / value:5.2f}')
     if not args.skip_seeds:
       sps = steps_per_second(cfg, mnist, list(range(8)), args.tasks, args.reps)

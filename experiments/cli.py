@@ -118,8 +118,8 @@ def _add_run_arguments(p: argparse.ArgumentParser, name: str) -> None:
   p.add_argument('--mode', default='auto', choices=('auto', 'vmap', 'mesh', 'sequential'),
                  help='batch seeds with vmap, place them on a device mesh (jit over every '
                       'device, of every process when there are several), or run them one '
-                      'by one (auto: vmap, but one by one for CNNs on CPU; mesh across '
-                      'processes)')
+                      'by one (auto: vmap, but one by one for a single member and for CNNs '
+                      'on CPU; mesh across processes)')
   p.add_argument('--batch-devices', type=int, default=1, metavar='B',
                  help="with --mode mesh, shard each member's batch over B devices (firing "
                       'and ages stay those of the whole batch); B above the devices of one '

@@ -320,3 +320,11 @@ def test_batch_devices_errors(mode, batch_devices, message, mnist):
   cfg = ExperimentConfig('permuted_mnist', num_tasks=1, examples_per_task=64)
   with pytest.raises(ValueError, match=re.escape(message)):
     run_experiment(cfg, mnist, seeds=[0, 1], mode=mode, batch_devices=batch_devices)
+
+
+def test_auto_mode_runs_one_member_without_vmap():
+  from experiments.runner import resolve_mode
+  mlp = ExperimentConfig('permuted_mnist')
+  assert resolve_mode(mlp, 'auto', 1) == 'sequential'   # nothing to batch
+  assert resolve_mode(mlp, 'auto', 2) == 'vmap'
+  assert resolve_mode(mlp, 'vmap', 1) == 'vmap'         # asked for: kept
