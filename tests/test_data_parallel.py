@@ -42,3 +42,41 @@ def test_axis_names_without_an_enclosing_axis_are_clear_errors():
     with pytest.raises(ValueError, match=f"{name}='{kw[name]}' names no enclosing mapped axis"):
       tx.update(jax.tree.map(jax.numpy.zeros_like, params), tx.init(params), params,
                 activations={'h': jax.numpy.ones((4, 3))})
+
+
+COLLECTIVES = '''
+import os, re, sys
+os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=2'
+import jax, numpy as np, optax
+from jax.sharding import Mesh, PartitionSpec as P
+import snr_jax
+from parallel_setup import setup
+
+params, groups, loss_sum, xs, ys = setup(1)
+mesh = Mesh(np.array(jax.devices()), ('d',))
+
+def all_reduces(tx):
+  def step(p, s, x, y):
+    (_, acts), g = jax.value_and_grad(loss_sum, has_aux=True)(p, x, y)
+    u, s = tx.update(g, s, p, activations=acts)
+    return optax.apply_updates(p, u), s
+  run = jax.jit(jax.shard_map(step, mesh=mesh, in_specs=(P(), P(), P('d'), P('d')),
+                              out_specs=(P(), P())))
+  hlo = run.lower(params, tx.init(params), xs[0], ys[0]).compile().as_text()
+  return len(re.findall(r' all-reduce\\(', hlo))
+
+sgd = optax.sgd(0.05)
+print(all_reduces(sgd), all_reduces(snr_jax.snr(sgd, groups, data_axis='d')),
+      all_reduces(snr_jax.snr(sgd, groups, estimator='per_token', data_axis='d')))
+'''
+
+
+def test_data_parallel_snr_adds_no_collective_to_the_step():
+  """The global firing is summed in float32, so XLA merges its all-reduce with the
+  gradients': a data-parallel SNR step has as many all-reduces as the plain one."""
+  env = dict(os.environ, PYTHONPATH=f'{HERE}{os.pathsep}{HERE.parent}')
+  proc = subprocess.run([sys.executable, '-c', COLLECTIVES], env=env, capture_output=True,
+                        text=True, timeout=300, check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  plain, snr, per_token = map(int, proc.stdout.split())
+  assert plain >= 1 and snr == plain and per_token == plain, (plain, snr, per_token)
