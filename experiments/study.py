@@ -22,7 +22,8 @@ robustness section below reads those runs). Each cell is one run of
 ``experiments.driver.drive`` (the compiled runner; its seeds batched as usual) in its
 own directory under ``runs_dir`` with the usual config.json, metrics.csv, summary.json
 and checkpoint. A cell whose summary says complete is skipped; a cell that was killed
-resumes from its checkpoint. Cells run in ``workers`` processes (default 2, each pinned
+resumes from its checkpoint. Ctrl-C stops the study: running cells checkpoint, cells not
+yet started stay so (exit code 130). Cells run in ``workers`` processes (default 2, each pinned
 to its own core). After each cell the main process rewrites the study CSV (one row per
 cell and seed), ``selection.json`` beside it, and the markdown table. The table ends
 with each method's *spread*: best − worst last-10% accuracy over its grid, on the
@@ -239,13 +240,32 @@ def cell_state(cell: Cell) -> str:
 _DATASETS: dict = {}
 
 
-def _pin(counter) -> None:
-  """Pool initializer: pins each worker to its own core (round robin)."""
+_STOP = None   # in a worker: the study's stop event
+
+
+def _init_worker(counter, stop) -> None:
+  """Pool initializer: pins each worker to its own core (round robin) and keeps the
+  study's stop event."""
+  global _STOP  # pylint: disable=global-statement
+  _STOP = stop
   with counter.get_lock():
     i = counter.value
     counter.value += 1
   cores = sorted(os.sched_getaffinity(0))
   os.sched_setaffinity(0, {cores[i % len(cores)]})
+
+
+def _run_cell_unless_stopped(cell: Cell, **kw) -> Optional[dict]:
+  """``run_cell`` in a worker, or None once the study was interrupted: the pool hands
+  workers cells queued before the interruption, which must not start."""
+  if _STOP is not None and _STOP.is_set():
+    return None
+  try:
+    return run_cell(cell, **kw)
+  except KeyboardInterrupt:   # this worker's next cell must not start either
+    if _STOP is not None:
+      _STOP.set()
+    raise
 
 
 def run_cell(cell: Cell, data_dir: Optional[str] = None, source: Optional[str] = None,
@@ -552,11 +572,12 @@ def run_study(spec: dict, *, workers: Optional[int] = None, dry_run: bool = Fals
       draw_figures(rows, pathlib.Path(spec['figures']), name, log)
     return {'ran': [], 'skipped': [], 'selection': selection, 'rows': rows}
 
-  pool = None
+  pool = stop = None
   if workers > 0:
     ctx = mp.get_context('spawn')
-    pool = cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_pin,
-                                  initargs=(ctx.Value('i', 0),))
+    stop = ctx.Event()
+    pool = cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
+                                  initargs=(ctx.Value('i', 0), stop))
   futures: dict = {}
 
   def submit(c: Cell):
@@ -571,7 +592,7 @@ def run_study(spec: dict, *, workers: Optional[int] = None, dry_run: bool = Fals
       res = run_cell(c, **kw)
       finished(c, res)
     else:
-      futures[pool.submit(run_cell, c, **kw)] = c
+      futures[pool.submit(_run_cell_unless_stopped, c, **kw)] = c
     return True
 
   def finished(c: Cell, res: dict):
@@ -604,6 +625,13 @@ def run_study(spec: dict, *, workers: Optional[int] = None, dry_run: bool = Fals
           log(f'FAILED   {c.label}: {type(e).__name__}: {e}')
           continue
         finished(c, res)
+  except KeyboardInterrupt:
+    # Ctrl-C reaches the workers too: a running cell checkpoints and ends. Cells not
+    # started stay unstarted; running the study again resumes them all.
+    if stop is not None:
+      stop.set()
+    log('interrupted: running cells keep their checkpoints; run the study again to resume.')
+    raise
   finally:
     if pool is not None:
       pool.shutdown(cancel_futures=True)
@@ -651,6 +679,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               log=lambda s: print(s, flush=True))
   except (StudyError, FileNotFoundError) as e:
     parser.exit(2, f'error: {e}\n')
+  except KeyboardInterrupt:
+    return 130
   return 0
 
 

@@ -174,3 +174,42 @@ def test_benchmark_labels_keep_entries_of_one_benchmark_apart(tmp_path):
   spec['benchmarks'] = [dict(entry, width=8), dict(entry, width=16)]
   with pytest.raises(study.StudyError, match="give each a distinct 'label'"):
     study.build_groups(spec)
+
+
+def test_ctrl_c_stops_the_study_running_cells_checkpoint_queued_cells_never_start(tmp_path):
+  """Ctrl-C (SIGINT to the study's process group): the running cell checkpoints, the
+  cell the pool had already queued does not start, the study exits with 130; run again,
+  it resumes."""
+  import os
+  import signal
+  import subprocess
+  import sys
+  import time
+  spec = _spec(tmp_path, final_seeds=[0], workers=1, checkpoint_every=1,
+               methods={'none': {}, 'l2': {'strength': 1e-4}})
+  spec['benchmarks'][0]['num_tasks'] = 400
+  path = tmp_path / 'spec.json'
+  path.write_text(json.dumps(spec))
+  root = pathlib.Path(study.__file__).resolve().parents[1]
+  proc = subprocess.Popen([sys.executable, '-m', 'experiments.study', str(path)], cwd=root,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          start_new_session=True)
+  runs = tmp_path / 'runs' / 'permuted_mnist-digits' / 'sgd'
+  first = runs / 'none' / 'default-final'
+  deadline = time.time() + 240
+  while not list(first.glob('checkpoint/*')) and time.time() < deadline:
+    time.sleep(0.5)
+  assert proc.poll() is None, proc.communicate()[0]
+  os.killpg(proc.pid, signal.SIGINT)
+  out, _ = proc.communicate(timeout=120)
+  assert proc.returncode == 130, out
+  assert 'interrupted: running cells keep their checkpoints' in out
+  assert not (runs / 'l2').exists()           # queued before Ctrl-C, never started
+  done = max(int(p.name) for p in (first / 'checkpoint').iterdir())
+  assert 0 < done < 400
+  logs = []   # run again (for a few more tasks): it resumes, and starts the other cell
+  study.run_study(spec, workers=0, stop_after=done + 2, log=logs.append)
+  assert any(f'resumed from task {done}' in line for line in logs), logs
+  rows = study.read_csv(tmp_path / 'study.csv')
+  assert {(r['method'], int(r['tasks_done'])) for r in rows} == {('none', done + 2),
+                                                                 ('l2', done + 2)}
