@@ -8,7 +8,8 @@ several interleaved repetitions in one process; prints steps/s and the time rati
     python -m experiments.bench_data_parallel [--steps 2000] [--reps 5]
 
 The 8 devices share this machine's cores, so the figure is the relative cost of SNR's
-reductions and bookkeeping, not a speed-up.
+reductions and bookkeeping, not a speed-up. ``XLA_FLAGS=--xla_force_host_platform_device_count=N``
+set beforehand runs it on N devices instead (e.g. one per core).
 """
 
 from __future__ import annotations
@@ -55,9 +56,11 @@ def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--steps', type=int, default=2000)
   parser.add_argument('--reps', type=int, default=5)
+  parser.add_argument('--batch', type=int, default=128, help='global batch (a multiple of '
+                      'the device count)')
   args = parser.parse_args(argv)
   mesh = Mesh(np.array(jax.devices()), ('d',))
-  model, batch = MLP(), 128
+  model, batch = MLP(), args.batch
   x = jax.random.normal(jax.random.PRNGKey(1), (batch, 784))
   params = model.init(jax.random.PRNGKey(0), x)['params']
   groups = snr_jax.discover_groups(model, params, x)
@@ -79,8 +82,8 @@ def main(argv=None):
   for call in calls.values():
     timed(call)
   medians = median_times(calls, args.reps)
-  print(f'{args.steps} data-parallel steps, global batch {batch} over {mesh.size} '
-        f'{jax.devices()[0].platform} devices, median of {args.reps}')
+  print(f'{args.steps} data-parallel steps, global batch {batch} ({batch // mesh.size} per '
+        f'device) over {mesh.size} {jax.devices()[0].platform} devices, median of {args.reps}')
   for name, med in medians.items():
     print(f'  {name:18s} {args.steps / med:8.0f} steps/s   ratio to sgd '
           f'{med / medians["sgd"]:5.2f}')
