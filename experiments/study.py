@@ -279,16 +279,18 @@ def run_cell(cell: Cell, data_dir: Optional[str] = None, source: Optional[str] =
   if name not in _DATASETS:
     _DATASETS[name] = data.load_dataset(name, data_dir=data_dir, source=source)
   out = pathlib.Path(cell.out)
-  t = time.perf_counter()
-  summary = drive(config, _DATASETS[name], list(cell.seeds), out,
-                  checkpoint_every=checkpoint_every, tasks_per_call=tasks_per_call,
-                  progress=False, stop_after=stop_after)
-  wall = time.perf_counter() - t
   info_path = out / 'study_cell.json'
   info = json.loads(info_path.read_text()) if info_path.exists() else {'wall_s': 0.0}
-  info['wall_s'] += wall          # summed over the sessions a cell ran in
-  info['resumed_from'] = summary.get('resumed_from', 0)
-  info_path.write_text(json.dumps(info))
+  t = time.perf_counter()
+  try:
+    summary = drive(config, _DATASETS[name], list(cell.seeds), out,
+                    checkpoint_every=checkpoint_every, tasks_per_call=tasks_per_call,
+                    progress=False, stop_after=stop_after)
+    info['resumed_from'] = summary.get('resumed_from', 0)
+  finally:   # the time of an interrupted run counts too (summed over the runs of a cell)
+    if out.is_dir():
+      info['wall_s'] += time.perf_counter() - t
+      info_path.write_text(json.dumps(info))
   return {'summary': summary, 'wall_s': info['wall_s'], 'resumed_from': info['resumed_from']}
 
 

@@ -207,6 +207,7 @@ def test_ctrl_c_stops_the_study_running_cells_checkpoint_queued_cells_never_star
   assert not (runs / 'l2').exists()           # queued before Ctrl-C, never started
   done = max(int(p.name) for p in (first / 'checkpoint').iterdir())
   assert 0 < done < 400
+  assert json.loads((first / 'study_cell.json').read_text())['wall_s'] > 0   # time counted
   logs = []   # run again (for a few more tasks): it resumes, and starts the other cell
   study.run_study(spec, workers=0, stop_after=done + 2, log=logs.append)
   assert any(f'resumed from task {done}' in line for line in logs), logs
