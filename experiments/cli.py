@@ -214,8 +214,10 @@ def _config_from_args(args):
 
 _DISTRIBUTED_FLAGS = ('coordinator', 'num_processes', 'process_id')
 
-# Environment variables by which a launcher says it started several copies of this command.
-_LAUNCHER_TASKS = (('SLURM_NTASKS', 'SLURM_PROCID', "Slurm's srun"),
+# Environment variables by which a launcher says it started several copies of this command
+# (srun sets SLURM_STEP_NUM_TASKS per step; SLURM_NTASKS is also set in an sbatch script,
+# where a plain run is one process).
+_LAUNCHER_TASKS = (('SLURM_STEP_NUM_TASKS', 'SLURM_PROCID', "Slurm's srun"),
                    ('OMPI_COMM_WORLD_SIZE', 'OMPI_COMM_WORLD_RANK', "Open MPI's mpirun"))
 
 
@@ -226,8 +228,9 @@ def _flag(name: str) -> str:
 def _launched_tasks() -> Optional[tuple[int, str]]:
   """(number of tasks, launcher) when a launcher started several copies of this process."""
   for size, rank, launcher in _LAUNCHER_TASKS:
-    if rank in os.environ and os.environ.get(size, '1').isdigit() and int(os.environ[size]) > 1:
-      return int(os.environ[size]), launcher
+    tasks = os.environ.get(size, '')
+    if rank in os.environ and tasks.isdigit() and int(tasks) > 1:
+      return int(tasks), launcher
   return None
 
 

@@ -76,7 +76,8 @@ def _srun(out, logs):
   return [_launch([*FLAGS, '--mode', 'mesh', '--out', str(out), '--distributed'], 4,
                   logs / f'writes{i}.txt',
                   {'SLURM_JOB_ID': '7', 'SLURM_STEP_NODELIST': '127.0.0.1',
-                   'SLURM_STEP_NUM_NODES': '1', 'SLURM_NTASKS': '2', 'SLURM_PROCID': str(i),
+                   'SLURM_STEP_NUM_NODES': '1', 'SLURM_NTASKS': '2',
+                   'SLURM_STEP_NUM_TASKS': '2', 'SLURM_PROCID': str(i),
                    'SLURM_LOCALID': str(i), 'JAX_COORDINATOR_PORT': port})
           for i in range(2)]
 
@@ -201,7 +202,10 @@ def test_modes_across_processes_are_checked_before_anything_runs(monkeypatch):
 
 def test_copies_started_by_a_launcher_without_distributed_are_refused(tmp_path, capsys,
                                                                      monkeypatch):
-  monkeypatch.setenv('SLURM_NTASKS', '4')
+  monkeypatch.setenv('SLURM_NTASKS', '4')   # an sbatch script's allocation: a plain run
+  monkeypatch.setenv('SLURM_PROCID', '0')
+  assert cli._launched_tasks() is None
+  monkeypatch.setenv('SLURM_STEP_NUM_TASKS', '4')   # srun -n 4: four copies
   monkeypatch.setenv('SLURM_PROCID', '1')
   out = tmp_path / 'never'
   with pytest.raises(SystemExit) as e:
@@ -210,7 +214,7 @@ def test_copies_started_by_a_launcher_without_distributed_are_refused(tmp_path, 
   err = capsys.readouterr().err
   assert "Slurm's srun started 4 copies" in err and '--distributed' in err
   assert not out.exists()
-  monkeypatch.setenv('SLURM_NTASKS', '1')   # one task: an ordinary run
+  monkeypatch.setenv('SLURM_STEP_NUM_TASKS', '1')   # one task: an ordinary run
   assert cli._launched_tasks() is None
 
 
