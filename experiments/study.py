@@ -22,8 +22,8 @@ robustness section below reads those runs). Each cell is one run of
 ``experiments.driver.drive`` (the compiled runner; its seeds batched as usual) in its
 own directory under ``runs_dir`` with the usual config.json, metrics.csv, summary.json
 and checkpoint. A cell whose summary says complete is skipped; a cell that was killed
-resumes from its checkpoint. Ctrl-C stops the study: running cells checkpoint, cells not
-yet started stay so (exit code 130). Cells run in ``workers`` processes (default 2, each pinned
+resumes from its checkpoint. Ctrl-C (or SIGTERM to the study's processes) stops the
+study: running cells checkpoint, cells not yet started stay so (exit code 130). Cells run in ``workers`` processes (default 2, each pinned
 to its own core, counting from the first in every study: two studies at once share
 cores, so run one at a time or re-pin with ``taskset -a -pc CORE PID``). After each cell the main process rewrites the study CSV (one row per
 cell and seed), ``selection.json`` beside it, and the markdown table. The table ends
@@ -79,6 +79,7 @@ import math
 import multiprocessing as mp
 import os
 import pathlib
+import signal
 import sys
 import time
 from typing import Any, Optional, Sequence
@@ -244,11 +245,19 @@ _DATASETS: dict = {}
 _STOP = None   # in a worker: the study's stop event
 
 
+def _stop_on_sigterm() -> None:
+  """SIGTERM (``kill``, a scheduler's notice) stops the study as Ctrl-C does."""
+  def interrupt(signum, frame):
+    raise KeyboardInterrupt
+  signal.signal(signal.SIGTERM, interrupt)
+
+
 def _init_worker(counter, stop) -> None:
-  """Pool initializer: pins each worker to its own core (round robin) and keeps the
-  study's stop event."""
+  """Pool initializer: pins each worker to its own core (round robin), keeps the
+  study's stop event, and treats SIGTERM as Ctrl-C."""
   global _STOP  # pylint: disable=global-statement
   _STOP = stop
+  _stop_on_sigterm()
   with counter.get_lock():
     i = counter.value
     counter.value += 1
@@ -677,6 +686,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       return 0
     if not args.spec:
       parser.error('give a study spec, or --table STUDY_CSV.')
+    _stop_on_sigterm()
     run_study(load_spec(pathlib.Path(args.spec)), workers=args.workers, dry_run=args.dry_run,
               stop_after=args.stop_after, report=args.report,
               log=lambda s: print(s, flush=True))

@@ -176,10 +176,12 @@ def test_benchmark_labels_keep_entries_of_one_benchmark_apart(tmp_path):
     study.build_groups(spec)
 
 
-def test_ctrl_c_stops_the_study_running_cells_checkpoint_queued_cells_never_start(tmp_path):
-  """Ctrl-C (SIGINT to the study's process group): the running cell checkpoints, the
-  cell the pool had already queued does not start, the study exits with 130; run again,
-  it resumes."""
+@pytest.mark.parametrize('signame', ['SIGINT', 'SIGTERM'])
+def test_ctrl_c_stops_the_study_running_cells_checkpoint_queued_cells_never_start(tmp_path,
+                                                                                  signame):
+  """Ctrl-C (SIGINT to the study's process group), or SIGTERM: the running cell
+  checkpoints, the cell the pool had already queued does not start, the study exits with
+  130; run again, it resumes."""
   import os
   import signal
   import subprocess
@@ -202,7 +204,7 @@ def test_ctrl_c_stops_the_study_running_cells_checkpoint_queued_cells_never_star
   while not saved() and time.time() < deadline:
     time.sleep(0.5)
   assert proc.poll() is None, proc.communicate()[0]
-  os.killpg(proc.pid, signal.SIGINT)
+  os.killpg(proc.pid, getattr(signal, signame))
   out, _ = proc.communicate(timeout=120)
   assert proc.returncode == 130, out
   assert 'interrupted: running cells keep their checkpoints' in out
