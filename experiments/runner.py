@@ -359,14 +359,15 @@ def member_mesh(members: int, batch_devices: int = 1) -> Mesh:
   ``batch_devices // jax.local_device_count()`` whole processes (:func:`resolve_mode`
   checks that these split)."""
   processes, local = jax.process_count(), jax.local_device_count()
-  by_process = [sorted((d for d in jax.devices() if d.process_index == p), key=lambda d: d.id)
-                for p in range(processes)]
-  if batch_devices > local:   # each member's batch spans whole processes
-    devices = [d for ds in by_process for d in ds]
-    return Mesh(np.array(devices).reshape(-1, batch_devices), ('members', 'batch'))
-  per_process = max(k for k in range(1, min(members // processes, local // batch_devices) + 1)
-                    if members % (k * processes) == 0)
-  devices = [d for ds in by_process for d in ds[:per_process * batch_devices]]
+  if batch_devices > local:   # each member's batch spans whole processes: all devices
+    taken = local
+  else:
+    taken = batch_devices * max(
+        k for k in range(1, min(members // processes, local // batch_devices) + 1)
+        if members % (k * processes) == 0)
+  devices = [d for p in range(processes)
+             for d in sorted((d for d in jax.devices() if d.process_index == p),
+                             key=lambda d: d.id)[:taken]]
   if batch_devices == 1:
     return Mesh(np.array(devices), ('members',))
   return Mesh(np.array(devices).reshape(-1, batch_devices), ('members', 'batch'))
@@ -452,9 +453,7 @@ def default_mode(config: ExperimentConfig, num_members: int) -> str:
   """vmap, except for one member (nothing to batch, and a vmap over one member lays the
   gradient dots out batched: about 1.25x the step on CPU) and for convolutional models
   on CPU (slow under vmap, SPEC §8), which run sequentially."""
-  if num_members == 1:
-    return 'sequential'
-  if config.protocol.model == 'cnn' and jax.default_backend() == 'cpu':
+  if num_members == 1 or (config.protocol.model == 'cnn' and jax.default_backend() == 'cpu'):
     return 'sequential'
   return 'vmap'
 

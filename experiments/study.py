@@ -23,10 +23,11 @@ robustness section below reads those runs). Each cell is one run of
 own directory under ``runs_dir`` with the usual config.json, metrics.csv, summary.json
 and checkpoint. A cell whose summary says complete is skipped; a cell that was killed
 resumes from its checkpoint. Ctrl-C (or SIGTERM to the study's processes) stops the
-study: running cells checkpoint, cells not yet started stay so (exit code 130). Cells run in ``workers`` processes (default 2, each pinned
-to its own core, counting from the first in every study: two studies at once share
-cores, so run one at a time or re-pin with ``taskset -a -pc CORE PID``). After each cell the main process rewrites the study CSV (one row per
-cell and seed), ``selection.json`` beside it, and the markdown table. The table ends
+study: running cells checkpoint, cells not yet started stay so (exit code 130). Cells
+run in ``workers`` processes (default 2, each pinned to its own core, counting from the
+first in every study: two studies at once share cores, so run one at a time or re-pin
+with ``taskset -a -pc CORE PID``). After each cell the main process rewrites the study
+CSV (one row per cell and seed), ``selection.json`` beside it, and the markdown table. The table ends
 with each method's *spread*: best − worst last-10% accuracy over its grid, on the
 selection seeds (the paper's robustness claim). With ``"figures": DIR`` the study also
 draws, when it ends, accuracy and dead fraction per task of the final cells and the

@@ -45,7 +45,7 @@ def test_axis_names_without_an_enclosing_axis_are_clear_errors():
 
 
 COLLECTIVES = '''
-import os, re, sys
+import os, re
 os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=2'
 import jax, numpy as np, optax
 from jax.sharding import Mesh, PartitionSpec as P

@@ -1,7 +1,12 @@
 """The study runner (experiments.study): cells, selection, skip and resume, the table."""
 
 import json
+import os
 import pathlib
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -182,11 +187,6 @@ def test_ctrl_c_stops_the_study_running_cells_checkpoint_queued_cells_never_star
   """Ctrl-C (SIGINT to the study's process group), or SIGTERM: the running cell
   checkpoints, the cell the pool had already queued does not start, the study exits with
   130; run again, it resumes."""
-  import os
-  import signal
-  import subprocess
-  import sys
-  import time
   spec = _spec(tmp_path, final_seeds=[0], workers=1, checkpoint_every=1,
                methods={'none': {}, 'l2': {'strength': 1e-4}})
   spec['benchmarks'][0]['num_tasks'] = 400
