@@ -25,6 +25,7 @@ statistics of the neurons selected by ``mask``.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from typing import NamedTuple, Optional
 
@@ -128,10 +129,12 @@ def global_firing(firings: dict, axis_name: str, scale_increment: bool) -> dict:
   """Every group's firing over the global batch, under data parallelism (SPEC §8).
 
   A unit fired if it fired on any shard, per-token counts are summed, and positions (or
-  an increment counting examples) grow by the number of shards. All groups go through
-  one all-reduce, summed in float32 (exact below 2**24) so that XLA can merge it with
-  the float32 gradients' all-reduce: the step then has no more collectives than the
-  plain data-parallel step.
+  an increment counting examples) grow by the number of shards. Every group's vector is
+  packed into one float32 buffer (exact below 2**24) and summed in one all-reduce, which
+  XLA merges with the float32 gradients' all-reduce: the step then has no more
+  collectives than the plain data-parallel step, and one more buffer in it however many
+  groups there are (a collective runs once per buffer on some backends, e.g. XLA's CPU
+  runtime, where each is a rendezvous of every device).
 
   Args:
     firings: ``{group: BatchFiring or PositionFiring}`` of this shard.
@@ -141,15 +144,26 @@ def global_firing(firings: dict, axis_name: str, scale_increment: bool) -> dict:
   n = jax.lax.axis_size(axis_name)
   # a flag sums to at most n, a count to at most the global positions
   exact = lambda f: isinstance(f, BatchFiring) or f.positions * n < 2**24
-  local = {k: (f.fired if isinstance(f, BatchFiring) else f.counts).astype(
-               jnp.float32 if exact(f) else jnp.int32) for k, f in firings.items()}
-  summed = jax.lax.psum(local, axis_name)
+  local = {k: f.fired if isinstance(f, BatchFiring) else f.counts for k, f in firings.items()}
+  summed = _psum_packed(local, {k: jnp.float32 if exact(f) else jnp.int32
+                                for k, f in firings.items()}, axis_name)
   out = {}
   for k, f in firings.items():
     if isinstance(f, BatchFiring):
       out[k] = BatchFiring(summed[k] > 0, f.increment * n if scale_increment else f.increment)
     else:
       out[k] = PositionFiring(f.positions * n, summed[k].astype(jnp.int32))
+  return out
+
+
+def _psum_packed(vectors: dict, dtypes: dict, axis_name: str) -> dict:
+  """``psum`` of ``{name: (size,) vector}``, one buffer per dtype (see :func:`global_firing`)."""
+  out = {}
+  for dtype in sorted({jnp.dtype(d) for d in dtypes.values()}, key=str):
+    names = [k for k in vectors if jnp.dtype(dtypes[k]) == dtype]
+    sizes = [vectors[k].shape[0] for k in names]
+    flat = jax.lax.psum(jnp.concatenate([vectors[k].astype(dtype) for k in names]), axis_name)
+    out.update(zip(names, jnp.split(flat, list(itertools.accumulate(sizes))[:-1])))
   return out
 
 

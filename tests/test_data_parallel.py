@@ -63,20 +63,27 @@ def all_reduces(tx):
   run = jax.jit(jax.shard_map(step, mesh=mesh, in_specs=(P(), P(), P('d'), P('d')),
                               out_specs=(P(), P())))
   hlo = run.lower(params, tx.init(params), xs[0], ys[0]).compile().as_text()
-  return len(re.findall(r' all-reduce\\(', hlo))
+  ops = re.findall(r' all-reduce\\(([^)]*)\\)', hlo)
+  return len(ops), sum(len(o.split(',')) for o in ops)
 
 sgd = optax.sgd(0.05)
-print(all_reduces(sgd), all_reduces(snr_jax.snr(sgd, groups, data_axis='d')),
-      all_reduces(snr_jax.snr(sgd, groups, estimator='per_token', data_axis='d')))
+assert len(groups) == 2, groups
+print(*all_reduces(sgd), *all_reduces(snr_jax.snr(sgd, groups, data_axis='d')),
+      *all_reduces(snr_jax.snr(sgd, groups, estimator='per_token', data_axis='d')))
 '''
 
 
-def test_data_parallel_snr_adds_no_collective_to_the_step():
+def test_data_parallel_snr_adds_no_collective_and_one_buffer_to_the_step():
   """The global firing is summed in float32, so XLA merges its all-reduce with the
-  gradients': a data-parallel SNR step has as many all-reduces as the plain one."""
+  gradients': a data-parallel SNR step has as many all-reduces as the plain one, and
+  every group's firing travels in one buffer of it (XLA's CPU runtime runs one
+  rendezvous of all devices per buffer)."""
   env = dict(os.environ, PYTHONPATH=f'{HERE}{os.pathsep}{HERE.parent}')
   proc = subprocess.run([sys.executable, '-c', COLLECTIVES], env=env, capture_output=True,
                         text=True, timeout=300, check=False)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  plain, snr, per_token = map(int, proc.stdout.split())
+  plain, plain_buffers, snr, snr_buffers, per_token, per_token_buffers = map(
+      int, proc.stdout.split())
   assert plain >= 1 and snr == plain and per_token == plain, (plain, snr, per_token)
+  assert snr_buffers == per_token_buffers == plain_buffers + 1, (
+      plain_buffers, snr_buffers, per_token_buffers)
