@@ -26,18 +26,30 @@ def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
   return time.perf_counter() - t, out
 
 
-def median_times(fns: Mapping[str, Callable[[], Any]], reps: int) -> dict[str, float]:
-  """Median wall time of each ``fn()`` over ``reps`` calls.
+def interleaved_times(fns: Mapping[str, Callable[[], Any]], reps: int) -> dict[str, list]:
+  """Wall times of each ``fn()`` over ``reps`` rounds, one call of each per round.
 
   The calls are interleaved (``a, b, a, b, ...``) so that a drift in the machine's load
-  hits every function alike; the ratios of the medians are then comparable. Compile (call
-  each once) before timing.
+  hits every function alike. Compile (call each once) before timing.
   """
   times = {name: [] for name in fns}
   for _ in range(reps):
     for name, fn in fns.items():
       times[name].append(timed(fn)[0])
-  return {name: statistics.median(ts) for name, ts in times.items()}
+  return times
+
+
+def median_times(fns: Mapping[str, Callable[[], Any]], reps: int) -> dict[str, float]:
+  """Median wall time of each ``fn()`` over ``reps`` interleaved calls
+  (:func:`interleaved_times`); the ratios of the medians are then comparable."""
+  return {name: statistics.median(ts) for name, ts in interleaved_times(fns, reps).items()}
+
+
+def round_ratios(times: Mapping[str, list], base: str) -> dict[str, list]:
+  """Each function's time over ``base``'s in the same round of :func:`interleaved_times`:
+  a ratio measured seconds apart, less exposed to the load's drift than a ratio of
+  medians."""
+  return {name: [t / b for t, b in zip(ts, times[base])] for name, ts in times.items()}
 
 
 def median_time(fn: Callable[[], Any], reps: int) -> float:

@@ -1,11 +1,13 @@
 """SNR's cost in a data-parallel step: 8 virtual CPU devices, ``shard_map`` over the batch.
 
-The 784-100-100-10 MLP with a global batch of 128 (16 per device), steps inside
-``lax.scan`` inside ``shard_map``: plain ``optax.sgd`` against the same wrapped with SNR
-(``data_axis``: one all-reduce of the firing vector per group per step). Medians of
-several interleaved repetitions in one process; prints steps/s and the time ratio.
+The 784-100-100-10 MLP (``--hidden-layers`` sets its depth) with a global batch of 128
+(16 per device), steps inside ``lax.scan`` inside ``shard_map``: plain ``optax.sgd``
+against the same wrapped with SNR (``data_axis``: every group's firing in one buffer of
+the gradients' all-reduce), and, as a control, plain SGD plus that buffer alone. Several
+interleaved rounds in one process; prints median steps/s and, per function, its time
+over plain SGD's in the same round (median and range over the rounds).
 
-    python -m experiments.bench_data_parallel [--steps 2000] [--reps 5]
+    python -m experiments.bench_data_parallel [--steps 2000] [--reps 5] [--hidden-layers 2]
 
 The 8 devices share this machine's cores, so the figure is the relative cost of SNR's
 reductions and bookkeeping, not a speed-up. ``XLA_FLAGS=--xla_force_host_platform_device_count=N``
@@ -26,7 +28,9 @@ import optax  # noqa: E402
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P  # noqa: E402
 
 import snr_jax  # noqa: E402
-from experiments._bench import median_times, timed  # noqa: E402
+import statistics  # noqa: E402
+
+from experiments._bench import interleaved_times, round_ratios, timed  # noqa: E402
 from experiments.bench_overhead import MLP  # noqa: E402
 
 
@@ -52,15 +56,34 @@ def make_run(model, optimizer, forward, mesh, steps):
                                out_specs=(P(), P(None))))
 
 
+def with_firing_all_reduce(inner, axis_name):
+  """``inner`` plus what SNR's data-parallel step adds to the collectives and nothing
+  else: every group's firing flags packed into one float32 vector, summed over
+  ``axis_name`` and kept in the state (so that it is not dead code)."""
+  def init(params):
+    return inner.init(params), jax.numpy.zeros((), jax.numpy.float32)
+
+  def update(updates, state, params=None, *, activations):
+    inner_state, total = state
+    fired = jax.numpy.concatenate([(h > 0).any(axis=0).astype(jax.numpy.float32)
+                                   for h in activations.values()])
+    updates, inner_state = inner.update(updates, inner_state, params)
+    return updates, (inner_state, total + jax.lax.psum(fired, axis_name).sum())
+
+  return optax.GradientTransformationExtraArgs(init, update)
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--steps', type=int, default=2000)
   parser.add_argument('--reps', type=int, default=5)
   parser.add_argument('--batch', type=int, default=128, help='global batch (a multiple of '
                       'the device count)')
+  parser.add_argument('--hidden-layers', type=int, default=2,
+                      help='hidden layers of 100 units: one neuron group each')
   args = parser.parse_args(argv)
   mesh = Mesh(np.array(jax.devices()), ('d',))
-  model, batch = MLP(), args.batch
+  model, batch = MLP(hidden=(100,) * args.hidden_layers), args.batch
   x = jax.random.normal(jax.random.PRNGKey(1), (batch, 784))
   params = model.init(jax.random.PRNGKey(0), x)['params']
   groups = snr_jax.discover_groups(model, params, x)
@@ -69,6 +92,8 @@ def main(argv=None):
   with_acts = lambda p, xb: capture({'params': p}, xb)
   sgd = optax.sgd(1e-2)
   runs = {'sgd': make_run(model, sgd, plain, mesh, args.steps),
+          'sgd + firing psum': make_run(model, with_firing_all_reduce(sgd, 'd'), with_acts,
+                                        mesh, args.steps),
           'snr histogram': make_run(model, snr_jax.snr(sgd, groups, data_axis='d'), with_acts,
                                     mesh, args.steps),
           'snr geometric': make_run(model, snr_jax.snr(sgd, groups, estimator='geometric',
@@ -81,12 +106,15 @@ def main(argv=None):
   calls = {name: (lambda run=run: run(params, xs, ys)) for name, run in runs.items()}
   for call in calls.values():
     timed(call)
-  medians = median_times(calls, args.reps)
-  print(f'{args.steps} data-parallel steps, global batch {batch} ({batch // mesh.size} per '
-        f'device) over {mesh.size} {jax.devices()[0].platform} devices, median of {args.reps}')
-  for name, med in medians.items():
-    print(f'  {name:18s} {args.steps / med:8.0f} steps/s   ratio to sgd '
-          f'{med / medians["sgd"]:5.2f}')
+  times = interleaved_times(calls, args.reps)
+  ratios = round_ratios(times, 'sgd')
+  print(f'{args.steps} data-parallel steps, {len(groups)} groups, global batch {batch} '
+        f'({batch // mesh.size} per device) over {mesh.size} {jax.devices()[0].platform} '
+        f'devices, {args.reps} interleaved rounds')
+  for name, ts in times.items():
+    r = ratios[name]
+    print(f'  {name:18s} {args.steps / statistics.median(ts):8.0f} steps/s   time / sgd in '
+          f'a round: median {statistics.median(r):5.2f}, range {min(r):.2f}-{max(r):.2f}')
 
 
 if __name__ == '__main__':

@@ -24,9 +24,11 @@ from experiments._bench import median_times, pin_cores, timed
 
 
 class MLP(nn.Module):
+  hidden: tuple = (100, 100)
+
   @nn.compact
   def __call__(self, x):
-    for h in (100, 100):
+    for h in self.hidden:
       x = nn.relu(nn.Dense(h)(x))
     return nn.Dense(10)(x)
 
