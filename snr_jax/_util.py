@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+import itertools
+from typing import Any, Callable, Mapping, Optional
 
 import jax
 import jax.numpy as jnp
@@ -56,3 +57,22 @@ def run_if(pred: jax.Array, fn: Callable[[Any], Any], operand: Any) -> Any:
     return jnp.zeros((), bool), fn(x)
 
   return jax.lax.while_loop(lambda carry: carry[0], body, (jnp.asarray(pred, bool), operand))[1]
+
+
+def psum_packed(vectors: Mapping[str, jax.Array], dtypes: Mapping[str, Any],
+                axis_name: str) -> dict:
+  """``psum`` of ``{name: (size,) vector}`` over ``axis_name``, cast to ``dtypes[name]``.
+
+  The vectors travel packed, one buffer per dtype, whatever their number. XLA merges
+  concurrent all-reduces into one, but some runtimes still reduce it one buffer at a
+  time (XLA's CPU runtime: a rendezvous of every device per buffer), so a buffer per
+  neuron group made a data-parallel step of an 8-group MLP 1.35x plain SGD on 8 virtual
+  devices, against 1.09 packed.
+  """
+  out = {}
+  for dtype in sorted({jnp.dtype(d) for d in dtypes.values()}, key=str):
+    names = [k for k in vectors if jnp.dtype(dtypes[k]) == dtype]
+    sizes = [vectors[k].shape[0] for k in names]
+    flat = jax.lax.psum(jnp.concatenate([vectors[k].astype(dtype) for k in names]), axis_name)
+    out.update(zip(names, jnp.split(flat, list(itertools.accumulate(sizes))[:-1])))
+  return out

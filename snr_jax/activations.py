@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from snr_jax._util import psum_packed
 from snr_jax.capture import with_preactivations
 from snr_jax.groups import NeuronGroup, path_str
 
@@ -192,3 +193,15 @@ def mean_activation(preactivation: jax.Array, data_axis=None) -> jax.Array:
   h = jax.nn.relu(preactivation.astype(jnp.float32))
   mean = jnp.mean(h.reshape(-1, h.shape[-1]), axis=0)
   return mean if data_axis is None else jax.lax.pmean(mean, data_axis)
+
+
+def mean_activations(activations: Mapping[str, jax.Array], data_axis=None) -> dict:
+  """:func:`mean_activation` of every group, ``{name: (size,)}``; with a ``data_axis``,
+  all groups' means travel in one buffer of one all-reduce
+  (:func:`snr_jax._util.psum_packed`)."""
+  local = {k: mean_activation(h) for k, h in activations.items()}
+  if data_axis is None:
+    return local
+  n = jax.lax.axis_size(data_axis)
+  summed = psum_packed(local, {k: jnp.float32 for k in local}, data_axis)
+  return {k: v / n for k, v in summed.items()}

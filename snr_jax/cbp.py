@@ -44,7 +44,7 @@ import numpy as np
 import optax
 
 from snr_jax._checks import number_in
-from snr_jax.activations import mean_activation
+from snr_jax.activations import mean_activations
 from snr_jax.ages import saturating_add
 from snr_jax.groups import NeuronGroup, ParamSlice, get_path
 from snr_jax._util import key_path_to_path, run_if
@@ -188,8 +188,10 @@ class CBPRule:
     steps = state.steps + 1
     out = CBPState({}, {}, {}, {}, {}, steps)
     masks = {}
+    # post-ReLU: mean|h| = mean h; with a data_axis, all groups in one buffer
+    means = mean_activations({g.name: activations[g.name] for g in groups}, self.data_axis)
     for gi, g in enumerate(groups):
-      h = mean_activation(activations[g.name], self.data_axis)   # post-ReLU: mean|h| = mean h
+      h = means[g.name]
       age = saturating_add(state.ages[g.name], 1)
       u = d * state.utility[g.name] + (1 - d) * outgoing_mean_magnitude(params, g) * h
       f = d * state.mean_act[g.name] + (1 - d) * h

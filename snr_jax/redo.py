@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import optax
 
 from snr_jax._checks import number_in
-from snr_jax.activations import mean_activation
+from snr_jax.activations import mean_activation, mean_activations
 from snr_jax.groups import NeuronGroup
 from snr_jax.transform import NeuronResets, with_resets
 
@@ -27,7 +27,11 @@ class ReDoState(NamedTuple):
 
 def redo_scores(preactivation: jax.Array, data_axis=None) -> jax.Array:
   """The normalised activity ``s_i`` of each unit (0 for every unit of a silent layer)."""
-  a = mean_activation(preactivation, data_axis)
+  return normalised_scores(mean_activation(preactivation, data_axis))
+
+
+def normalised_scores(a: jax.Array) -> jax.Array:
+  """ReDo's ``s_i = a_i / mean(a)`` from the units' mean activity ``a`` (0 if all silent)."""
   avg = jnp.mean(a)
   return jnp.where(avg > 0, a / jnp.where(avg > 0, avg, 1.0), 0.0)
 
@@ -49,7 +53,8 @@ class ReDoRule:
     del params, end_of_task, key
     steps = state.steps + 1
     now = steps % self.period == 0
-    masks = {g.name: now & (redo_scores(activations[g.name], self.data_axis) <= self.threshold)
+    means = mean_activations({g.name: activations[g.name] for g in groups}, self.data_axis)
+    masks = {g.name: now & (normalised_scores(means[g.name]) <= self.threshold)
              for g in groups}
     return masks, ReDoState(steps)
 

@@ -25,13 +25,13 @@ statistics of the neurons selected by ``mask``.
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import math
 from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 
+from snr_jax._util import psum_packed
 from snr_jax.activations import fire_counts, fired as fired_units
 from snr_jax.ages import batch_ages, position_ages
 
@@ -130,11 +130,10 @@ def global_firing(firings: dict, axis_name: str, scale_increment: bool) -> dict:
 
   A unit fired if it fired on any shard, per-token counts are summed, and positions (or
   an increment counting examples) grow by the number of shards. Every group's vector is
-  packed into one float32 buffer (exact below 2**24) and summed in one all-reduce, which
-  XLA merges with the float32 gradients' all-reduce: the step then has no more
-  collectives than the plain data-parallel step, and one more buffer in it however many
-  groups there are (a collective runs once per buffer on some backends, e.g. XLA's CPU
-  runtime, where each is a rendezvous of every device).
+  packed into one float32 buffer (exact below 2**24; :func:`snr_jax._util.psum_packed`)
+  and summed in one all-reduce, which XLA merges with the float32 gradients' all-reduce:
+  the step then has no more collectives than the plain data-parallel step, and one more
+  buffer in it however many groups there are.
 
   Args:
     firings: ``{group: BatchFiring or PositionFiring}`` of this shard.
@@ -145,25 +144,14 @@ def global_firing(firings: dict, axis_name: str, scale_increment: bool) -> dict:
   # a flag sums to at most n, a count to at most the global positions
   exact = lambda f: isinstance(f, BatchFiring) or f.positions * n < 2**24
   local = {k: f.fired if isinstance(f, BatchFiring) else f.counts for k, f in firings.items()}
-  summed = _psum_packed(local, {k: jnp.float32 if exact(f) else jnp.int32
-                                for k, f in firings.items()}, axis_name)
+  summed = psum_packed(local, {k: jnp.float32 if exact(f) else jnp.int32
+                               for k, f in firings.items()}, axis_name)
   out = {}
   for k, f in firings.items():
     if isinstance(f, BatchFiring):
       out[k] = BatchFiring(summed[k] > 0, f.increment * n if scale_increment else f.increment)
     else:
       out[k] = PositionFiring(f.positions * n, summed[k].astype(jnp.int32))
-  return out
-
-
-def _psum_packed(vectors: dict, dtypes: dict, axis_name: str) -> dict:
-  """``psum`` of ``{name: (size,) vector}``, one buffer per dtype (see :func:`global_firing`)."""
-  out = {}
-  for dtype in sorted({jnp.dtype(d) for d in dtypes.values()}, key=str):
-    names = [k for k in vectors if jnp.dtype(dtypes[k]) == dtype]
-    sizes = [vectors[k].shape[0] for k in names]
-    flat = jax.lax.psum(jnp.concatenate([vectors[k].astype(dtype) for k in names]), axis_name)
-    out.update(zip(names, jnp.split(flat, list(itertools.accumulate(sizes))[:-1])))
   return out
 
 

@@ -69,21 +69,23 @@ def all_reduces(tx):
 sgd = optax.sgd(0.05)
 assert len(groups) == 2, groups
 print(*all_reduces(sgd), *all_reduces(snr_jax.snr(sgd, groups, data_axis='d')),
-      *all_reduces(snr_jax.snr(sgd, groups, estimator='per_token', data_axis='d')))
+      *all_reduces(snr_jax.snr(sgd, groups, estimator='per_token', data_axis='d')),
+      *all_reduces(snr_jax.redo(sgd, groups, data_axis='d')),
+      *all_reduces(snr_jax.continual_backprop(sgd, groups, data_axis='d')))
 '''
 
 
-def test_data_parallel_snr_adds_no_collective_and_one_buffer_to_the_step():
-  """The global firing is summed in float32, so XLA merges its all-reduce with the
-  gradients': a data-parallel SNR step has as many all-reduces as the plain one, and
-  every group's firing travels in one buffer of it (XLA's CPU runtime runs one
-  rendezvous of all devices per buffer)."""
+def test_data_parallel_resets_add_no_collective_and_one_buffer_to_the_step():
+  """The global firing (SNR) and mean activity (ReDo, CBP) are summed in float32, so XLA
+  merges their all-reduce with the gradients': a data-parallel step has as many
+  all-reduces as the plain one, and every group's statistics travel in one buffer of it
+  (XLA's CPU runtime runs one rendezvous of all devices per buffer)."""
   env = dict(os.environ, PYTHONPATH=f'{HERE}{os.pathsep}{HERE.parent}')
   proc = subprocess.run([sys.executable, '-c', COLLECTIVES], env=env, capture_output=True,
                         text=True, timeout=300, check=False)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  plain, plain_buffers, snr, snr_buffers, per_token, per_token_buffers = map(
-      int, proc.stdout.split())
-  assert plain >= 1 and snr == plain and per_token == plain, (plain, snr, per_token)
-  assert snr_buffers == per_token_buffers == plain_buffers + 1, (
-      plain_buffers, snr_buffers, per_token_buffers)
+  (plain, plain_buffers), *methods = (tuple(map(int, p)) for p in
+                                       zip(*[iter(proc.stdout.split())] * 2))
+  assert plain >= 1 and len(methods) == 4, proc.stdout
+  for ops, buffers in methods:   # snr histogram, snr per-token, redo, cbp
+    assert ops == plain and buffers == plain_buffers + 1, (plain, plain_buffers, methods)
