@@ -9,10 +9,12 @@ import subprocess
 import sys
 
 import jax
+import numpy as np
 import optax
 import pytest
 
 import snr_jax
+from snr_jax._util import psum_packed
 
 HERE = pathlib.Path(__file__).resolve().parent
 
@@ -89,3 +91,20 @@ def test_data_parallel_resets_add_no_collective_and_one_buffer_to_the_step():
   assert plain >= 1 and len(methods) == 4, proc.stdout
   for ops, buffers in methods:   # snr histogram, snr per-token, redo, cbp
     assert ops == plain and buffers == plain_buffers + 1, (plain, plain_buffers, methods)
+
+
+def test_psum_packed_sums_each_vector_in_its_dtype():
+  """Vectors of several sizes and dtypes come back summed over the axis, each whole, in
+  its own name and dtype (one buffer per dtype, split back in order)."""
+  members = 3
+  vectors = {'a': np.arange(members * 2).reshape(members, 2).astype(np.float32),
+             'b': np.arange(members * 5).reshape(members, 5).astype(np.int32),
+             'c': np.ones((members, 1), bool),
+             'd': np.arange(members * 4).reshape(members, 4).astype(np.float32) * 10}
+  dtypes = {'a': jax.numpy.float32, 'b': jax.numpy.int32, 'c': jax.numpy.float32,
+            'd': jax.numpy.float32}
+  out = jax.vmap(lambda v: psum_packed(v, dtypes, 'd'), axis_name='d')(vectors)
+  assert sorted(out) == ['a', 'b', 'c', 'd']
+  for k, v in vectors.items():
+    assert out[k].dtype == dtypes[k] and out[k].shape == v.shape, k
+    np.testing.assert_array_equal(out[k][0], v.astype(dtypes[k]).sum(0), err_msg=k)
