@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import pathlib
+import signal
+import threading
 from typing import Optional, Sequence
 
 import jax
@@ -71,20 +74,23 @@ def drive(config: ExperimentConfig, dataset, seeds: Sequence[int], out: pathlib.
       restored['done'] = state['done']
     return state
 
+  def save(done, state):
+    with _signals_deferred():   # a checkpoint is written whole, and then marked saved
+      results.save_checkpoint(out, fp, done, state['carry'], state['metrics'])
+      latest['saved'] = done
+
   def on_chunk(done, state):
     latest.update(state)   # first, so that an interrupt from here on can checkpoint it
     metrics = jax.tree.map(lambda *xs: np.concatenate(xs, axis=1), *state['metrics'])
     if writer:
       results.write_metrics(out, metrics, members, total)
     if done - latest['saved'] >= checkpoint_every or done == total:
-      results.save_checkpoint(out, fp, done, state['carry'], state['metrics'])
-      latest['saved'] = done
+      save(done, state)
     bar.update(done - bar.n)
     bar.set_postfix(accuracy=f'{float(np.mean(metrics["accuracy"][:, -1])):.3f}')
     if stop_after is not None and stop_after <= done < total:
       if latest['saved'] < done:
-        results.save_checkpoint(out, fp, done, state['carry'], state['metrics'])
-        latest['saved'] = done
+        save(done, state)
       raise _Stopped
 
   try:
@@ -97,10 +103,35 @@ def drive(config: ExperimentConfig, dataset, seeds: Sequence[int], out: pathlib.
     return summary
   except KeyboardInterrupt:
     if 'carry' in latest and latest['done'] > latest['saved'] and jax.process_count() == 1:
-      results.save_checkpoint(out, fp, latest['done'], latest['carry'], latest['metrics'])
+      save(latest['done'], latest)
     raise
   finally:
     bar.close()
   summary = results.summarize(out_run['metrics'], members, total)
   summary['resumed_from'] = out_run['resumed_from']
   return summary
+
+
+@contextlib.contextmanager
+def _signals_deferred():
+  """Holds SIGINT and SIGTERM back until the block ends, then delivers the first one
+  caught to the handler it would have reached. A Ctrl-C inside an orbax save could leave
+  its background threads (and so the process) waiting, and the handler's own save would
+  race the interrupted one; deferred, the interrupt lands after a complete checkpoint.
+  Only the main thread can set handlers, and only it runs them; a handler installed
+  outside Python (``getsignal`` is None) cannot be put back, so it is left alone."""
+  signals = (signal.SIGINT, signal.SIGTERM)
+  if (threading.current_thread() is not threading.main_thread()
+      or any(signal.getsignal(s) is None for s in signals)):
+    yield
+    return
+  caught = []
+  held = {s: signal.signal(s, lambda signum, frame: caught.append(signum))
+          for s in signals}
+  try:
+    yield
+  finally:
+    for s, handler in held.items():
+      signal.signal(s, handler)
+    if caught:
+      signal.raise_signal(caught[0])

@@ -1,12 +1,16 @@
 """Run checkpoints (experiments.results): orbax, atomic, fingerprinted, and legacy msgpack
 checkpoints of older run directories still resumed."""
 
+import os
+import signal
+import time
+
 import pytest
 from flax import serialization
 
 from experiments import data, results
 from experiments.benchmarks import ExperimentConfig
-from experiments.driver import drive
+from experiments.driver import _signals_deferred, drive
 
 SEEDS = [0, 1]
 
@@ -79,3 +83,23 @@ def test_legacy_msgpack_checkpoint_is_resumed_then_replaced(config, digits, unin
   assert summary['resumed_from'] == 2
   assert (tmp_path / 'metrics.csv').read_text() == uninterrupted
   assert not legacy.exists() and (tmp_path / 'checkpoint' / '6').is_dir()
+
+
+@pytest.mark.parametrize('signame', ['SIGINT', 'SIGTERM'])
+def test_a_signal_during_a_checkpoint_lands_after_it(signame):
+  """Ctrl-C (or SIGTERM, which the study turns into Ctrl-C) in the middle of a save is
+  held back: the block finishes, then the interrupt reaches the handler it would have."""
+  sig = getattr(signal, signame)
+  previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+  steps = []
+  try:
+    with pytest.raises(KeyboardInterrupt):
+      with _signals_deferred():
+        os.kill(os.getpid(), sig)
+        time.sleep(0.05)   # the handler would have run by now
+        steps.append('saved')
+      steps.append('after')   # never reached: the interrupt lands on leaving the block
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+  assert steps == ['saved']
+  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
