@@ -90,7 +90,9 @@ def test_a_signal_during_a_checkpoint_lands_after_it(signame):
   """Ctrl-C (or SIGTERM, which the study turns into Ctrl-C) in the middle of a save is
   held back: the block finishes, then the interrupt reaches the handler it would have."""
   sig = getattr(signal, signame)
-  previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+  # as in a terminal, whatever this process inherited (a background job ignores SIGINT)
+  previous = {s: signal.signal(s, signal.default_int_handler)
+              for s in (signal.SIGINT, signal.SIGTERM)}
   steps = []
   try:
     with pytest.raises(KeyboardInterrupt):
@@ -99,7 +101,9 @@ def test_a_signal_during_a_checkpoint_lands_after_it(signame):
         time.sleep(0.05)   # the handler would have run by now
         steps.append('saved')
       steps.append('after')   # never reached: the interrupt lands on leaving the block
+    assert steps == ['saved']
+    assert signal.getsignal(sig) is signal.default_int_handler
   finally:
-    signal.signal(signal.SIGTERM, previous)
-  assert steps == ['saved']
-  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    for s, handler in previous.items():
+      if handler is not None:
+        signal.signal(s, handler)

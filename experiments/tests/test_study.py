@@ -193,7 +193,11 @@ def test_ctrl_c_stops_the_study_running_cells_checkpoint_queued_cells_never_star
   path = tmp_path / 'spec.json'
   path.write_text(json.dumps(spec))
   root = pathlib.Path(study.__file__).resolve().parents[1]
-  proc = subprocess.Popen([sys.executable, '-m', 'experiments.study', str(path)], cwd=root,
+  # Ctrl-C as in a terminal, though a background job (CI started from a script) ignores it
+  as_in_a_terminal = ('import runpy, signal; '
+                      'signal.signal(signal.SIGINT, signal.default_int_handler); '
+                      "runpy.run_module('experiments.study', run_name='__main__', alter_sys=True)")
+  proc = subprocess.Popen([sys.executable, '-c', as_in_a_terminal, str(path)], cwd=root,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           start_new_session=True)
   runs = tmp_path / 'runs' / 'permuted_mnist-digits' / 'sgd'
