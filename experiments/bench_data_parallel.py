@@ -28,6 +28,7 @@ import optax  # noqa: E402
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P  # noqa: E402
 
 import snr_jax  # noqa: E402
+from snr_jax._util import psum_packed  # noqa: E402
 import statistics  # noqa: E402
 
 from experiments._bench import interleaved_times, round_ratios, timed  # noqa: E402
@@ -58,17 +59,18 @@ def make_run(model, optimizer, forward, mesh, steps):
 
 def with_firing_all_reduce(inner, axis_name):
   """``inner`` plus what SNR's data-parallel step adds to the collectives and nothing
-  else: every group's firing flags packed into one float32 vector, summed over
-  ``axis_name`` and kept in the state (so that it is not dead code)."""
+  else: every group's firing flags summed over ``axis_name`` the way SNR sums them
+  (:func:`snr_jax._util.psum_packed`) and kept in the state (so that it is not dead
+  code)."""
   def init(params):
     return inner.init(params), jax.numpy.zeros((), jax.numpy.float32)
 
   def update(updates, state, params=None, *, activations):
     inner_state, total = state
-    fired = jax.numpy.concatenate([(h > 0).any(axis=0).astype(jax.numpy.float32)
-                                   for h in activations.values()])
+    fired = {k: (h > 0).any(axis=0) for k, h in activations.items()}
+    summed = psum_packed(fired, {k: jax.numpy.float32 for k in fired}, axis_name)
     updates, inner_state = inner.update(updates, inner_state, params)
-    return updates, (inner_state, total + jax.lax.psum(fired, axis_name).sum())
+    return updates, (inner_state, total + sum(v.sum() for v in summed.values()))
 
   return optax.GradientTransformationExtraArgs(init, update)
 

@@ -190,9 +190,10 @@ def mean_activation(preactivation: jax.Array, data_axis=None) -> jax.Array:
   ``data_axis`` (shard_map/pmap data parallelism, equal shards) it is the global batch's
   mean: one all-reduce of a vector per group.
   """
+  if data_axis is not None:
+    return mean_activations({'h': preactivation}, data_axis)['h']
   h = jax.nn.relu(preactivation.astype(jnp.float32))
-  mean = jnp.mean(h.reshape(-1, h.shape[-1]), axis=0)
-  return mean if data_axis is None else jax.lax.pmean(mean, data_axis)
+  return jnp.mean(h.reshape(-1, h.shape[-1]), axis=0)
 
 
 def mean_activations(activations: Mapping[str, jax.Array], data_axis=None) -> dict:
