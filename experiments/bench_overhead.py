@@ -37,7 +37,11 @@ def make_run(optimizer, forward, steps, batch):
   """A whole run of ``steps`` steps on one task-sized dataset, one compiled function.
 
   ``forward(params, x)`` returns ``(logits, pre-activations or None)``; the
-  pre-activations, when given, go to ``optimizer.update`` as ``activations=``.
+  pre-activations, when given, go to ``optimizer.update`` as ``activations=``, with
+  ``end_of_task`` on the last step of each pass over the task, as a user's step would
+  (so a threshold refresh is compiled in and runs). The run returns the optimizer's
+  final state too: a statistic that never reaches the output (an SNR gap histogram)
+  would otherwise be dead code that XLA removes, and go untimed.
   """
   def loss_fn(params, x, y):
     out, acts = forward(params, x)
@@ -50,16 +54,17 @@ def make_run(optimizer, forward, steps, batch):
     x = jax.lax.dynamic_slice_in_dim(data_x, start, batch)
     y = jax.lax.dynamic_slice_in_dim(data_y, start, batch)
     (loss, acts), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, x, y)
-    extra = {} if acts is None else {'activations': acts}
+    extra = {} if acts is None else {
+        'activations': acts, 'end_of_task': (i + 1) % (data_x.shape[0] // batch) == 0}
     updates, state = optimizer.update(grads, state, params, **extra)
     return (optax.apply_updates(params, updates), state, data_x, data_y), loss
 
   @jax.jit
   def run(params, data_x, data_y):
     state = optimizer.init(params)
-    (params, *_), losses = jax.lax.scan(step, (params, state, data_x, data_y),
-                                        jnp.arange(steps))
-    return params, losses
+    (params, state, *_), losses = jax.lax.scan(step, (params, state, data_x, data_y),
+                                               jnp.arange(steps))
+    return params, losses, state
 
   return run
 

@@ -67,7 +67,7 @@ def psum_packed(vectors: Mapping[str, jax.Array], dtypes: Mapping[str, Any],
   concurrent all-reduces into one, but some runtimes still reduce it one buffer at a
   time (XLA's CPU runtime: a rendezvous of every device per buffer), so a buffer per
   neuron group made a data-parallel step of an 8-group MLP 1.35x plain SGD on 8 virtual
-  devices, against 1.09 packed.
+  devices, against 1.11 packed.
   """
   out = {}
   for dtype in sorted({jnp.dtype(d) for d in dtypes.values()}, key=str):
