@@ -56,6 +56,42 @@ SWEEPABLE = ('learning_rate', 'eta', 'strength', 'shrink', 'sigma', 'threshold',
              'replacement_rate', 'decay')
 
 
+SCHEDULE_FORMS = {'tasks': 'every_n_tasks', 'steps': 'every_n_steps', 'random': 'at_random'}
+
+
+def refresh_schedule(text: Any):
+  """SNR's ``schedule`` from the text a config, a spec or ``--set`` holds.
+
+  ``'tasks:K'`` is ``snr_jax.every_n_tasks(K)`` (the default is ``'tasks:16'``),
+  ``'steps:N'`` is ``every_n_steps(N)`` and ``'random:P'`` is ``at_random(P)``.
+
+  Raises:
+    ValueError: for any other value, naming the three forms.
+  """
+  import snr_jax  # pylint: disable=import-outside-toplevel
+  forms = "'tasks:K', 'steps:N' or 'random:P'"
+  if not isinstance(text, str) or text.count(':') != 1:
+    raise ValueError(f'schedule must be a string {forms} (e.g. --set schedule=tasks:4), '
+                     f'got {text!r}.')
+  kind, value = (part.strip() for part in text.split(':'))
+  if kind not in SCHEDULE_FORMS:
+    raise ValueError(f'unknown refresh schedule {kind!r} in {text!r}: use {forms}.')
+  what = 'a probability' if kind == 'random' else 'a positive int'
+  try:
+    number = float(value) if kind == 'random' else int(value)
+  except ValueError:
+    raise ValueError(f'schedule {text!r}: {kind!r} takes {what} after the colon.') from None
+  return getattr(snr_jax, SCHEDULE_FORMS[kind])(number)
+
+
+def method_hparams(hparams: Mapping[str, Any]) -> dict:
+  """A config's hyperparameters as the method takes them (a schedule's text built)."""
+  out = dict(hparams)
+  if 'schedule' in out:
+    out['schedule'] = refresh_schedule(out['schedule'])
+  return out
+
+
 @dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
   """Everything that defines a run; with a seed, a run is a pure function of it.
@@ -65,7 +101,9 @@ class ExperimentConfig:
   Attributes:
     benchmark: a key of ``PROTOCOLS``.
     method: a key of ``snr_jax.METHODS``.
-    hparams: the method's hyperparameters (see ``snr_jax.method_hyperparameters``).
+    hparams: the method's hyperparameters (see ``snr_jax.method_hyperparameters``);
+      SNR's ``schedule`` as text, ``'tasks:K'``, ``'steps:N'`` or ``'random:P'``
+      (:func:`refresh_schedule`).
     optimizer: ``'sgd'`` or ``'adam'``.
     learning_rate: step size.
     momentum: SGD momentum (0 for plain SGD).
@@ -107,6 +145,7 @@ class ExperimentConfig:
     if unknown:
       raise ValueError(f'unknown hyperparameter(s) {unknown} for method {self.method!r}: '
                        f'valid ones are {sorted(valid)}.')
+    method_hparams(self.hparams)   # a bad schedule is an error before anything runs
     if self.optimizer is not None and self.optimizer not in ('sgd', 'adam'):
       raise ValueError(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}.")
     for name in ('num_tasks', 'examples_per_task', 'epochs', 'batch_size', 'model_scale',

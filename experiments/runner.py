@@ -28,7 +28,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from experiments import data as snr_data
 from experiments import models
 from snr_jax.activations import apply_with_preactivations, fired
-from experiments.benchmarks import ExperimentConfig
+from experiments.benchmarks import ExperimentConfig, method_hparams
 from snr_jax.discovery import discover_groups
 from snr_jax.groups import NeuronGroup
 from snr_jax.methods import make_method
@@ -187,7 +187,7 @@ def make_run(config: ExperimentConfig, dataset: snr_data.Dataset,
   sweep_name = config.sweep[0] if config.sweep else None
 
   def build_tx(method_key, sweep_value):
-    hp = dict(config.hparams)
+    hp = method_hparams(config.hparams)
     lr = config.resolved('learning_rate')
     if sweep_name == 'learning_rate':
       lr = sweep_value

@@ -237,6 +237,26 @@ def test_config_errors():
     ExperimentConfig(optimizer='rmsprop')
 
 
+def test_schedule_text_sets_when_snr_refreshes(mnist):
+  # tau_init far above any gap: only a refresh can move a threshold off it
+  def thresholds_after_one_task(**hp):
+    cfg = ExperimentConfig('permuted_mnist', method='snr', num_tasks=2, examples_per_task=64,
+                           hparams=dict(tau_init=10_000, tau_min=16, tau_max=10_000, **hp))
+    exp = make_run(cfg, mnist)
+    after, _ = jax.jit(exp.run_tasks, static_argnums=3)(
+        exp.init(jax.random.PRNGKey(0), 0.0), exp.data, 0, 1)
+    return find_reset_state(after.opt_state).rule.thresholds
+
+  for thr in thresholds_after_one_task().values():        # default: every 16 tasks
+    assert np.all(np.asarray(thr) == 10_000)
+  refreshed = thresholds_after_one_task(schedule='tasks:1')
+  assert all(np.all(np.asarray(thr) < 10_000) for thr in refreshed.values())
+  for bad, message in [('tasks', 'must be a string'), ('weeks:2', 'unknown refresh schedule'),
+                       ('steps:x', 'takes a positive int'), (16, 'must be a string')]:
+    with pytest.raises(ValueError, match=message):
+      ExperimentConfig(method='snr', hparams={'schedule': bad})
+
+
 def test_width_sets_the_mlp_hidden_layers_and_only_the_mlp(mnist):
   cfg = ExperimentConfig('permuted_mnist', method='snr', num_tasks=1, width=24,
                          examples_per_task=32)
