@@ -387,13 +387,16 @@ def make_table(rows: Sequence[dict], title: str = 'Study results') -> str:
 
   One row per benchmark × dataset × optimizer, one column per method (the best mean in
   bold); a cell still running shows its progress. A second table gives the chosen
-  hyperparameters. Task counts below the protocol's are marked as reduced.
+  hyperparameters. Task counts below the protocol's are marked as reduced. Without final
+  cells (a sweep, or a study still selecting) it lists every setting on the selection
+  seeds instead (:func:`selection_table`).
   """
   from snr_jax.methods import METHODS  # pylint: disable=import-outside-toplevel
   final = [r for r in rows if r['phase'] == 'final']
   spread = spread_table(rows)
   if not final:
-    return f'# {title}\n\nNo final cells yet.\n' + (f'\n{spread}' if spread else '')
+    return (f'# {title}\n\nNo final cells yet.\n' + selection_table(rows)
+            + (f'\n{spread}' if spread else ''))
   order = {m: i for i, m in enumerate(METHODS)}
   methods = sorted({r['method'] for r in final}, key=lambda m: (order.get(m, 99), m))
   lines = [f'# {title}', '',
@@ -430,6 +433,37 @@ def make_table(rows: Sequence[dict], title: str = 'Study results') -> str:
     hp_text = ', '.join(f'{k}={v}' for k, v in json.loads(hp).items()) or 'defaults'
     lines.append(f'| {bench} ({ds}) | {opt} | {m} | {lr} | {hp_text} |')
   return '\n'.join(lines) + '\n' + (f'\n{spread}' if spread else '')
+
+
+def selection_table(rows: Sequence[dict]) -> str:
+  """Markdown: every setting on the selection seeds, last-10% and all-task online
+  accuracy, mean ± std over its seeds ('' without selection cells); a setting whose runs
+  are not all complete shows its progress."""
+  settings: dict = {}
+  for r in rows:
+    if r['phase'] == 'select':
+      key = (r['benchmark'], r['dataset'], r['optimizer'], r['method'])
+      settings.setdefault((key, r['hparams']), []).append(r)
+  if not settings:
+    return ''
+  lines = ['', '## Every setting on the selection seeds', '',
+           'Online accuracy over the last 10% of tasks and over all tasks, mean ± std over '
+           'the selection seeds (n = seeds).', '',
+           '| benchmark | optimizer | method | hyperparameters | last 10% | all tasks | n |',
+           '|---|---|---|---|---|---|---|']
+  for (key, hp), rs in sorted(settings.items(), key=lambda kv: (_method_order(kv[0][0]),
+                                                                kv[0][1])):
+    hp_text = ', '.join(f'{k}={v}' for k, v in json.loads(hp).items()) or 'defaults'
+    total = int(rs[0]['tasks_total'])
+    if any(int(r['tasks_done']) < total for r in rs):
+      done = min(int(r['tasks_done']) for r in rs)
+      last = whole = f'running ({done}/{total} tasks)'
+    else:
+      last = '{:.3f} ± {:.3f}'.format(*_mean_std([float(r['last10_accuracy']) for r in rs]))
+      whole = '{:.3f} ± {:.3f}'.format(*_mean_std([float(r['avg_accuracy']) for r in rs]))
+    lines.append(f'| {key[0]} ({key[1]}) | {key[2]} | {key[3]} | {hp_text} | {last} | '
+                 f'{whole} | {len(rs)} |')
+  return '\n'.join(lines) + '\n'
 
 
 def setting_scores(rows: Sequence[dict]) -> dict[tuple, list[dict]]:

@@ -140,7 +140,7 @@ def test_a_sweep_with_labels_runs_only_selection_seeds_and_reports_spread(tmp_pa
                                       'permuted_mnist/digits/sgd/snr_short'}
   table = (tmp_path / 'study.md').read_text()
   assert 'No final cells yet' in table and '## Robustness to the hyperparameter' in table
-  spread = next(l for l in table.splitlines() if '| snr_short |' in l)
+  spread = next(l for l in table.split('## Robustness')[1].splitlines() if '| snr_short |' in l)
   means = sorted(sum(float(r['last10_accuracy']) for r in rows
                      if r['method'] == 'snr_short' and json.loads(r['hparams'])['eta'] == eta) / 2
                  for eta in (0.05, 0.3))
@@ -152,6 +152,23 @@ def test_a_sweep_with_labels_runs_only_selection_seeds_and_reports_spread(tmp_pa
 def test_a_label_that_is_no_method_must_name_one():
   with pytest.raises(study.StudyError, match='to use .snr_fast. as a label, name the method'):
     study.build_groups(_spec(pathlib.Path('/tmp'), methods={'snr_fast': {'eta': [0.1, 0.2]}}))
+
+
+def test_without_final_cells_the_table_lists_every_selection_setting():
+  rows = [dict(_row('snr', 'sgd', s, a, json.dumps({'eta': 0.2, 'schedule': 'tasks:1'}),
+                    'select'), avg_accuracy=str(w))
+          for s, a, w in [(0, 0.92, 0.90), (1, 0.94, 0.92)]]
+  rows.append(_row('l2', 'sgd', 0, 0.5, json.dumps({'strength': 1}), 'select', done=3))
+  rows.append(_row('l2', 'sgd', 1, 0.5, json.dumps({'strength': 1}), 'select'))
+  text = study.make_table(rows, 'sweep')
+  assert 'No final cells yet' in text
+  table = [l for l in text.splitlines() if l.startswith('| permuted_mnist')]
+  assert table == [
+      '| permuted_mnist (fashion_mnist) | sgd | l2 | strength=1 | running (3/10 tasks) | '
+      'running (3/10 tasks) | 2 |',
+      '| permuted_mnist (fashion_mnist) | sgd | snr | eta=0.2, schedule=tasks:1 | '
+      '0.930 ± 0.010 | 0.910 ± 0.010 | 2 |']
+  assert study.selection_table([r for r in rows if r['phase'] == 'final']) == ''
 
 
 def test_spread_table_from_fixture_csv():
