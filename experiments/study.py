@@ -382,6 +382,29 @@ def _mean_std(xs: Sequence[float]) -> tuple[float, float]:
   return m, math.sqrt(sum((x - m) ** 2 for x in xs) / len(xs))
 
 
+def _hparams_text(hp: Any) -> str:
+  """``'k=v, ...'`` for a setting (a dict or the CSV's JSON of one); 'defaults' if empty."""
+  hp = json.loads(hp) if isinstance(hp, str) else hp
+  return ', '.join(f'{k}={v}' for k, v in hp.items()) or 'defaults'
+
+
+def _progress(rs: Sequence[dict]) -> Optional[str]:
+  """``'running (done/total tasks)'`` while any of a cell's runs is incomplete, else None."""
+  done, total = min(int(r['tasks_done']) for r in rs), int(rs[0]['tasks_total'])
+  return f'running ({done}/{total} tasks)' if done < total else None
+
+
+def _selection_runs(rows: Sequence[dict]) -> dict[tuple, list[dict]]:
+  """The selection rows by setting: ``{(benchmark, dataset, optimizer, method, hparams
+  JSON): [row per seed]}``, in the rows' order."""
+  out: dict = {}
+  for r in rows:
+    if r['phase'] == 'select':
+      key = (r['benchmark'], r['dataset'], r['optimizer'], r['method'], r['hparams'])
+      out.setdefault(key, []).append(r)
+  return out
+
+
 def make_table(rows: Sequence[dict], title: str = 'Study results') -> str:
   """A markdown table of the final cells: last-10% online accuracy, mean ± std over seeds.
 
@@ -416,9 +439,9 @@ def make_table(rows: Sequence[dict], title: str = 'Study results') -> str:
       if not rs:
         cells[m] = '–'
         continue
-      done = [r for r in rs if int(r['tasks_done']) == int(r['tasks_total'])]
-      if len(done) < len(rs):
-        cells[m] = f'running ({min(int(r["tasks_done"]) for r in rs)}/{total} tasks)'
+      progress = _progress(rs)
+      if progress:
+        cells[m] = progress
       else:
         mean, std = _mean_std([float(r['last10_accuracy']) for r in rs])
         means[m] = mean
@@ -430,8 +453,7 @@ def make_table(rows: Sequence[dict], title: str = 'Study results') -> str:
   lines += ['', '| benchmark | optimizer | method | learning rate | chosen hyperparameters |',
             '|---|---|---|---|---|']
   for (bench, ds, opt), m, hp, lr in chosen:
-    hp_text = ', '.join(f'{k}={v}' for k, v in json.loads(hp).items()) or 'defaults'
-    lines.append(f'| {bench} ({ds}) | {opt} | {m} | {lr} | {hp_text} |')
+    lines.append(f'| {bench} ({ds}) | {opt} | {m} | {lr} | {_hparams_text(hp)} |')
   return '\n'.join(lines) + '\n' + (f'\n{spread}' if spread else '')
 
 
@@ -439,11 +461,7 @@ def selection_table(rows: Sequence[dict]) -> str:
   """Markdown: every setting on the selection seeds, last-10% and all-task online
   accuracy, mean ± std over its seeds ('' without selection cells); a setting whose runs
   are not all complete shows its progress."""
-  settings: dict = {}
-  for r in rows:
-    if r['phase'] == 'select':
-      key = (r['benchmark'], r['dataset'], r['optimizer'], r['method'])
-      settings.setdefault((key, r['hparams']), []).append(r)
+  settings = _selection_runs(rows)
   if not settings:
     return ''
   lines = ['', '## Every setting on the selection seeds', '',
@@ -451,18 +469,14 @@ def selection_table(rows: Sequence[dict]) -> str:
            'the selection seeds (n = seeds).', '',
            '| benchmark | optimizer | method | hyperparameters | last 10% | all tasks | n |',
            '|---|---|---|---|---|---|---|']
-  for (key, hp), rs in sorted(settings.items(), key=lambda kv: (_method_order(kv[0][0]),
-                                                                kv[0][1])):
-    hp_text = ', '.join(f'{k}={v}' for k, v in json.loads(hp).items()) or 'defaults'
-    total = int(rs[0]['tasks_total'])
-    if any(int(r['tasks_done']) < total for r in rs):
-      done = min(int(r['tasks_done']) for r in rs)
-      last = whole = f'running ({done}/{total} tasks)'
-    else:
+  for key, rs in sorted(settings.items(), key=lambda kv: (_method_order(kv[0][:4]),
+                                                         kv[0][4])):
+    last = whole = _progress(rs)
+    if not last:
       last = '{:.3f} ± {:.3f}'.format(*_mean_std([float(r['last10_accuracy']) for r in rs]))
       whole = '{:.3f} ± {:.3f}'.format(*_mean_std([float(r['avg_accuracy']) for r in rs]))
-    lines.append(f'| {key[0]} ({key[1]}) | {key[2]} | {key[3]} | {hp_text} | {last} | '
-                 f'{whole} | {len(rs)} |')
+    lines.append(f'| {key[0]} ({key[1]}) | {key[2]} | {key[3]} | {_hparams_text(key[4])} | '
+                 f'{last} | {whole} | {len(rs)} |')
   return '\n'.join(lines) + '\n'
 
 
@@ -474,20 +488,12 @@ def setting_scores(rows: Sequence[dict]) -> dict[tuple, list[dict]]:
     for groups with at least two settings whose selection runs are all complete.
   """
   by_group: dict = {}
-  for r in rows:
-    if r['phase'] == 'select':
-      key = (r['benchmark'], r['dataset'], r['optimizer'], r['method'])
-      by_group.setdefault(key, {}).setdefault(r['hparams'], []).append(r)
-  out = {}
-  for key, settings in by_group.items():
-    scored = []
-    for hp, rs in settings.items():
-      if all(int(r['tasks_done']) == int(r['tasks_total']) for r in rs):
-        mean, std = _mean_std([float(r['last10_accuracy']) for r in rs])
-        scored.append({'hparams': json.loads(hp), 'mean': mean, 'std': std, 'n': len(rs)})
-    if len(scored) >= 2:
-      out[key] = scored
-  return out
+  for key, rs in _selection_runs(rows).items():
+    if not _progress(rs):
+      mean, std = _mean_std([float(r['last10_accuracy']) for r in rs])
+      by_group.setdefault(key[:4], []).append(
+          {'hparams': json.loads(key[4]), 'mean': mean, 'std': std, 'n': len(rs)})
+  return {key: scored for key, scored in by_group.items() if len(scored) >= 2}
 
 
 def _method_order(key: tuple) -> tuple:
@@ -501,7 +507,6 @@ def spread_table(rows: Sequence[dict]) -> str:
   scores = setting_scores(rows)
   if not scores:
     return ''
-  text = lambda hp: ', '.join(f'{k}={v}' for k, v in hp.items()) or 'defaults'
   lines = ['## Robustness to the hyperparameter', '',
            "Last-10% online accuracy of every setting of a method's grid on the selection "
            'seeds; spread = best − worst setting. Seed std: the mean over settings of the '
@@ -514,8 +519,8 @@ def spread_table(rows: Sequence[dict]) -> str:
     worst = min(sc, key=lambda x: x['mean'])
     noise = sum(x['std'] for x in sc) / len(sc)
     lines.append(f"| {key[0]} ({key[1]}) | {key[2]} | {key[3]} | {len(sc)} | "
-                 f"{best['mean']:.3f} ({text(best['hparams'])}) | "
-                 f"{worst['mean']:.3f} ({text(worst['hparams'])}) | "
+                 f"{best['mean']:.3f} ({_hparams_text(best['hparams'])}) | "
+                 f"{worst['mean']:.3f} ({_hparams_text(worst['hparams'])}) | "
                  f"{best['mean'] - worst['mean']:.3f} | {noise:.3f} |")
   return '\n'.join(lines) + '\n'
 
