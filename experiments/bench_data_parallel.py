@@ -33,7 +33,7 @@ from snr_jax._util import psum_packed  # noqa: E402
 import statistics  # noqa: E402
 
 from experiments._bench import interleaved_times, round_ratios, timed  # noqa: E402
-from experiments.bench_overhead import MLP  # noqa: E402
+from experiments.bench_overhead import MLP, TASK_EXAMPLES  # noqa: E402
 
 
 def make_run(model, optimizer, forward, mesh, steps):
@@ -47,11 +47,12 @@ def make_run(model, optimizer, forward, mesh, steps):
         return optax.softmax_cross_entropy_with_integer_labels(
             out, xy[1]).sum() / (xy[0].shape[0] * mesh.size), acts
       (loss, acts), g = jax.value_and_grad(loss_fn, has_aux=True)(p)
-      # a task every 625 steps (10,000 examples at 16 per device), as in bench_overhead
       extra = {} if acts is None else {'activations': acts, 'end_of_task': xy[2]}
       u, s = optimizer.update(g, s, p, **extra)
       return (optax.apply_updates(p, u), s), loss
-    ends = (jnp.arange(xs.shape[0]) + 1) % 625 == 0
+    # a task ends every TASK_EXAMPLES of each device's examples: as often, in steps, as in
+    # bench_overhead at the same batch per device
+    ends = (jnp.arange(xs.shape[0]) + 1) % (TASK_EXAMPLES // xs.shape[1]) == 0
     (params, state), losses = jax.lax.scan(step, (params, optimizer.init(params)),
                                            (xs, ys, ends))
     losses = jax.lax.psum(losses, 'd')   # the global batch's loss

@@ -69,10 +69,15 @@ def make_run(optimizer, forward, steps, batch):
   return run
 
 
+TASK_EXAMPLES = 10_000
+"""Examples in one task of the benchmarks (a Permuted-MNIST task)."""
+
+
 def task_data():
-  """10,000 random 784-pixel images and labels: one Permuted-MNIST-sized task."""
+  """``TASK_EXAMPLES`` random 784-pixel images and labels: one Permuted-MNIST-sized task."""
   kx, ky = jax.random.split(jax.random.PRNGKey(0))
-  return jax.random.uniform(kx, (10_000, 784)), jax.random.randint(ky, (10_000,), 0, 10)
+  return (jax.random.uniform(kx, (TASK_EXAMPLES, 784)),
+          jax.random.randint(ky, (TASK_EXAMPLES,), 0, 10))
 
 
 def compare(runs, params, data, steps, batch, reps, cores, base):
