@@ -90,6 +90,10 @@ class Scope:
   loc: Location = ()
 
 
+# ops whose output is all zeros when their (first) operand is
+_ZERO_PRESERVING = ('broadcast_in_dim', 'convert_element_type', 'reshape', 'copy')
+
+
 def _is_zero(x: Any) -> bool:
   try:
     return bool(np.all(np.asarray(x) == 0))
@@ -168,6 +172,11 @@ class _Builder:
       outs = [self.new_id(scope, v.aval.shape) for v in eqn.outvars]
       for var, i in zip(eqn.outvars, outs):
         env[var] = i
+      if name in _ZERO_PRESERVING and ins and ins[0] in scope.consts and \
+          _is_zero(scope.consts[ins[0]]):
+        # jnp.zeros_like and friends: a broadcast (or cast) literal 0 is still a known
+        # zero, e.g. the dropped entries of a dropout's select
+        scope.consts[outs[0]] = np.zeros((), eqn.outvars[0].aval.dtype)
       prim, params = name, dict(eqn.params)
       if is_relu_call(eqn):
         prim, params['relu_operand'] = 'relu', 0

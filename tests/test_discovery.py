@@ -325,6 +325,38 @@ def test_capture_matches_the_relu_inputs_and_is_differentiable():
   assert acts['Dense_0'].shape == (2,) + x.shape[:1] + (6,)
 
 
+class DropoutMLP(nn.Module):
+  @nn.compact
+  def __call__(self, x, train=False):
+    h = nn.relu(nn.Dense(6)(x))
+    h = nn.Dropout(0.5, deterministic=not train)(h)
+    return nn.Dense(2)(h)
+
+
+def test_dropout_after_the_relu_keeps_the_group_in_training():
+  # dropout's select against zeros_like(h) passes silence on: a unit is still a unit
+  model, x = DropoutMLP(), jax.random.normal(jax.random.PRNGKey(1), (4, 5))
+  variables = model.init(jax.random.PRNGKey(0), x)
+  rngs = {'dropout': jax.random.PRNGKey(2)}
+  groups = snr_jax.discover_groups(model, variables, x, train=True, rngs=rngs)
+  assert [g.name for g in groups] == ['Dense_0']
+  assert [g.name for g in snr_jax.discover_groups(model, variables, x)] == ['Dense_0']
+  out, acts = snr_jax.with_preactivations(model, groups)(variables, x, train=True, rngs=rngs)
+  np.testing.assert_array_equal(out, model.apply(variables, x, train=True, rngs=rngs))
+  p = variables['params']['Dense_0']
+  np.testing.assert_allclose(acts['Dense_0'], x @ p['kernel'] + p['bias'], rtol=1e-6)
+
+  class NNXDropout(nnx.Module):
+    def __init__(self, rngs):
+      self.l1, self.l2 = nnx.Linear(5, 6, rngs=rngs), nnx.Linear(6, 2, rngs=rngs)
+      self.drop = nnx.Dropout(0.5, rngs=rngs)
+
+    def __call__(self, x):
+      return self.l2(self.drop(nnx.relu(self.l1(x))))
+
+  assert [g.name for g in snr_jax.discover_groups(NNXDropout(nnx.Rngs(0)), x)] == ['l1']
+
+
 def test_capture_inside_nn_scan_has_a_layer_axis():
   model, x, variables, _ = _setup('scanned')
   groups = snr_jax.discover_groups(model, variables, x)
