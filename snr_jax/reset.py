@@ -172,20 +172,22 @@ def reset_optimizer_state(optimizer: Any, opt_state: Any, params: Any,
   """Zeroes the parameter-shaped optimizer state on the reset slices.
 
   Uses ``optax.tree_utils.tree_map_params`` to find every copy of the params tree in
-  the state of ``optimizer`` (any optax optimizer, including chains); other leaves,
-  such as Adam's step count, are left untouched.
+  the state of ``optimizer`` (any optax optimizer, including chains); only leaves of
+  their parameter's shape are zeroed. Others, such as Adam's step count or Adafactor's
+  factored row and column statistics (and their ``(1,)`` placeholders), are left
+  untouched, shape and all.
   """
   keep = keep_masks(params, groups, masks)
 
-  def zero(state_leaf, keep_leaf):
-    if keep_leaf is True or not hasattr(state_leaf, 'ndim'):
+  def zero(state_leaf, keep_leaf, param):
+    if keep_leaf is True or not hasattr(state_leaf, 'shape'):
       return state_leaf
-    if state_leaf.ndim != keep_leaf.ndim:  # e.g. factored statistics: not param-shaped
+    if state_leaf.shape != param.shape:  # e.g. factored statistics: not param-shaped
       return state_leaf
     return jnp.where(keep_leaf, state_leaf, jnp.zeros_like(state_leaf))
 
   return optax.tree_utils.tree_map_params(
-      optimizer, zero, opt_state, keep,
+      optimizer, zero, opt_state, keep, params,
       is_leaf=lambda x: x is None or isinstance(x, optax.MaskedNode))
 
 

@@ -183,6 +183,37 @@ def test_optimizer_state_zeroed_on_exactly_the_reset_slices(name, mlp):
   assert len(checked) == 3 * moments
 
 
+def test_factored_optimizer_state_keeps_its_shapes(mlp):
+  # Adafactor factors a kernel's second moment into row and column vectors and keeps
+  # (1,) placeholders beside a vector's full one: only param-shaped leaves are zeroed
+  model, params, x = mlp
+  groups = snr_jax.discover_groups(model, params, x)
+  opt = optax.adafactor(1e-2, min_dim_size_to_factor=8)
+  grads = jax.tree.map(jnp.ones_like, params)
+  state = opt.update(grads, opt.init(params), params)[1]
+  masks = _mask(groups, 'Dense_1', [2])
+  _, new_state = snr_jax.reset_neurons(params, state, groups, masks, jax.random.PRNGKey(0),
+                                       optimizer=opt)
+  assert jax.tree.map(jnp.shape, new_state) == jax.tree.map(jnp.shape, state)
+  factored = state[0]
+  v_bias = np.asarray(new_state[0].v['Dense_1']['bias'])
+  assert np.asarray(factored.v['Dense_1']['bias'])[2] != 0
+  assert v_bias[2] == 0
+  np.testing.assert_array_equal(np.delete(v_bias, 2),
+                                np.delete(np.asarray(factored.v['Dense_1']['bias']), 2))
+  # the same leaves, placeholders included, through a scanned SNR step
+  tx = snr_jax.snr(opt, groups, tau_init=100, tau_min=100, tau_max=100)
+  silent = {g.name: -jnp.ones((x.shape[0], g.size)) for g in groups}
+
+  def step(carry, _):
+    p, s = carry
+    u, s = tx.update(grads, s, p, activations=silent)
+    return (optax.apply_updates(p, u), s), snr_jax.snr_info(s)['resets']['Dense_1']
+
+  _, resets = jax.lax.scan(step, (params, tx.init(params)), None, length=30)
+  assert int(resets.sum()) > 0
+
+
 def test_forced_dead_neuron_is_reset_after_expected_examples_and_fires_again(mlp):
   model, params, x = mlp
   groups = snr_jax.discover_groups(model, params, x)
