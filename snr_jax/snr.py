@@ -94,7 +94,9 @@ class SNRRule:
     firings = {g.name: self.estimator.observe(activations[g.name], increments[g.name],
                                               g.firing) for g in groups}
     if self.data_axis is not None:   # the global batch: one all-reduce for all groups
-      firings = global_firing(firings, self.data_axis, self.age_unit != 'steps')
+      # a given batch_size is already the global batch's; a measured one is a shard's
+      firings = global_firing(firings, self.data_axis,
+                              self.age_unit != 'steps' and self.batch_size is None)
       increments = {k: getattr(f, 'increment', increments[k]) for k, f in firings.items()}
     for g in groups:
       firing = firings[g.name]
@@ -171,8 +173,10 @@ def self_normalized_resets(
     age_unit: ``'examples'`` (default; ages grow by the batch size, the paper) or
       ``'steps'`` for the batch-level estimators; per_token ages count
       ``'positions'`` (its default and only unit).
-    batch_size: examples per step; default: the leading axis of each activation.
-      Not accepted by per_token, which counts the positions of each activation.
+    batch_size: examples per step, over the whole batch (with ``data_axis``: the
+      global batch, not a shard's); default: the leading axis of each activation (times
+      the number of shards with ``data_axis``). Not accepted by per_token, which counts
+      the positions of each activation.
     axis_name: name of the enclosing vmap/pmap axis when runs are batched (e.g.
       ``jax.vmap(run, axis_name='seeds')``), so that resets and refreshes run as real
       branches only when some member needs them; results are unchanged.

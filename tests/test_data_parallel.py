@@ -108,3 +108,25 @@ def test_psum_packed_sums_each_vector_in_its_dtype():
   for k, v in vectors.items():
     assert out[k].dtype == dtypes[k] and out[k].shape == v.shape, k
     np.testing.assert_array_equal(out[k][0], v.astype(dtypes[k]).sum(0), err_msg=k)
+
+
+@pytest.mark.parametrize('batch_size', [None, 16])
+def test_ages_grow_by_the_global_batch_however_it_is_given(batch_size):
+  """With ``data_axis``, a measured batch is a shard's (times the shards) and a given
+  ``batch_size`` is the global batch's: both age a silent unit by the 16 examples of
+  the global batch, as on one device."""
+  group = snr_jax.dense_group('h', 4, layer='a', consumer='b')
+  params = {'a': {'kernel': jax.numpy.ones((5, 4)), 'bias': jax.numpy.zeros(4)},
+            'b': {'kernel': jax.numpy.ones((4, 2)), 'bias': jax.numpy.zeros(2)}}
+  silent = -jax.numpy.ones((16, 4))
+  grads = jax.tree.map(jax.numpy.zeros_like, params)
+
+  def ages(tx, acts):
+    _, s = tx.update(grads, tx.init(params), params, activations={'h': acts})
+    return s.resets.rule.ages['h']
+
+  one_device = ages(snr_jax.snr(optax.sgd(0.0), [group], batch_size=batch_size), silent)
+  sharded = snr_jax.snr(optax.sgd(0.0), [group], batch_size=batch_size, data_axis='d')
+  per_shard = jax.vmap(lambda a: ages(sharded, a), axis_name='d')(silent.reshape(2, 8, 4))
+  np.testing.assert_array_equal(one_device, [16] * 4)
+  np.testing.assert_array_equal(per_shard, [[16] * 4] * 2)
