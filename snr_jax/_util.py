@@ -30,6 +30,24 @@ def key_path_to_path(key_path) -> Path:
   return tuple(out)
 
 
+def params_fingerprint(params: Any) -> jax.Array:
+  """A uint32 that changes with the params' values: a weighted sum of their bits in
+  wrapping integer arithmetic, so it is exact in any order (vmapped, sharded or not)."""
+  total = jnp.zeros((), jnp.uint32)
+  for i, leaf in enumerate(jax.tree.leaves(params)):
+    bits = jax.lax.bitcast_convert_type(jnp.asarray(leaf, jnp.float32), jnp.uint32)
+    weights = jnp.arange(bits.size, dtype=jnp.uint32).reshape(bits.shape) * 2 + 1
+    total = total + jnp.sum(bits * weights, dtype=jnp.uint32) * jnp.uint32(2 * i + 1)
+  return total
+
+
+def member_key(key: jax.Array, params: Any) -> jax.Array:
+  """``key`` folded with :func:`params_fingerprint`: the key of a random stream that
+  members with different initial params never share, even when one optimizer (one
+  seed) is initialised for all of them (``jax.vmap(tx.init)(stacked_params)``)."""
+  return jax.random.fold_in(key, params_fingerprint(params))
+
+
 def any_in_batch(pred: jax.Array, axis_name: Optional[str] = None) -> jax.Array:
   """``pred``, or'ed over the members of a named vmap/pmap axis when one is given.
 

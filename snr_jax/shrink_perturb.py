@@ -25,7 +25,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from snr_jax._checks import number_in
+from snr_jax._checks import number_in, prng_key
+from snr_jax._util import member_key
 
 NOISES = ('fast', 'init')
 
@@ -87,7 +88,9 @@ def shrink_perturb(inner: optax.GradientTransformation,
     noise: ``'fast'`` (default): ε per element with each leaf's initial mean and
       standard deviation, from a cheap counter-based hash (see the module docstring);
       ``'init'``: ε = ``init_fn(key)``, a full draw from the initializers every step.
-    seed: int seed or PRNG key; or pass ``key=`` to ``update``.
+    seed: int seed or PRNG key, folded at ``init`` with a fingerprint of the params
+      (members with different initial params draw different noise from one seed);
+      or pass ``key=`` to ``update``.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` (extra args go to ``inner``; reset
@@ -102,7 +105,7 @@ def shrink_perturb(inner: optax.GradientTransformation,
     raise ValueError(f"noise must be one of {NOISES} ('fast': cheap noise with each "
                      f"leaf's initial mean and std; 'init': init_fn draws), got {noise!r}.")
   inner = optax.with_extra_args_support(inner)
-  key0 = jax.random.PRNGKey(seed) if isinstance(seed, int) else seed
+  key0 = prng_key('seed', seed)
 
   def init(params):
     moments = None
@@ -111,7 +114,9 @@ def shrink_perturb(inner: optax.GradientTransformation,
       if jax.tree.structure(moments, is_leaf=lambda x: isinstance(x, tuple)) != \
           jax.tree.structure(params):
         raise ValueError('init_fn(key) must return a tree shaped like params.')
-    return ShrinkPerturbState(inner.init(params), key0, moments)
+    # the noise stream is folded with the initial params, so members initialised
+    # together (jax.vmap(tx.init)(stacked_params)) never share it
+    return ShrinkPerturbState(inner.init(params), member_key(key0, params), moments)
 
   def draw(sub, params, moments):
     if noise == 'init':

@@ -26,6 +26,7 @@ import optax
 from jax.experimental import checkify
 
 from snr_jax import _checks
+from snr_jax._util import member_key
 from snr_jax.activations import ActivationError, check_activations, merge_layers
 from snr_jax.groups import GroupError, NeuronGroup, validate_groups
 from snr_jax.reset import reset_neurons_and_advance_key
@@ -87,17 +88,6 @@ def find_reset_state(state: Any) -> Optional[ResetState]:
   return None
 
 
-def _fingerprint(params: Any) -> jax.Array:
-  """A uint32 that changes with the params' values: a weighted sum of their bits in
-  wrapping integer arithmetic, so it is exact in any order (vmapped, sharded or not)."""
-  total = jnp.zeros((), jnp.uint32)
-  for i, leaf in enumerate(jax.tree.leaves(params)):
-    bits = jax.lax.bitcast_convert_type(jnp.asarray(leaf, jnp.float32), jnp.uint32)
-    weights = jnp.arange(bits.size, dtype=jnp.uint32).reshape(bits.shape) * 2 + 1
-    total = total + jnp.sum(bits * weights, dtype=jnp.uint32) * jnp.uint32(2 * i + 1)
-  return total
-
-
 def _as_key(seed_or_key: Any) -> jax.Array:
   return _checks.prng_key('seed (or key)', seed_or_key)
 
@@ -140,7 +130,7 @@ class NeuronResets:
     """
     groups = validate_groups(self.groups, params)
     masks = {g.name: jnp.zeros((g.size,), bool) for g in groups}
-    key = jax.random.fold_in(_as_key(key), _fingerprint(params))
+    key = member_key(_as_key(key), params)
     return ResetState(self.rule.init(groups, params), key, masks)
 
   def apply(self, params: Any, opt_state: Any, state: ResetState, activations: Any, *,

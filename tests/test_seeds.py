@@ -57,3 +57,18 @@ def test_optimizers_built_per_member_with_their_own_seed_are_independent():
 
   fresh = jax.vmap(member)(keys, same)
   assert not np.allclose(fresh[0], fresh[1])
+
+
+def test_shrink_perturb_members_initialised_together_draw_their_own_noise():
+  _, params, _ = _members()
+  init_fn = lambda k: Net().init(k, X)['params']
+  for noise in ('fast', 'init'):
+    tx = snr_jax.shrink_perturb(optax.sgd(0.0), init_fn, shrink=1.0, sigma=1.0, noise=noise)
+
+    def noise_of(p, tx=tx):
+      return tx.update(jax.tree.map(jnp.zeros_like, p), tx.init(p), p)[0]['h']['kernel']
+
+    drawn = jax.vmap(noise_of)(params)
+    assert not np.allclose(drawn[0], drawn[1]), noise
+    one = jax.tree.map(lambda a: a[1], params)
+    np.testing.assert_allclose(noise_of(one), drawn[1], rtol=1e-6, atol=1e-7)
