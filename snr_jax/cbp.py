@@ -10,13 +10,14 @@ Per unit ``i`` of a group, with ``h_i`` its post-ReLU activation averaged over t
   ``f_i ← d·f_i + (1 − d)·mean(h_i)``;
 * both are bias-corrected: ``û_i = u_i / (1 − d^{a_i})``, ``f̂_i = f_i / (1 − d^{a_i})``;
 * units with ``a_i > m`` (maturity) are eligible. With ``rounding='accumulate'``,
-  ``ρ·(number eligible)`` is added to a per-group accumulator whose whole part is the
-  number replaced (the remainder carries over; the reference's ``accumulate=True``).
+  ``ρ·(number eligible)`` is added to a per-layer accumulator (one per group, one per
+  layer of a scanned stack, as the reference goes layer by layer) whose whole part is
+  the number replaced (the remainder carries over; the reference's ``accumulate=True``).
   With ``rounding='stochastic'`` the number is ``⌊ρ·n⌋`` plus one with probability
   equal to the fractional part (no carry-over). The reference rounds only a number
   below one this way and truncates larger ones; for the paper's networks ``ρ·n < 1``
   and the two agree;
-* the eligible units with the lowest ``û`` are replaced. Before the shared reset
+* the eligible units with the lowest ``û`` in their layer are replaced. Before the shared reset
   zeroes their outgoing weights, each replaced unit's mean contribution is folded into
   the consumer's bias, ``b_out ← b_out + w_out,i · f̂_i`` (:meth:`CBPRule.adjust`), so
   the network's output is unchanged in expectation; then the shared reset (SPEC §4)
@@ -61,8 +62,9 @@ class CBPState(NamedTuple):
     utility: ``{group: float32 (size,)}``, the running utility ``u`` (not bias-corrected).
     mean_act: ``{group: float32 (size,)}``, the running mean activation ``f``.
     ages: ``{group: int32 (size,)}``, steps since (re)initialisation.
-    to_replace: ``{group: float32 scalar}``, fractional replacements owed
-      (``rounding='accumulate'``; stays 0 with ``'stochastic'``).
+    to_replace: ``{group: float32}``, fractional replacements owed
+      (``rounding='accumulate'``; stays 0 with ``'stochastic'``): a scalar, or one per
+      layer ``(layers,)`` for a scanned stack's group.
     transfer: ``{group: float32 (size,)}``, ``f̂_i`` of the units replaced at the
       latest step, 0 elsewhere: what :meth:`CBPRule.adjust` folds into the biases.
     steps: int32 scalar, steps taken (mixed into the rounding's random stream).
@@ -178,7 +180,8 @@ class CBPRule:
     zeros = lambda g, dt=jnp.float32: jnp.zeros((g.size,), dt)
     return CBPState({g.name: zeros(g) for g in groups}, {g.name: zeros(g) for g in groups},
                     {g.name: zeros(g, jnp.int32) for g in groups},
-                    {g.name: jnp.zeros((), jnp.float32) for g in groups},
+                    {g.name: jnp.zeros(() if g.layers == 1 else (g.layers,), jnp.float32)
+                     for g in groups},
                     {g.name: zeros(g) for g in groups}, jnp.zeros((), jnp.int32))
 
   def select(self, state: CBPState, groups: Sequence[NeuronGroup],
@@ -198,24 +201,31 @@ class CBPRule:
       correction = 1 - jnp.power(jnp.asarray(d, jnp.float32), age.astype(jnp.float32))
       u_hat, f_hat = u / correction, f / correction
       eligible = age > self.maturity
-      n_eligible = jnp.sum(eligible)
+      # counts, owed replacements and the ranking are per layer (a scanned stack's
+      # group holds several, layer-major): shape () for one layer, (layers,) for more
+      shape = () if g.layers == 1 else (g.layers,)
+      per_layer = lambda x: x.reshape(shape + (g.units,))
+      n_eligible = jnp.sum(per_layer(eligible), axis=-1)
       owed = self.replacement_rate * n_eligible.astype(jnp.float32)
       if self.rounding == 'accumulate':
         owed = state.to_replace[g.name] + owed
         k = jnp.floor(owed)
       else:
-        draw = jax.random.uniform(jax.random.fold_in(jax.random.fold_in(key, steps), gi))
+        draw = jax.random.uniform(jax.random.fold_in(jax.random.fold_in(key, steps), gi),
+                                  shape)
         k = jnp.floor(owed) + (draw < owed - jnp.floor(owed))
       k = jnp.minimum(k, n_eligible).astype(jnp.int32)
+      rank = lowest_k if g.layers == 1 else jax.vmap(lowest_k)
       # the sort runs only on steps that replace something (most steps replace nothing)
-      mask = jax.lax.cond(k > 0, lambda a: lowest_k(*a), lambda a: jnp.zeros_like(a[1]),
-                          (u_hat, eligible, k))
+      mask = jax.lax.cond(jnp.any(k > 0), lambda a: rank(*a).reshape(-1),
+                          lambda a: jnp.zeros_like(eligible),
+                          (per_layer(u_hat), per_layer(eligible), k))
       masks[g.name] = mask
       out.utility[g.name] = jnp.where(mask, 0.0, u)
       out.mean_act[g.name] = jnp.where(mask, 0.0, f)
       out.ages[g.name] = jnp.where(mask, 0, age)
       out.to_replace[g.name] = (owed - k if self.rounding == 'accumulate'
-                                else jnp.zeros((), jnp.float32))
+                                else jnp.zeros(shape, jnp.float32))
       out.transfer[g.name] = jnp.where(mask, f_hat, 0.0)
     return masks, out
 

@@ -1,7 +1,7 @@
 """ReDo: recycle dormant neurons (Sokar, Agarwal, Castro & Evci, ICML 2023).
 
 Every ``period`` steps, per group, each unit's score is its mean absolute activation on
-the batch normalised by the layer's average,
+the batch normalised by its layer's average (each layer of a scanned stack by its own),
 ``s_i = mean|h_i| / ((1/N) Σ_j mean|h_j|)``, and units with ``s_i ≤ threshold`` are reset
 with the shared mechanism (incoming re-drawn, outgoing and optimizer state zeroed).
 """
@@ -30,8 +30,12 @@ def redo_scores(preactivation: jax.Array, data_axis=None) -> jax.Array:
   return normalised_scores(mean_activation(preactivation, data_axis))
 
 
-def normalised_scores(a: jax.Array) -> jax.Array:
-  """ReDo's ``s_i = a_i / mean(a)`` from the units' mean activity ``a`` (0 if all silent)."""
+def normalised_scores(a: jax.Array, layers: int = 1) -> jax.Array:
+  """ReDo's ``s_i = a_i / mean(a)`` from the units' mean activity ``a`` (0 if all silent),
+  normalised within each layer: ``a`` holds ``layers`` layers' units, layer-major (a
+  scanned stack's group)."""
+  if layers > 1:
+    return jax.vmap(normalised_scores)(a.reshape(layers, -1)).reshape(a.shape)
   avg = jnp.mean(a)
   return jnp.where(avg > 0, a / jnp.where(avg > 0, avg, 1.0), 0.0)
 
@@ -54,7 +58,7 @@ class ReDoRule:
     steps = state.steps + 1
     now = steps % self.period == 0
     means = mean_activations({g.name: activations[g.name] for g in groups}, self.data_axis)
-    masks = {g.name: now & (normalised_scores(means[g.name]) <= self.threshold)
+    masks = {g.name: now & (normalised_scores(means[g.name], g.layers) <= self.threshold)
              for g in groups}
     return masks, ReDoState(steps)
 

@@ -140,6 +140,42 @@ def test_cbp_replaces_lowest_utility_mature_units_at_the_accumulated_rate():
   assert float(cbp_state.to_replace['h']) == pytest.approx(0.25 + 0.375)
 
 
+def _stack_of_two_layers():
+  """A scanned stack (plain lax.scan over stacked params): one group, 2 layers x 5 units."""
+  params = {'w_in': jnp.ones((2, 3, 5)), 'b_in': jnp.zeros((2, 5)),
+            'w_out': jnp.ones((2, 5, 3)), 'b_out': jnp.zeros((2, 3))}
+
+  def f(p, x):
+    def layer(h, q):
+      return h + jax.nn.relu(h @ q['w_in'] + q['b_in']) @ q['w_out'] + q['b_out'], None
+    return jax.lax.scan(layer, x, p)[0]
+
+  groups = snr_jax.discover_groups(f, params, jnp.ones((4, 3)))
+  assert [(g.name, g.layers, g.units) for g in groups] == [('w_in', 2, 5)]
+  return groups, params
+
+
+def test_redo_and_cbp_treat_each_layer_of_a_scanned_stack_as_a_layer():
+  groups, params = _stack_of_two_layers()
+  # layer 0's units are 20x as active as layer 1's; within a layer, unit 3 is the least
+  # active (a fifth of the others)
+  level = jnp.array([[10.0], [0.5]]) * jnp.array([1., 1., 1., 0.2, 1.])
+  acts = {'w_in': jnp.broadcast_to(level[:, None, :], (2, 4, 5))}
+  tx = snr_jax.redo(optax.sgd(0.0), groups, threshold=0.5, period=1)
+  _, st = tx.update(_zero_grads(params), tx.init(params), params, activations=acts)
+  # scores within each layer: 1/0.84 for the others, 0.2/0.84 for unit 3; pooled over
+  # the stack every unit of layer 1 would score 0.11 or less and be reset
+  np.testing.assert_array_equal(st.resets.last_resets['w_in'].reshape(2, 5),
+                                [[0, 0, 0, 1, 0]] * 2)
+  # CBP: rate 0.2 of 5 mature units per layer owes exactly one replacement in each
+  # layer, its least useful unit (all outgoing weights are equal)
+  tx = snr_jax.continual_backprop(optax.sgd(0.0), groups, replacement_rate=0.2, maturity=0)
+  _, st = tx.update(_zero_grads(params), tx.init(params), params, activations=acts)
+  np.testing.assert_array_equal(st.resets.last_resets['w_in'].reshape(2, 5),
+                                [[0, 0, 0, 1, 0]] * 2)
+  assert st.resets.rule.to_replace['w_in'].shape == (2,)
+
+
 def test_cbp_utility_and_mean_activation_are_running_means_with_bias_correction():
   groups = (snr_jax.dense_group('h', 3, layer='l1', consumer='l2'),)
   w_out = jnp.array([[1., -3.], [2., 2.], [0.5, -0.5]])   # mean_k |w| = [2, 2, 0.5]
