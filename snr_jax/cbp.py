@@ -25,7 +25,7 @@ Per unit ``i`` of a group, with ``h_i`` its post-ReLU activation averaged over t
   ``u_i, f_i, a_i ← 0``.
 
 The consumer's bias is the parameter ``bias`` next to the outgoing slice's ``kernel``;
-an outgoing slice with no such sibling transfers nothing. A unit may own several
+an outgoing slice with no such sibling transfers nothing (``init`` warns, naming it). A unit may own several
 entries of a consumer's input axis (Conv -> flatten -> Dense: every row ``r`` with
 ``r % C == c``; Conv -> Conv: every spatial tap of input channel ``c``). ``f̂_c`` is the
 channel's mean over positions, and the transfer adds ``f̂_c · Σ w[r, k]`` over all of
@@ -37,6 +37,7 @@ Conv -> Conv it also ignores the zero padding at the borders).
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Any, Mapping, NamedTuple, Optional, Sequence
 
 import jax
@@ -176,7 +177,15 @@ class CBPRule:
   data_axis: Optional[str] = None
 
   def init(self, groups: Sequence[NeuronGroup], params: Any) -> CBPState:
-    del params
+    alone = sorted({'/'.join(s.path) for g in groups for s in g.outgoing
+                    if consumer_bias_path(params, s) is None})
+    if alone:
+      warnings.warn(
+          f'continual_backprop: no consumer bias beside the outgoing weights {alone}, so '
+          "replaced units' mean contributions are not transferred there (the reference "
+          "folds them into the consumer's bias). The bias is the parameter 'bias' next to "
+          "a 'kernel': name a plain function's parameters so; a consumer without a bias "
+          'has nothing to transfer into.', stacklevel=2)
     zeros = lambda g, dt=jnp.float32: jnp.zeros((g.size,), dt)
     return CBPState({g.name: zeros(g) for g in groups}, {g.name: zeros(g) for g in groups},
                     {g.name: zeros(g, jnp.int32) for g in groups},

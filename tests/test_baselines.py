@@ -1,5 +1,7 @@
 """SPEC §6: each competitor method's defining behaviour, and the shared registry."""
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -427,3 +429,21 @@ def test_registry_errors_list_valid_choices(mlp):
     snr_jax.make_method('shrink_perturb', optax.sgd(0.1), init_fn=lambda k: k, noise='gauss')
   with pytest.raises(ValueError, match='strength must be a number in'):
     snr_jax.make_method('l2', optax.sgd(0.1), strength=-1.0)
+
+
+def test_cbp_warns_when_an_outgoing_slice_has_no_consumer_bias_to_transfer_into():
+  def f(p, x):
+    return jax.nn.relu(x @ p['fc1']['w'] + p['fc1']['b']) @ p['fc2']['w'] + p['fc2']['b']
+
+  x = jnp.ones((2, 3))
+  params = {'fc1': {'w': jnp.ones((3, 4)), 'b': jnp.zeros(4)},
+            'fc2': {'w': jnp.ones((4, 2)), 'b': jnp.zeros(2)}}
+  groups = snr_jax.discover_groups(f, params, x)
+  with pytest.warns(UserWarning, match=r"\['fc2/w'\].*'bias' next to a 'kernel'"):
+    snr_jax.continual_backprop(optax.sgd(0.0), groups).init(params)
+  named = {k: {'kernel': v['w'], 'bias': v['b']} for k, v in params.items()}
+  g = lambda p, x: f({k: {'w': v['kernel'], 'b': v['bias']} for k, v in p.items()}, x)
+  groups = snr_jax.discover_groups(g, named, x)
+  with warnings.catch_warnings():
+    warnings.simplefilter('error')
+    snr_jax.continual_backprop(optax.sgd(0.0), groups).init(named)
