@@ -45,7 +45,10 @@ from snr_jax._trace import Leaf, as_traceable, model_kind
 from snr_jax.groups import GroupError, NeuronGroup, ParamSlice, Path, Site, path_str
 
 _LINEAR_UNARY = {'convert_element_type', 'neg', 'copy', 'copy_p', 'reduce_precision',
-                 'optimization_barrier', 'stop_gradient'}
+                 'optimization_barrier', 'stop_gradient', 'pvary', 'pcast'}
+# collectives over a mapped axis: elementwise across devices, so per-unit statistics
+# (a synchronised BatchNorm's batch mean) stay per-unit
+_CROSS_DEVICE = {'psum', 'psum_invariant', 'pmax', 'pmin'}
 _NONLINEAR_UNARY = {'exp', 'exp2', 'log', 'log1p', 'expm1', 'tanh', 'logistic', 'sqrt', 'rsqrt',
                     'cbrt', 'abs', 'sign', 'sin', 'cos', 'tan', 'atan', 'asin', 'acos', 'sinh',
                     'cosh', 'asinh', 'acosh', 'atanh', 'erf', 'erfc', 'erf_inv', 'integer_pow',
@@ -294,6 +297,9 @@ class _Walker:
       return first
     if op.prim in _LINEAR_UNARY:
       return first
+    if kinds <= {'stat', 'pstat'} and op.prim in _CROSS_DEVICE | {'stack', 'concatenate',
+                                                                  'slice'}:
+      return self._pre_statistics(op, ts, first, w)
     if op.prim in _NONLINEAR_UNARY or op.prim in _COMPARE or op.prim == 'select_n':
       if kinds <= {'stat', 'pstat'}:
         return first
@@ -345,6 +351,29 @@ class _Walker:
       return first
     w.reasons.append(f"its pre-activation reaches '{op.prim}'"
                      + (f" (in '{op.scope_name}')" if op.scope_name else ''))
+    return 'stop'
+
+  def _pre_statistics(self, op: Op, ts, first: _T, w: _Walk):
+    """Statistics of the pre-activation moved around together, e.g. a synchronised
+    BatchNorm's mean and mean square: stacked, summed across devices, sliced apart."""
+    if first.kind == 'stat' or op.prim in _CROSS_DEVICE:
+      return first
+    if any(t is not None and t.axis != first.axis for t in ts):
+      w.reasons.append(f"statistics of its pre-activation are combined across its units "
+                       f"('{op.prim}')")
+      return 'stop'
+    if op.prim == 'stack':
+      return dataclasses.replace(first, axis=first.axis + (op.params['axis'] <= first.axis))
+    if op.prim == 'concatenate' and op.params['dimension'] != first.axis:
+      return first
+    if op.prim == 'slice':
+      p, n = op.params, self.scope.shapes[op.ins[0]][first.axis]
+      if p['start_indices'][first.axis] == 0 and p['limit_indices'][first.axis] == n and \
+          (p.get('strides') or [1] * (first.axis + 1))[first.axis] == 1:
+        return first
+    how = 'cut' if op.prim == 'slice' else 'combined'
+    w.reasons.append(f"statistics of its pre-activation are {how} across its units "
+                     f"('{op.prim}')")
     return 'stop'
 
   def describe_contraction(self, op: Op, ts) -> str:
@@ -820,7 +849,7 @@ def _kernel_uses(scope: Scope, org, leaves) -> dict[Path, int]:
 
 
 def discover_groups(f: Any, *args, initializers: Optional[Mapping[str, Any]] = None,
-                    **kwargs) -> DiscoveredGroups:
+                    axis_env: Sequence[tuple[str, int]] = (), **kwargs) -> DiscoveredGroups:
   """Finds the neuron groups of a model from its traced forward pass.
 
   Call it as ``discover_groups(module, variables, *sample_args, **kwargs)`` for a linen
@@ -844,6 +873,10 @@ def discover_groups(f: Any, *args, initializers: Optional[Mapping[str, Any]] = N
     f: the model (see above).
     *args: the variables or params (linen, function), then sample inputs.
     initializers: optional ``{param path: initializer}`` overrides (paths joined by '/').
+    axis_env: ``[(axis name, size), ...]`` for a model that uses collectives over a
+      mapped axis, e.g. ``BatchNorm(axis_name='data')`` synchronised over
+      ``shard_map``/``pmap``: it is traced as if inside that axis (``jax.make_jaxpr``'s
+      ``axis_env``). Not needed when called inside the mapped function itself.
     **kwargs: keyword arguments of the forward call (e.g. ``train=True``,
       ``rngs={'dropout': key}``, ``mutable=['batch_stats']``).
 
@@ -865,7 +898,7 @@ def discover_groups(f: Any, *args, initializers: Optional[Mapping[str, Any]] = N
                        'discover_groups(model, params, x).')
     model, sample = args[0], args[1:]
   tr = as_traceable(f, model, tuple(sample), kwargs, record_modules=True)
-  closed = jax.make_jaxpr(tr.fn)(*tr.inputs)
+  closed = jax.make_jaxpr(tr.fn, axis_env=list(axis_env))(*tr.inputs)
   for leaf, x in zip(tr.leaves, tr.inputs):
     leaf.shape = tuple(np.shape(x))
   top = _jaxpr.build_scopes(closed)

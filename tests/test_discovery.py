@@ -357,6 +357,55 @@ def test_dropout_after_the_relu_keeps_the_group_in_training():
   assert [g.name for g in snr_jax.discover_groups(NNXDropout(nnx.Rngs(0)), x)] == ['l1']
 
 
+class SyncedBatchNormMLP(nn.Module):
+  axis_name: str = None
+
+  @nn.compact
+  def __call__(self, x):
+    for width in (4, 5):
+      x = nn.Dense(width)(x)
+      x = nn.relu(nn.BatchNorm(use_running_average=False, axis_name=self.axis_name)(x))
+    return nn.Dense(2)(x)
+
+
+def test_batchnorm_synchronised_over_a_data_axis_keeps_its_groups():
+  # its batch statistics are stacked, summed over the axis and sliced apart: per unit still
+  x = jax.random.normal(jax.random.PRNGKey(1), (8, 3))
+  variables = SyncedBatchNormMLP().init(jax.random.PRNGKey(0), x)
+  local = snr_jax.discover_groups(SyncedBatchNormMLP(), variables, x, mutable=['batch_stats'])
+  synced = snr_jax.discover_groups(SyncedBatchNormMLP('d'), variables, x[:4],
+                                   mutable=['batch_stats'], axis_env=[('d', 2)])
+  assert [(g.name, g.incoming, g.outgoing, g.state) for g in synced] == \
+      [(g.name, g.incoming, g.outgoing, g.state) for g in local]
+  assert [g.name for g in synced] == ['Dense_0', 'Dense_1']
+  # two shards of 4 see the pre-activations of the global batch of 8
+  fwd = snr_jax.with_preactivations(SyncedBatchNormMLP('d'), synced)
+  acts = jax.vmap(lambda xs: fwd(variables, xs, mutable=['batch_stats'])[1],
+                  axis_name='d')(x.reshape(2, 4, 3))
+  whole = snr_jax.with_preactivations(SyncedBatchNormMLP(), local)(
+      variables, x, mutable=['batch_stats'])[1]
+  for name in whole:
+    np.testing.assert_allclose(acts[name].reshape(whole[name].shape), whole[name], atol=1e-5)
+
+
+def test_discovery_inside_shard_map_finds_the_groups_found_outside():
+  # shard_map marks replicated params as varying (pvary) before they meet the data
+  model, x = DropoutMLP(), jax.random.normal(jax.random.PRNGKey(1), (4, 5))
+  variables = model.init(jax.random.PRNGKey(0), x)
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ('d',))
+  P = jax.sharding.PartitionSpec
+  found = []
+
+  def local(v, xs):
+    found.append(snr_jax.discover_groups(model, v, xs))
+    return xs
+
+  jax.shard_map(local, mesh=mesh, in_specs=(P(), P('d')), out_specs=P('d'))(variables, x)
+  outside = snr_jax.discover_groups(model, variables, x)
+  assert [(g.name, g.incoming, g.outgoing) for g in found[0]] == \
+      [(g.name, g.incoming, g.outgoing) for g in outside]
+
+
 def test_capture_inside_nn_scan_has_a_layer_axis():
   model, x, variables, _ = _setup('scanned')
   groups = snr_jax.discover_groups(model, variables, x)
