@@ -524,7 +524,11 @@ class _Walker:
       if all(self.org.get(i, _DATA).kind == 'const' and _jaxpr._is_zero(
           self.scope.consts.get(i, 1)) for i in others) and others:
         return t
-      if op.prim in ('add', 'sub', 'add_any'):
+      if op.prim in ('add', 'sub', 'add_any') and all(
+          self.org.get(i, _DATA).kind != 'data' for i in others):
+        w.reasons.append('its ReLU output is shifted by a parameter or model state (a '
+                         'normalisation after the ReLU?), so a silent unit does not output 0')
+      elif op.prim in ('add', 'sub', 'add_any'):
         w.reasons.append('its ReLU output feeds a sum with another branch (a residual add)')
       else:
         w.reasons.append(f"its ReLU output goes through '{op.prim}' with another value")

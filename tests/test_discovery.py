@@ -215,6 +215,21 @@ def test_residual_and_output_layers_are_left_out_with_reasons():
   assert 'outgoing: fc2/kernel' in text
 
 
+def test_a_normalisation_after_the_relu_is_left_out_as_a_shift():
+  class NormAfterRelu(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      h = nn.BatchNorm(use_running_average=True)(nn.relu(nn.Dense(6, name='a')(x)))
+      return nn.Dense(2, name='out')(nn.relu(nn.Dense(4, name='b')(h)))
+
+  x = jnp.ones((4, 5))
+  variables = NormAfterRelu().init(jax.random.PRNGKey(0), x)
+  groups = snr_jax.discover_groups(NormAfterRelu(), variables, x)
+  reasons = {lo.layer: lo.reason for lo in groups.left_out}
+  assert [g.name for g in groups] == ['b']
+  assert 'shifted by a parameter or model state' in reasons['a']
+
+
 def test_transformers_have_only_ffn_groups():
   from experiments.models import GPT, ViT
   for model, x in ((GPT(vocab_size=40, num_layers=2), jnp.zeros((2, 8), jnp.int32)),
