@@ -87,12 +87,25 @@ def _host_data(config: ExperimentConfig, dataset: snr_data.Dataset) -> dict[str,
   if task != 'class_pair' and n > len(dataset):
     raise ValueError(f'examples_per_task={n} but {dataset.name} has only {len(dataset)} '
                      'images; lower examples_per_task.')
+  if task == 'class_pair':
+    # checked here: under jit a missing image would silently be image 0, mislabelled
+    fewest = int(np.bincount(np.asarray(dataset.labels).reshape(-1),
+                             minlength=max(dataset.num_classes, 1)).min())
+    if n // 2 > fewest:
+      raise ValueError(f'examples_per_task={n} takes {n // 2} images of each class of a '
+                       f'pair, but a class of {dataset.name} has only {fewest}; lower '
+                       f'examples_per_task to at most {2 * fewest}.')
   return {'images': np.asarray(dataset.images), 'labels': np.asarray(dataset.labels, np.int32)}
 
 
-def _make_task(config: ExperimentConfig, data: dict, task_index, key, num_classes: int,
-               axis_name: Optional[str] = None):
-  """One task as ``(lookup, labels)``: ``lookup(batch_indices)`` gives a batch's inputs.
+def _make_task(config: ExperimentConfig, data: dict, task_index, stream_key,
+               num_classes: int, axis_name: Optional[str] = None):
+  """Task ``task_index`` of the stream as ``(lookup, labels)``: ``lookup(batch_indices)``
+  gives a batch's inputs.
+
+  A task draws from ``fold_in(stream_key, task_index)``, except class pairs, which come
+  from one ordering of the classes per round of the whole stream (every class once per
+  round), so they take the stream's key.
 
   Permuted and class-pair tasks are gathered a batch at a time from the dataset (with
   the indices of ``permuted_task_indices`` / ``class_pair_indices``) instead of being
@@ -101,6 +114,7 @@ def _make_task(config: ExperimentConfig, data: dict, task_index, key, num_classe
   """
   p = config.protocol
   n = config.resolved('examples_per_task')
+  key = jax.random.fold_in(stream_key, task_index)
   if p.task == 'permuted':
     images = data['images']
     idx, perm = snr_data.permuted_task_indices(key, images.shape[0],
@@ -108,7 +122,8 @@ def _make_task(config: ExperimentConfig, data: dict, task_index, key, num_classe
     lookup = lambda b: snr_data.to_float(images[idx[b]].reshape(b.shape[0], -1)[:, perm])
     return lookup, data['labels'][idx]
   if p.task == 'class_pair':
-    idx, y = snr_data.class_pair_indices(data['labels'], key, task_index, n // 2, num_classes)
+    idx, y = snr_data.class_pair_indices(data['labels'], stream_key, task_index, n // 2,
+                                         num_classes)
     return lambda b: snr_data.to_float(data['images'][idx[b]]), y
   if p.task == 'random_label':
     x, y = snr_data.random_label_task(data['images'], data['labels'], key, n,
@@ -226,7 +241,7 @@ def make_run(config: ExperimentConfig, dataset: snr_data.Dataset,
 
     def one_task(carry: Carry, t):
       task_key = jax.random.fold_in(carry.stream_key, t)
-      lookup, y = task(d, t, task_key)
+      lookup, y = task(d, t, carry.stream_key)
       order = snr_data.batch_indices(n, batch, epochs, jax.random.fold_in(task_key, 1))
       last = jnp.arange(steps) == steps - 1
 

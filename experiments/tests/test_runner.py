@@ -348,3 +348,35 @@ def test_auto_mode_runs_one_member_without_vmap():
   assert resolve_mode(mlp, 'auto', 1) == 'sequential'   # nothing to batch
   assert resolve_mode(mlp, 'auto', 2) == 'vmap'
   assert resolve_mode(mlp, 'vmap', 1) == 'vmap'         # asked for: kept
+
+
+def test_continual_imagenet_uses_every_class_once_per_round():
+  # every image shows its class; 10 classes make rounds of 5 tasks with disjoint pairs
+  from experiments.runner import _make_task  # pylint: disable=import-outside-toplevel
+  classes, per_class = 10, 4
+  labels = np.repeat(np.arange(classes), per_class).astype(np.int32)
+  data = {'images': jnp.asarray(np.broadcast_to(labels[:, None, None, None] * 20,
+                                                (labels.size, 32, 32, 3)).astype(np.uint8)),
+          'labels': jnp.asarray(labels)}
+  cfg = ExperimentConfig('continual_imagenet', examples_per_task=2 * per_class,
+                         batch_size=per_class)
+  stream_key = jax.random.PRNGKey(5)
+  used = []
+  for t in range(10):
+    lookup, y = _make_task(cfg, data, t, stream_key, classes)
+    shown = np.rint(np.asarray(lookup(jnp.arange(2 * per_class)))[:, 0, 0, 0] * 255 / 20)
+    assert len(set(shown[np.asarray(y) == 0])) == len(set(shown[np.asarray(y) == 1])) == 1
+    used.append(sorted(set(shown.astype(int))))
+  for first in (0, 5):
+    assert sorted(c for pair in used[first:first + 5] for c in pair) == list(range(classes))
+  assert used[:5] != used[5:]   # the next round draws a new ordering
+
+
+def test_class_pairs_need_enough_images_of_every_class():
+  ds = _images('imagenet32', 200, (32, 32, 3), 10)
+  fewest = int(np.bincount(ds.labels, minlength=10).min())
+  cfg = ExperimentConfig('continual_imagenet', num_tasks=1, examples_per_task=2 * fewest + 2,
+                         batch_size=2)
+  with pytest.raises(ValueError, match=f'a class of imagenet32 has only {fewest}; lower '
+                                       f'examples_per_task to at most {2 * fewest}'):
+    make_run(cfg, ds)
