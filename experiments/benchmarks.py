@@ -160,9 +160,13 @@ class ExperimentConfig:
       raise ValueError(f'learning_rate must be > 0, got {self.learning_rate!r}.')
     if not 0 <= self.momentum < 1:
       raise ValueError(f'momentum must be in [0, 1), got {self.momentum!r}.')
-    if self.examples_per_task is not None and self.batch_size is not None and \
-        self.batch_size > self.examples_per_task:
-      raise ValueError('batch_size must not exceed examples_per_task.')
+    if self.hparams.get('check_finite'):
+      raise ValueError('check_finite needs the train step run under checkify, which the '
+                       'runner does not do; leave it unset here (it is for your own step).')
+    batch, examples = self.resolved('batch_size'), self.resolved('examples_per_task')
+    if batch is not None and examples is not None and batch > examples:
+      raise ValueError(f'batch_size ({batch}) must not exceed examples_per_task ({examples}); '
+                       'either may be the protocol\'s default: set the other.')
     if self.sweep is not None:
       name, values = self.sweep
       if name not in SWEEPABLE:
@@ -174,6 +178,14 @@ class ExperimentConfig:
         raise ValueError(f'{name!r} is both swept and fixed in hparams; give it once.')
       if not values:
         raise ValueError('a sweep needs at least one value.')
+      if len(set(values)) != len(values):
+        raise ValueError(f'the sweep of {name!r} repeats a value ({list(values)}); give each '
+                         'once.')
+      if name == 'learning_rate':
+        if self.learning_rate is not None:
+          raise ValueError('learning_rate is both swept and fixed; give it once.')
+        if not all(v > 0 for v in values):
+          raise ValueError(f'swept learning rates must be > 0, got {list(values)}.')
 
   @property
   def protocol(self) -> Protocol:

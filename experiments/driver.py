@@ -63,15 +63,17 @@ def drive(config: ExperimentConfig, dataset, seeds: Sequence[int], out: pathlib.
   restored = {'done': 0}
 
   def restore(template):
-    # Called once the run is built (config and data accepted): the directory is created
-    # only now, so a run that fails to build leaves no trace either.
+    # Called once the run is built (config and data accepted), before it compiles.
     state = results.load_checkpoint(out, fp, template)
-    if writer:
-      results.write_config(out, record)
     if state is not None:
       bar.update(state['done'])
       latest.update(state, saved=state['done'])
       restored['done'] = state['done']
+      if writer:
+        # the results on disk are the checkpoint's, even if an interrupt cut the last
+        # write short (a complete run never calls on_chunk again)
+        results.write_config(out, record)
+        results.write_metrics(out, _history(state['metrics']), members, total)
     return state
 
   def save(done, state):
@@ -81,8 +83,12 @@ def drive(config: ExperimentConfig, dataset, seeds: Sequence[int], out: pathlib.
 
   def on_chunk(done, state):
     latest.update(state)   # first, so that an interrupt from here on can checkpoint it
-    metrics = jax.tree.map(lambda *xs: np.concatenate(xs, axis=1), *state['metrics'])
+    metrics = _history(state['metrics'])
     if writer:
+      if not (out / 'config.json').exists():
+        # the directory is created only once a chunk has run, so a run that fails to
+        # build or compile leaves no trace
+        results.write_config(out, record)
       results.write_metrics(out, metrics, members, total)
     if done - latest['saved'] >= checkpoint_every or done == total:
       save(done, state)
@@ -97,7 +103,7 @@ def drive(config: ExperimentConfig, dataset, seeds: Sequence[int], out: pathlib.
     out_run = run_experiment(config, dataset, seeds, mode=mode, chunk_tasks=tasks_per_call,
                              on_chunk=on_chunk, restore=restore, batch_devices=batch_devices)
   except _Stopped:
-    metrics = jax.tree.map(lambda *xs: np.concatenate(xs, axis=1), *latest['metrics'])
+    metrics = _history(latest['metrics'])
     summary = results.summarize(metrics, members, total)
     summary['resumed_from'] = restored['done']
     return summary
@@ -110,6 +116,11 @@ def drive(config: ExperimentConfig, dataset, seeds: Sequence[int], out: pathlib.
   summary = results.summarize(out_run['metrics'], members, total)
   summary['resumed_from'] = out_run['resumed_from']
   return summary
+
+
+def _history(chunks) -> dict:
+  """Per-chunk metrics as one ``(members, tasks)`` history."""
+  return jax.tree.map(lambda *xs: np.concatenate(xs, axis=1), *chunks)
 
 
 @contextlib.contextmanager

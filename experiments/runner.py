@@ -211,6 +211,10 @@ def make_run(config: ExperimentConfig, dataset: snr_data.Dataset,
     return make_method(config.method, _optimizer(config, lr), groups=groups, init_fn=init_fn,
                        seed=method_key, axis_name=axis_name, **hp)
 
+  for value in (config.sweep[1] if config.sweep else ()):
+    # traced inside the run, the values would pass the library's checks unseen
+    build_tx(jax.random.PRNGKey(0), float(value))
+
   def init(key, sweep_value=0.0) -> Carry:
     k_params, k_method, k_stream = jax.random.split(key, 3)
     params = init_fn(k_params)
@@ -504,6 +508,10 @@ def run_experiment(config: ExperimentConfig, dataset: snr_data.Dataset, seeds: S
   seeds = list(seeds)
   if not seeds:
     raise ValueError('give at least one seed.')
+  repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+  if repeated:
+    raise ValueError(f'seeds {repeated} are given more than once: a repeated seed is the '
+                     'same run, not another sample; give each seed once.')
   values = list(config.sweep[1]) if config.sweep else [0.0]
   members = [{'seed': s, 'sweep_value': v} for s in seeds for v in values]
   mode = resolve_mode(config, mode, len(members), batch_devices)

@@ -53,11 +53,16 @@ def dump_py2_style(path_or_file, data, labels, protocol=2):
     pickle.dump(obj, path_or_file, protocol=protocol)
 
 
-def write_imagenet32(d: Path, per_batch: int = 6, npz: bool = False):
+def write_imagenet32(d: Path, per_batch: int = 6, npz: bool = False, every_class: bool = False):
+  """Ten batches of ``per_batch`` images of classes 1-3 (1-based, as the files are), or
+  with ``every_class`` of all 1,000 classes round-robin (Continual ImageNet's stream
+  draws from all of them)."""
   d.mkdir(parents=True, exist_ok=True)
   all_data, all_labels = [], []
   for i in range(1, 11):
     data, labels = cifar_batch(per_batch, seed=100 + i, num_classes=3, one_based=True)
+    if every_class:
+      labels = [int(c) for c in (np.arange(per_batch) + (i - 1) * per_batch) % 1000 + 1]
     if npz:
       np.savez(d / f'train_data_batch_{i}.npz', data=data, labels=np.array(labels),
                mean=data.mean(0))

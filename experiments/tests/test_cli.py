@@ -18,7 +18,7 @@ def data_dir(tmp_path_factory):
   cifar.mkdir()
   for i in range(1, 6):
     dump_py2_style(cifar / f'data_batch_{i}', *cifar_batch(20, seed=i))
-  write_imagenet32(d / 'imagenet32', per_batch=12)
+  write_imagenet32(d / 'imagenet32', per_batch=200, every_class=True)   # 2 images a class
   words = ' '.join(f'w{i % 37} v{(i * 7) % 11}' for i in range(2000))
   (d / 'shakespeare.txt').write_text(words)
   return d
@@ -28,7 +28,7 @@ TINY = {
     'permuted_mnist': ['--examples-per-task', '64'],
     'random_label_mnist': ['--examples-per-task', '32', '--epochs', '2'],
     'random_label_cifar': ['--examples-per-task', '32', '--epochs', '2'],
-    'continual_imagenet': ['--examples-per-task', '20', '--epochs', '1', '--batch-size', '10'],
+    'continual_imagenet': ['--examples-per-task', '4', '--epochs', '1', '--batch-size', '2'],
     'permuted_shakespeare': ['--examples-per-task', '8', '--epochs', '1', '--batch-size', '4'],
 }
 

@@ -1,6 +1,7 @@
 """The compiled experiment runner on tiny generated data."""
 
 import dataclasses
+import json
 import pathlib
 import re
 
@@ -380,3 +381,48 @@ def test_class_pairs_need_enough_images_of_every_class():
   with pytest.raises(ValueError, match=f'a class of imagenet32 has only {fewest}; lower '
                                        f'examples_per_task to at most {2 * fewest}'):
     make_run(cfg, ds)
+
+
+def test_bad_runs_are_refused_before_they_start(mnist, tmp_path):
+  from experiments.driver import drive  # pylint: disable=import-outside-toplevel
+  with pytest.raises(ValueError, match=r'batch_size \(16\) must not exceed examples_per_task \(8\)'):
+    ExperimentConfig(examples_per_task=8)
+  with pytest.raises(ValueError, match="sweep of 'eta' repeats a value"):
+    ExperimentConfig(method='snr', sweep=('eta', (0.1, 0.1)))
+  with pytest.raises(ValueError, match='learning_rate is both swept and fixed'):
+    ExperimentConfig(method='none', learning_rate=0.5, sweep=('learning_rate', (0.1, 0.01)))
+  with pytest.raises(ValueError, match='swept learning rates must be > 0'):
+    ExperimentConfig(method='none', sweep=('learning_rate', (-1.0, 0.1)))
+  with pytest.raises(ValueError, match='check_finite needs the train step run under checkify'):
+    ExperimentConfig(method='snr', hparams={'check_finite': True})
+  small = dict(num_tasks=1, examples_per_task=32, batch_size=16)
+  # each swept value meets the library's own checks before anything runs
+  with pytest.raises(ValueError, match=r'eta \(a tail probability\) must be a number in'):
+    drive(ExperimentConfig(method='snr', sweep=('eta', (0.08, 2.0)), **small), mnist, [0],
+          tmp_path / 'eta', progress=False)
+  with pytest.raises(ValueError, match=r'seeds \[0\] are given more than once'):
+    drive(ExperimentConfig(method='none', **small), mnist, [0, 0], tmp_path / 'seeds',
+          progress=False)
+  assert not (tmp_path / 'eta').exists() and not (tmp_path / 'seeds').exists()
+
+
+def test_an_interrupt_in_the_last_write_loses_no_results(mnist, tmp_path, monkeypatch):
+  from experiments import results  # pylint: disable=import-outside-toplevel
+  from experiments.driver import drive  # pylint: disable=import-outside-toplevel
+  cfg = ExperimentConfig(method='none', num_tasks=2, examples_per_task=32, batch_size=16)
+  real = results.write_metrics
+
+  def cut_short(out, metrics, members, total):
+    if metrics['accuracy'].shape[1] == total:   # Ctrl-C before the last chunk is written
+      raise KeyboardInterrupt
+    return real(out, metrics, members, total)
+
+  monkeypatch.setattr(results, 'write_metrics', cut_short)
+  with pytest.raises(KeyboardInterrupt):
+    drive(cfg, mnist, [0], tmp_path / 'r', tasks_per_call=1, progress=False)
+  monkeypatch.setattr(results, 'write_metrics', real)
+  summary = drive(cfg, mnist, [0], tmp_path / 'r', tasks_per_call=1, progress=False)
+  assert summary['complete'] and summary['resumed_from'] == 2   # from the handler's checkpoint
+  on_disk = json.loads((tmp_path / 'r' / 'summary.json').read_text())
+  assert on_disk['complete'] and on_disk['tasks_done'] == 2
+  assert len(results.read_metrics(tmp_path / 'r')) == 2
