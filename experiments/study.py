@@ -59,6 +59,7 @@ Spec (JSON; TOML with the same keys)::
         "snr": {"eta": [0.01, 0.08, 0.3], "tau_max": 20000}, # scalars: fixed
         "shrink_perturb": {"grid": [{"shrink": 0.9999, "sigma": 1e-4},
                                     {"shrink": 0.999, "sigma": 1e-3}]},  # explicit settings
+                                                    # (scalars beside "grid": fixed in each)
         "snr_pt": {"method": "snr", "estimator": "per_token", "eta": [0.01, 0.05]}  # a label
       },
       "final": true,                                        # false: selection seeds only
@@ -136,13 +137,24 @@ def method_settings(name: str, grid: Any) -> list[dict]:
   if not isinstance(grid, dict):
     raise StudyError(f'method {name!r}: its grid must be an object, got {grid!r}.')
   grid = {k: v for k, v in grid.items() if k != 'method'}   # the label's method, not a setting
+  lists = {k: v for k, v in grid.items() if isinstance(v, list) and k != 'grid'}
+  fixed = {k: v for k, v in grid.items() if not isinstance(v, list)}
+  empty = sorted(k for k, v in lists.items() if not v)
+  if empty:
+    raise StudyError(f'method {name!r}: {empty} list no values; give at least one.')
   if 'grid' in grid:
     settings = grid['grid']
     if not isinstance(settings, list) or not all(isinstance(s, dict) for s in settings):
       raise StudyError(f"method {name!r}: 'grid' must be a list of settings (objects).")
-    return [dict(s) for s in settings] or [{}]
-  lists = {k: v for k, v in grid.items() if isinstance(v, list)}
-  fixed = {k: v for k, v in grid.items() if not isinstance(v, list)}
+    if lists:
+      raise StudyError(f"method {name!r}: {sorted(lists)} are lists beside 'grid'; put "
+                       "their values into the grid's settings.")
+    clash = sorted({k for s in settings for k in s} & set(fixed))
+    if clash:
+      raise StudyError(f"method {name!r}: {clash} are fixed and also in 'grid'; give each "
+                       'once.')
+    # scalars beside the grid are fixed in every setting (e.g. an estimator)
+    return [dict(fixed, **s) for s in settings] or [fixed]
   keys = sorted(lists)
   return [dict(fixed, **dict(zip(keys, combo)))
           for combo in itertools.product(*(lists[k] for k in keys))]
@@ -180,12 +192,18 @@ def build_groups(spec: dict) -> list[dict]:
     for opt, opt_cfg in optimizers.items():
       for m in names:
         settings = method_settings(m, spec['methods'][m])
-        base = dict(b.get('config', {}), benchmark=bench,
-                    method=method_of(m, spec['methods'][m]), optimizer=opt,
-                    **{k: v for k, v in b.items()
-                       if k in ('dataset', 'num_tasks', 'examples_per_task', 'epochs',
-                                'batch_size', 'model_scale', 'width')},
-                    **opt_cfg)
+        base = dict(b.get('config', {}))
+        for part in ({'benchmark': bench, 'method': method_of(m, spec['methods'][m]),
+                      'optimizer': opt},
+                     {k: v for k, v in b.items()
+                      if k in ('dataset', 'num_tasks', 'examples_per_task', 'epochs',
+                               'batch_size', 'model_scale', 'width')},
+                     opt_cfg):
+          twice = sorted(set(part) & (set(base) - set(b.get('config', {}))))
+          if twice:
+            raise StudyError(f'{bench}/{opt}: {twice} given both in the benchmark entry and '
+                             "in its optimizer's settings; give each once.")
+          base.update(part)
         try:
           for hp in settings:
             ExperimentConfig(**dict(base, hparams=hp))

@@ -8,6 +8,8 @@ from typing import Mapping, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from snr_jax._checks import integer_in, number_in
+
 
 class ScheduleState(NamedTuple):
   tasks_seen: jax.Array  # task boundaries signalled so far (int32)
@@ -33,10 +35,12 @@ class RefreshSchedule:
     if self.kind not in ('tasks', 'steps', 'random'):
       raise ValueError(f"unknown refresh schedule {self.kind!r}: use 'tasks', 'steps' or "
                        "'random' (every_n_tasks, every_n_steps, at_random).")
-    if self.kind in ('tasks', 'steps') and (not isinstance(self.every, int) or self.every < 1):
-      raise ValueError(f'refresh period must be a positive int, got {self.every!r}.')
-    if self.kind == 'random' and not 0.0 < self.prob <= 1.0:
-      raise ValueError(f'refresh probability must be in (0, 1], got {self.prob!r}.')
+    # the library's one integer and number checks (NumPy ints are ints, bools are not)
+    if self.kind in ('tasks', 'steps'):
+      object.__setattr__(self, 'every', integer_in('refresh period', self.every, 1))
+    if self.kind == 'random':
+      object.__setattr__(self, 'prob', number_in('refresh probability', self.prob, 0.0, 1.0,
+                                                 lo_open=True))
 
   def init(self) -> ScheduleState:
     return ScheduleState(jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))

@@ -3,6 +3,7 @@
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 import pytest
 
@@ -88,11 +89,16 @@ def test_bad_hyperparameters(kwargs, match):
 
 @pytest.mark.parametrize('make, match', [
     (lambda: snr_jax.every_n_tasks(0), 'refresh period must be a positive int'),
-    (lambda: snr_jax.at_random(2.0), 'refresh probability must be in'),
+    (lambda: snr_jax.every_n_steps(True), 'refresh period must be a positive int, got True'),
+    (lambda: snr_jax.at_random(2.0), r'refresh probability must be a number in \(0.0, 1.0\]'),
 ])
 def test_bad_schedules(make, match):
   with pytest.raises(ValueError, match=match):
     make()
+
+
+def test_numpy_ints_are_schedule_periods():
+  assert snr_jax.every_n_tasks(np.int64(4)) == snr_jax.every_n_tasks(4)
 
 
 @pytest.mark.parametrize('group, match', [

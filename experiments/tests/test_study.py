@@ -34,8 +34,31 @@ def test_grids_expand_to_cartesian_or_explicit_settings():
   assert len(study.method_settings('redo', {'threshold': [0, 0.1], 'period': [10, 100, 1000]})) == 6
   grid = [{'shrink': 0.9, 'sigma': 0.1}, {'shrink': 0.99, 'sigma': 0.01}]
   assert study.method_settings('shrink_perturb', {'grid': grid}) == grid
+  # scalars beside an explicit grid are fixed in each of its settings
+  assert study.method_settings('snr_pt', {'method': 'snr', 'estimator': 'per_token',
+                                          'grid': [{'eta': 0.01}, {'eta': 0.05}]}) == [
+      {'estimator': 'per_token', 'eta': 0.01}, {'estimator': 'per_token', 'eta': 0.05}]
   with pytest.raises(study.StudyError, match="unknown hyperparameter"):
     study.build_groups(_spec(pathlib.Path('/tmp'), methods={'l2': {'strenght': [1.0, 2.0]}}))
+
+
+@pytest.mark.parametrize('grid, message', [
+    ({'eta': []}, r"\['eta'\] list no values"),
+    ({'grid': [{'eta': 0.1}], 'tau_max': [10, 20]}, r"\['tau_max'\] are lists beside 'grid'"),
+    ({'grid': [{'eta': 0.1}], 'eta': 0.2}, r"\['eta'\] are fixed and also in 'grid'"),
+])
+def test_grid_mistakes_are_study_errors(grid, message):
+  with pytest.raises(study.StudyError, match=message):
+    study.method_settings('snr', grid)
+
+
+def test_a_setting_given_twice_in_a_benchmark_entry_is_a_study_error():
+  spec = _spec(pathlib.Path('/tmp'))
+  spec['benchmarks'][0]['optimizers'] = {'sgd': {'learning_rate': 0.1, 'num_tasks': 3}}
+  spec['benchmarks'][0]['num_tasks'] = 4
+  with pytest.raises(study.StudyError, match=r"\['num_tasks'\] given both in the benchmark "
+                                             "entry and in its optimizer's settings"):
+    study.build_groups(spec)
 
 
 def test_study_end_to_end_selects_runs_final_skips_done_and_resumes(tmp_path):
