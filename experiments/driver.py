@@ -69,12 +69,18 @@ def drive(config: ExperimentConfig, dataset, seeds: Sequence[int], out: pathlib.
       bar.update(state['done'])
       latest.update(state, saved=state['done'])
       restored['done'] = state['done']
-      if writer:
-        # the results on disk are the checkpoint's, even if an interrupt cut the last
-        # write short (a complete run never calls on_chunk again)
-        results.write_config(out, record)
-        results.write_metrics(out, _history(state['metrics']), members, total)
+      # the results on disk are the checkpoint's, even if an interrupt cut the last
+      # write short (a complete run never calls on_chunk again)
+      publish(_history(state['metrics']))
     return state
+
+  def publish(metrics):
+    if writer:
+      if not (out / 'config.json').exists():
+        # written with the first results, so a run that fails to build or compile
+        # leaves no trace
+        results.write_config(out, record)
+      results.write_metrics(out, metrics, members, total)
 
   def save(done, state):
     with _signals_deferred():   # a checkpoint is written whole, and then marked saved
@@ -84,12 +90,7 @@ def drive(config: ExperimentConfig, dataset, seeds: Sequence[int], out: pathlib.
   def on_chunk(done, state):
     latest.update(state)   # first, so that an interrupt from here on can checkpoint it
     metrics = _history(state['metrics'])
-    if writer:
-      if not (out / 'config.json').exists():
-        # the directory is created only once a chunk has run, so a run that fails to
-        # build or compile leaves no trace
-        results.write_config(out, record)
-      results.write_metrics(out, metrics, members, total)
+    publish(metrics)
     if done - latest['saved'] >= checkpoint_every or done == total:
       save(done, state)
     bar.update(done - bar.n)

@@ -98,12 +98,17 @@ def _host_data(config: ExperimentConfig, dataset: snr_data.Dataset) -> dict[str,
   return {'images': np.asarray(dataset.images), 'labels': np.asarray(dataset.labels, np.int32)}
 
 
+def task_key(stream_key: jax.Array, task_index) -> jax.Array:
+  """The key of task ``task_index``: its data and its batch order derive from it."""
+  return jax.random.fold_in(stream_key, task_index)
+
+
 def _make_task(config: ExperimentConfig, data: dict, task_index, stream_key,
                num_classes: int, axis_name: Optional[str] = None):
   """Task ``task_index`` of the stream as ``(lookup, labels)``: ``lookup(batch_indices)``
   gives a batch's inputs.
 
-  A task draws from ``fold_in(stream_key, task_index)``, except class pairs, which come
+  A task draws from :func:`task_key`, except class pairs, which come
   from one ordering of the classes per round of the whole stream (every class once per
   round), so they take the stream's key.
 
@@ -114,7 +119,7 @@ def _make_task(config: ExperimentConfig, data: dict, task_index, stream_key,
   """
   p = config.protocol
   n = config.resolved('examples_per_task')
-  key = jax.random.fold_in(stream_key, task_index)
+  key = task_key(stream_key, task_index)
   if p.task == 'permuted':
     images = data['images']
     idx, perm = snr_data.permuted_task_indices(key, images.shape[0],
@@ -244,9 +249,9 @@ def make_run(config: ExperimentConfig, dataset: snr_data.Dataset,
     train = train_step(carry.sweep_value)
 
     def one_task(carry: Carry, t):
-      task_key = jax.random.fold_in(carry.stream_key, t)
       lookup, y = task(d, t, carry.stream_key)
-      order = snr_data.batch_indices(n, batch, epochs, jax.random.fold_in(task_key, 1))
+      order = snr_data.batch_indices(n, batch, epochs,
+                                     jax.random.fold_in(task_key(carry.stream_key, t), 1))
       last = jnp.arange(steps) == steps - 1
 
       def step(c, inputs):

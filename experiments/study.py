@@ -192,18 +192,17 @@ def build_groups(spec: dict) -> list[dict]:
     for opt, opt_cfg in optimizers.items():
       for m in names:
         settings = method_settings(m, spec['methods'][m])
-        base = dict(b.get('config', {}))
-        for part in ({'benchmark': bench, 'method': method_of(m, spec['methods'][m]),
-                      'optimizer': opt},
-                     {k: v for k, v in b.items()
-                      if k in ('dataset', 'num_tasks', 'examples_per_task', 'epochs',
-                               'batch_size', 'model_scale', 'width')},
-                     opt_cfg):
-          twice = sorted(set(part) & (set(base) - set(b.get('config', {}))))
-          if twice:
-            raise StudyError(f'{bench}/{opt}: {twice} given both in the benchmark entry and '
-                             "in its optimizer's settings; give each once.")
-          base.update(part)
+        parts = ({'benchmark': bench, 'method': method_of(m, spec['methods'][m]),
+                  'optimizer': opt},
+                 {k: v for k, v in b.items()
+                  if k in ('dataset', 'num_tasks', 'examples_per_task', 'epochs',
+                           'batch_size', 'model_scale', 'width')},
+                 opt_cfg)
+        twice = sorted(k for k in set().union(*parts) if sum(k in p for p in parts) > 1)
+        if twice:
+          raise StudyError(f'{bench}/{opt}: {twice} given both in the benchmark entry and '
+                           "in its optimizer's settings; give each once.")
+        base = dict(b.get('config', {}), **{k: v for p in parts for k, v in p.items()})
         try:
           for hp in settings:
             ExperimentConfig(**dict(base, hparams=hp))

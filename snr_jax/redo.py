@@ -34,10 +34,9 @@ def normalised_scores(a: jax.Array, layers: int = 1) -> jax.Array:
   """ReDo's ``s_i = a_i / mean(a)`` from the units' mean activity ``a`` (0 if all silent),
   normalised within each layer: ``a`` holds ``layers`` layers' units, layer-major (a
   scanned stack's group)."""
-  if layers > 1:
-    return jax.vmap(normalised_scores)(a.reshape(layers, -1)).reshape(a.shape)
-  avg = jnp.mean(a)
-  return jnp.where(avg > 0, a / jnp.where(avg > 0, avg, 1.0), 0.0)
+  by_layer = a.reshape(layers, -1)
+  avg = jnp.mean(by_layer, axis=-1, keepdims=True)
+  return jnp.where(avg > 0, by_layer / jnp.where(avg > 0, avg, 1.0), 0.0).reshape(a.shape)
 
 
 @dataclasses.dataclass(frozen=True)
