@@ -33,6 +33,7 @@ and :func:`describe_groups` prints both.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import jax
@@ -852,6 +853,25 @@ def _kernel_uses(scope: Scope, org, leaves) -> dict[Path, int]:
   return uses
 
 
+def _checked_overrides(initializers: Optional[Mapping[str, Any]],
+                       leaves: Sequence[Leaf]) -> dict[str, Any]:
+  """``initializers`` as a dict, refused when a path names no parameter or a value
+  is not an initializer."""
+  overrides = dict(initializers or {})
+  params = sorted(path_str(leaf.path) for leaf in leaves if leaf.kind == 'param')
+  unknown = sorted(k for k in overrides if k not in params)
+  if unknown:
+    raise GroupError(
+        f'initializers names {unknown}, which are not parameters of the model. Parameter '
+        f"paths are joined by '/': {params}.")
+  for k, init in overrides.items():
+    if not callable(init):
+      raise GroupError(f"initializers['{k}'] is {init!r}, not an initializer: give a "
+                       'function (key, shape, dtype) -> array, e.g. '
+                       'flax.nnx.initializers.orthogonal().')
+  return overrides
+
+
 def discover_groups(f: Any, *args, initializers: Optional[Mapping[str, Any]] = None,
                     axis_env: Sequence[tuple[str, int]] = (), **kwargs) -> DiscoveredGroups:
   """Finds the neuron groups of a model from its traced forward pass.
@@ -872,11 +892,15 @@ def discover_groups(f: Any, *args, initializers: Optional[Mapping[str, Any]] = N
   exact row -> unit map. Initializers: a linen module's own (``kernel_init``,
   ``bias_init``, ``scale_init``); otherwise Flax's defaults (LeCun normal for kernels,
   ones for scales, zeros for the rest), or ``initializers={'path/to/leaf': init}``.
+  NNX layers do not keep their initializers (``nnx.Linear(..., kernel_init=...)``
+  forgets it once the kernel is drawn), so an NNX model with custom ones needs
+  ``initializers``.
 
   Args:
     f: the model (see above).
     *args: the variables or params (linen, function), then sample inputs.
-    initializers: optional ``{param path: initializer}`` overrides (paths joined by '/').
+    initializers: optional ``{param path: initializer}`` overrides (paths joined by
+      '/', as ``describe_groups`` prints them, e.g. ``'layers/0/kernel'``).
     axis_env: ``[(axis name, size), ...]`` for a model that uses collectives over a
       mapped axis, e.g. ``BatchNorm(axis_name='data')`` synchronised over
       ``shard_map``/``pmap``: it is traced as if inside that axis (``jax.make_jaxpr``'s
@@ -889,9 +913,13 @@ def discover_groups(f: Any, *args, initializers: Optional[Mapping[str, Any]] = N
     layers looked at and not made groups, each with its reason. Its repr lists both.
 
   Raises:
-    GroupError: when a layer that reaches a ReLU has its kernel applied more than once
-      (shared weights: its units have several pre-activations), or when no group is
-      found.
+    GroupError: when ``initializers`` names a path that is not a parameter or gives
+      something that is not callable (before tracing), when a layer that reaches a
+      ReLU has its kernel applied more than once (shared weights: its units have
+      several pre-activations), or when no group is found.
+
+  Warns:
+    UserWarning: when ``initializers`` names a parameter that no group re-draws.
   """
   kind = model_kind(f)
   if kind == 'nnx':
@@ -902,6 +930,7 @@ def discover_groups(f: Any, *args, initializers: Optional[Mapping[str, Any]] = N
                        'discover_groups(model, params, x).')
     model, sample = args[0], args[1:]
   tr = as_traceable(f, model, tuple(sample), kwargs, record_modules=True)
+  overrides = _checked_overrides(initializers, tr.leaves)
   closed = jax.make_jaxpr(tr.fn, axis_env=list(axis_env))(*tr.inputs)
   for leaf, x in zip(tr.leaves, tr.inputs):
     leaf.shape = tuple(np.shape(x))
@@ -912,7 +941,6 @@ def discover_groups(f: Any, *args, initializers: Optional[Mapping[str, Any]] = N
   groups: list[NeuronGroup] = []
   left_out: list[LeftOut] = []
   refused: list[str] = []
-  overrides = dict(initializers or {})
   _analyse(top, org, tr.leaves, tr.modules, overrides, _kernel_uses(top, org, tr.leaves),
            groups, left_out, refused)
   if refused:
@@ -921,6 +949,13 @@ def discover_groups(f: Any, *args, initializers: Optional[Mapping[str, Any]] = N
         'once (shared weights), so each unit has several pre-activations and its firing is '
         'not defined. Declare the groups you want by hand (snr_jax.NeuronGroup) or give the '
         'layers separate weights.')
+  redrawn = {path_str(s.path) for g in groups for s in g.incoming}
+  unused = sorted(set(overrides) - redrawn)
+  if unused:
+    warnings.warn(
+        f'initializers for {unused} have no effect: no neuron group re-draws them (only a '
+        "group's incoming parameters are re-drawn on a reset; outgoing ones are zeroed). "
+        f'Re-drawn parameters: {sorted(redrawn)}.', stacklevel=2)
   names = [g.name for g in groups]
   for g in groups:
     if names.count(g.name) > 1:

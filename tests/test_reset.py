@@ -73,6 +73,50 @@ def test_fresh_incoming_weights_follow_the_layer_initializer():
   np.testing.assert_array_equal(new['Dense_0']['bias'][:3], -2.0)
 
 
+def test_nnx_layers_take_their_initializers_from_the_override():
+  from flax import nnx
+
+  class M(nnx.Module):
+    def __init__(self, rngs):
+      self.layers = nnx.List([nnx.Linear(3, 400, rngs=rngs,
+                                         kernel_init=nnx.initializers.constant(7.0))])
+      self.head = nnx.Linear(400, 1, rngs=rngs)
+
+    def __call__(self, x):
+      return self.head(nnx.relu(self.layers[0](x)))
+
+  m, x = M(nnx.Rngs(0)), jnp.ones((2, 3))
+  params = jax.tree.map(lambda p: p * 0 + 1.0, nnx.state(m, nnx.Param))
+  reset = jnp.arange(400) < 3
+
+  def redrawn(groups):
+    new = snr_jax.reset_params(params, groups, {groups[0].name: reset},
+                               jax.random.PRNGKey(0))
+    return np.asarray(new['layers'][0]['kernel'][...])[:, :3]
+
+  # NNX forgets kernel_init once the kernel is drawn: without an override the reset
+  # draws from Flax's default (LeCun normal), with one from the given initializer.
+  assert not np.allclose(redrawn(snr_jax.discover_groups(m, x)), 7.0)
+  groups = snr_jax.discover_groups(
+      m, x, initializers={'layers/0/kernel': nnx.initializers.constant(7.0)})
+  np.testing.assert_array_equal(redrawn(groups), 7.0)
+
+
+def test_initializer_overrides_are_checked():
+  from flax import nnx
+
+  m = nnx.Sequential(nnx.Linear(3, 4, rngs=nnx.Rngs(0)), nnx.relu,
+                     nnx.Linear(4, 1, rngs=nnx.Rngs(1)))
+  x = jnp.ones((2, 3))
+  with pytest.raises(snr_jax.GroupError, match=r"not parameters of the model.*layers/0/kernel"):
+    snr_jax.discover_groups(m, x, initializers={'layer/0/kernel': nnx.initializers.ones})
+  with pytest.raises(snr_jax.GroupError, match='not an initializer'):
+    snr_jax.discover_groups(m, x, initializers={'layers/0/kernel': 7.0})
+  # the head's kernel is only zeroed on a reset, never re-drawn
+  with pytest.warns(UserWarning, match=r"\['layers/2/kernel'\] have no effect"):
+    snr_jax.discover_groups(m, x, initializers={'layers/2/kernel': nnx.initializers.ones})
+
+
 def test_conv_and_conv_to_dense_slices(cnn):
   model, params, x = cnn
   params = _nonzero_params(params)
