@@ -24,8 +24,8 @@ def number_in(name: str, value: Any, lo: float, hi: float, *, lo_open: bool = Fa
     v = float(value)
   except (TypeError, ValueError):
     raise ValueError(f'{name} must be a number in {interval}, got {value!r}.') from None
-  if isinstance(value, bool) or not ((lo < v if lo_open else lo <= v)
-                                     and (v < hi if hi_open else v <= hi)):
+  inside = (lo < v if lo_open else lo <= v) and (v < hi if hi_open else v <= hi)
+  if isinstance(value, (bool, np.bool_, str, bytes)) or not inside:
     raise ValueError(f'{name} must be a number in {interval}, got {value!r}.')
   return v
 
@@ -36,7 +36,8 @@ def number_at_least(name: str, value: Any, lo: float) -> float:
     v = float(value)
   except (TypeError, ValueError):
     v = math.nan
-  if isinstance(value, (bool, np.bool_)) or not v >= lo:  # NaN fails the comparison
+  # NaN fails the comparison; a string that reads as a number is still not one
+  if isinstance(value, (bool, np.bool_, str, bytes)) or not v >= lo:
     raise ValueError(f'{name} must be a number >= {lo:g}, got {value!r}.')
   return v
 

@@ -75,6 +75,30 @@ def outgoing_magnitude(params: Any, group: NeuronGroup) -> jax.Array:
   return total.reshape(-1)
 
 
+def check_masks(groups: Sequence[NeuronGroup], masks: Masks) -> None:
+  """Refuses reset masks that do not match the groups one to one: a missing or unknown
+  group name, a shape other than ``(group.size,)``, a dtype other than bool (a score
+  or a count passed by mistake would reset every nonzero unit). Static: it costs nothing
+  inside ``jit``."""
+  names = [g.name for g in groups]
+  missing = [n for n in names if n not in masks]
+  unknown = sorted(set(masks) - set(names))
+  if missing or unknown:
+    raise ValueError(
+        f'reset masks must have one entry per neuron group {names}: '
+        + (f'missing {missing}' if missing else '')
+        + ('; ' if missing and unknown else '')
+        + (f'no group is named {unknown}' if unknown else '') + '.')
+  for g in groups:
+    m = masks[g.name]
+    if np.shape(m) != (g.size,) or jnp.result_type(m) != jnp.bool_:
+      raise ValueError(
+          f"reset mask of group '{g.name}' has shape {np.shape(m)} and dtype "
+          f'{jnp.result_type(m)}; expected bool ({g.size},): True for each unit to reset'
+          + (f' (units indexed (layer, unit), layer-major, for its {g.layers} layers)'
+             if g.layers > 1 else '') + '.')
+
+
 def _slices_by_path(groups: Sequence[NeuronGroup], masks: Masks):
   """``{param path: [(group, slice, mask, is_incoming), ...]}`` in application order."""
   table: dict[Path, list] = {}
@@ -146,6 +170,7 @@ def reset_params(params: Any, groups: Sequence[NeuronGroup], masks: Masks,
   Returns:
     The params tree with the masked slices reset (same structure and dtypes).
   """
+  check_masks(groups, masks)
   return apply_reset(params, groups, masks, draw_fresh(params, groups, key))
 
 
@@ -177,6 +202,7 @@ def reset_optimizer_state(optimizer: Any, opt_state: Any, params: Any,
   factored row and column statistics (and their ``(1,)`` placeholders), are left
   untouched, shape and all.
   """
+  check_masks(groups, masks)
   keep = keep_masks(params, groups, masks)
 
   def zero(state_leaf, keep_leaf, param):
@@ -226,6 +252,7 @@ def reset_neurons_and_advance_key(params: Any, opt_state: Any, groups: Sequence[
   The key is split only when something is reset (inside the ``lax.cond``), so steps
   without resets cost no random-number work at all.
   """
+  check_masks(groups, masks)
   any_reset = jnp.any(jnp.stack([jnp.any(masks[g.name]) for g in groups]))
 
   # Only the random draw sits under the cond. Its operand is just the key: a cond that
@@ -264,6 +291,7 @@ def reset_model_state(state: Any, groups: Sequence[NeuronGroup], masks: Masks) -
   Returns:
     The state with the masked units' slices re-initialised (mean 0, variance 1).
   """
+  check_masks(groups, masks)
   stated = [NeuronGroup(g.name, g.size, g.state, (), layers=g.layers) for g in groups if g.state]
   if not stated:
     return state

@@ -306,6 +306,7 @@ def dead_fraction(ages: jax.Array, dead_after: int = 1000) -> jax.Array:
   unit firing at fewer than one position in ``dead_after`` counts as dead). To match the
   examples definition pass ``dead_after`` × positions per example (e.g. 1,000 × 128).
   """
+  number_in('dead_after', dead_after, 0, float('inf'), lo_open=True)  # 0 counts every unit
   return jnp.mean(ages >= dead_after)
 
 

@@ -161,3 +161,33 @@ def test_state_size_is_checked_before_anything_is_allocated():
   with pytest.raises(ValueError, match='over state_budget=1,000,000'):
     snr_jax.snr(optax.sgd(0.1), [group], state_budget=10 ** 6)   # 8 MB > 1 MB
   snr_jax.snr(optax.sgd(0.1), [group], estimator='geometric', state_budget=10 ** 6)
+
+
+def test_reset_masks_must_match_the_groups(setup):
+  groups, params, _, _ = setup
+  ok = {g.name: jnp.zeros((g.size,), bool) for g in groups}
+  name, size = groups[0].name, groups[0].size
+  key = jax.random.PRNGKey(0)
+  cases = [
+      (dict(ok, Dense_O=ok[name]), r"no group is named \['Dense_O'\]"),  # misspelled (was ignored)
+      ({k: v for k, v in ok.items() if k != name}, rf"missing \['{name}'\]"),  # was a KeyError
+      (dict(ok, **{name: jnp.zeros((size + 1,), bool)}), rf'expected bool \({size},\)'),
+      (dict(ok, **{name: jnp.ones((size,), jnp.float32)}), 'dtype float32'),  # a score
+  ]
+  for masks, match in cases:
+    with pytest.raises(ValueError, match=match):
+      snr_jax.reset_params(params, groups, masks, key)
+    with pytest.raises(ValueError, match=match):
+      snr_jax.reset_neurons(params, None, groups, masks, key)
+    with pytest.raises(ValueError, match=match):
+      snr_jax.reset_model_state({}, groups, masks)
+  same = snr_jax.reset_params(params, groups, ok, key)
+  jax.tree.map(np.testing.assert_array_equal, same, params)
+
+
+@pytest.mark.parametrize('dead_after', [0, -5, float('nan'), '1000'])
+def test_dead_after_must_be_positive(setup, dead_after):
+  groups, params, acts, grads = setup
+  state = snr_jax.snr(optax.sgd(0.1), groups).init(params)
+  with pytest.raises(ValueError, match=r'dead_after must be a number in \(0, inf\]'):
+    snr_jax.snr_info(state, dead_after=dead_after)
