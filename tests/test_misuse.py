@@ -191,3 +191,9 @@ def test_dead_after_must_be_positive(setup, dead_after):
   state = snr_jax.snr(optax.sgd(0.1), groups).init(params)
   with pytest.raises(ValueError, match=r'dead_after must be a number in \(0, inf\]'):
     snr_jax.snr_info(state, dead_after=dead_after)
+
+
+@pytest.mark.parametrize('hp', [dict(eta='0.1'), dict(expansion='2'), dict(eta=np.bool_(True))])
+def test_numbers_given_as_strings_or_bools_are_refused(setup, hp):
+  with pytest.raises(ValueError, match=f'{next(iter(hp))}.* must be a number'):
+    snr_jax.snr(optax.sgd(0.1), setup[0], **hp)
