@@ -75,6 +75,16 @@ def prng_key(name: str, value: Any) -> jax.Array:
                    f'jax.random.PRNGKey(0)), got {value!r}.')
 
 
+def state_type(name: str, value: Any, state_type: type, made_by: str) -> None:
+  """Checks that a method's state is the NamedTuple its ``init`` returns."""
+  if not isinstance(value, state_type):
+    hint = (' (plain containers come from, e.g., the inner optimizer\'s state or a '
+            f'checkpoint restored without a target: restore with {made_by} as the target)'
+            if isinstance(value, (dict, list, tuple)) else '')
+    raise TypeError(f'{name} must be the {state_type.__name__} returned by {made_by}, got '
+                    f'{type(value).__name__}{hint}.')
+
+
 def optax_transformation(name: str, value: Any) -> Any:
   """Checks that ``value`` is an optax transformation (``init`` and ``update``)."""
   if callable(getattr(value, 'init', None)) and callable(getattr(value, 'update', None)):

@@ -170,6 +170,7 @@ def reset_state(resets: NeuronResets, params: Any, opt_state: Any, state: ResetS
   Returns:
     ``(params, opt_state, state)``.
   """
+  _checks.state_type('state', state, ResetState, 'resets.init(params)')
   check_activations(resets.groups, activations)
   _checks.activation_keys(resets.groups, activations, ActivationError)
   _checks.bound_axis('axis_name', resets.axis_name)
@@ -183,7 +184,7 @@ def reset_state(resets: NeuronResets, params: Any, opt_state: Any, state: ResetS
                      f"group '{g.name}': non-finite pre-activations (NaN or inf); they count "
                      'as silent, so these units age towards a reset.')
   given = key is not None
-  key = key if given else state.key
+  key = _checks.prng_key('key', key) if given else state.key
   end_of_task = jnp.asarray(_checks.flag('end_of_task', end_of_task), bool)
   activations = merge_layers(resets.groups, activations)
   masks, rule_state = resets.rule.select(state.rule, resets.groups, activations, params,
@@ -227,6 +228,7 @@ def with_resets(inner: optax.GradientTransformation, resets: NeuronResets,
     if params is None:
       raise ValueError('resets need the current params: call '
                        'update(grads, state, params, activations=...).')
+    _checks.state_type('state', state, ResetOptState, 'tx.init(params)')
     check_activations(resets.groups, activations)  # before the inner update runs
     _checks.activation_keys(resets.groups, activations, ActivationError)
     inner_updates, inner_state = inner.update(updates, state.inner_state, params,

@@ -197,3 +197,23 @@ def test_dead_after_must_be_positive(setup, dead_after):
 def test_numbers_given_as_strings_or_bools_are_refused(setup, hp):
   with pytest.raises(ValueError, match=f'{next(iter(hp))}.* must be a number'):
     snr_jax.snr(optax.sgd(0.1), setup[0], **hp)
+
+
+def test_a_state_that_is_not_the_methods_is_named(setup):
+  groups, params, acts, grads = setup
+  opt = snr_jax.snr(optax.sgd(0.1), groups)
+  state = opt.init(params)
+  # the inner optimizer's state, or a checkpoint restored without a target (dicts)
+  for wrong in (optax.sgd(0.1).init(params), state._asdict()):
+    with pytest.raises(TypeError, match='must be the ResetOptState returned by tx.init'):
+      opt.update(grads, wrong, params, activations=acts)
+  resetter = snr_jax.self_normalized_resets(groups)
+  with pytest.raises(TypeError, match=r'must be the ResetState returned by resets.init'):
+    snr_jax.reset_state(resetter, params, None, state, acts)  # the wrapper's state
+
+
+def test_a_step_key_must_be_a_key(setup):
+  groups, params, acts, grads = setup
+  opt = snr_jax.snr(optax.sgd(0.1), groups)
+  with pytest.raises(ValueError, match='key must be an int seed or a PRNG key'):
+    opt.update(grads, opt.init(params), params, activations=acts, key='0')
