@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 import jax
 import optax
 
-from snr_jax._checks import number_in
+from snr_jax._checks import number_in, state_type
 
 
 def _check_strength(lam: Any) -> float:
@@ -66,6 +66,7 @@ def add_l2_init(strength: float) -> optax.GradientTransformation:
   def update_fn(updates, state, params=None):
     if params is None:
       raise ValueError('add_l2_init needs params: call update(grads, state, params).')
+    state_type('state', state, L2InitState, 'tx.init(params)')
     out = jax.tree.map(lambda g, p, p0: g + 2 * lam * (p - p0), updates, params,
                        state.initial_params)
     return out, state

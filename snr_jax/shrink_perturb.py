@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from snr_jax._checks import number_in, prng_key
+from snr_jax._checks import number_in, prng_key, state_type
 from snr_jax._util import member_key
 
 NOISES = ('fast', 'init')
@@ -132,9 +132,10 @@ def shrink_perturb(inner: optax.GradientTransformation,
     del activations, end_of_task
     if params is None:
       raise ValueError('shrink_perturb needs params: call update(grads, state, params).')
+    state_type('state', state, ShrinkPerturbState, 'tx.init(params)')
     next_key, sub = jax.random.split(state.key)
     if key is not None:
-      sub, next_key = key, state.key
+      sub, next_key = prng_key('key', key), state.key
     u, inner_state = inner.update(updates, state.inner_state, params, **extra)
     eps = draw(sub, params, state.moments)
     new = jax.tree.map(lambda p, d, e: shrink * (p + d) + sigma * e, params, u, eps)

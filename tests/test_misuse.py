@@ -207,6 +207,12 @@ def test_a_state_that_is_not_the_methods_is_named(setup):
   for wrong in (optax.sgd(0.1).init(params), state._asdict()):
     with pytest.raises(TypeError, match='must be the ResetOptState returned by tx.init'):
       opt.update(grads, wrong, params, activations=acts)
+  for name, cls, hp in [('l2_init', 'L2InitState', {}),
+                        ('shrink_perturb', 'ShrinkPerturbState',
+                         dict(init_fn=lambda k: jax.tree.map(jnp.zeros_like, params)))]:
+    tx = snr_jax.make_method(name, optax.sgd(0.1), groups=groups, **hp)
+    with pytest.raises(TypeError, match=f'must be the {cls} returned by tx.init'):
+      tx.update(grads, optax.sgd(0.1).init(params), params)
   resetter = snr_jax.self_normalized_resets(groups)
   with pytest.raises(TypeError, match=r'must be the ResetState returned by resets.init'):
     snr_jax.reset_state(resetter, params, None, state, acts)  # the wrapper's state
