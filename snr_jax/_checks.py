@@ -9,6 +9,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+_BOOLS = (bool, np.bool_)
+# read by float() but not numbers: True is 1, '0.1' is a string
+_NOT_NUMBERS = _BOOLS + (str, bytes)
+
 
 def number_in(name: str, value: Any, lo: float, hi: float, *, lo_open: bool = False,
               hi_open: bool = False) -> Any:
@@ -25,7 +29,7 @@ def number_in(name: str, value: Any, lo: float, hi: float, *, lo_open: bool = Fa
   except (TypeError, ValueError):
     raise ValueError(f'{name} must be a number in {interval}, got {value!r}.') from None
   inside = (lo < v if lo_open else lo <= v) and (v < hi if hi_open else v <= hi)
-  if isinstance(value, (bool, np.bool_, str, bytes)) or not inside:
+  if isinstance(value, _NOT_NUMBERS) or not inside:
     raise ValueError(f'{name} must be a number in {interval}, got {value!r}.')
   return v
 
@@ -36,8 +40,7 @@ def number_at_least(name: str, value: Any, lo: float) -> float:
     v = float(value)
   except (TypeError, ValueError):
     v = math.nan
-  # NaN fails the comparison; a string that reads as a number is still not one
-  if isinstance(value, (bool, np.bool_, str, bytes)) or not v >= lo:
+  if isinstance(value, _NOT_NUMBERS) or not v >= lo:  # NaN fails the comparison
     raise ValueError(f'{name} must be a number >= {lo:g}, got {value!r}.')
   return v
 
@@ -52,7 +55,7 @@ def integer_in(name: str, value: Any, lo: int, hi: Optional[int] = None, *,
     kind = f'an int in [{lo}, {hi}]'
   else:
     kind = 'a positive int' if lo == 1 else f'an int >= {lo}'
-  if (isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer))
+  if (isinstance(value, _BOOLS) or not isinstance(value, (int, np.integer))
       or value < lo or (hi is not None and value > hi)):
     raise ValueError(f'{name} must be {kind}{what}, got {value!r}.')
   return int(value)
@@ -60,7 +63,7 @@ def integer_in(name: str, value: Any, lo: int, hi: Optional[int] = None, *,
 
 def prng_key(name: str, value: Any) -> jax.Array:
   """An int seed (Python or NumPy) or a PRNG key, as a key. Anything else is an error."""
-  if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
+  if isinstance(value, (int, np.integer)) and not isinstance(value, _BOOLS):
     return jax.random.PRNGKey(int(value))
   if isinstance(value, jax.core.Tracer):
     return value
@@ -114,7 +117,7 @@ def neuron_groups(value: Any, group_type: type, error: type = ValueError) -> tup
 
 def flag(name: str, value: Any) -> Any:
   """A bool, or a bool/int scalar array (possibly traced); strings and others are errors."""
-  if isinstance(value, (bool, np.bool_)) or (type(value) is int and value in (0, 1)):
+  if isinstance(value, _BOOLS) or (type(value) is int and value in (0, 1)):
     return value
   if isinstance(value, (jax.Array, np.ndarray)) and value.shape == () and (
       value.dtype == bool or jnp.issubdtype(value.dtype, jnp.integer)):

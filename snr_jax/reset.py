@@ -81,14 +81,13 @@ def check_masks(groups: Sequence[NeuronGroup], masks: Masks) -> None:
   or a count passed by mistake would reset every nonzero unit). Static: it costs nothing
   inside ``jit``."""
   names = [g.name for g in groups]
-  missing = [n for n in names if n not in masks]
-  unknown = sorted(set(masks) - set(names))
-  if missing or unknown:
-    raise ValueError(
-        f'reset masks must have one entry per neuron group {names}: '
-        + (f'missing {missing}' if missing else '')
-        + ('; ' if missing and unknown else '')
-        + (f'no group is named {unknown}' if unknown else '') + '.')
+  problems = ([f'missing {[n for n in names if n not in masks]}']
+              if not set(names) <= set(masks) else [])
+  if set(masks) - set(names):
+    problems.append(f'no group is named {sorted(set(masks) - set(names))}')
+  if problems:
+    raise ValueError(f'reset masks must have one entry per neuron group {names}: '
+                     + '; '.join(problems) + '.')
   for g in groups:
     m = masks[g.name]
     if np.shape(m) != (g.size,) or jnp.result_type(m) != jnp.bool_:
