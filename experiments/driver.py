@@ -49,7 +49,7 @@ def drive(config: ExperimentConfig, dataset, seeds: Sequence[int], out: pathlib.
     The summary (headline per sweep value).
   """
   from tqdm.auto import tqdm  # pylint: disable=import-outside-toplevel
-  out = pathlib.Path(out)
+  out = pathlib.Path(out).absolute()
   total = config.resolved('num_tasks')
   record = results.config_record(config, seeds, dataset.name, dataset.source)
   fp = results.fingerprint(record)
@@ -80,7 +80,7 @@ def drive(config: ExperimentConfig, dataset, seeds: Sequence[int], out: pathlib.
         # written with the first results, so a run that fails to build or compile
         # leaves no trace
         results.write_config(out, record)
-      results.write_metrics(out, metrics, members, total)
+      results.write_metrics(out, metrics, members, total, saved_tasks=latest['saved'])
 
   def save(done, state):
     with _signals_deferred():   # a checkpoint is written whole, and then marked saved
@@ -90,9 +90,11 @@ def drive(config: ExperimentConfig, dataset, seeds: Sequence[int], out: pathlib.
   def on_chunk(done, state):
     latest.update(state)   # first, so that an interrupt from here on can checkpoint it
     metrics = _history(state['metrics'])
-    publish(metrics)
+    publish(metrics)       # before the save: a save that fails loses no results
     if done - latest['saved'] >= checkpoint_every or done == total:
       save(done, state)
+      if done == total and writer:   # only now does the summary say complete
+        results.write_summary(out, metrics, members, total, saved_tasks=done)
     bar.update(done - bar.n)
     bar.set_postfix(accuracy=f'{float(np.mean(metrics["accuracy"][:, -1])):.3f}')
     if stop_after is not None and stop_after <= done < total:
@@ -105,7 +107,7 @@ def drive(config: ExperimentConfig, dataset, seeds: Sequence[int], out: pathlib.
                              on_chunk=on_chunk, restore=restore, batch_devices=batch_devices)
   except _Stopped:
     metrics = _history(latest['metrics'])
-    summary = results.summarize(metrics, members, total)
+    summary = results.summarize(metrics, members, total, saved_tasks=latest['saved'])
     summary['resumed_from'] = restored['done']
     return summary
   except KeyboardInterrupt:
@@ -114,7 +116,8 @@ def drive(config: ExperimentConfig, dataset, seeds: Sequence[int], out: pathlib.
     raise
   finally:
     bar.close()
-  summary = results.summarize(out_run['metrics'], members, total)
+  summary = results.summarize(out_run['metrics'], members, total,
+                              saved_tasks=latest['saved'])
   summary['resumed_from'] = out_run['resumed_from']
   return summary
 

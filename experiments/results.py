@@ -8,7 +8,8 @@ Layout of ``OUT/``:
   magnitude, resets and dead fraction per neuron group; rewritten after every chunk of
   tasks, so a crash or Ctrl-C keeps everything finished so far;
 * ``summary.json``: the headline (mean online accuracy over the last 10% of tasks,
-  mean ± std over seeds, per sweep value), written with the metrics;
+  mean ± std over seeds, per sweep value), written with the metrics; ``complete`` is
+  true only once every task has run *and* the checkpoint of the last task is on disk;
 * ``checkpoint/<tasks done>/``: an orbax checkpoint of the run's full carry and the
   metrics so far, at a task boundary, every ``checkpoint_every`` tasks. Orbax writes it
   into a temporary directory and renames it when complete, so a killed run leaves at
@@ -29,6 +30,7 @@ import hashlib
 import json
 import os
 import pathlib
+import shutil
 from typing import Any, Optional, Sequence
 
 import jax
@@ -118,12 +120,20 @@ def metrics_rows(metrics: dict, members: Sequence[dict], first_task: int = 0) ->
   return rows
 
 
-def summarize(metrics: dict, members: Sequence[dict], total_tasks: int) -> dict:
-  """Headline per sweep value; ``complete`` says whether all tasks have run."""
+def summarize(metrics: dict, members: Sequence[dict], total_tasks: int, *,
+              saved_tasks: int) -> dict:
+  """Headline per sweep value.
+
+  ``complete`` says whether all tasks have run and the checkpoint after the last one
+  (``saved_tasks``, the tasks the newest checkpoint on disk holds) was written: a run
+  whose final save failed is not complete, and its rerun writes that checkpoint.
+  """
   acc = np.asarray(metrics['accuracy'])
+  done = int(acc.shape[1])
   out = {'metric': 'online accuracy, mean over the last 10% of tasks, mean ± std over seeds',
-         'tasks_done': int(acc.shape[1]), 'tasks_total': total_tasks,
-         'complete': acc.shape[1] == total_tasks, 'by_sweep_value': []}
+         'tasks_done': done, 'tasks_total': total_tasks, 'tasks_checkpointed': saved_tasks,
+         'complete': done == total_tasks and saved_tasks == total_tasks,
+         'by_sweep_value': []}
   values = sorted({m['sweep_value'] for m in members})
   for v in values:
     idx = [i for i, m in enumerate(members) if m['sweep_value'] == v]
@@ -135,7 +145,8 @@ def summarize(metrics: dict, members: Sequence[dict], total_tasks: int) -> dict:
 
 
 def write_metrics(out: pathlib.Path, metrics: dict, members: Sequence[dict],
-                  total_tasks: int) -> dict:
+                  total_tasks: int, *, saved_tasks: int) -> dict:
+  """Writes ``metrics.csv`` and ``summary.json`` (see :func:`summarize`)."""
   rows = metrics_rows(metrics, members)
   tmp = out / 'metrics.csv.tmp'
   with open(tmp, 'w', newline='') as f:
@@ -143,7 +154,12 @@ def write_metrics(out: pathlib.Path, metrics: dict, members: Sequence[dict],
     writer.writeheader()
     writer.writerows(rows)
   os.replace(tmp, out / 'metrics.csv')
-  summary = summarize(metrics, members, total_tasks)
+  return write_summary(out, metrics, members, total_tasks, saved_tasks=saved_tasks)
+
+
+def write_summary(out: pathlib.Path, metrics: dict, members: Sequence[dict],
+                  total_tasks: int, *, saved_tasks: int) -> dict:
+  summary = summarize(metrics, members, total_tasks, saved_tasks=saved_tasks)
   _atomic_write(out / 'summary.json', json.dumps(summary, indent=2).encode())
   return summary
 
@@ -158,7 +174,8 @@ _LEGACY = 'state.msgpack'   # the checkpoint file of run directories from before
 
 def _manager(out: pathlib.Path, create: bool):
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
-  return ocp.CheckpointManager(out / 'checkpoint', options=ocp.CheckpointManagerOptions(
+  # orbax (0.12.7, 0.12.8) refuses relative paths, and the user's --out usually is one
+  return ocp.CheckpointManager((out / 'checkpoint').absolute(), options=ocp.CheckpointManagerOptions(
       max_to_keep=1, create=create, enable_async_checkpointing=False,
       cleanup_tmp_directories=create))
 
@@ -183,14 +200,27 @@ def save_checkpoint(out: pathlib.Path, fp: str, done: int, carry: Any, chunks: l
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
   history = jax.tree.map(lambda *xs: np.concatenate(xs, axis=1), *chunks)
   manager = _manager(out, create=True)
-  manager.save(done, force=True, args=ocp.args.Composite(
-      carry=ocp.args.StandardSave(carry), history=ocp.args.StandardSave(history),
-      meta=ocp.args.JsonSave({'fingerprint': fp, 'done': done})))
-  manager.wait_until_finished()
-  manager.close()
+  try:
+    manager.save(done, force=True, args=ocp.args.Composite(
+        carry=ocp.args.StandardSave(carry), history=ocp.args.StandardSave(history),
+        meta=ocp.args.JsonSave({'fingerprint': fp, 'done': done})))
+    manager.wait_until_finished()
+  except BaseException:
+    # a half-written checkpoint must not be left to block or confuse the rerun
+    if is_writer():
+      _remove_unfinished(out / 'checkpoint')
+    raise
+  finally:
+    manager.close()
   legacy = out / 'checkpoint' / _LEGACY
   if is_writer() and legacy.exists():
     legacy.unlink()
+
+
+def _remove_unfinished(directory: pathlib.Path) -> None:
+  """Removes orbax's temporary directories (a save that did not finish)."""
+  for p in directory.glob('*.orbax-checkpoint-tmp*'):
+    shutil.rmtree(p, ignore_errors=True)
 
 
 def load_checkpoint(out: pathlib.Path, fp: str, carry_template: Any) -> Optional[dict]:

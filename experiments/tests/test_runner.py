@@ -412,10 +412,10 @@ def test_an_interrupt_in_the_last_write_loses_no_results(mnist, tmp_path, monkey
   cfg = ExperimentConfig(method='none', num_tasks=2, examples_per_task=32, batch_size=16)
   real = results.write_metrics
 
-  def cut_short(out, metrics, members, total):
+  def cut_short(out, metrics, members, total, **kwargs):
     if metrics['accuracy'].shape[1] == total:   # Ctrl-C before the last chunk is written
       raise KeyboardInterrupt
-    return real(out, metrics, members, total)
+    return real(out, metrics, members, total, **kwargs)
 
   monkeypatch.setattr(results, 'write_metrics', cut_short)
   with pytest.raises(KeyboardInterrupt):
@@ -426,3 +426,44 @@ def test_an_interrupt_in_the_last_write_loses_no_results(mnist, tmp_path, monkey
   on_disk = json.loads((tmp_path / 'r' / 'summary.json').read_text())
   assert on_disk['complete'] and on_disk['tasks_done'] == 2
   assert len(results.read_metrics(tmp_path / 'r')) == 2
+
+
+@pytest.mark.parametrize('failing_step', [2, 4])   # a periodic save, the final one
+def test_a_failed_save_claims_nothing_and_blocks_no_rerun(mnist, tmp_path, monkeypatch,
+                                                          failing_step):
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  from experiments.driver import drive  # pylint: disable=import-outside-toplevel
+  cfg = ExperimentConfig(method='snr', num_tasks=4, examples_per_task=32, batch_size=16)
+  monkeypatch.chdir(tmp_path)
+  out = pathlib.Path('runs/r')   # relative, as users type it (orbax refuses those itself)
+  real_save = ocp.CheckpointManager.save
+
+  def failing_save(self, step, *args, **kwargs):
+    if step != failing_step:
+      return real_save(self, step, *args, **kwargs)
+    # what a full disk leaves: orbax's temporary directory, half written
+    (pathlib.Path(self.directory) / f'{step}.orbax-checkpoint-tmp-7' / 'carry').mkdir(
+        parents=True)
+    raise OSError(28, 'No space left on device')
+
+  monkeypatch.setattr(ocp.CheckpointManager, 'save', failing_save)
+  with pytest.raises(OSError, match='No space left'):
+    drive(cfg, mnist, [0], out, tasks_per_call=2, checkpoint_every=2, progress=False)
+  on_disk = json.loads((out / 'summary.json').read_text())
+  assert not on_disk['complete']
+  assert on_disk['tasks_done'] == failing_step   # the results computed are all kept
+  assert on_disk['tasks_checkpointed'] == failing_step - 2
+  assert not list((out / 'checkpoint').glob('*tmp*'))
+  monkeypatch.setattr(ocp.CheckpointManager, 'save', real_save)
+
+  summary = drive(cfg, mnist, [0], out, tasks_per_call=2, checkpoint_every=2, progress=False)
+  assert summary['complete'] and summary['resumed_from'] == failing_step - 2
+  on_disk = json.loads((out / 'summary.json').read_text())
+  assert on_disk['complete'] and on_disk['tasks_checkpointed'] == 4
+  fresh = drive(cfg, mnist, [0], tmp_path / 'fresh', tasks_per_call=2, progress=False)
+  assert results_equal(out, tmp_path / 'fresh') and fresh['complete']
+
+
+def results_equal(a: pathlib.Path, b: pathlib.Path) -> bool:
+  from experiments import results  # pylint: disable=import-outside-toplevel
+  return results.read_metrics(a) == results.read_metrics(b)
