@@ -91,7 +91,8 @@ class Scope:
 
 
 # ops whose output is all zeros when their (first) operand is
-_ZERO_PRESERVING = ('broadcast_in_dim', 'convert_element_type', 'reshape', 'copy')
+_ZERO_PRESERVING = ('broadcast_in_dim', 'convert_element_type', 'reshape', 'copy',
+                    'sharding_constraint')
 
 
 def _is_zero(x: Any) -> bool:

@@ -8,7 +8,9 @@ the graph, in the manner of kfac-jax's automatic layer registration:
    parameter whose output has one unit axis is a candidate *producer*;
 2. from its output the engine walks forward through ops that keep units apart and
    treat them alike: bias adds, per-unit scale and shift, normalisation (a LayerNorm's
-   statistics over the units, a BatchNorm's over the batch), layout ops. The walk must
+   statistics over the units, a BatchNorm's over the batch), layout ops, casts and
+   sharding constraints, dropout (a product with a mask made from booleans, or a select
+   against zero), windows and elementwise maxima of the same units (pooling). The walk must
    reach exactly one ReLU (``jax.nn.relu``, ``relu6`` or ``max(x, 0)``) and nothing
    else: a residual add, a second consumer of the pre-activation, a non-ReLU
    nonlinearity (GELU, SiLU, tanh, sigmoid, softplus, ELU, leaky ReLU), a contraction
@@ -16,11 +18,13 @@ the graph, in the manner of kfac-jax's automatic layer registration:
    reason is recorded. The per-unit parameters met on the way (bias, a norm's scale and
    offset) are the unit's *incoming* slices besides the kernel's;
 3. from the ReLU's output the engine walks forward through ops that keep units apart
-   (pooling, reshape, transpose, concatenation, dropout, global pooling) to **every**
-   consumer. Each must be a contraction of the units with a parameter; the engine
-   keeps, for each row of each consumer's kernel, which unit it reads (channel-last and
-   channel-first flattens alike). A sum with another branch, a reduction over units, an
-   attention product or the model's output disqualify the layer.
+   (pooling, also hand-written as a max, min or sum of slices that hold the same unit at
+   each position; reshape, transpose, concatenation, casts, sharding constraints,
+   dropout, global pooling) to **every** consumer. Each must be a contraction of the
+   units with a parameter; the engine keeps, for each row of each consumer's kernel,
+   which unit it reads (channel-last and channel-first flattens alike, and back through
+   a reshaped kernel such as an im2col conv's). A sum with another branch, a reduction
+   over units, an attention product or the model's output disqualify the layer.
 
 The body of a ``scan`` over stacked parameters (``nn.scan``, ``nnx.scan``, ``lax.scan``)
 is read the same way; its groups have units indexed (layer, unit). Layers whose kernel is
@@ -45,8 +49,13 @@ from snr_jax._jaxpr import Op, Scope
 from snr_jax._trace import Leaf, as_traceable, model_kind
 from snr_jax.groups import GroupError, NeuronGroup, ParamSlice, Path, Site, path_str
 
+# ops that pass each value through, up to sign or dtype: casts, copies and layout no-ops
+# (sharding constraints, varying-type marks). _PER_OPERAND ones take several values at
+# once and return result k from operand k.
 _LINEAR_UNARY = {'convert_element_type', 'neg', 'copy', 'copy_p', 'reduce_precision',
-                 'optimization_barrier', 'stop_gradient', 'pvary', 'pcast'}
+                 'stop_gradient', 'pvary', 'pcast', 'sharding_constraint', 'mesh_cast',
+                 'reshard'}
+_PER_OPERAND = {'optimization_barrier', 'device_put'}
 # collectives over a mapped axis: elementwise across devices, so per-unit statistics
 # (a synchronised BatchNorm's batch mean) stay per-unit
 _CROSS_DEVICE = {'psum', 'psum_invariant', 'pmax', 'pmin'}
@@ -156,6 +165,9 @@ def _origins(scope: Scope, inputs: list[_Origin]) -> dict[int, _Origin]:
   org.update(zip(scope.inputs, inputs))
   for op in scope.ops:
     ins = [org.get(i, _DATA) for i in op.ins]
+    if op.prim in _PER_OPERAND:
+      org.update(zip(op.outs, ins))
+      continue
     kinds = {o.kind for o in ins}
     out = _DATA
     if not ins or kinds == {'const'}:
@@ -183,6 +195,35 @@ def _origins(scope: Scope, inputs: list[_Origin]) -> dict[int, _Origin]:
     for i in op.outs:
       org[i] = out
   return org
+
+
+def _masks(scope: Scope) -> set[int]:
+  """Values >= 0 everywhere made from booleans: dropout masks (Flax's bernoulli draw,
+  haiku's ``keep / keep_rate`` factor). A product with one zeroes or scales each entry on
+  its own, so it keeps units apart and a silent unit stays silent."""
+  def const_sign(i, positive):
+    try:
+      v = np.asarray(scope.consts[i])
+      return bool(np.all(v > 0) if positive else np.all(v >= 0))
+    except Exception:  # pylint: disable=broad-except
+      return False
+
+  masks = {i for i in scope.consts if const_sign(i, False)}
+  passing = (_LAYOUT | _LINEAR_UNARY | {'slice'}) - {'neg'}
+  for op in scope.ops:
+    ins = op.ins
+    if op.prim in _PER_OPERAND:
+      masks.update(o for i, o in zip(ins, op.outs) if i in masks)
+    elif op.prim != 'relu' and all(str(getattr(v.aval, 'dtype', '')) == 'bool'
+                                   for v in op.eqn.outvars):
+      masks.update(op.outs)
+    elif (op.prim in passing and ins and ins[0] in masks) or \
+        (op.prim == 'mul' and all(i in masks for i in ins)) or \
+        (op.prim == 'div' and ins[0] in masks and ins[1] in scope.consts
+         and const_sign(ins[1], True)) or \
+        (op.prim == 'select_n' and all(i in masks for i in ins[1:])):
+      masks.update(op.outs)
+  return masks
 
 
 # --- walking from a source ------------------------------------------------------------
@@ -241,6 +282,13 @@ class _Walker:
     self.where_out = ('leaves the scan body (carry or output)' if scope.layers > 1
                       else 'is an output of the model (an output layer)')
     self.seen_relus: set[int] = set()
+    self.producer = {i: op for op in scope.ops for i in op.outs}
+    self.masks = _masks(scope)
+
+  def is_zero(self, i: int) -> bool:
+    """A known all-zeros constant (``zeros_like``, a literal 0)."""
+    return self.org.get(i, _DATA).kind == 'const' and _jaxpr._is_zero(
+        self.scope.consts.get(i, 1))
 
   def leaf_size(self, o: _Origin, axis_in_value: int) -> Optional[int]:
     a = o.axes[axis_in_value] if axis_in_value < len(o.axes) else None
@@ -267,6 +315,9 @@ class _Walker:
     for op in self.scope.ops[start:]:
       ts = [tr.get(i) for i in op.ins]
       if not any(t is not None for t in ts):
+        continue
+      if op.prim in _PER_OPERAND:
+        tr.update((i, t) for i, t in zip(op.outs, ts) if t is not None)
         continue
       res = self._pre_op(op, ts, units, w)
       if res is None:
@@ -301,6 +352,15 @@ class _Walker:
     if kinds <= {'stat', 'pstat'} and op.prim in _CROSS_DEVICE | {'stack', 'concatenate',
                                                                   'slice'}:
       return self._pre_statistics(op, ts, first, w)
+    if op.prim == 'select_n' and ts[0] is None and kinds == {'main'} and all(
+        (t is not None and t.axis == first.axis) or self.is_zero(i)
+        for i, t in zip(op.ins[1:], ts[1:])):
+      # where(mask, x, 0) chosen by something other than x: dropout before the ReLU
+      return _T('main', first.axis, None,
+                frozenset().union(*(t.params for t in ts if t is not None)))
+    if op.prim == 'slice' and kinds <= {'main', 'nonlin'} and _whole(op, first.axis,
+                                                                    shapes[op.ins[0]]):
+      return first  # a window of other axes (hand-written pooling before the ReLU)
     if op.prim in _NONLINEAR_UNARY or op.prim in _COMPARE or op.prim == 'select_n':
       if kinds <= {'stat', 'pstat'}:
         return first
@@ -367,11 +427,8 @@ class _Walker:
       return dataclasses.replace(first, axis=first.axis + (op.params['axis'] <= first.axis))
     if op.prim == 'concatenate' and op.params['dimension'] != first.axis:
       return first
-    if op.prim == 'slice':
-      p, n = op.params, self.scope.shapes[op.ins[0]][first.axis]
-      if p['start_indices'][first.axis] == 0 and p['limit_indices'][first.axis] == n and \
-          (p.get('strides') or [1] * (first.axis + 1))[first.axis] == 1:
-        return first
+    if op.prim == 'slice' and _whole(op, first.axis, self.scope.shapes[op.ins[0]]):
+      return first
     how = 'cut' if op.prim == 'slice' else 'combined'
     w.reasons.append(f"statistics of its pre-activation are {how} across its units "
                      f"('{op.prim}')")
@@ -426,11 +483,16 @@ class _Walker:
       # data
       if shape[axis] == 1 and op.prim in ('mul', 'div', 'add', 'sub'):
         continue
+      if op.prim == 'mul' and i in self.masks:
+        continue  # a dropout mask: firing is read after it, on the ReLU input
       if op.prim in ('add', 'sub', 'add_any'):
         w.reasons.append('it feeds a sum with another branch (a residual add)')
       else:
         w.reasons.append(f"its pre-activation is combined ('{op.prim}') with another value")
       return 'stop'
+    if op.prim in ('max', 'min') and kinds == {'main'} and len(tracked) == len(ts) and \
+        all(t.axis == axis for t in tracked):
+      return _T('main', axis, None, params)  # hand-written max pooling before the ReLU
     if 'nonlin' in kinds:
       main = next(t for t in tracked if t.kind == 'nonlin')
       return _T('nonlin', axis, None, params, _better_name(main.name, op.prim, op.scope_name))
@@ -452,6 +514,9 @@ class _Walker:
     for op in self.scope.ops[start:]:
       ts = [tr.get(i) for i in op.ins]
       if not any(t is not None for t in ts):
+        continue
+      if op.prim in _PER_OPERAND:
+        tr.update((i, t) for i, t in zip(op.outs, ts) if t is not None)
         continue
       res = self._post_op(op, ts, w)
       if res == 'stop':
@@ -522,8 +587,11 @@ class _Walker:
       return t
     if op.prim in ('add', 'sub', 'add_any', 'max', 'min'):
       others = [i for i, x in zip(op.ins, ts) if x is None]
-      if all(self.org.get(i, _DATA).kind == 'const' and _jaxpr._is_zero(
-          self.scope.consts.get(i, 1)) for i in others) and others:
+      if others and all(self.is_zero(i) for i in others):
+        return t
+      if not others and op.prim != 'sub' and all(x.axis == t.axis and x.vec == t.vec
+                                                 for x in ts):
+        # hand-written pooling: the same unit at each position on both sides
         return t
       if op.prim in ('add', 'sub', 'add_any') and all(
           self.org.get(i, _DATA).kind != 'data' for i in others):
@@ -535,9 +603,8 @@ class _Walker:
         w.reasons.append(f"its ReLU output goes through '{op.prim}' with another value")
       return 'stop'
     if op.prim == 'select_n':
-      if ts[0] is None and all(x is not None or (self.org.get(i, _DATA).kind == 'const'
-                                                  and _jaxpr._is_zero(self.scope.consts.get(i, 1)))
-                               for i, x in zip(op.ins[1:], ts[1:])):
+      if ts[0] is None and all((x.axis, x.vec) == (t.axis, t.vec) if x is not None
+                               else self.is_zero(i) for i, x in zip(op.ins[1:], ts[1:])):
         return t
       w.reasons.append('its ReLU output is selected against other values')
       return 'stop'
@@ -565,13 +632,39 @@ class _Walker:
     axis, vec = found
     return dataclasses.replace(t, axis=axis, vec=vec)
 
+  def _kernel_rows(self, value: int, axis: int, vec: tuple):
+    """(leaf axis, unit of each index along it) for a kernel value read along ``axis``
+    with units ``vec``, back through the layout ops that made it from its leaf (an im2col
+    conv's ``kernel.reshape(kh * kw * c_in, c_out)`` reads unit u at rows (i, j, u))."""
+    while True:
+      a = self.org[value].axes[axis]
+      if a is not None:
+        return a, vec
+      op = self.producer.get(value)
+      if op is None or op.prim not in _LAYOUT | _LINEAR_UNARY or \
+          self.org.get(op.ins[0], _DATA).kind != 'param':
+        return None, vec
+      in_shape, out_shape = self.scope.shapes[op.ins[0]], self.scope.shapes[value]
+      if op.prim == 'reshape':
+        found = _reshape_units(out_shape, axis, vec, in_shape)
+        if found is None:
+          return None, vec
+        axis, vec = found
+      else:
+        m = _layout_map(op, in_shape, out_shape)
+        if m is None or m[axis] is None:
+          return None, vec
+        axis = m[axis]
+      value = op.ins[0]
+
   def _consumer(self, op, other: int, kernel_axis_in_value: int, t: _T, w: _Walk):
     o = self.org.get(other, _DATA)
     if o.kind != 'param' or self.leaves[o.leaf].kind != 'param':
       w.reasons.append('its ReLU output reaches a contraction with data (attention or a custom '
                        'product), not a linear layer')
       return 'stop'
-    a = o.axes[kernel_axis_in_value]
+    a, vec = self._kernel_rows(other, kernel_axis_in_value, t.vec)
+    t = dataclasses.replace(t, vec=vec)
     shape = self.leaves[o.leaf].shape
     if a is None or shape[a] != len(t.vec):
       w.reasons.append(f"its consumer '{path_str(self.leaves[o.leaf].path)}' reads the units "
@@ -599,6 +692,13 @@ class _Walker:
                        'units (grouped or depthwise, or units on a spatial axis)')
       return 'stop'
     return self._consumer(op, op.ins[1], dn.rhs_spec[1], t, w)
+
+
+def _whole(op: Op, axis: int, in_shape) -> bool:
+  """A slice that keeps all of ``axis``."""
+  p = op.params
+  return p['start_indices'][axis] == 0 and p['limit_indices'][axis] == in_shape[axis] and \
+      (p.get('strides') or [1] * len(in_shape))[axis] == 1
 
 
 def _reshape_units(in_shape, axis, vec, out_shape):
