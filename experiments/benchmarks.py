@@ -52,6 +52,8 @@ PROTOCOLS: dict[str, Protocol] = {
                                      optimizer='adam', learning_rate=1e-3),
 }
 
+IMAGE_MODELS = ('cnn', 'vit')
+
 SWEEPABLE = ('learning_rate', 'eta', 'strength', 'shrink', 'sigma', 'threshold',
              'replacement_rate', 'decay')
 
@@ -113,6 +115,10 @@ class ExperimentConfig:
     model_scale: GPT width scale (1, 4, 16); ignored by other models.
     width: the MLP's hidden width (both layers; None: the protocol's 100); MLP
       benchmarks only.
+    model: the network for an image benchmark whose protocol trains the CNN: ``'cnn'``
+      (None: the protocol's) or ``'vit'`` (:func:`vit_for`; SPEC §7's small ViT).
+    vocab_size: for a text benchmark, keep the ``vocab_size - 1`` most frequent words and
+      map the rest to one unknown token (None: the whole vocabulary).
     dead_after: examples without firing after which a unit counts as dead (1,000).
     sweep: optional ``(hyperparameter, values)`` batched with vmap in one compiled run
       (one of ``SWEEPABLE``).
@@ -131,6 +137,8 @@ class ExperimentConfig:
   dataset: Optional[str] = None
   model_scale: int = 1
   width: Optional[int] = None
+  model: Optional[str] = None
+  vocab_size: Optional[int] = None
   dead_after: int = 1000
   sweep: Optional[tuple[str, tuple[float, ...]]] = None
 
@@ -149,13 +157,26 @@ class ExperimentConfig:
     if self.optimizer is not None and self.optimizer not in ('sgd', 'adam'):
       raise ValueError(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}.")
     for name in ('num_tasks', 'examples_per_task', 'epochs', 'batch_size', 'model_scale',
-                 'width', 'dead_after'):
+                 'width', 'vocab_size', 'dead_after'):
       v = getattr(self, name)
       if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
         raise ValueError(f'{name} must be a positive int, got {v!r}.')
     if self.width is not None and self.protocol.model != 'mlp':
       raise ValueError(f'width sets the MLP\'s hidden width; {self.benchmark!r} trains a '
                        f'{self.protocol.model.upper()}.')
+    if self.vocab_size is not None:
+      if self.protocol.task != 'permuted_vocab':
+        raise ValueError(f'vocab_size caps a text benchmark\'s vocabulary; {self.benchmark!r} '
+                         'is not one.')
+      if self.vocab_size < 2:
+        raise ValueError(f'vocab_size must be at least 2 (a word and the unknown token), '
+                         f'got {self.vocab_size}.')
+    if self.model is not None:
+      if self.protocol.model != 'cnn':
+        raise ValueError(f'model chooses the network of an image benchmark that trains the '
+                         f'CNN; {self.benchmark!r} trains a {self.protocol.model.upper()}.')
+      if self.model not in IMAGE_MODELS:
+        raise ValueError(f'model must be one of {IMAGE_MODELS}, got {self.model!r}.')
     if self.learning_rate is not None and not self.learning_rate > 0:
       raise ValueError(f'learning_rate must be > 0, got {self.learning_rate!r}.')
     if not 0 <= self.momentum < 1:
@@ -197,6 +218,10 @@ class ExperimentConfig:
     return getattr(self.protocol, name) if v is None else v
 
   @property
+  def model_name(self) -> str:
+    return self.model or self.protocol.model
+
+  @property
   def dataset_name(self) -> str:
     return self.dataset or self.protocol.dataset
 
@@ -207,8 +232,9 @@ class ExperimentConfig:
 
   def to_dict(self) -> dict[str, Any]:
     d = dataclasses.asdict(self)
-    if self.width is None:     # runs recorded before the field existed keep their fingerprint
-      del d['width']
+    for name in ('width', 'model', 'vocab_size'):   # runs recorded before these fields
+      if d[name] is None:                          # existed keep their fingerprints
+        del d[name]
     d['hparams'] = dict(self.hparams)
     d['resolved'] = {k: self.resolved(k) for k in ('optimizer', 'learning_rate', 'num_tasks',
                                                     'examples_per_task', 'epochs', 'batch_size')}

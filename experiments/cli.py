@@ -21,6 +21,8 @@ import pathlib
 import sys
 from typing import Optional, Sequence
 
+from experiments.benchmarks import IMAGE_MODELS
+
 BENCHMARKS = ('permuted_mnist', 'random_label_mnist', 'random_label_cifar',
               'continual_imagenet', 'permuted_shakespeare')
 
@@ -80,6 +82,7 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
 # Flags that apply to some benchmarks only (the others reject them as unrecognized).
 _GPT_BENCHMARKS = ('permuted_shakespeare',)
 _MLP_BENCHMARKS = ('permuted_mnist', 'random_label_mnist')
+_CNN_BENCHMARKS = ('random_label_cifar', 'continual_imagenet')
 
 
 def _add_run_arguments(p: argparse.ArgumentParser, name: str) -> None:
@@ -102,8 +105,14 @@ def _add_run_arguments(p: argparse.ArgumentParser, name: str) -> None:
   p.add_argument('--batch-size', type=int, help="examples per step (default: the protocol's)")
   if name in _GPT_BENCHMARKS:
     p.add_argument('--scale', type=int, default=1, help='GPT width scale (1, 4, 16)')
+    p.add_argument('--vocab-size', type=int,
+                   help='keep the K-1 most frequent words, the rest one unknown token '
+                        '(default: the whole vocabulary)')
   if name in _MLP_BENCHMARKS:
     p.add_argument('--width', type=int, help='hidden width of both MLP layers (default 100)')
+  if name in _CNN_BENCHMARKS:
+    p.add_argument('--model', choices=IMAGE_MODELS,
+                   help="the network: the protocol's CNN, or SPEC §7's small ViT")
   p.add_argument('--dataset', help="dataset to use instead of the protocol's (e.g. "
                                    'fashion_mnist or digits for Permuted runs)')
   p.add_argument('--data-dir', help='directory with raw dataset files (or set '
@@ -203,7 +212,9 @@ def _config_from_args(args):
         learning_rate=args.lr, momentum=args.momentum, num_tasks=args.num_tasks,
         examples_per_task=args.examples_per_task, epochs=args.epochs,
         batch_size=args.batch_size, dataset=args.dataset,
-        model_scale=getattr(args, 'scale', 1), width=getattr(args, 'width', None), sweep=sweep)
+        model_scale=getattr(args, 'scale', 1), width=getattr(args, 'width', None),
+        model=getattr(args, 'model', None), vocab_size=getattr(args, 'vocab_size', None),
+        sweep=sweep)
   except (ValueError, TypeError) as e:
     raise CliError(str(e)) from None
   if args.momentum and config.resolved('optimizer') != 'sgd':

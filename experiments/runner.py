@@ -61,6 +61,7 @@ class Experiment:
       batch, ``(params, opt_state, x, y, end_of_task) -> (params, opt_state, (loss,
       accuracy, pre-activations))``, without the task stream around it (for
       benchmarks).
+    model: the Flax module it trains.
   """
   config: ExperimentConfig
   dataset_name: str
@@ -71,6 +72,7 @@ class Experiment:
   run_tasks: Callable[..., tuple[Carry, dict]]
   axis_name: Optional[str] = None
   train_step: Optional[Callable[..., Callable]] = None
+  model: Any = None
 
 
 def _host_data(config: ExperimentConfig, dataset: snr_data.Dataset) -> dict[str, np.ndarray]:
@@ -79,7 +81,12 @@ def _host_data(config: ExperimentConfig, dataset: snr_data.Dataset) -> dict[str,
     if dataset.tokens is None:
       raise ValueError(f'benchmark {config.benchmark!r} needs a text dataset, got '
                        f'{dataset.name!r}.')
-    return {'tokens': np.asarray(dataset.tokens, np.int32)}
+    tokens = np.asarray(dataset.tokens, np.int32)
+    if config.vocab_size is not None:
+      # ids are frequency ranks (the loader's vocabulary is sorted by frequency), so the
+      # K - 1 most frequent words keep theirs and every other word becomes id K - 1
+      tokens = np.minimum(tokens, config.vocab_size - 1)
+    return {'tokens': tokens}
   if dataset.images is None:
     raise ValueError(f'benchmark {config.benchmark!r} needs an image dataset, got '
                      f'{dataset.name!r}.')
@@ -138,11 +145,13 @@ def _make_task(config: ExperimentConfig, data: dict, task_index, stream_key,
   return lambda b: x[b], y
 
 
-def _model(config: ExperimentConfig, num_outputs: int):
+def _model(config: ExperimentConfig, num_outputs: int, image_shape=None):
   p = config.protocol
   if p.model == 'gpt':
     return models.GPT(vocab_size=num_outputs, context_length=p.seq_len,
                       scale=config.model_scale)
+  if config.model_name == 'vit':
+    return models.vit_for(image_shape, num_outputs)
   if p.model == 'cnn':
     return models.CNN(num_outputs=num_outputs)
   if config.width is not None:
@@ -161,6 +170,32 @@ def _reset_counts(opt_state, groups) -> dict[str, jax.Array]:
   if rs is None:
     return {g.name: jnp.zeros((), jnp.int32) for g in groups}
   return {g.name: jnp.sum(rs.last_resets[g.name]).astype(jnp.int32) for g in groups}
+
+
+def check_discovered_groups(model, groups: Sequence[NeuronGroup]) -> Sequence[NeuronGroup]:
+  """``groups`` when they are the model's declared ``neuron_group_paths()``, else ValueError.
+
+  A benchmark model declares its neuron groups as (producer, consumer) module paths; a run
+  whose discovery found other ones (a conv left out, say) would reset other units than
+  the results claim, so it is refused before it starts.
+  """
+  declared = {(tuple(prod), tuple(cons)) for prod, cons in model.neuron_group_paths()}
+  found = set()
+  for g in groups:
+    producers = {s.path[:-1] for s in g.incoming if s.path[-1] == 'kernel'}
+    consumers = {s.path[:-1] for s in g.outgoing if s.path[-1] == 'kernel'}
+    found |= {(a, b) for a in producers for b in consumers}
+  if found != declared:
+    fmt = lambda pairs: ', '.join(f"{'/'.join(a)} -> {'/'.join(b)}" for a, b in sorted(pairs))
+    missing, extra = declared - found, found - declared
+    raise ValueError(
+        f'{type(model).__name__}: discovered neuron groups differ from its '
+        f'neuron_group_paths(): ' + '; '.join(
+            part for part in (missing and f'not found: {fmt(missing)}',
+                              extra and f'not declared: {fmt(extra)}') if part)
+        + '. Run snr_jax.describe_groups on the model to see why, and fix the model or '
+        'its declaration; a run would not reset the units its results claim.')
+  return groups
 
 
 def make_run(config: ExperimentConfig, dataset: snr_data.Dataset,
@@ -184,13 +219,13 @@ def make_run(config: ExperimentConfig, dataset: snr_data.Dataset,
   host = _host_data(config, dataset)
   # num_outputs: the model's; stream_classes: the classes (words) the stream draws from.
   if config.protocol.task == 'permuted_vocab':
-    num_outputs = stream_classes = dataset.vocab_size
+    num_outputs = stream_classes = min(dataset.vocab_size, config.vocab_size or math.inf)
   elif config.protocol.task == 'class_pair':
     num_outputs, stream_classes = 2, dataset.num_classes
   else:
     num_outputs = stream_classes = max(dataset.num_classes, config.protocol.num_outputs)
   data = {k: jnp.asarray(v) for k, v in host.items()}
-  model = _model(config, num_outputs)
+  model = _model(config, num_outputs, host['images'].shape[1:] if 'images' in host else None)
   batch = config.resolved('batch_size')
   epochs = config.resolved('epochs')
   n = config.resolved('examples_per_task')
@@ -202,7 +237,7 @@ def make_run(config: ExperimentConfig, dataset: snr_data.Dataset,
   # One concrete batch for shapes and for discovering the neuron groups.
   sample = jax.jit(lambda d: task(d, 0, jax.random.PRNGKey(0), None)[0](jnp.arange(batch)))(data)
   params0 = model.init(jax.random.PRNGKey(0), sample)['params']
-  groups = discover_groups(model, params0, sample)
+  groups = check_discovered_groups(model, discover_groups(model, params0, sample))
   init_fn = lambda k: model.init(k, sample)['params']
   sweep_name = config.sweep[0] if config.sweep else None
 
@@ -280,7 +315,7 @@ def make_run(config: ExperimentConfig, dataset: snr_data.Dataset,
     return jax.lax.scan(one_task, carry, first_task + jnp.arange(num_tasks))
 
   return Experiment(config, dataset.name, dataset.source, groups, data, init, run_tasks,
-                    axis_name, train_step)
+                    axis_name, train_step, model)
 
 
 def last_fraction_summary(accuracy: np.ndarray, fraction: float = 0.1) -> dict[str, float]:
@@ -477,7 +512,7 @@ def default_mode(config: ExperimentConfig, num_members: int) -> str:
   """vmap, except for one member (nothing to batch, and a vmap over one member lays the
   gradient dots out batched: about 1.25x the step on CPU) and for convolutional models
   on CPU (slow under vmap, SPEC §8), which run sequentially."""
-  if num_members == 1 or (config.protocol.model == 'cnn' and jax.default_backend() == 'cpu'):
+  if num_members == 1 or (config.model_name == 'cnn' and jax.default_backend() == 'cpu'):
     return 'sequential'
   return 'vmap'
 

@@ -196,7 +196,7 @@ def build_groups(spec: dict) -> list[dict]:
                   'optimizer': opt},
                  {k: v for k, v in b.items()
                   if k in ('dataset', 'num_tasks', 'examples_per_task', 'epochs',
-                           'batch_size', 'model_scale', 'width')},
+                           'batch_size', 'model_scale', 'width', 'model', 'vocab_size')},
                  opt_cfg)
         twice = sorted(k for k in set().union(*parts) if sum(k in p for p in parts) > 1)
         if twice:

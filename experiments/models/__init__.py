@@ -13,7 +13,7 @@ from __future__ import annotations
 from .cnn import CNN
 from .conv import Im2colConv, max_pool_2x2
 from .mlp import MLP
-from .transformer import FFN, GPT, Block, ViT, gpt_widths
+from .transformer import FFN, GPT, Block, ViT, gpt_widths, vit_for
 
 MODELS = {'mlp': MLP, 'cnn': CNN, 'vit': ViT, 'gpt': GPT}
 
@@ -30,4 +30,4 @@ def model_for(name: str, **kwargs):
 
 
 __all__ = ['MLP', 'CNN', 'ViT', 'GPT', 'Block', 'FFN', 'Im2colConv', 'max_pool_2x2',
-           'gpt_widths', 'model_for', 'MODELS']
+           'gpt_widths', 'model_for', 'vit_for', 'MODELS']

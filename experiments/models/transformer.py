@@ -96,6 +96,18 @@ class ViT(nn.Module):
             for i in range(self.num_blocks)]
 
 
+def vit_for(image_shape, num_outputs: int) -> ViT:
+  """SPEC §7's small ViT for images of ``image_shape`` (H, W, C): 16 tokens on 28x28
+  images (patch 7), 64 on 32x32 (patch 4); width 64, 3 pre-LN blocks, 4 heads, a ReLU
+  FFN of 256, mean pooling."""
+  h, w = image_shape[:2]
+  patch = next((p for p in (7, 4) if h % p == 0 and w % p == 0), None)
+  if patch is None:
+    raise ValueError(f'vit_for: no patch size (7 or 4) divides images of {h}x{w}.')
+  return ViT(num_outputs=num_outputs, patch_size=patch, width=64, num_blocks=3, num_heads=4,
+             mlp_width=256, pool='mean')
+
+
 def gpt_widths(width: int, ffn_width: int, num_heads: int, scale: float) -> tuple[int, int]:
   """The (model width, FFN width) that :class:`GPT` uses at a given ``scale``.
 

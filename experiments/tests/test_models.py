@@ -260,3 +260,38 @@ def test_model_for():
   assert isinstance(model_for('gpt', vocab_size=3), GPT)
   with pytest.raises(ValueError, match='cnn, gpt, mlp, vit'):
     model_for('resnet')
+
+
+@pytest.mark.parametrize('name,kw,x', [
+    ('mlp', {}, jnp.ones((2, 784))),
+    *[('cnn', {'conv_impl': c, 'pool_impl': p}, jnp.ones((2, 28, 28, 1)))
+      for c in ('im2col', 'xla') for p in ('reshape', 'xla')],
+    ('vit', {}, jnp.ones((2, 32, 32, 3))),
+    ('gpt', {'vocab_size': 13, 'context_length': 8}, jnp.ones((2, 8), jnp.int32)),
+])
+def test_discovery_finds_exactly_the_declared_groups(name, kw, x):
+  """Every harness model's neuron groups, as discovery finds them, are the ones it
+  declares: the runner refuses to start otherwise."""
+  from experiments.runner import check_discovered_groups  # pylint: disable=import-outside-toplevel
+  import snr_jax  # pylint: disable=import-outside-toplevel
+  m = model_for(name, **kw)
+  params = m.init(KEY, x)['params']
+  groups = snr_jax.discover_groups(m, params, x)
+  assert check_discovered_groups(m, groups) is groups
+
+
+def test_runner_refuses_groups_that_differ_from_the_declaration():
+  from experiments.runner import check_discovered_groups  # pylint: disable=import-outside-toplevel
+  import snr_jax  # pylint: disable=import-outside-toplevel
+
+  class Declares3(MLP):
+    def neuron_group_paths(self):
+      return [*super().neuron_group_paths(), (('Dense_2',), ('Dense_3',))]
+
+  x = jnp.ones((2, 784))
+  m = Declares3(hidden=(8, 8))
+  groups = snr_jax.discover_groups(m, m.init(KEY, x)['params'], x)
+  with pytest.raises(ValueError, match=r'not found: Dense_2 -> Dense_3\. Run snr_jax\.describe'):
+    check_discovered_groups(m, groups)
+  with pytest.raises(ValueError, match=r'not declared: Dense_1 -> Dense_2'):
+    check_discovered_groups(MLP(hidden=(8,)), groups)

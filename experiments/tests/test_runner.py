@@ -272,6 +272,40 @@ def test_width_sets_the_mlp_hidden_layers_and_only_the_mlp(mnist):
     ExperimentConfig(width=0)
 
 
+def test_model_vit_trains_the_small_vit_on_image_benchmarks(mnist):
+  cfg = ExperimentConfig('continual_imagenet', method='snr', num_tasks=1, model='vit',
+                         examples_per_task=20, batch_size=10, epochs=1)
+  exp = make_run(cfg, mnist)
+  assert isinstance(exp.model, models.ViT) and exp.model.patch_size == 7   # 16 tokens
+  assert {g.name: g.size for g in exp.groups} == {f'block_{i}/ffn/Dense_0': 256
+                                                   for i in range(3)}
+  assert cfg.to_dict()['model'] == 'vit'
+  assert 'model' not in ExperimentConfig().to_dict()   # earlier runs' records are unchanged
+  with pytest.raises(ValueError, match='model chooses the network of an image benchmark'):
+    ExperimentConfig('permuted_mnist', model='vit')
+  with pytest.raises(ValueError, match=r"model must be one of \('cnn', 'vit'\)"):
+    ExperimentConfig('random_label_cifar', model='resnet')
+
+
+def test_vocab_size_caps_the_words_to_the_most_frequent():
+  text = _text()
+  counts = np.bincount(text.tokens)
+  order = np.argsort(-counts, kind='stable')   # frequency ranks, as the loaders number words
+  ranked = Dataset(name='shakespeare', source='generated for tests',
+                   tokens=np.argsort(order)[text.tokens].astype(np.int32), vocab=text.vocab)
+  cfg = ExperimentConfig('permuted_shakespeare', method='none', num_tasks=1, vocab_size=8,
+                         examples_per_task=4, epochs=1, batch_size=2)
+  exp = make_run(cfg, ranked)
+  assert exp.model.vocab_size == 8
+  tokens = np.asarray(exp.data['tokens'])
+  assert tokens.max() == 7 and np.array_equal(tokens == 7, np.asarray(ranked.tokens) >= 7)
+  assert cfg.to_dict()['vocab_size'] == 8 and 'vocab_size' not in ExperimentConfig().to_dict()
+  with pytest.raises(ValueError, match="vocab_size caps a text benchmark's vocabulary"):
+    ExperimentConfig('permuted_mnist', vocab_size=8)
+  with pytest.raises(ValueError, match='vocab_size must be at least 2'):
+    ExperimentConfig('permuted_shakespeare', vocab_size=1)
+
+
 def test_text_benchmark_rejects_image_data(mnist):
   with pytest.raises(ValueError, match='needs a text dataset'):
     make_run(ExperimentConfig('permuted_shakespeare', num_tasks=1), mnist)
