@@ -7,7 +7,8 @@ from snr_jax.activations import (ActivationError, apply_with_preactivations, fir
 from snr_jax.capture import CaptureError, with_preactivations
 from snr_jax.cbp import CBPRule, CBPState, continual_backprop
 from snr_jax.discovery import DiscoveredGroups, LeftOut, describe_groups, discover_groups
-from snr_jax.groups import GroupError, NeuronGroup, ParamSlice, Site, dense_group, validate_groups
+from snr_jax.groups import (GroupError, NeuronGroup, ParamSlice, Site, check_groups, dense_group,
+                            validate_groups)
 from snr_jax.methods import METHODS, make_method, method_hyperparameters, snr_l2
 from snr_jax.penalties import L2InitState, add_l2, add_l2_init, l2, l2_init
 from snr_jax.redo import ReDoRule, ReDoState, redo
@@ -62,6 +63,7 @@ __all__ = [
     'apply_gradients',
     'apply_with_preactivations',
     'at_random',
+    'check_groups',
     'continual_backprop',
     'dead_fraction',
     'dense_group',

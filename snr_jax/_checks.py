@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Any, Mapping, Optional, Sequence
+import re
+from typing import Any, Iterator, Mapping, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -100,6 +102,43 @@ def optax_transformation(name: str, value: Any) -> Any:
                    f'optax.adam(1e-3), got {type(value).__name__} {value!r}.')
 
 
+def optax_transformation_or_none(name: str, value: Any) -> Any:
+  """None, or an optax transformation (see :func:`optax_transformation`)."""
+  return None if value is None else optax_transformation(name, value)
+
+
+def no_extra_positional(args: tuple, what: str = 'update') -> None:
+  """Refuses positional arguments after ``params``: the reset arguments are keywords."""
+  if args:
+    kinds = ', '.join(type(a).__name__ for a in args)
+    raise TypeError(
+        f'{what} takes (grads, state, params) positionally, got {len(args)} more ({kinds}): '
+        'pass the pre-activations by keyword, update(grads, state, params, '
+        'activations=acts), and likewise end_of_task= and key=.')
+
+
+def rule_state(value: Any, rule: Any) -> None:
+  """Checks that a reset rule's state is the kind its ``init`` makes (rules that declare
+  ``state_type``): another method's state is an error naming both."""
+  want = getattr(rule, 'state_type', None)
+  if want is not None and not isinstance(value, want):
+    raise TypeError(
+        f'the optimizer state holds a {type(value).__name__}, but this optimizer resets with '
+        f'{type(rule).__name__}, whose state is of type {want.__name__}: the state was made by '
+        "another method's init. Initialise it with this optimizer: tx.init(params).")
+
+
+# Set on the update of a method that accepts the reset arguments and ignores them (none,
+# L2, L2 Init, Shrink & Perturb), so apply_gradients can tell it from a plain optimizer.
+IGNORES_RESET_ARGS = '_snr_jax_ignores_reset_args'
+
+
+def ignores_reset_args(update_fn: Any) -> Any:
+  """Marks ``update_fn`` as accepting and ignoring ``activations=`` (see above)."""
+  setattr(update_fn, IGNORES_RESET_ARGS, True)
+  return update_fn
+
+
 def neuron_groups(value: Any, group_type: type, error: type = ValueError) -> tuple:
   """Groups as a tuple: a single group is accepted; names or other objects are errors."""
   if isinstance(value, group_type):
@@ -113,6 +152,47 @@ def neuron_groups(value: Any, group_type: type, error: type = ValueError) -> tup
     raise error(f'groups must be NeuronGroup objects, got {wrong!r}'
                      f'{" (names)" if all(isinstance(g, str) for g in wrong) else ""}: {hint}.')
   return tuple(value)
+
+
+def model_variables(kind: str, args: tuple, what: str, error: type = ValueError) -> None:
+  """A linen module's call takes its variables (or params) before the sample inputs: an
+  array there means they were forgotten (Flax's own error does not say so)."""
+  if kind != 'linen' or (args and isinstance(args[0], Mapping)):
+    return
+  got = (f'{type(args[0]).__name__} of shape {tuple(np.shape(args[0]))}'
+         if args and hasattr(args[0], 'shape') else
+         (type(args[0]).__name__ if args else 'nothing'))
+  raise error(f'{what}(module, variables, *sample_inputs) takes the module\'s variables (or '
+              f'its params) before the sample inputs, got {got} first: pass them, e.g. '
+              f"{what}(model, params, x) with params = model.init(key, x)['params'].")
+
+
+@contextlib.contextmanager
+def tracing_model(what: str, args: tuple, kwargs: Mapping[str, Any],
+                  error: type = ValueError) -> Iterator[None]:
+  """Turns two errors of tracing a model's forward pass into ones that name the fix: a
+  flag given as an array (a Python ``if`` on a traced value), and a collection the call
+  updates but was not made mutable (BatchNorm in training mode)."""
+  from flax import errors as flax_errors  # pylint: disable=import-outside-toplevel
+  try:
+    yield
+  except jax.errors.ConcretizationTypeError as e:
+    scalar = lambda v: isinstance(v, (jax.Array, np.ndarray, np.generic)) and np.ndim(v) == 0
+    named = [f'{k}={v!r}' for k, v in kwargs.items() if scalar(v)]
+    named += [f'argument {i} ({v!r})' for i, v in enumerate(args) if scalar(v)]
+    which = f' ({", ".join(named)} {"is an array" if len(named) == 1 else "are arrays"})' \
+        if named else ''
+    raise error(
+        f'{what} traces every array argument, and the forward pass needs the value of one '
+        f'in Python, e.g. an `if` on a flag{which}: pass flags and other settings as Python '
+        'values (a bool, int or str), e.g. train=True rather than jnp.array(True).') from e
+  except flax_errors.ModifyScopeVariableError as e:
+    col = re.search(r'collection "([^"]+)"', str(e))
+    col = col.group(1) if col else 'batch_stats'
+    raise error(
+        f"the forward pass updates the '{col}' collection (BatchNorm in training mode, "
+        f"say), which this call does not make mutable: pass mutable=['{col}'] to {what}, "
+        'as to model.apply in training (or call the model in evaluation mode).') from e
 
 
 def flag(name: str, value: Any) -> Any:

@@ -9,7 +9,7 @@ a way to finish the call (NNX modules take back their updated state).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import jax
 import numpy as np
@@ -96,7 +96,10 @@ def as_traceable(f: Any, model: Any, args: tuple, kwargs: dict,
     return out
 
   if kind == 'linen':
-    variables = model if isinstance(model, dict) and 'params' in model else {'params': model}
+    # FrozenDict variables are a Mapping but not a dict: wrapping them again would hand
+    # apply {'params': {'params': ...}}
+    variables = (model if isinstance(model, Mapping) and 'params' in model
+                 else {'params': model})
 
     def classify(path, _):
       if path[0] == 'params':

@@ -98,6 +98,14 @@ def check_activations(groups: Sequence[NeuronGroup], activations: Any) -> None:
       raise ActivationError(
           f"activation of group '{g.name}' has shape {shape}; expected {want} with the "
           'units on the last axis.')
+    dtype = getattr(a, 'dtype', None)
+    # firing is "pre-activation > 0": a complex value has no sign, and an integer or bool
+    # array is a count or a mask passed by mistake (ReLU inputs are real floats)
+    if dtype is not None and not jnp.issubdtype(dtype, jnp.floating):
+      raise ActivationError(
+          f"activation of group '{g.name}' has dtype {dtype}; pre-activations must be real "
+          'floating point (firing is pre-activation > 0): pass the ReLU inputs themselves, '
+          'e.g. from snr_jax.with_preactivations or apply_with_preactivations.')
 
 
 def preactivations_from_intermediates(intermediates: Mapping[str, Any],

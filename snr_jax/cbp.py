@@ -38,14 +38,14 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from typing import Any, Mapping, NamedTuple, Optional, Sequence
+from typing import Any, ClassVar, Mapping, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from snr_jax._checks import number_in
+from snr_jax._checks import axis_name_or_none, integer_in, number_in
 from snr_jax.activations import mean_activations
 from snr_jax.ages import saturating_add
 from snr_jax.groups import NeuronGroup, ParamSlice, get_path
@@ -175,6 +175,7 @@ class CBPRule:
   decay: float = 0.99
   rounding: str = 'accumulate'
   data_axis: Optional[str] = None
+  state_type: ClassVar[type] = CBPState
 
   def init(self, groups: Sequence[NeuronGroup], params: Any) -> CBPState:
     alone = sorted({'/'.join(s.path) for g in groups for s in g.outgoing
@@ -277,10 +278,10 @@ def continual_backprop(inner: optax.GradientTransformation, groups: Sequence[Neu
     reference implementation ``lop/algos/gnt.py`` in shibhansh/loss-of-plasticity.
   """
   replacement_rate = number_in('replacement_rate', replacement_rate, 0.0, 1.0)
-  if not isinstance(maturity, int) or maturity < 0:
-    raise ValueError(f'maturity must be an int >= 0 (steps), got {maturity!r}.')
+  maturity = integer_in('maturity', maturity, 0, what=' (steps)')
   decay = number_in('decay', decay, 0.0, 1.0, hi_open=True)
   if rounding not in ROUNDINGS:
     raise ValueError(f'rounding must be one of {ROUNDINGS}, got {rounding!r}.')
-  rule = CBPRule(replacement_rate, maturity, decay, rounding, data_axis)
+  rule = CBPRule(replacement_rate, maturity, decay, rounding,
+                 axis_name_or_none('data_axis', data_axis))
   return with_resets(inner, NeuronResets(groups, rule, axis_name), seed)

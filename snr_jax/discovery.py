@@ -44,7 +44,7 @@ import jax
 import numpy as np
 from flax import linen as nn
 
-from snr_jax import _jaxpr
+from snr_jax import _checks, _jaxpr
 from snr_jax._jaxpr import Op, Scope
 from snr_jax._trace import Leaf, as_traceable, model_kind
 from snr_jax.groups import GroupError, NeuronGroup, ParamSlice, Path, Site, path_str
@@ -1013,8 +1013,11 @@ def discover_groups(f: Any, *args, initializers: Optional[Mapping[str, Any]] = N
     layers looked at and not made groups, each with its reason. Its repr lists both.
 
   Raises:
-    GroupError: when ``initializers`` names a path that is not a parameter or gives
-      something that is not callable (before tracing), when a layer that reaches a
+    GroupError: when a linen module's variables are missing (``discover_groups(model,
+      x)``), when ``initializers`` names a path that is not a parameter or gives
+      something that is not callable (before tracing); when tracing needs a flag given
+      as an array (pass a Python bool) or updates a collection that is not ``mutable``
+      (BatchNorm in training: pass ``mutable=['batch_stats']``); when a layer that reaches a
       ReLU has its kernel applied more than once (shared weights: its units have
       several pre-activations), or when no group is found.
 
@@ -1028,10 +1031,12 @@ def discover_groups(f: Any, *args, initializers: Optional[Mapping[str, Any]] = N
     if not args:
       raise GroupError('discover_groups needs the parameters and a sample input: '
                        'discover_groups(model, params, x).')
+    _checks.model_variables(kind, args, 'discover_groups', GroupError)
     model, sample = args[0], args[1:]
   tr = as_traceable(f, model, tuple(sample), kwargs, record_modules=True)
   overrides = _checked_overrides(initializers, tr.leaves)
-  closed = jax.make_jaxpr(tr.fn, axis_env=list(axis_env))(*tr.inputs)
+  with _checks.tracing_model('discover_groups', tuple(sample), kwargs, GroupError):
+    closed = jax.make_jaxpr(tr.fn, axis_env=list(axis_env))(*tr.inputs)
   for leaf, x in zip(tr.leaves, tr.inputs):
     leaf.shape = tuple(np.shape(x))
   top = _jaxpr.build_scopes(closed)

@@ -197,7 +197,9 @@ def dense_group(
       ``(*layer, '__call__')``, which ``capture_intermediates`` produces.
 
   Returns:
-    A NeuronGroup; validate it against params with :func:`validate_groups`.
+    A NeuronGroup; validate it against params with :func:`validate_groups` (shapes), or
+    against the model with :func:`check_groups`, which also refuses a ``consumer`` that
+    is the wrong layer of the right shape.
   """
   layer = _as_path(layer)
   incoming = [ParamSlice(layer + ('kernel',), -1,
@@ -277,4 +279,77 @@ def validate_groups(groups: Sequence[NeuronGroup], params: Any) -> tuple[NeuronG
         if kind == 'incoming' and s.init is None:
           raise GroupError(f"group '{g.name}': incoming slice '{path_str(s.path)}' needs "
                            'an initializer to re-draw it.')
+  return groups
+
+
+def _params_of(f: Any, args: tuple) -> Any:
+  """The params tree of a model called as discovery calls it (see discover_groups)."""
+  from flax import nnx  # pylint: disable=import-outside-toplevel
+  if isinstance(f, nnx.Module):
+    return nnx.state(f, nnx.Param)
+  if not args:
+    raise GroupError('check_groups needs the parameters and a sample input: '
+                     'check_groups(model, params, x, groups=groups).')
+  first = args[0]
+  if isinstance(f, nn.Module) and isinstance(first, Mapping) and 'params' in first:
+    return first['params']
+  return first
+
+
+def check_groups(f: Any, *args, groups: Sequence[NeuronGroup], **kwargs
+                 ) -> tuple[NeuronGroup, ...]:
+  """Checks declared groups against the model itself, not only against the params' shapes.
+
+  :func:`validate_groups` sees shapes alone, so a ``consumer`` that is the wrong layer of
+  the right shape passes it, and a reset would zero weights the units never feed. This
+  discovers the model's groups (:func:`snr_jax.discover_groups`, called with the same
+  arguments) and refuses a declared group whose kernel discovery did not find feeding a
+  ReLU, whose size differs, whose incoming slices include a parameter that does not
+  produce its units, or whose outgoing slices differ from the layers that read its
+  output.
+
+  Args:
+    f: the model, as for :func:`snr_jax.discover_groups` (a linen Module, an
+      ``nnx.Module`` or a function ``f(params, *args)``).
+    *args: as for :func:`snr_jax.discover_groups` (variables or params, then sample
+      inputs).
+    groups: the declared groups (e.g. from :func:`dense_group`).
+    **kwargs: as for :func:`snr_jax.discover_groups` (e.g. ``train=True``).
+
+  Returns:
+    The groups as a tuple, unchanged.
+
+  Raises:
+    GroupError: the first group that does not match the model, with what discovery found.
+  """
+  from snr_jax.discovery import discover_groups  # pylint: disable=import-outside-toplevel
+  groups = validate_groups(groups, _params_of(f, args))
+  found = discover_groups(f, *args, **kwargs)
+  by_incoming = {s.path: g for g in found for s in g.incoming}
+  for d in groups:
+    kernel = next((s.path for s in d.incoming if s.path[-1:] == ('kernel',)),
+                  d.incoming[0].path)
+    g = by_incoming.get(kernel)
+    if g is None:
+      why = [f'{x.layer}: {x.reason}' for x in getattr(found, 'left_out', ())
+             if x.layer == path_str(kernel[:-1])]
+      raise GroupError(
+          f"group '{d.name}': discovery found no neuron group produced by "
+          f"'{path_str(kernel)}'" + (f' ({"; ".join(why)})' if why else '')
+          + f'. Discovered groups: {[path_str(s.path) for h in found for s in h.incoming[:1]]}.')
+    paths = lambda slices: sorted(path_str(s.path) for s in slices)
+    problems = []
+    if d.size != g.size:
+      problems.append(f'its size is {d.size}, the layer has {g.size} units')
+    wrong_in = sorted(set(paths(d.incoming)) - set(paths(g.incoming)))
+    if wrong_in:
+      problems.append(f'incoming {wrong_in} do not produce its units (discovered incoming: '
+                      f'{paths(g.incoming)})')
+    if paths(d.outgoing) != paths(g.outgoing):
+      problems.append(f'outgoing {paths(d.outgoing)}, but its ReLU output is read by '
+                      f'{paths(g.outgoing)}')
+    if problems:
+      raise GroupError(f"group '{d.name}' (layer '{path_str(kernel[:-1])}') does not match the "
+                       f'model: {"; ".join(problems)}. Fix the declaration (e.g. consumer=), or '
+                       'use the discovered group.')
   return groups

@@ -13,7 +13,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import optax
 
-from snr_jax._checks import optax_transformation
+from snr_jax._checks import ignores_reset_args, no_extra_positional, optax_transformation
 from snr_jax.cbp import continual_backprop
 from snr_jax.groups import NeuronGroup
 from snr_jax.penalties import l2, l2_init
@@ -28,7 +28,9 @@ def ignoring_reset_args(tx: optax.GradientTransformation) -> optax.GradientTrans
   """``tx`` with an update that accepts, and ignores, the reset arguments."""
   tx = optax.with_extra_args_support(tx)
 
-  def update(updates, state, params=None, **extra):
+  @ignores_reset_args
+  def update(updates, state, params=None, *args, **extra):
+    no_extra_positional(args)
     for name in RESET_ARGS:
       extra.pop(name, None)
     return tx.update(updates, state, params, **extra)

@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 import jax
 import optax
 
-from snr_jax._checks import number_in, state_type
+from snr_jax._checks import number_in, optax_transformation, state_type
 
 
 def _check_strength(lam: Any) -> float:
@@ -77,10 +77,10 @@ def add_l2_init(strength: float) -> optax.GradientTransformation:
 def l2(inner: optax.GradientTransformation, strength: float = 1e-4
        ) -> optax.GradientTransformation:
   """``inner`` on ``loss + strength·‖θ‖²``. Kumar et al. sweep λ over powers of 10."""
-  return optax.chain(add_l2(strength), inner)
+  return optax.chain(add_l2(strength), optax_transformation('inner', inner))
 
 
 def l2_init(inner: optax.GradientTransformation, strength: float = 1e-4
             ) -> optax.GradientTransformation:
   """``inner`` on ``loss + strength·‖θ − θ₀‖²`` (Kumar et al.'s L2 Init)."""
-  return optax.chain(add_l2_init(strength), inner)
+  return optax.chain(add_l2_init(strength), optax_transformation('inner', inner))

@@ -9,13 +9,13 @@ with the shared mechanism (incoming re-drawn, outgoing and optimizer state zeroe
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping, NamedTuple, Optional, Sequence
+from typing import Any, ClassVar, Mapping, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from snr_jax._checks import number_in
+from snr_jax._checks import axis_name_or_none, integer_in, number_in
 from snr_jax.activations import mean_activation, mean_activations
 from snr_jax.groups import NeuronGroup
 from snr_jax.transform import NeuronResets, with_resets
@@ -46,6 +46,7 @@ class ReDoRule:
   threshold: float = 0.1
   period: int = 1000
   data_axis: Optional[str] = None
+  state_type: ClassVar[type] = ReDoState
 
   def init(self, groups: Sequence[NeuronGroup], params: Any) -> ReDoState:
     del groups, params
@@ -88,7 +89,6 @@ def redo(inner: optax.GradientTransformation, groups: Sequence[NeuronGroup], *,
     ICML 2023, https://arxiv.org/abs/2302.12902.
   """
   threshold = number_in('threshold', threshold, 0.0, float('inf'))
-  if not isinstance(period, int) or period < 1:
-    raise ValueError(f'period must be a positive int (steps), got {period!r}.')
-  rule = ReDoRule(threshold, period, data_axis)
+  period = integer_in('period', period, 1, what=' (steps)')
+  rule = ReDoRule(threshold, period, axis_name_or_none('data_axis', data_axis))
   return with_resets(inner, NeuronResets(groups, rule, axis_name), seed)

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from snr_jax import _checks
 from snr_jax._util import any_in_batch, key_path_to_path
 from snr_jax.groups import NeuronGroup, ParamSlice, Path, get_path
 
@@ -199,9 +200,12 @@ def reset_optimizer_state(optimizer: Any, opt_state: Any, params: Any,
   the state of ``optimizer`` (any optax optimizer, including chains); only leaves of
   their parameter's shape are zeroed. Others, such as Adam's step count or Adafactor's
   factored row and column statistics (and their ``(1,)`` placeholders), are left
-  untouched, shape and all.
+  untouched, shape and all. An optimizer whose ``init`` reads its params' leaves cannot
+  run on optax's placeholder (L-BFGS's line search reads a dtype there): the copies are
+  then found as the subtrees of the state with the params' structure.
   """
   check_masks(groups, masks)
+  optimizer = _checks.optax_transformation('optimizer', optimizer)
   keep = keep_masks(params, groups, masks)
 
   def zero(state_leaf, keep_leaf, param):
@@ -211,9 +215,22 @@ def reset_optimizer_state(optimizer: Any, opt_state: Any, params: Any,
       return state_leaf
     return jnp.where(keep_leaf, state_leaf, jnp.zeros_like(state_leaf))
 
-  return optax.tree_utils.tree_map_params(
-      optimizer, zero, opt_state, keep, params,
-      is_leaf=lambda x: x is None or isinstance(x, optax.MaskedNode))
+  try:
+    return optax.tree_utils.tree_map_params(
+        optimizer, zero, opt_state, keep, params,
+        is_leaf=lambda x: x is None or isinstance(x, optax.MaskedNode))
+  except Exception:  # pylint: disable=broad-except; any failure of init on the placeholder
+    return _map_params_copies(zero, opt_state, keep, params)
+
+
+def _map_params_copies(f, opt_state: Any, keep: Any, params: Any) -> Any:
+  """``f(state leaf, keep leaf, param)`` over every subtree of ``opt_state`` with the
+  params' tree structure (``f`` leaves alone the leaves not of their parameter's shape,
+  e.g. L-BFGS's ``(memory, *shape)`` histories); the rest is returned as is."""
+  treedef = jax.tree.structure(params)
+  is_copy = lambda x: jax.tree.structure(x) == treedef
+  return jax.tree.map(lambda s: jax.tree.map(f, s, keep, params) if is_copy(s) else s,
+                      opt_state, is_leaf=is_copy)
 
 
 def reset_neurons(params: Any, opt_state: Any, groups: Sequence[NeuronGroup],
@@ -236,6 +253,7 @@ def reset_neurons(params: Any, opt_state: Any, groups: Sequence[NeuronGroup],
   Returns:
     ``(params, opt_state)`` after the reset.
   """
+  optimizer = _checks.optax_transformation_or_none('optimizer', optimizer)
   params, opt_state, _ = reset_neurons_and_advance_key(params, opt_state, groups, masks, key,
                                                        optimizer, axis_name)
   return params, opt_state

@@ -25,8 +25,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from snr_jax._checks import number_in, prng_key, state_type
-from snr_jax._util import member_key
+from snr_jax._checks import (ignores_reset_args, no_extra_positional, number_in,
+                             optax_transformation, prng_key, state_type)
+from snr_jax._util import key_path_to_path, member_key
 
 NOISES = ('fast', 'init')
 
@@ -73,6 +74,33 @@ def leaf_moments(params: Any) -> Any:
   return jax.tree.map(one, params)
 
 
+def _check_like_params(drawn: Any, params: Any) -> None:
+  """Refuses an ``init_fn`` whose draw differs from ``params`` in leaves or shapes (another
+  model's): its noise would not fit, or would perturb the wrong parameters."""
+  def shapes(tree):
+    return {'/'.join(key_path_to_path(kp)): tuple(jnp.shape(x))
+            for kp, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  got, want = shapes(drawn), shapes(params)
+  if got == want:
+    return
+  problems = []
+  if set(got) - set(want):
+    problems.append(f'leaves not in params {sorted(set(got) - set(want))}')
+  if set(want) - set(got):
+    problems.append(f'params leaves it lacks {sorted(set(want) - set(got))}')
+  problems += [f"'{k}' of shape {got[k]} (params: {want[k]})"
+               for k in sorted(set(got) & set(want)) if got[k] != want[k]]
+  raise ValueError('init_fn(key) must return a tree shaped like params (the same model\'s '
+                   f'fresh parameters), but it returns {"; ".join(problems)}. Pass the '
+                   "model's own initializer, e.g. lambda k: model.init(k, x)['params'].")
+
+
+def _as_params_tree(drawn: Any, params: Any) -> Any:
+  """``drawn`` (checked to have params' leaves) in params' own containers (a dict draw
+  for FrozenDict params, say), so that the two trees map together."""
+  return jax.tree.unflatten(jax.tree.structure(params), jax.tree.leaves(drawn))
+
+
 def shrink_perturb(inner: optax.GradientTransformation,
                    init_fn: Callable[[jax.Array], Any], *, shrink: float = 1.0 - 1e-4,
                    sigma: float = 1e-4, noise: str = 'fast', seed: Any = 0
@@ -82,7 +110,8 @@ def shrink_perturb(inner: optax.GradientTransformation,
   Args:
     inner: the optimizer.
     init_fn: draws a fresh parameter tree from the model's initializers, e.g.
-      ``lambda k: model.init(k, x)['params']``.
+      ``lambda k: model.init(k, x)['params']``; its leaves and shapes must be the
+      params' (``init`` refuses another model's).
     shrink: p in (0, 1] (default 1 − 1e-4, our choice; sweep it).
     sigma: noise scale σ ≥ 0 (default 1e-4, our choice; sweep it).
     noise: ``'fast'`` (default): ε per element with each leaf's initial mean and
@@ -104,32 +133,36 @@ def shrink_perturb(inner: optax.GradientTransformation,
   if noise not in NOISES:
     raise ValueError(f"noise must be one of {NOISES} ('fast': cheap noise with each "
                      f"leaf's initial mean and std; 'init': init_fn draws), got {noise!r}.")
-  inner = optax.with_extra_args_support(inner)
+  inner = optax.with_extra_args_support(optax_transformation('inner', inner))
   key0 = prng_key('seed', seed)
 
   def init(params):
+    key = jax.random.fold_in(key0, 0x5EED)
     moments = None
     if noise == 'fast':
-      moments = leaf_moments(init_fn(jax.random.fold_in(key0, 0x5EED)))
-      if jax.tree.structure(moments, is_leaf=lambda x: isinstance(x, tuple)) != \
-          jax.tree.structure(params):
-        raise ValueError('init_fn(key) must return a tree shaped like params.')
+      drawn = init_fn(key)
+      _check_like_params(drawn, params)
+      moments = leaf_moments(_as_params_tree(drawn, params))
+    else:   # checked from shapes alone: this mode draws at every step, not here
+      _check_like_params(jax.eval_shape(init_fn, key), params)
     # the noise stream is folded with the initial params, so members initialised
     # together (jax.vmap(tx.init)(stacked_params)) never share it
     return ShrinkPerturbState(inner.init(params), member_key(key0, params), moments)
 
   def draw(sub, params, moments):
     if noise == 'init':
-      return init_fn(sub)
+      return _as_params_tree(init_fn(sub), params)
     leaves, treedef = jax.tree.flatten(params)
     stats = treedef.flatten_up_to(moments)
     words = jax.random.bits(sub, (max(len(leaves), 1),), jnp.uint32)
     return treedef.unflatten([m + s * hash_uniform(words[i], jnp.shape(p))
                               for i, (p, (m, s)) in enumerate(zip(leaves, stats))])
 
-  def update(updates, state, params=None, *, key: Optional[jax.Array] = None,
+  @ignores_reset_args
+  def update(updates, state, params=None, *args, key: Optional[jax.Array] = None,
              activations=None, end_of_task=None, **extra):
     del activations, end_of_task
+    no_extra_positional(args)
     if params is None:
       raise ValueError('shrink_perturb needs params: call update(grads, state, params).')
     state_type('state', state, ShrinkPerturbState, 'tx.init(params)')

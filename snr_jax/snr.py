@@ -15,7 +15,7 @@ References:
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping, NamedTuple, Optional, Sequence, Union
+from typing import Any, ClassVar, Mapping, NamedTuple, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
@@ -23,6 +23,7 @@ import optax
 
 from snr_jax import _checks
 from snr_jax._checks import integer_in, number_at_least, number_in
+from snr_jax.activations import ActivationError
 from snr_jax.groups import NeuronGroup
 from snr_jax._util import any_in_batch, run_if
 from snr_jax.schedules import RefreshSchedule, ScheduleState, every_n_tasks
@@ -69,11 +70,23 @@ class SNRRule:
   batch_size: Optional[int] = None
   axis_name: Optional[str] = None
   data_axis: Optional[str] = None
+  state_type: ClassVar[type] = SNRState
 
-  def _increment(self, activation: jax.Array) -> int:
+  def _increment(self, group: NeuronGroup, activation: jax.Array) -> int:
     if self.age_unit == 'steps':
       return 1
-    return self.batch_size if self.batch_size is not None else activation.shape[0]
+    if self.batch_size is None:
+      return activation.shape[0]
+    # Without a data_axis the activations hold the whole batch, so a batch_size that
+    # differs from their leading axis would age units by examples they never saw.
+    if self.data_axis is None and activation.shape[0] != self.batch_size:
+      raise ActivationError(
+          f'batch_size={self.batch_size}, but the activation of group \'{group.name}\' has '
+          f'{activation.shape[0]} examples on its leading axis (shape {activation.shape}): '
+          'leave batch_size unset (ages then grow by the leading axis), or, when each '
+          'replica holds a shard of the batch (shard_map or pmap), pass data_axis= '
+          '(batch_size is then the global batch).')
+    return self.batch_size
 
   def init(self, groups: Sequence[NeuronGroup], params: Any) -> SNRState:
     del params
@@ -88,7 +101,7 @@ class SNRRule:
              end_of_task: jax.Array, key: jax.Array):
     del params
     ages, est, masks = {}, {}, {}
-    increments = {g.name: self._increment(activations[g.name]) for g in groups}
+    increments = {g.name: self._increment(g, activations[g.name]) for g in groups}
     # The estimator says what this batch's firing is and how it moves the ages
     # (batch-level: back to 0 if fired anywhere; per-token: the gap in positions).
     firings = {g.name: self.estimator.observe(activations[g.name], increments[g.name],
@@ -175,8 +188,9 @@ def self_normalized_resets(
       ``'positions'`` (its default and only unit).
     batch_size: examples per step, over the whole batch (with ``data_axis``: the
       global batch, not a shard's); default: the leading axis of each activation (times
-      the number of shards with ``data_axis``). Not accepted by per_token, which counts
-      the positions of each activation.
+      the number of shards with ``data_axis``). Without ``data_axis`` it must equal the
+      activations' leading axis (a mismatch is an error at trace time). Not accepted by
+      per_token, which counts the positions of each activation.
     axis_name: name of the enclosing vmap/pmap axis when runs are batched (e.g.
       ``jax.vmap(run, axis_name='seeds')``), so that resets and refreshes run as real
       branches only when some member needs them; results are unchanged.

@@ -22,6 +22,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from snr_jax._checks import IGNORES_RESET_ARGS
+from snr_jax.methods import RESET_ARGS
 from snr_jax.snr import SNRState, dead_fraction
 from snr_jax.transform import find_reset_state
 
@@ -37,7 +39,20 @@ def apply_gradients(state: Any, grads: Any, **extra_args) -> Any:
 
   Returns:
     The state after one step: new params, optimizer state and step count.
+
+  Raises:
+    ValueError: reset arguments (``activations=``, ...) given with a ``state.tx`` that
+      holds no resetting method (a plain optax optimizer would drop them silently).
   """
+  given = sorted(k for k in RESET_ARGS if k in extra_args)
+  if (given and find_reset_state(state.opt_state) is None
+      and not getattr(state.tx.update, IGNORES_RESET_ARGS, False)):
+    raise ValueError(
+        f'{", ".join(g + "=" for g in given)} given, but state.opt_state holds no resetting '
+        "method's state: state.tx is a plain optax optimizer, which would drop them, so "
+        'nothing would be reset. Create the TrainState with the method as tx, e.g. '
+        'tx=snr_jax.snr(optax.adam(1e-3), groups) or snr_jax.make_method(name, inner, ...); '
+        'for a plain optimizer, leave the reset arguments out.')
   updates, opt_state = state.tx.update(grads, state.opt_state, state.params, **extra_args)
   return state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                        opt_state=opt_state)

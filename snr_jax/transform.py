@@ -26,7 +26,7 @@ import optax
 from jax.experimental import checkify
 
 from snr_jax import _checks
-from snr_jax._util import member_key
+from snr_jax._util import key_path_to_path, member_key
 from snr_jax.activations import ActivationError, check_activations, merge_layers
 from snr_jax.groups import GroupError, NeuronGroup, validate_groups
 from snr_jax.reset import reset_neurons_and_advance_key
@@ -171,6 +171,9 @@ def reset_state(resets: NeuronResets, params: Any, opt_state: Any, state: ResetS
     ``(params, opt_state, state)``.
   """
   _checks.state_type('state', state, ResetState, 'resets.init(params)')
+  _checks.rule_state(state.rule, resets.rule)
+  optimizer = _checks.optax_transformation_or_none(
+      'optimizer (the optax optimizer owning opt_state, or None)', optimizer)
   check_activations(resets.groups, activations)
   _checks.activation_keys(resets.groups, activations, ActivationError)
   _checks.bound_axis('axis_name', resets.axis_name)
@@ -198,6 +201,27 @@ def reset_state(resets: NeuronResets, params: Any, opt_state: Any, state: ResetS
   return params, opt_state, ResetState(rule_state, state.key if given else next_key, masks)
 
 
+def _leaf_paths(tree: Any) -> tuple[str, ...]:
+  return tuple('/'.join(key_path_to_path(kp))
+               for kp, _ in jax.tree_util.tree_flatten_with_path(tree)[0])
+
+
+def _check_same_tree(params: Any, seen: set) -> None:
+  """Refuses params whose tree is none of those ``init`` saw (when it saw any: a state
+  restored in another process is not checked)."""
+  paths = _leaf_paths(params)
+  if not seen or paths in seen:
+    return
+  known = min(seen, key=lambda p: len(set(p) ^ set(paths)))
+  extra = sorted(set(paths) - set(known))
+  missing = sorted(set(known) - set(paths))
+  raise ValueError(
+      "the params given to update differ from those the optimizer state was initialised "
+      f'with (tx.init(params)): extra leaves {extra}, missing leaves {missing}. Call update '
+      "with the state's own params, or initialise a state for the new params with "
+      'tx.init(new_params).')
+
+
 def with_resets(inner: optax.GradientTransformation, resets: NeuronResets,
                 seed: Any = 0) -> optax.GradientTransformationExtraArgs:
   """Wraps ``inner`` so that each update also resets units chosen by a rule.
@@ -219,16 +243,24 @@ def with_resets(inner: optax.GradientTransformation, resets: NeuronResets,
   """
   inner = optax.with_extra_args_support(_checks.optax_transformation('inner', inner))
   _as_key(seed)  # a bad seed is an error now, not at the first update
+  # The params trees (as their leaf paths) that init has seen. The state keeps no copy of
+  # the params (SGD's is empty), so this is how update tells params of another model
+  # from the ones the state was made for; static, it costs nothing at run time.
+  seen: set[tuple[str, ...]] = set()
 
   def init_fn(params):
+    seen.add(_leaf_paths(params))
     return ResetOptState(inner.init(params), resets.init(params, seed))
 
-  def update_fn(updates, state, params=None, *, activations=None, end_of_task=False,
+  def update_fn(updates, state, params=None, *args, activations=None, end_of_task=False,
                 key=None, **extra_args):
+    _checks.no_extra_positional(args)
     if params is None:
       raise ValueError('resets need the current params: call '
                        'update(grads, state, params, activations=...).')
     _checks.state_type('state', state, ResetOptState, 'tx.init(params)')
+    _checks.rule_state(state.resets.rule, resets.rule)
+    _check_same_tree(params, seen)
     check_activations(resets.groups, activations)  # before the inner update runs
     _checks.activation_keys(resets.groups, activations, ActivationError)
     inner_updates, inner_state = inner.update(updates, state.inner_state, params,

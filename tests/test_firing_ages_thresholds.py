@@ -73,11 +73,17 @@ def test_ages_in_steps_unit():
   np.testing.assert_array_equal(states[-1].rule.ages['g0'], [0, 3, 3])
 
 
-def test_batch_size_override():
+def test_batch_size_must_match_the_activations_without_a_data_axis():
+  # Without data_axis the activations hold the whole batch: another batch_size would age
+  # units by examples they never saw (with data_axis it is the global batch, see
+  # test_data_parallel).
   r = snr_jax.self_normalized_resets(_groups(3), tau_max=1000, tau_min=10, batch_size=5)
   s = r.init({'w': jnp.zeros((1, 3))})
-  states = _run(r, s, [_acts([1, 0, 0], batch=8)])
-  np.testing.assert_array_equal(states[-1].rule.ages['g0'], [0, 5, 5])
+  with pytest.raises(snr_jax.ActivationError, match='batch_size=5, but .* has 8 examples'):
+    _run(r, s, [_acts([1, 0, 0], batch=8)])
+  r = snr_jax.self_normalized_resets(_groups(3), tau_max=1000, tau_min=10, batch_size=8)
+  states = _run(r, r.init({'w': jnp.zeros((1, 3))}), [_acts([1, 0, 0], batch=8)])
+  np.testing.assert_array_equal(states[-1].rule.ages['g0'], [0, 8, 8])
 
 
 def test_ages_saturate_at_dtype_max():
