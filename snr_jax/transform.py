@@ -71,10 +71,35 @@ class ResetState(NamedTuple):
   last_resets: dict[str, jax.Array]
 
 
+@jax.tree_util.register_pytree_node_class
+@dataclasses.dataclass(frozen=True)
+class ParamsLayout:
+  """The leaf paths of the params a state was initialised for: static (pytree aux data,
+  no leaves), so it costs nothing inside jit and survives scan, vmap and checkpoints."""
+  paths: tuple[str, ...]
+
+  def tree_flatten(self):
+    return (), self.paths
+
+  @classmethod
+  def tree_unflatten(cls, paths, children):
+    del children
+    return cls(paths)
+
+
+try:   # Flax's own checkpoints (msgpack) store a layout as nothing, restoring the target's
+  from flax import serialization as _flax_serialization
+  _flax_serialization.register_serialization_state(
+      ParamsLayout, lambda layout: {}, lambda target, state: target)
+except ImportError:
+  pass
+
+
 class ResetOptState(NamedTuple):
   """State of the optimizer returned by :func:`with_resets`."""
   inner_state: Any
   resets: ResetState
+  layout: Optional[ParamsLayout] = None
 
 
 def find_reset_state(state: Any) -> Optional[ResetState]:
@@ -206,13 +231,12 @@ def _leaf_paths(tree: Any) -> tuple[str, ...]:
                for kp, _ in jax.tree_util.tree_flatten_with_path(tree)[0])
 
 
-def _check_same_tree(params: Any, seen: set) -> None:
-  """Refuses params whose tree is none of those ``init`` saw (when it saw any: a state
-  restored in another process is not checked)."""
+def _check_same_tree(params: Any, layout: Optional[ParamsLayout]) -> None:
+  """Refuses params whose tree is not the one the state was initialised for."""
   paths = _leaf_paths(params)
-  if not seen or paths in seen:
+  if layout is None or paths == layout.paths:
     return
-  known = min(seen, key=lambda p: len(set(p) ^ set(paths)))
+  known = layout.paths
   extra = sorted(set(paths) - set(known))
   missing = sorted(set(known) - set(paths))
   raise ValueError(
@@ -243,14 +267,11 @@ def with_resets(inner: optax.GradientTransformation, resets: NeuronResets,
   """
   inner = optax.with_extra_args_support(_checks.optax_transformation('inner', inner))
   _as_key(seed)  # a bad seed is an error now, not at the first update
-  # The params trees (as their leaf paths) that init has seen. The state keeps no copy of
-  # the params (SGD's is empty), so this is how update tells params of another model
-  # from the ones the state was made for; static, it costs nothing at run time.
-  seen: set[tuple[str, ...]] = set()
-
   def init_fn(params):
-    seen.add(_leaf_paths(params))
-    return ResetOptState(inner.init(params), resets.init(params, seed))
+    # the layout lets update tell params of another model from the state's own (an
+    # SGD state holds no copy of the params to compare with)
+    return ResetOptState(inner.init(params), resets.init(params, seed),
+                         ParamsLayout(_leaf_paths(params)))
 
   def update_fn(updates, state, params=None, *args, activations=None, end_of_task=False,
                 key=None, **extra_args):
@@ -260,7 +281,7 @@ def with_resets(inner: optax.GradientTransformation, resets: NeuronResets,
                        'update(grads, state, params, activations=...).')
     _checks.state_type('state', state, ResetOptState, 'tx.init(params)')
     _checks.rule_state(state.resets.rule, resets.rule)
-    _check_same_tree(params, seen)
+    _check_same_tree(params, state.layout)
     check_activations(resets.groups, activations)  # before the inner update runs
     _checks.activation_keys(resets.groups, activations, ActivationError)
     inner_updates, inner_state = inner.update(updates, state.inner_state, params,
@@ -271,6 +292,6 @@ def with_resets(inner: optax.GradientTransformation, resets: NeuronResets,
         end_of_task=end_of_task)
     out = jax.tree.map(lambda n, p: (n - p).astype(p.dtype) if hasattr(p, 'dtype') else n - p,
                        new_params, params)
-    return out, ResetOptState(inner_state, resets_state)
+    return out, ResetOptState(inner_state, resets_state, state.layout)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
