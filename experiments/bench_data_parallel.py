@@ -7,7 +7,8 @@ the gradients' all-reduce), and, as a control, plain SGD plus that buffer alone.
 interleaved rounds in one process; prints median steps/s and, per function, its time
 over plain SGD's in the same round (median and range over the rounds).
 
-    python -m experiments.bench_data_parallel [--steps 2000] [--reps 5] [--batch 128] [--hidden-layers 2]
+    python -m experiments.bench_data_parallel [--steps 2000] [--reps 5] [--batch 128] \
+        [--hidden-layers 2]
 
 The 8 devices share this machine's cores, so the figure is the relative cost of SNR's
 reductions and bookkeeping, not a speed-up. ``XLA_FLAGS=--xla_force_host_platform_device_count=N``

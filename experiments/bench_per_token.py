@@ -94,7 +94,7 @@ def main(argv=None):
   times = {name: [] for name in runs}
   for _ in range(args.reps):   # interleave, so drifts in machine load hit all alike
     for name, run in runs.items():
-      times[name].append(median_time(lambda: jax.block_until_ready(run(params, data)), 1))
+      times[name].append(median_time(lambda run=run: jax.block_until_ready(run(params, data)), 1))
   base = statistics.median(times['adam'])
   print(f'GPT scale {args.scale} ({groups[0].size} FFN units), {args.steps} steps, batch '
         f'{args.batch} x {args.tokens} tokens, vocab {args.vocab}, median of {args.reps}, '

@@ -1,4 +1,4 @@
-"""`python -m experiments.continual_imagenet`: the continual imagenet benchmark (see experiments.cli)."""
+"""`python -m experiments.continual_imagenet`: that benchmark's command line (experiments.cli)."""
 
 from experiments.cli import benchmark_main
 

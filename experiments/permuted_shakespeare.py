@@ -1,4 +1,4 @@
-"""`python -m experiments.permuted_shakespeare`: the permuted shakespeare benchmark (see experiments.cli)."""
+"""`python -m experiments.permuted_shakespeare`: that benchmark's command line (experiments.cli)."""
 
 from experiments.cli import benchmark_main
 

@@ -1,4 +1,4 @@
-"""`python -m experiments.random_label_cifar`: the random label cifar benchmark (see experiments.cli)."""
+"""`python -m experiments.random_label_cifar`: that benchmark's command line (experiments.cli)."""
 
 from experiments.cli import benchmark_main
 

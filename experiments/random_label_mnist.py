@@ -1,4 +1,4 @@
-"""`python -m experiments.random_label_mnist`: the random label mnist benchmark (see experiments.cli)."""
+"""`python -m experiments.random_label_mnist`: that benchmark's command line (experiments.cli)."""
 
 from experiments.cli import benchmark_main
 

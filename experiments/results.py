@@ -175,9 +175,10 @@ _LEGACY = 'state.msgpack'   # the checkpoint file of run directories from before
 def _manager(out: pathlib.Path, create: bool):
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
   # orbax (0.12.7, 0.12.8) refuses relative paths, and the user's --out usually is one
-  return ocp.CheckpointManager((out / 'checkpoint').absolute(), options=ocp.CheckpointManagerOptions(
+  options = ocp.CheckpointManagerOptions(
       max_to_keep=1, create=create, enable_async_checkpointing=False,
-      cleanup_tmp_directories=create))
+      cleanup_tmp_directories=create)
+  return ocp.CheckpointManager((out / 'checkpoint').absolute(), options=options)
 
 
 def _latest(out: pathlib.Path):

@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Any, Callable, Iterable, NamedTuple, Optional, Sequence
+from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -307,8 +307,8 @@ def make_run(config: ExperimentConfig, dataset: snr_data.Dataset,
           'accuracy': jnp.mean(acc), 'loss': jnp.mean(loss),
           'resets': {k: jnp.sum(v) for k, v in resets.items()},
           'dead_fraction': {k: jnp.mean(a >= config.dead_after) for k, a in ages.items()},
-          'weight_magnitude': sum(jnp.sum(jnp.abs(l)) for l in leaves)
-                              / sum(l.size for l in leaves),
+          'weight_magnitude': sum(jnp.sum(jnp.abs(leaf)) for leaf in leaves)
+                              / sum(leaf.size for leaf in leaves),
       }
       return carry._replace(params=params, opt_state=opt_state, ages=ages), metrics
 
@@ -402,7 +402,7 @@ def compile_batched(exp: Experiment, mode: str, chunk: int, mesh: Optional[Mesh]
 
     def run(carry, first, n):
       size = jax.tree.leaves(carry)[0].shape[0]
-      outs = [run1(jax.tree.map(lambda x: x[i], carry), exp.data, first, n)
+      outs = [run1(jax.tree.map(lambda x, i=i: x[i], carry), exp.data, first, n)
               for i in range(size)]
       return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
 

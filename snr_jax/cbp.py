@@ -25,8 +25,8 @@ Per unit ``i`` of a group, with ``h_i`` its post-ReLU activation averaged over t
   ``u_i, f_i, a_i ← 0``.
 
 The consumer's bias is the parameter ``bias`` next to the outgoing slice's ``kernel``;
-an outgoing slice with no such sibling transfers nothing (``init`` warns, naming it). A unit may own several
-entries of a consumer's input axis (Conv -> flatten -> Dense: every row ``r`` with
+an outgoing slice with no such sibling transfers nothing (``init`` warns, naming it). A unit may
+own several entries of a consumer's input axis (Conv -> flatten -> Dense: every row ``r`` with
 ``r % C == c``; Conv -> Conv: every spatial tap of input channel ``c``). ``f̂_c`` is the
 channel's mean over positions, and the transfer adds ``f̂_c · Σ w[r, k]`` over all of
 the channel's entries: the exact mean contribution when the channel's mean activation
@@ -214,7 +214,7 @@ class CBPRule:
       # counts, owed replacements and the ranking are per layer (a scanned stack's
       # group holds several, layer-major): shape () for one layer, (layers,) for more
       shape = () if g.layers == 1 else (g.layers,)
-      per_layer = lambda x: x.reshape(shape + (g.units,))
+      per_layer = lambda x, shape=shape, units=g.units: x.reshape(shape + (units,))
       n_eligible = jnp.sum(per_layer(eligible), axis=-1)
       owed = self.replacement_rate * n_eligible.astype(jnp.float32)
       if self.rounding == 'accumulate':
@@ -227,8 +227,8 @@ class CBPRule:
       k = jnp.minimum(k, n_eligible).astype(jnp.int32)
       rank = lowest_k if g.layers == 1 else jax.vmap(lowest_k)
       # the sort runs only on steps that replace something (most steps replace nothing)
-      mask = jax.lax.cond(jnp.any(k > 0), lambda a: rank(*a).reshape(-1),
-                          lambda a: jnp.zeros_like(eligible),
+      mask = jax.lax.cond(jnp.any(k > 0), lambda a, rank=rank: rank(*a).reshape(-1),
+                          lambda a: jnp.zeros_like(a[1]).reshape(-1),
                           (per_layer(u_hat), per_layer(eligible), k))
       masks[g.name] = mask
       out.utility[g.name] = jnp.where(mask, 0.0, u)

@@ -11,8 +11,12 @@ pmap replicas at any step.
 """
 import os
 os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=8'
-import json, sys
-import jax, jax.numpy as jnp, numpy as np, optax
+import json
+import sys
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import snr_jax
 from parallel_setup import setup

@@ -403,9 +403,9 @@ def test_every_method_with_every_optimizer_under_jit_vmap_scan(name, opt, mlp):
       def loss(p):
         out, acts = snr_jax.apply_with_preactivations(model, {'params': p}, x, groups=groups)
         return optax.softmax_cross_entropy_with_integer_labels(out, ys).mean(), acts
-      (l, acts), g = jax.value_and_grad(loss, has_aux=True)(p)
+      (value, acts), g = jax.value_and_grad(loss, has_aux=True)(p)
       u, s = tx.update(g, s, p, activations=acts, end_of_task=False, key=k)
-      return (optax.apply_updates(p, u), s), l
+      return (optax.apply_updates(p, u), s), value
     (p, _), losses = jax.lax.scan(step, (params, tx.init(params)), jax.random.split(key, 12))
     return losses
 

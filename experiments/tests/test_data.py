@@ -6,17 +6,15 @@ import gzip
 import io
 import os
 import pickle
-import struct
 import sys
 import tarfile
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fakes import (cifar_batch, dump_py2_style, make_mnist_like, write_idx, write_imagenet32,
+from fakes import (cifar_batch, dump_py2_style, write_imagenet32,
                    write_mnist_dir)
 from experiments import data as D
 from experiments.data import formats, loaders, text

@@ -167,8 +167,8 @@ def test_max_pool_2x2_matches_nn_max_pool():
     ref = nn.max_pool(x, (2, 2), strides=(2, 2), padding='VALID')
     np.testing.assert_array_equal(jax.jit(max_pool_2x2)(x), ref)
     w = jax.random.normal(jax.random.key(1), ref.shape)
-    g = jax.jit(jax.grad(lambda x: jnp.sum(max_pool_2x2(x) * w)))(x)
-    g_ref = jax.jit(jax.grad(lambda x: jnp.sum(nn.max_pool(x, (2, 2), (2, 2)) * w)))(x)
+    g = jax.jit(jax.grad(lambda x, w=w: jnp.sum(max_pool_2x2(x) * w)))(x)
+    g_ref = jax.jit(jax.grad(lambda x, w=w: jnp.sum(nn.max_pool(x, (2, 2), (2, 2)) * w)))(x)
     np.testing.assert_allclose(g, g_ref, rtol=1e-6)  # no ties in random data
 
 

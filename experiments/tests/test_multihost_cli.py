@@ -92,7 +92,7 @@ def _wait(procs) -> list[str]:
         q.kill()
       raise
     assert p.returncode == 0, err[-3000:]
-    outs.append(''.join(l for l in out.splitlines(True) if any(m in l for m in CLI_LINES)))
+    outs.append(''.join(line for line in out.splitlines(True) if any(m in line for m in CLI_LINES)))
   return outs   # the CLI's own lines of each stdout
 
 

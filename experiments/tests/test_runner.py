@@ -185,8 +185,8 @@ def _reference_permuted_run(cfg, dataset, groups):
         'accuracy': jnp.mean(acc), 'loss': jnp.mean(loss),
         'resets': {k: jnp.sum(v) for k, v in resets.items()},
         'dead_fraction': {k: jnp.mean(a >= cfg.dead_after) for k, a in ages.items()},
-        'weight_magnitude': sum(jnp.sum(jnp.abs(l)) for l in leaves)
-                            / sum(l.size for l in leaves),
+        'weight_magnitude': sum(jnp.sum(jnp.abs(leaf)) for leaf in leaves)
+                            / sum(leaf.size for leaf in leaves),
     }
     return carry._replace(params=params, opt_state=opt_state, ages=ages), metrics
 
@@ -419,7 +419,8 @@ def test_class_pairs_need_enough_images_of_every_class():
 
 def test_bad_runs_are_refused_before_they_start(mnist, tmp_path):
   from experiments.driver import drive  # pylint: disable=import-outside-toplevel
-  with pytest.raises(ValueError, match=r'batch_size \(16\) must not exceed examples_per_task \(8\)'):
+  with pytest.raises(ValueError,
+                     match=r'batch_size \(16\) must not exceed examples_per_task \(8\)'):
     ExperimentConfig(examples_per_task=8)
   with pytest.raises(ValueError, match="sweep of 'eta' repeats a value"):
     ExperimentConfig(method='snr', sweep=('eta', (0.1, 0.1)))

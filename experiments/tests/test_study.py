@@ -116,7 +116,8 @@ def _row(method, opt, seed, last10, hp='{}', phase='final', done=10, total=10):
 
 def test_table_from_fixture_csv(tmp_path):
   rows = [_row('none', 'sgd', 0, 0.70), _row('none', 'sgd', 1, 0.72),
-          _row('snr', 'sgd', 0, 0.75, '{"eta": 0.08}'), _row('snr', 'sgd', 1, 0.77, '{"eta": 0.08}'),
+          _row('snr', 'sgd', 0, 0.75, '{"eta": 0.08}'),
+          _row('snr', 'sgd', 1, 0.77, '{"eta": 0.08}'),
           _row('snr', 'sgd', 0, 0.99, '{"eta": 0.3}', phase='select'),   # not reported
           _row('none', 'adam', 0, 0.60, done=4), _row('none', 'adam', 1, 0.61, done=4)]
   path = tmp_path / 'fixture.csv'
@@ -124,12 +125,12 @@ def test_table_from_fixture_csv(tmp_path):
   assert study.main(['--table', str(path), '--out', str(tmp_path / 't.md')]) == 0
   text = (tmp_path / 't.md').read_text()
   lines = text.splitlines()
-  header = next(l for l in lines if l.startswith('| benchmark | optimizer | tasks |'))
+  header = next(row for row in lines if row.startswith('| benchmark | optimizer | tasks |'))
   assert header.split('|')[4:6] == [' none ', ' snr ']          # registry order
-  sgd = next(l for l in lines if '| sgd | 10 (reduced; protocol 500) |' in l)
+  sgd = next(row for row in lines if '| sgd | 10 (reduced; protocol 500) |' in row)
   assert '0.710 ± 0.010 (n=2)' in sgd and '**0.760 ± 0.010 (n=2)**' in sgd
   assert '0.99' not in text
-  adam = next(l for l in lines if '| adam |' in l and 'running' in l)
+  adam = next(row for row in lines if '| adam |' in row and 'running' in row)
   assert 'running (4/10 tasks)' in adam
   assert '| permuted_mnist (fashion_mnist) | sgd | snr | 0.01 | eta=0.08 |' in text
 
@@ -143,13 +144,15 @@ def test_selection_picks_the_best_total_average_and_breaks_ties_by_order():
   assert chosen == {'strength': 1}          # 0.625 each: the first listed wins
   rows[0]['avg_accuracy'] = '0.25'
   chosen, scores = study.select_setting(rows, [{'strength': 1}, {'strength': 2}, {'strength': 3}])
-  assert chosen == {'strength': 2} and [s['score'] for s in scores] == pytest.approx([0.5, 0.625, 0.625])
+  assert chosen == {'strength': 2}
+  assert [s['score'] for s in scores] == pytest.approx([0.5, 0.625, 0.625])
 
 
 def test_a_sweep_with_labels_runs_only_selection_seeds_and_reports_spread(tmp_path):
   spec = _spec(tmp_path, final=False, figures=str(tmp_path / 'figures'),
                methods={'l2': {'strength': [1e-4, 0.5]},
-                        'snr_short': {'method': 'snr', 'eta': [0.05, 0.3], 'tau_min': 8, 'tau_max': 64}})
+                        'snr_short': {'method': 'snr', 'eta': [0.05, 0.3], 'tau_min': 8,
+                                      'tau_max': 64}})
   result = study.run_study(spec, workers=0, log=lambda s: None)
   assert len(result['ran']) == 4                       # 2 settings × 2 methods, no finals
   rows = study.read_csv(tmp_path / 'study.csv')
@@ -163,7 +166,8 @@ def test_a_sweep_with_labels_runs_only_selection_seeds_and_reports_spread(tmp_pa
                                       'permuted_mnist/digits/sgd/snr_short'}
   table = (tmp_path / 'study.md').read_text()
   assert 'No final cells yet' in table and '## Robustness to the hyperparameter' in table
-  spread = next(l for l in table.split('## Robustness')[1].splitlines() if '| snr_short |' in l)
+  robustness = table.split('## Robustness')[1].splitlines()
+  spread = next(row for row in robustness if '| snr_short |' in row)
   means = sorted(sum(float(r['last10_accuracy']) for r in rows
                      if r['method'] == 'snr_short' and json.loads(r['hparams'])['eta'] == eta) / 2
                  for eta in (0.05, 0.3))
@@ -185,7 +189,7 @@ def test_without_final_cells_the_table_lists_every_selection_setting():
   rows.append(_row('l2', 'sgd', 1, 0.5, json.dumps({'strength': 1}), 'select'))
   text = study.make_table(rows, 'sweep')
   assert 'No final cells yet' in text
-  table = [l for l in text.splitlines() if l.startswith('| permuted_mnist')]
+  table = [row for row in text.splitlines() if row.startswith('| permuted_mnist')]
   assert table == [
       '| permuted_mnist (fashion_mnist) | sgd | l2 | strength=1 | running (3/10 tasks) | '
       'running (3/10 tasks) | 2 |',
@@ -201,7 +205,7 @@ def test_spread_table_from_fixture_csv():
   rows.append(_row('snr', 'sgd', 0, 0.10, json.dumps({'eta': 0.9}), 'select', done=3))  # running
   rows.append(_row('l2', 'sgd', 0, 0.5, json.dumps({'strength': 1}), 'select'))  # one setting
   text = study.spread_table(rows)
-  (line,) = [l for l in text.splitlines() if l.startswith('| permuted_mnist')]
+  (line,) = [row for row in text.splitlines() if row.startswith('| permuted_mnist')]
   cols = [c.strip() for c in line.split('|')[1:-1]]
   assert cols == ['permuted_mnist (fashion_mnist)', 'sgd', 'snr', '3', '0.740 (eta=0.1)',
                   '0.610 (eta=0.3)', '0.130', '0.007']
@@ -211,7 +215,8 @@ def test_spread_table_from_fixture_csv():
 def test_benchmark_labels_keep_entries_of_one_benchmark_apart(tmp_path):
   entry = {'benchmark': 'permuted_mnist', 'dataset': 'digits', 'num_tasks': 2}
   spec = _spec(tmp_path, methods={'none': {}},
-               benchmarks=[dict(entry, label='pm_w8', width=8), dict(entry, label='pm_w16', width=16)])
+               benchmarks=[dict(entry, label='pm_w8', width=8),
+                           dict(entry, label='pm_w16', width=16)])
   groups = study.build_groups(spec)
   assert [g['key'][0] for g in groups] == ['pm_w8', 'pm_w16']
   assert [g['base']['width'] for g in groups] == [8, 16]

@@ -65,7 +65,7 @@ def test_vit_class_pair_stream_runs_with_every_method(setup, method, hp):
   run = jax.jit(lambda p: jax.lax.scan(task, (p, tx.init(p)), jnp.arange(3)))
   (p, s), losses = run(params)
   assert np.isfinite(np.asarray(losses)).all()
-  assert all(np.isfinite(np.asarray(l)).all() for l in jax.tree.leaves(p))
+  assert all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree.leaves(p))
   if hp.get('estimator') == 'per_token':
     # a batch is 4 images × 4 patches = 16 positions; no refresh within 3 tasks
     rule = s.resets.rule
