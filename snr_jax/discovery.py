@@ -37,6 +37,8 @@ and :func:`describe_groups` prints both.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import types
 import warnings
 from typing import Any, Callable, Mapping, Optional, Sequence
 
@@ -47,7 +49,8 @@ from flax import linen as nn
 from snr_jax import _checks, _jaxpr
 from snr_jax._jaxpr import Op, Scope
 from snr_jax._trace import Leaf, as_traceable, model_kind
-from snr_jax.groups import GroupError, NeuronGroup, ParamSlice, Path, Site, path_str
+from snr_jax.groups import (GroupError, NeuronGroup, ParamSlice, Path, Site, leaf_value,
+                             path_str)
 
 # ops that pass each value through, up to sign or dtype: casts, copies and layout no-ops
 # (sharding constraints, varying-type marks). _PER_OPERAND ones take several values at
@@ -756,6 +759,103 @@ def _layer_name(path: Path) -> str:
 _ONES_NAMES = ('scale', 'gamma', 'weight', 'g', 'w')
 
 
+def _holds_tracer(obj: Any, depth: int = 0, seen: Optional[set] = None) -> bool:
+  """Whether an initializer holds a tracer: one built inside the module's ``__call__``
+  from a traced value (dopamine's ``variance_scaling(scale=1 / jnp.sqrt(3.0), ...)``)
+  closes over a tracer of discovery's trace, which would leak into the training step.
+  Looks through closures, default arguments, ``functools.partial`` and containers."""
+  if isinstance(obj, jax.core.Tracer):
+    return True
+  seen = set() if seen is None else seen
+  if depth > 8 or id(obj) in seen or isinstance(obj, (nn.Module, type, str, bytes)):
+    return False
+  seen.add(id(obj))
+  if isinstance(obj, functools.partial):
+    kids = [obj.func, *obj.args, *obj.keywords.values()]
+  elif isinstance(obj, types.FunctionType):
+    kids = [c.cell_contents for c in obj.__closure__ or () if _cell_full(c)]
+    kids += list(obj.__defaults__ or ()) + list((obj.__kwdefaults__ or {}).values())
+  elif isinstance(obj, types.MethodType):
+    kids = [obj.__func__]
+  elif isinstance(obj, (list, tuple, set, frozenset)):
+    kids = list(obj)
+  elif isinstance(obj, Mapping):
+    kids = list(obj.values())
+  elif callable(obj) and hasattr(obj, '__dict__'):  # an initializer object
+    kids = list(vars(obj).values())
+  else:
+    return False
+  return any(_holds_tracer(k, depth + 1, seen) for k in kids)
+
+
+def _cell_full(cell) -> bool:
+  try:
+    cell.cell_contents  # pylint: disable=pointless-statement
+    return True
+  except ValueError:
+    return False
+
+
+def _unboxed(init: Callable, leaf: Leaf) -> Callable:
+  """``init``, or for one wrapped by ``nn.with_partitioning`` /
+  ``nn.with_logical_partitioning`` (it returns a box), the same initializer returning the
+  box's array."""
+  try:
+    out = jax.eval_shape(lambda k: init(k, tuple(leaf.shape), jax.numpy.float32),
+                         jax.random.PRNGKey(0))
+  except Exception:  # pylint: disable=broad-except; the reset unwraps a box anyway
+    return init
+  if not isinstance(out, nn.meta.AxisMetadata):
+    return init
+
+  @functools.wraps(init)
+  def unboxed(*args, **kwargs):
+    return leaf_value(init(*args, **kwargs))
+
+  return unboxed
+
+
+class _Modules(dict):
+  """``{module path: module}`` of the discovery trace, plus, on demand, the same modules
+  recorded again by a trace in which values that do not depend on the model's inputs are
+  computed concretely (``jax.ensure_compile_time_eval``): an initializer built in
+  ``__call__`` from such values holds arrays there instead of tracers."""
+
+  def __init__(self, modules: Mapping[Path, Any], rerun: Callable[[], Mapping[Path, Any]]):
+    super().__init__(modules)
+    self._rerun = rerun
+    self._concrete: Optional[Mapping[Path, Any]] = None
+
+  def concrete(self) -> Mapping[Path, Any]:
+    if self._concrete is None:
+      try:
+        self._concrete = dict(self._rerun())
+      except Exception:  # pylint: disable=broad-except; recovery is best effort
+        self._concrete = {}
+    return self._concrete
+
+
+def _own_initializer(leaf: Leaf, module: Any, attr: str, modules: Mapping[Path, Any]):
+  """The module's own ``<name>_init`` if it can be called outside discovery's trace;
+  one recovered from a concrete re-trace when it holds a tracer; else None, with a
+  warning (the caller falls back to Flax's default)."""
+  init = getattr(module, attr)
+  if not _holds_tracer(init):
+    return _unboxed(init, leaf)
+  again = modules.concrete() if isinstance(modules, _Modules) else {}
+  init = getattr(again.get(tuple(leaf.path[:-1])), attr, None)
+  if callable(init) and not _holds_tracer(init):
+    return _unboxed(init, leaf)
+  key = path_str(leaf.path)
+  warnings.warn(
+      f"the initializer of '{key}' ({type(module).__name__}.{attr}) is built inside the "
+      "model's __call__ from a value that depends on the traced inputs, so it cannot be "
+      "called outside the model's trace; a reset re-draws this parameter from Flax's "
+      f"default for it instead. To choose: discover_groups(..., initializers={{'{key}': "
+      'init}).', stacklevel=5)
+  return None
+
+
 def _initializer(leaf: Leaf, role: str, modules: Mapping[Path, Any],
                  overrides: Mapping[str, Any], in_axis: Optional[int], out_axis: int,
                  layer_axis: Optional[int]):
@@ -767,7 +867,9 @@ def _initializer(leaf: Leaf, role: str, modules: Mapping[Path, Any],
   name = leaf.path[-1]
   attr = f'{name}_init'
   if module is not None and callable(getattr(module, attr, None)):
-    return getattr(module, attr)
+    own = _own_initializer(leaf, module, attr, modules)
+    if own is not None:
+      return own
   if role == 'kernel':
     def per_layer(axis):
       return None if axis is None else axis - (1 if layer_axis is not None and axis > layer_axis
@@ -972,6 +1074,15 @@ def _checked_overrides(initializers: Optional[Mapping[str, Any]],
   return overrides
 
 
+def _concrete_modules(f, model, sample, kwargs, axis_env) -> Mapping[Path, Any]:
+  """The linen modules of the forward pass, recorded by a trace in which what does not
+  depend on the inputs is computed concretely (see :class:`_Modules`)."""
+  tr = as_traceable(f, model, tuple(sample), kwargs, record_modules=True)
+  with jax.ensure_compile_time_eval():
+    jax.make_jaxpr(tr.fn, axis_env=list(axis_env))(*tr.inputs)
+  return tr.modules
+
+
 def discover_groups(f: Any, *args, initializers: Optional[Mapping[str, Any]] = None,
                     axis_env: Sequence[tuple[str, int]] = (), **kwargs) -> DiscoveredGroups:
   """Finds the neuron groups of a model from its traced forward pass.
@@ -1022,7 +1133,13 @@ def discover_groups(f: Any, *args, initializers: Optional[Mapping[str, Any]] = N
       several pre-activations), or when no group is found.
 
   Warns:
-    UserWarning: when ``initializers`` names a parameter that no group re-draws.
+    UserWarning: when ``initializers`` names a parameter that no group re-draws; when a
+      linen module's initializer was built inside ``__call__`` from a value that depends
+      on the traced inputs and cannot be recovered (Flax's default is used; the warning
+      names the parameter and the ``initializers=`` override). One built there from
+      constants (dopamine's ``variance_scaling(1 / jnp.sqrt(3.0), ...)``) is recovered
+      from a second trace that computes constants concretely; one wrapped by
+      ``nn.with_partitioning`` / ``nn.with_logical_partitioning`` is unwrapped.
   """
   kind = model_kind(f)
   if kind == 'nnx':
@@ -1046,7 +1163,8 @@ def discover_groups(f: Any, *args, initializers: Optional[Mapping[str, Any]] = N
   groups: list[NeuronGroup] = []
   left_out: list[LeftOut] = []
   refused: list[str] = []
-  _analyse(top, org, tr.leaves, tr.modules, overrides, _kernel_uses(top, org, tr.leaves),
+  modules = _Modules(tr.modules, lambda: _concrete_modules(f, model, sample, kwargs, axis_env))
+  _analyse(top, org, tr.leaves, modules, overrides, _kernel_uses(top, org, tr.leaves),
            groups, left_out, refused)
   if refused:
     raise GroupError(

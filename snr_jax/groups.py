@@ -30,6 +30,9 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import jax
 import numpy as np
 from flax import linen as nn
+from flax.core import meta as flax_meta
+
+from snr_jax._util import key_path_to_path
 
 Path = tuple[str, ...]
 Initializer = Callable[..., jax.Array]
@@ -128,7 +131,9 @@ def path_str(path: Sequence[str]) -> str:
 
 
 def _child(node: Any, key: str) -> tuple[bool, Any]:
-  """``node[key]`` for a mapping with str or int keys (NNX lists), or an attribute."""
+  """``node[key]``: a mapping's entry (str or int keys: NNX lists), a sequence's item, or
+  the child of any other pytree node whose jax key path entry reads ``key`` (a module
+  attribute: equinox; a dataclass field; a custom node)."""
   if isinstance(node, Mapping):
     if key in node:
       return True, node[key]
@@ -137,33 +142,77 @@ def _child(node: Any, key: str) -> tuple[bool, Any]:
     return False, None
   if isinstance(node, (list, tuple)) and key.isdigit() and int(key) < len(node):
     return True, node[int(key)]
+  for name, child in _children(node):
+    if name == key:
+      return True, child
   return False, None
 
 
+def _children(node: Any) -> list[tuple[str, Any]]:
+  """``(key, child)`` one level down a pytree node, keys as :func:`key_path_to_path` writes
+  them (no children for a leaf, a box or an NNX variable, whose value is the leaf)."""
+  if _is_box(node):
+    return []
+  flat = jax.tree_util.tree_flatten_with_path(
+      node, is_leaf=lambda x: x is not node or x is None)[0]
+  out = []
+  for kp, child in flat:
+    p = key_path_to_path(kp)
+    if len(p) == 1:
+      out.append((p[0], child))
+  return out
+
+
+def _is_box(x: Any) -> bool:
+  """A partitioning box (``nn.Partitioned``, ``nn.LogicallyPartitioned``: flax's
+  ``AxisMetadata``) or an NNX variable: one array with metadata around it."""
+  if isinstance(x, flax_meta.AxisMetadata):
+    return True
+  return not hasattr(x, 'shape') and hasattr(x, 'get_value')
+
+
 def leaf_value(x: Any) -> Any:
-  """The array of a leaf, unwrapping an NNX variable."""
-  if hasattr(x, 'shape') or not hasattr(x, 'get_value'):
-    return x
-  return x.get_value()
+  """The array of a leaf, unwrapping an NNX variable or a partitioning box (its raw
+  value: no sharding constraint is applied)."""
+  for _ in range(8):  # a box in a box
+    if hasattr(x, 'shape'):
+      return x
+    if isinstance(x, flax_meta.AxisMetadata):
+      x = x.value if hasattr(x, 'value') else x.unbox()
+    elif hasattr(x, 'get_value'):
+      x = x.get_value()
+    else:
+      return x
+  return x
 
 
 def get_path(tree: Mapping[str, Any], path: Path) -> Any:
   """Returns ``tree[path[0]][path[1]]...``, raising GroupError on a missing key.
 
-  Keys are matched as strings, so integer keys (``nnx.List``, ``nnx.Sequential``) are
-  addressed as ``'0'``; an NNX variable leaf gives its array.
+  ``path`` is the parameter's jax key path as :func:`snr_jax._util.key_path_to_path`
+  writes it: dict keys, sequence indices and module attributes (equinox) alike; the
+  ``value`` of an NNX variable or a partitioning box is not part of it. Keys are matched
+  as strings, so integer keys (``nnx.List``, ``nnx.Sequential``) are addressed as
+  ``'0'``; the leaf's array is returned, unwrapped from its variable or box.
   """
   node = tree
   for i, key in enumerate(path):
     ok, child = _child(node, key)
     if not ok:
+      # the walk above is a shortcut; the params' own key paths are the authority
+      flat = {key_path_to_path(kp): leaf
+              for kp, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+      if tuple(path) in flat:
+        return leaf_value(flat[tuple(path)])
       where = path_str(path[:i]) or '<root>'
       have = (sorted(map(str, node.keys())) if isinstance(node, Mapping)
-              else type(node).__name__)
+              else [k for k, _ in _children(node)] or type(node).__name__)
+      some = [path_str(p) for p in flat][:12]
       raise GroupError(
-          f"unknown parameter path '{path_str(path)}': no key '{key}' under "
-          f"'{where}' (found {have}). Check the group declaration against "
-          "jax.tree_util.tree_structure(params).")
+          f"unknown parameter path '{path_str(path)}': the params given have no such "
+          f"leaf (no key '{key}' under '{where}', which holds {have}). The params' leaves "
+          f"are {some}{' ...' if len(flat) > 12 else ''}. Check the group declaration, "
+          'or that these are the params the groups were made for.')
     node = child
   return leaf_value(node)
 

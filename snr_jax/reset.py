@@ -24,7 +24,7 @@ import optax
 
 from snr_jax import _checks
 from snr_jax._util import any_in_batch, key_path_to_path
-from snr_jax.groups import NeuronGroup, ParamSlice, Path, get_path
+from snr_jax.groups import NeuronGroup, ParamSlice, Path, get_path, leaf_value
 
 Masks = Mapping[str, jax.Array]
 
@@ -114,12 +114,14 @@ def _slices_by_path(groups: Sequence[NeuronGroup], masks: Masks):
 def _draw(s: ParamSlice, key: jax.Array, shape: tuple[int, ...], dtype) -> jax.Array:
   """A fresh sample of a whole parameter; stacked layers are drawn one layer at a time,
   so fan-in based initializers see one layer's shape."""
+  # an initializer wrapped by nn.with_partitioning / with_logical_partitioning returns a box
+  sample = lambda k, shp: jnp.asarray(leaf_value(s.init(k, shp, dtype))).astype(dtype)
   if s.layer_axis is None:
-    return s.init(key, shape, dtype).astype(dtype)
+    return sample(key, shape)
   la = s.layer_axis % len(shape)
   one = shape[:la] + shape[la + 1:]
   keys = jax.random.split(key, shape[la])
-  return jax.vmap(lambda k: s.init(k, one, dtype).astype(dtype), out_axes=la)(keys)
+  return jax.vmap(lambda k: sample(k, one), out_axes=la)(keys)
 
 
 def draw_fresh(params: Any, groups: Sequence[NeuronGroup], key: jax.Array

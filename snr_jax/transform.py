@@ -103,14 +103,26 @@ class ResetOptState(NamedTuple):
 
 
 def find_reset_state(state: Any) -> Optional[ResetState]:
-  """The :class:`ResetState` inside an optimizer state (e.g. within a chain), or None."""
+  """The :class:`ResetState` inside an optimizer state (e.g. within a chain), or None.
+
+  ``state`` may also be an NNX optimizer's ``opt_state`` (``nnx.Optimizer(...).opt_state``:
+  an ``nnx.State`` whose leaves are ``OptArray`` variables); the state returned then holds
+  the variables' arrays, for reading (logging).
+  """
   is_node = lambda x: isinstance(x, (ResetOptState, ResetState))
   for leaf in jax.tree_util.tree_leaves(state, is_leaf=is_node):
     if isinstance(leaf, ResetOptState):
-      return leaf.resets
+      return _variable_values(leaf.resets)
     if isinstance(leaf, ResetState):
-      return leaf
+      return _variable_values(leaf)
   return None
+
+
+def _variable_values(tree: Any) -> Any:
+  """``tree`` with every NNX variable replaced by its array (no-op without variables)."""
+  from flax import nnx  # pylint: disable=import-outside-toplevel
+  is_var = lambda x: isinstance(x, nnx.Variable)
+  return jax.tree.map(lambda x: x.get_value() if is_var(x) else x, tree, is_leaf=is_var)
 
 
 def _as_key(seed_or_key: Any) -> jax.Array:
