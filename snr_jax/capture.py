@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 from jax.extend import core as jex_core
 
+from snr_jax import _checks
 from snr_jax._jaxpr import INLINED, counted_eqns, is_relu_call
 from snr_jax._trace import as_traceable, model_kind
 from snr_jax.groups import GroupError, NeuronGroup
@@ -25,7 +26,8 @@ Targets = dict[str, tuple[tuple[int, ...], int]]
 
 
 class CaptureError(ValueError):
-  """The forward pass no longer has a ReLU where discovery found one."""
+  """A group's layer is not in the forward pass (its kernel or its ReLU is gone), or the
+  forward pass cannot be traced (a flag given as an array, a collection not mutable)."""
 
 
 def _bind(eqn, invals):
@@ -107,14 +109,27 @@ def _descend(eqn, invals, targets: Targets):
                      'again for this model.')
 
 
-def _targets(groups: Sequence[NeuronGroup]) -> Targets:
+def _check_discovered(groups: Sequence[NeuronGroup]) -> None:
   bad = [g.name for g in groups if g.site is None]
   if bad:
     raise GroupError(
         f'groups {bad} have no discovered site (declared groups): capture their '
         "pre-activations with apply_with_preactivations / a Flax 'intermediates' sow, or "
         'discover the groups with snr_jax.discover_groups.')
-  return {g.name: (g.site.loc, g.site.operand) for g in groups}
+
+
+def _sites(closed, tr, groups: Sequence[NeuronGroup]) -> tuple[Targets, dict[str, int]]:
+  """Each group's ReLU in this trace, found by structure (discovery.locate_sites)."""
+  from snr_jax.discovery import locate_sites  # pylint: disable=import-outside-toplevel
+  found = locate_sites(closed, tr.leaves, tr.inputs, groups)
+  gone = {n: r for n, r in found.items() if isinstance(r, str)}
+  if gone:
+    raise CaptureError(
+        'the forward pass has lost the layer of group(s) '
+        + '; '.join(f"'{n}' ({r})" for n, r in gone.items())
+        + '. Discover the groups again for this model and call signature.')
+  return ({n: (loc, operand) for n, (loc, operand, _) in found.items()},
+          {n: axis for n, (_, _, axis) in found.items()})
 
 
 def with_preactivations(f: Any, groups: Sequence[NeuronGroup]) -> Callable[..., Any]:
@@ -136,13 +151,16 @@ def with_preactivations(f: Any, groups: Sequence[NeuronGroup]) -> Callable[..., 
     last, and a leading layer axis for groups of a scanned stack.
   """
   model_kind(f)  # a clear error now for something that is not a model
-  targets = _targets(tuple(groups))
-  # axis of the units in the captured value: a scanned group gains a leading layer axis
-  unit_axes = {g.name: g.site.unit_axis + (1 if g.layers > 1 else 0) for g in groups}
+  groups = tuple(groups)
+  _check_discovered(groups)
 
   def g(model, *args, **kwargs):
     tr = as_traceable(f, model, args, kwargs)
-    closed, shape = jax.make_jaxpr(tr.fn, return_shape=True)(*tr.inputs)
+    with _checks.tracing_model('with_preactivations', args, kwargs, CaptureError):
+      closed, shape = jax.make_jaxpr(tr.fn, return_shape=True)(*tr.inputs)
+    # the sites are found again in this trace, by structure: a weak-typed leaf's cast,
+    # dropout in train mode, vmap or another dtype move eqns around, not layers
+    targets, unit_axes = _sites(closed, tr, groups)
     outs, cap = _eval(closed.jaxpr, closed.consts, tr.inputs, targets)
     out = tr.finish(jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(shape), outs))
     acts = {name: jnp.moveaxis(x, unit_axes[name], -1) for name, x in cap.items()}

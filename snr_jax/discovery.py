@@ -8,7 +8,9 @@ the graph, in the manner of kfac-jax's automatic layer registration:
    parameter whose output has one unit axis is a candidate *producer*;
 2. from its output the engine walks forward through ops that keep units apart and
    treat them alike: bias adds, per-unit scale and shift, normalisation (a LayerNorm's
-   statistics over the units, a BatchNorm's over the batch), layout ops, casts and
+   statistics over the units, a GroupNorm's over groups of them, a BatchNorm's over the
+   batch, its running statistics a model state or an argument that reaches no
+   contraction directly, as haiku's state passed into the step), layout ops, casts and
    sharding constraints, dropout (a product with a mask made from booleans, or a select
    against zero), windows and elementwise maxima of the same units (pooling). The walk must
    reach exactly one ReLU (``jax.nn.relu``, ``relu6`` or ``max(x, 0)``) and nothing
@@ -25,6 +27,13 @@ the graph, in the manner of kfac-jax's automatic layer registration:
    which unit it reads (channel-last and channel-first flattens alike, and back through
    a reshaped kernel such as an im2col conv's). A sum with another branch, a reduction
    over units, an attention product or the model's output disqualify the layer.
+
+A kernel may be computed from its parameter by statistics of that parameter along other
+axes (a weight-standardised StdConv): the unit is its output channel, the incoming slice
+the raw parameter's; a consumer standardised across the units it reads cannot be cut off
+by zeroing rows, and its producer is left out. A kernel made from several parameters is
+left out with that reason. A layer whose output reaches the model's output with no ReLU
+and no other layer after it is reported as an output layer.
 
 The body of a ``scan`` over stacked parameters (``nn.scan``, ``nnx.scan``, ``lax.scan``)
 is read the same way; its groups have units indexed (layer, unit). Layers whose kernel is
@@ -74,6 +83,7 @@ _REDUCE = {'reduce_sum', 'reduce_max', 'reduce_min', 'reduce_prod', 'argmax', 'a
            'reduce_and', 'reduce_or'}
 _POOL = {'reduce_window_max', 'reduce_window_sum', 'reduce_window_min', 'reduce_window'}
 _CONTRACTIONS = {'dot_general', 'conv_general_dilated'}
+_PARAM_REDUCE = {'reduce_sum', 'reduce_max', 'reduce_min', 'reduce_prod'}
 # names of the informative nonlinearities, best first, for reports
 _NONLIN_RANK = ('tanh', 'erf', 'logistic', 'exp', 'expm1', 'log1p', 'select_n')
 _ACTIVATION_NAMES = {'gelu', 'silu', 'swish', 'softplus', 'elu', 'celu', 'selu', 'leaky_relu',
@@ -96,19 +106,49 @@ class _Origin:
   leaf: int = -1
   axes: tuple = ()
   layer_axis: Optional[int] = None
-  parts: tuple = ()  # for kind 'params': ((leaf, axes, layer_axis), ...) of several leaves
+  parts: tuple = ()  # for kind 'params': ((leaf, axes, layer_axis, mixed), ...)
+  # leaf axes along which entries are combined (reduced over, as a weight standardisation's
+  # mean over a kernel's input axes): entry i along one of them depends on all the others
+  mixed: frozenset = frozenset()
 
 
 def _parts(o: _Origin) -> tuple:
   if o.kind == 'param':
-    return ((o.leaf, o.axes, o.layer_axis),)
+    return ((o.leaf, o.axes, o.layer_axis, o.mixed),)
   return o.parts if o.kind == 'params' else ()
+
+
+def _merge_same_leaf(parts):
+  """Parts of one leaf that line up (a kernel and its own statistics, as in ``w -
+  mean(w)``): one part whose reduced axes are marked mixed, or None."""
+  leaf, _, la, _ = parts[0]
+  if any(p[2] != la for p in parts):
+    return None
+  n = len(parts[0][1])
+  axes, mixed = [None] * n, frozenset().union(*(p[3] for p in parts))
+  for j in range(n):
+    vals = {p[1][j] for p in parts} - {None}
+    if len(vals) > 1:
+      return None
+    axes[j] = vals.pop() if vals else None
+  real = [a for a in axes if a is not None]
+  if len(real) != len(set(real)):
+    return None  # an outer product of the leaf with itself
+  for p in parts:  # a part broadcast along a leaf axis it does not reduce: not one leaf's map
+    if any(b is None and a is not None and a not in p[3] for a, b in zip(axes, p[1])):
+      return None
+  return (leaf, tuple(axes), la, mixed)
 
 
 def _from_parts(parts) -> _Origin:
   parts = tuple(dict.fromkeys(parts))
-  if len({p[0] for p in parts}) == 1 and len(parts) == 1:
-    return _Origin('param', *parts[0])
+  if len({p[0] for p in parts}) == 1 and len(parts) > 1 and \
+      len({len(p[1]) for p in parts}) == 1:
+    merged = _merge_same_leaf(parts)
+    if merged is not None:
+      parts = (merged,)
+  if len(parts) == 1:
+    return _Origin('param', *parts[0][:3], mixed=parts[0][3])
   return _Origin('params', parts=parts)
 
 
@@ -181,8 +221,8 @@ def _origins(scope: Scope, inputs: list[_Origin]) -> dict[int, _Origin]:
       if op.prim in _LAYOUT or op.prim in _LINEAR_UNARY:
         m = _layout_map(op, scope.shapes[op.ins[srcs[0]]], out_shape)
         if m is not None and len(srcs) == 1:
-          out = _from_parts(tuple((leaf, tuple(None if a is None else axes[a] for a in m), la)
-                                  for leaf, axes, la in _parts(ins[srcs[0]])))
+          out = _from_parts(tuple((leaf, tuple(None if a is None else axes[a] for a in m), la,
+                                   mx) for leaf, axes, la, mx in _parts(ins[srcs[0]])))
       elif op.prim in _BINARY or op.prim in _NONLINEAR_UNARY or op.prim == 'select_n':
         parts = []
         for k in srcs:
@@ -191,10 +231,18 @@ def _origins(scope: Scope, inputs: list[_Origin]) -> dict[int, _Origin]:
             parts = None
             break
           parts.extend((leaf, tuple(a if in_shape[j] == out_shape[j] else None
-                                    for j, a in enumerate(axes)), la)
-                       for leaf, axes, la in _parts(ins[k]))
+                                    for j, a in enumerate(axes)), la, mx)
+                       for leaf, axes, la, mx in _parts(ins[k]))
         if parts:
           out = _from_parts(tuple(parts))
+      elif op.prim in _PARAM_REDUCE and len(srcs) == 1:
+        # statistics of a parameter (a weight standardisation's mean and variance): the
+        # same leaf, its reduced axes gone and marked mixed
+        red = set(op.params['axes'])
+        out = _from_parts(tuple(
+            (leaf, tuple(a for j, a in enumerate(axes) if j not in red), la,
+             mx | {a for j, a in enumerate(axes) if j in red and a is not None})
+            for leaf, axes, la, mx in _parts(ins[srcs[0]])))
     for i in op.outs:
       org[i] = out
   return org
@@ -306,8 +354,11 @@ class _Walker:
       return 'bcast'
     a = o.axes[axis]
     shape = self.leaves[o.leaf].shape
-    if a is None or shape[a] != units:
+    if a is None or shape[a] != units or a in o.mixed:
       return None
+    if self.leaves[o.leaf].kind == 'aux' and any(
+        d != 1 for j, d in enumerate(operand_shape) if j != axis):
+      return None  # an argument with more than one value per unit is data, not a state
     return (o.leaf, a, o.layer_axis)
 
   # pre-activation side ------------------------------------------------------------
@@ -334,13 +385,32 @@ class _Walker:
         w.reasons.append(_describe_nonlin(tr[i].name))
       elif i in tr and tr[i].kind == 'main':
         w.reasons.append(self.where_out)
+      elif i in tr and tr[i].kind == 'grouped':
+        w.reasons.append("its pre-activation is reshaped across its units ('reshape')")
     del shapes
     return w
+
+  def is_output_layer(self, start: int, src: int) -> bool:
+    """Whether ``src`` reaches the model's output with no ReLU and no other layer after
+    it: an output head (a dueling head's value + advantage - mean(advantage), a critic's
+    ``Dense(1)(x).squeeze(-1)``), whatever arithmetic or layout it goes through."""
+    if self.scope.layers > 1:
+      return False
+    reach = {src}
+    for op in self.scope.ops[start:]:
+      if not any(i in reach for i in op.ins):
+        continue
+      if op.prim == 'relu' or op.prim in _CONTRACTIONS or op.body is not None:
+        return False
+      reach.update(op.outs)
+    return any(i in reach for i in self.outputs)
 
   def _pre_op(self, op: Op, ts, units, w: _Walk):
     kinds = {t.kind for t in ts if t is not None}
     first = next(t for t in ts if t is not None)
     shapes = self.scope.shapes
+    if 'grouped' in kinds:
+      return self._pre_grouped(op, ts, w)
     if op.prim == 'relu':
       self.seen_relus.add(id(op))
       if first.kind == 'main':
@@ -377,6 +447,11 @@ class _Walker:
       if first.kind == 'stat':
         return first
       m = _layout_map(op, shapes[op.ins[0]], shapes[op.outs[0]])
+      if (m is None or first.axis not in m) and first.kind == 'main' and \
+          _splits_axis(op, shapes[op.ins[0]], shapes[op.outs[0]], first.axis):
+        # the units cut into groups, for a GroupNorm's statistics: only statistics of
+        # this value may go on (_pre_grouped)
+        return _T('grouped', None, params=first.params)
       if m is None or first.axis not in m:
         w.reasons.append(f"its pre-activation is reshaped across its units ('{op.prim}')")
         return 'stop'
@@ -415,6 +490,23 @@ class _Walker:
       return first
     w.reasons.append(f"its pre-activation reaches '{op.prim}'"
                      + (f" (in '{op.scope_name}')" if op.scope_name else ''))
+    return 'stop'
+
+  def _pre_grouped(self, op: Op, ts, w: _Walk):
+    """The pre-activation with its units cut into (groups, units per group), as a
+    GroupNorm computes its statistics: reductions of it are statistics that couple the
+    units of a group (treated like a LayerNorm's, SPEC §1); elementwise arithmetic with
+    constants (squares, scaling) stays such a value; anything else is refused."""
+    g = next(t for t in ts if t is not None and t.kind == 'grouped')
+    others_ok = all(t is None and (self.org.get(i, _DATA).kind == 'const'
+                                   or len(self.scope.shapes[i]) == 0) or
+                    (t is not None and t.kind == 'grouped') for i, t in zip(op.ins, ts))
+    if op.prim in _REDUCE and op.prim.startswith('reduce_') and len(op.ins) == 1:
+      return _T('stat', None, params=g.params)
+    if others_ok and (op.prim in _LINEAR_UNARY or op.prim in _NONLINEAR_UNARY
+                      or op.prim in _BINARY):
+      return g
+    w.reasons.append("its pre-activation is reshaped across its units ('reshape')")
     return 'stop'
 
   def _pre_statistics(self, op: Op, ts, first: _T, w: _Walk):
@@ -458,15 +550,15 @@ class _Walker:
         continue
       if o.kind in ('param', 'params'):
         if axis is None:  # only statistics so far: a per-unit factor (LayerNorm's scale)
-          cand = {j for leaf, axes, _ in _parts(o) for j, a in enumerate(axes)
+          cand = {j for leaf, axes, _, _ in _parts(o) for j, a in enumerate(axes)
                   if a is not None and self.leaves[leaf].shape[a] == units and shape[j] == units}
           if len(cand) != 1:
             w.reasons.append('statistics of its pre-activation are mixed with other values')
             return 'stop'
           axis = cand.pop()
           kinds = kinds | {'pstat'}
-        for leaf, axes, la in _parts(o):
-          u = self._param_unit(_Origin('param', leaf, axes, la), shape, axis, units)
+        for leaf, axes, la, mx in _parts(o):
+          u = self._param_unit(_Origin('param', leaf, axes, la, mixed=mx), shape, axis, units)
           if u == 'bcast':
             continue
           if u is None or op.prim not in ('add', 'sub', 'mul', 'div', 'add_any'):
@@ -475,8 +567,10 @@ class _Walker:
             return 'stop'
           if self.leaves[leaf].kind == 'state':
             w.state.add(u)
-          else:
+          elif self.leaves[leaf].kind == 'param':
             params = params | {u}
+          # 'aux': an argument that reaches no contraction (a model state passed in, as
+          # haiku's BatchNorm statistics): a per-unit value, with no path to reset
         continue
       if axis is None:
         if o.kind == 'data' and all(d == 1 for d in shape):
@@ -668,6 +762,11 @@ class _Walker:
       return 'stop'
     a, vec = self._kernel_rows(other, kernel_axis_in_value, t.vec)
     t = dataclasses.replace(t, vec=vec)
+    if a is not None and a in self.org[other].mixed:
+      w.reasons.append(f"its consumer '{path_str(self.leaves[o.leaf].path)}' is normalised "
+                       'across the units it reads (a weight-standardised kernel), so zeroing '
+                       'its rows would not cut the unit off')
+      return 'stop'
     shape = self.leaves[o.leaf].shape
     if a is None or shape[a] != len(t.vec):
       w.reasons.append(f"its consumer '{path_str(self.leaves[o.leaf].path)}' reads the units "
@@ -695,6 +794,18 @@ class _Walker:
                        'units (grouped or depthwise, or units on a spatial axis)')
       return 'stop'
     return self._consumer(op, op.ins[1], dn.rhs_spec[1], t, w)
+
+
+def _splits_axis(op: Op, in_shape, out_shape, axis: int) -> bool:
+  """A reshape that cuts ``axis`` into several consecutive axes, leaving the others."""
+  if op.prim != 'reshape':
+    return False
+  in_shape, out_shape = tuple(in_shape), tuple(out_shape)
+  rest = len(in_shape) - axis - 1
+  k = len(out_shape) - len(in_shape) + 1
+  return k > 1 and in_shape[:axis] == out_shape[:axis] and \
+      in_shape[axis + 1:] == out_shape[axis + k:] and \
+      int(np.prod(out_shape[axis:axis + k])) == in_shape[axis] and rest >= 0
 
 
 def _whole(op: Op, axis: int, in_shape) -> bool:
@@ -888,6 +999,9 @@ def _kernel_unit_axis(op: Op, scope: Scope, org, leaves):
     (lc, rc), (lb, rb) = op.params['dimension_numbers']
     oins = [org.get(i, _DATA) for i in op.ins]
     pk = [k for k, o in enumerate(oins) if o.kind == 'param' and leaves[o.leaf].kind == 'param']
+    if not pk and sorted(o.kind for o in oins) == ['data', 'params'] and \
+        _has_param(oins, leaves):
+      return _several_params(oins)
     if len(pk) != 1 or oins[1 - pk[0]].kind == 'const':
       return None
     k = pk[0]
@@ -905,9 +1019,14 @@ def _kernel_unit_axis(op: Op, scope: Scope, org, leaves):
     in_axis = o.axes[contract[0]] if len(contract) == 1 else None
     if kaxis is None:
       return 'its kernel is reshaped in a way not followed'
+    if kaxis in o.mixed:
+      return 'its kernel is normalised across its output units'
     return o, out_axis, kaxis, in_axis
   dn = op.params['dimension_numbers']
   o = org.get(op.ins[1], _DATA)
+  if o.kind == 'params' and org.get(op.ins[0], _DATA).kind == 'data' and \
+      _has_param([o], leaves):
+    return _several_params([o])
   if o.kind != 'param' or leaves[o.leaf].kind != 'param':
     return None
   if op.params['feature_group_count'] != 1 or op.params['batch_group_count'] != 1:
@@ -915,7 +1034,22 @@ def _kernel_unit_axis(op: Op, scope: Scope, org, leaves):
   kaxis, in_axis = o.axes[dn.rhs_spec[0]], o.axes[dn.rhs_spec[1]]
   if kaxis is None:
     return 'its kernel is reshaped in a way not followed'
+  if kaxis in o.mixed:
+    return 'its kernel is normalised across its output channels'
   return o, dn.out_spec[1], kaxis, in_axis
+
+
+def _has_param(oins, leaves) -> bool:
+  return any(leaves[p[0]].kind == 'param' for o in oins for p in _parts(o))
+
+
+def _several_params(oins):
+  """The reason for a contraction of data with a kernel computed from several parameters
+  (a weight-normalised kernel's direction and gain, a low-rank product, ...)."""
+  del oins
+  return ('its kernel is computed from several parameters (a weight-normalised or '
+          'factored kernel), so no one parameter slice is a unit\'s incoming weights; declare '
+          'the group by hand if it is one')
 
 
 def _where(op: Op) -> str:
@@ -950,8 +1084,10 @@ def _find_groups(scope: Scope, walker, org, leaves: list[Leaf], modules, overrid
     if found is None:
       continue
     if isinstance(found, str):
-      kernel = next(org[i] for i in op.ins if org.get(i, _DATA).kind == 'param')
-      left_out.append(LeftOut(_layer_name(leaves[kernel.leaf].path), found))
+      kernel = next(org[i] for i in op.ins if org.get(i, _DATA).kind in ('param', 'params'))
+      leaf = kernel.leaf if kernel.kind == 'param' else next(
+          (p[0] for p in kernel.parts if leaves[p[0]].kind == 'param'), kernel.parts[0][0])
+      left_out.append(LeftOut(_layer_name(leaves[leaf].path), found))
       continue
     o, out_axis, kaxis, in_axis = found
     kleaf = leaves[o.leaf]
@@ -959,6 +1095,9 @@ def _find_groups(scope: Scope, walker, org, leaves: list[Leaf], modules, overrid
     units = kleaf.shape[kaxis]
     pre = walker.pre(n + 1, op.outs[0], out_axis, units, (o.leaf, kaxis, o.layer_axis))
     reasons = list(pre.reasons)
+    if reasons and reasons[0] != walker.where_out and walker.is_output_layer(n + 1, op.outs[0]):
+      reasons = ["it is an output layer: its output reaches the model's output with no ReLU "
+                 'after it']
     if not reasons and not pre.relus:
       reasons.append('it reaches no ReLU')
     if not reasons and len(pre.relus) > 1:
@@ -1007,6 +1146,64 @@ def _find_groups(scope: Scope, walker, org, leaves: list[Leaf], modules, overrid
                               layers=scope.layers, site=site, state=tuple(state)))
 
 
+def locate_sites(closed, leaves: Sequence[Leaf], inputs,
+                 groups: Sequence[NeuronGroup]) -> dict[str, Any]:
+  """Where each discovered group's pre-activation is in this trace of the forward pass.
+
+  Found by structure, as discovery found it: the contraction of data with the group's
+  kernel, walked forward to its ReLU (through bias, norms, casts, dropout, ...), so that
+  the incidental details of one trace (a weak-typed leaf's extra cast, dropout in train
+  mode only, another batch size or dtype, vmap, jit) do not matter.
+
+  Returns:
+    ``{name: (location, operand, unit axis of the captured value)}``, or ``{name:
+    reason}`` for a group whose layer is not found here.
+  """
+  top, org, leaves = _graph(closed, leaves, inputs)
+  wanted: dict[Path, list[str]] = {}
+  for g in groups:
+    wanted.setdefault(tuple(g.incoming[0].path), []).append(g.name)
+  found: dict[str, list] = {}
+
+  def visit(scope: Scope, org, depth: int):
+    walker = None
+    for n, op in enumerate(scope.ops):
+      if op.prim in _CONTRACTIONS:
+        k = _kernel_unit_axis(op, scope, org, leaves)
+        names = None if k is None or isinstance(k, str) else \
+            wanted.get(tuple(leaves[k[0].leaf].path))
+        if names:
+          o, out_axis, kaxis, _ = k
+          walker = walker or _Walker(scope, org, leaves, _layer_name)
+          pre = walker.pre(n + 1, op.outs[0], out_axis, leaves[o.leaf].shape[kaxis],
+                           (o.leaf, kaxis, o.layer_axis))
+          for name in names:
+            found.setdefault(name, []).append((pre, scope))
+      if op.body is not None and depth < 1:
+        visit(op.body, _origins(op.body, _body_origins(op, org)), depth + 1)
+
+  visit(top, org, 0)
+  sites: dict[str, Any] = {}
+  for g in groups:
+    hits = found.get(g.name, [])
+    kernel = path_str(g.incoming[0].path)
+    if not hits:
+      sites[g.name] = f"no contraction of the data with its kernel '{kernel}'"
+    elif len(hits) > 1:
+      sites[g.name] = f"its kernel '{kernel}' is applied {len(hits)} times"
+    elif len(hits[0][0].relus) != 1:
+      pre = hits[0][0]
+      why = pre.reasons[0] if pre.reasons else 'nothing after it is a ReLU'
+      sites[g.name] = (f'its layer reaches {len(pre.relus)} ReLUs' if pre.relus else
+                       f'its layer reaches no ReLU: {why}')
+    else:
+      (pre, scope), = hits
+      op, t = pre.relus[0]
+      sites[g.name] = (op.loc, int(op.params.get('relu_operand', 0)),
+                       t.axis + (1 if scope.layers > 1 else 0))
+  return sites
+
+
 def _body_origins(op: Op, outer: dict[int, _Origin]) -> list[_Origin]:
   nc, ncar = op.params['num_consts'], op.params['num_carry']
   out = []
@@ -1053,6 +1250,52 @@ def _kernel_uses(scope: Scope, org, leaves) -> dict[Path, int]:
 
   visit(scope, org)
   return uses
+
+
+def _direct_inputs(scope: Scope, data: Sequence[int]) -> set[int]:
+  """The data inputs (indices into ``data``, the ids of the data inputs) that reach a
+  contraction, a call or a scan through ops that mix in no other data and no contraction
+  output: the model's input does, while a model state passed in (haiku's BatchNorm
+  statistics) or an RNG key meets the data only where it is combined with a layer's
+  output."""
+  src: dict[int, Optional[frozenset]] = {i: frozenset([k]) for k, i in enumerate(data)}
+  direct: set[int] = set()
+  empty = frozenset()
+  for op in scope.ops:
+    ins = [src.get(i, empty) for i in op.ins]
+    nested = op.body is not None or any(
+        hasattr(v, 'eqns') or hasattr(v, 'jaxpr') for v in op.params.values())
+    if op.prim in _CONTRACTIONS or nested:
+      direct.update(k for x in ins if x for k in x)
+      out = None
+    else:
+      out = None if any(x is None for x in ins) else frozenset().union(*ins)
+      if out is not None and len(out) > 1:
+        out = None  # two data inputs meet: neither is a state beside the data any more
+    for i in op.outs:
+      src[i] = out
+  return direct
+
+
+def _graph(closed, leaves: Sequence[Leaf], inputs) -> tuple[Scope, dict, list[Leaf]]:
+  """The traced forward pass as scopes, the origin of every top-level value, and what
+  each input is. Array arguments besides the parameters that reach no contraction (a
+  model state passed in, such as haiku's BatchNorm statistics, or an RNG key) are
+  'aux' inputs: per-unit values like a model state, whose arithmetic with the
+  pre-activation is no sum with another branch."""
+  top = _jaxpr.build_scopes(closed)
+  data = [k for k, leaf in enumerate(leaves) if leaf.kind == 'data']
+  direct = {data[j] for j in _direct_inputs(top, [top.inputs[k] for k in data])}
+  out = []
+  for k, (leaf, x) in enumerate(zip(leaves, inputs)):
+    kind = leaf.kind
+    if kind == 'data' and k not in direct:
+      kind = 'aux'
+    path = leaf.path if leaf.path is not None else (f'<argument {k}>',)
+    out.append(Leaf(path, kind, tuple(np.shape(x))))
+  org = _origins(top, [_Origin('param', k, tuple(range(len(leaf.shape))))
+                       if leaf.kind != 'data' else _DATA for k, leaf in enumerate(out)])
+  return top, org, out
 
 
 def _checked_overrides(initializers: Optional[Mapping[str, Any]],
@@ -1154,17 +1397,12 @@ def discover_groups(f: Any, *args, initializers: Optional[Mapping[str, Any]] = N
   overrides = _checked_overrides(initializers, tr.leaves)
   with _checks.tracing_model('discover_groups', tuple(sample), kwargs, GroupError):
     closed = jax.make_jaxpr(tr.fn, axis_env=list(axis_env))(*tr.inputs)
-  for leaf, x in zip(tr.leaves, tr.inputs):
-    leaf.shape = tuple(np.shape(x))
-  top = _jaxpr.build_scopes(closed)
-  org = _origins(top, [_Origin('param', k, tuple(range(len(leaf.shape))))
-                       if leaf.kind in ('param', 'state') else _DATA
-                       for k, leaf in enumerate(tr.leaves)])
+  top, org, leaves = _graph(closed, tr.leaves, tr.inputs)
   groups: list[NeuronGroup] = []
   left_out: list[LeftOut] = []
   refused: list[str] = []
   modules = _Modules(tr.modules, lambda: _concrete_modules(f, model, sample, kwargs, axis_env))
-  _analyse(top, org, tr.leaves, modules, overrides, _kernel_uses(top, org, tr.leaves),
+  _analyse(top, org, leaves, modules, overrides, _kernel_uses(top, org, leaves),
            groups, left_out, refused)
   if refused:
     raise GroupError(
