@@ -35,6 +35,15 @@ def test_readme_nnx_example_runs():
   assert int(ages['layers/0'][...].max()) <= 16   # one batch of examples at most
 
 
+@pytest.mark.parametrize('library,groups', [
+    ('equinox', ['layers/0', 'layers/1']), ('haiku', ['mlp/~/linear_0', 'mlp/~/linear_1'])])
+def test_readme_equinox_and_haiku_examples_run(library, groups, capsys):
+  namespace = _run(_block(f'import {library}'), {})
+  assert f"'{groups[0]}'" in capsys.readouterr().out   # snr_info printed per group
+  assert sorted(namespace['opt_state'].resets.rule.ages) == groups
+  assert float(namespace['loss']) > 0
+
+
 @pytest.mark.parametrize('index', [i for i, b in enumerate(BLOCKS) if 'import ' not in b])
 def test_readme_fragments_run_after_the_linen_example(index, capsys):
   namespace = _run(_block('@nn.compact'), {})
