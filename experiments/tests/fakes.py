@@ -72,3 +72,25 @@ def write_imagenet32(d: Path, per_batch: int = 6, npz: bool = False, every_class
     all_data.append(data)
     all_labels += labels
   return np.concatenate(all_data), np.array(all_labels)
+
+
+# Flags that shorten each benchmark's protocol to seconds (the defaults run for hours).
+SHORT_PROTOCOL = {
+    'permuted_mnist': ['--examples-per-task', '64'],
+    'random_label_mnist': ['--examples-per-task', '32', '--epochs', '2'],
+    'random_label_cifar': ['--examples-per-task', '32', '--epochs', '2'],
+    'continual_imagenet': ['--examples-per-task', '4', '--epochs', '1', '--batch-size', '2'],
+    'permuted_shakespeare': ['--examples-per-task', '8', '--epochs', '1', '--batch-size', '4'],
+}
+
+
+def write_data_dir(d: Path) -> Path:
+  """Small copies of every benchmark's data in ``d``, as a data directory holds them."""
+  write_mnist_dir(d / 'mnist', n=300)
+  cifar = d / 'cifar-10-batches-py'
+  cifar.mkdir(parents=True)
+  for i in range(1, 6):
+    dump_py2_style(cifar / f'data_batch_{i}', *cifar_batch(20, seed=i))
+  write_imagenet32(d / 'imagenet32', per_batch=200, every_class=True)   # 2 images a class
+  (d / 'shakespeare.txt').write_text(' '.join(f'w{i % 37} v{(i * 7) % 11}' for i in range(2000)))
+  return d

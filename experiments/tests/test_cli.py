@@ -6,38 +6,20 @@ import pathlib
 import pytest
 
 from experiments import cli, quickstart, results
-from fakes import cifar_batch, dump_py2_style, write_imagenet32, write_mnist_dir
+from fakes import SHORT_PROTOCOL, write_data_dir
 
 
 @pytest.fixture(scope='module')
 def data_dir(tmp_path_factory):
-  d = tmp_path_factory.mktemp('data')
-  write_mnist_dir(d / 'mnist', n=300)
-  cifar = d / 'cifar-10-batches-py'
-  cifar.mkdir()
-  for i in range(1, 6):
-    dump_py2_style(cifar / f'data_batch_{i}', *cifar_batch(20, seed=i))
-  write_imagenet32(d / 'imagenet32', per_batch=200, every_class=True)   # 2 images a class
-  words = ' '.join(f'w{i % 37} v{(i * 7) % 11}' for i in range(2000))
-  (d / 'shakespeare.txt').write_text(words)
-  return d
+  return write_data_dir(tmp_path_factory.mktemp('data'))
 
 
-TINY = {
-    'permuted_mnist': ['--examples-per-task', '64'],
-    'random_label_mnist': ['--examples-per-task', '32', '--epochs', '2'],
-    'random_label_cifar': ['--examples-per-task', '32', '--epochs', '2'],
-    'continual_imagenet': ['--examples-per-task', '4', '--epochs', '1', '--batch-size', '2'],
-    'permuted_shakespeare': ['--examples-per-task', '8', '--epochs', '1', '--batch-size', '4'],
-}
-
-
-@pytest.mark.parametrize('name', sorted(TINY))
+@pytest.mark.parametrize('name', sorted(SHORT_PROTOCOL))
 def test_each_benchmark_end_to_end(name, data_dir, tmp_path, capsys):
   out = tmp_path / 'run'
   code = cli.main([name, '--method', 'snr', '--num-tasks', '3', '--seeds', '2',
                    '--data-dir', str(data_dir), '--out', str(out), '--no-progress', '--plot',
-                   '--set', 'tau_min=8', '--set', 'tau_max=64', *TINY[name]])
+                   '--set', 'tau_min=8', '--set', 'tau_max=64', *SHORT_PROTOCOL[name]])
   assert code == 0
   record = json.loads((out / 'config.json').read_text())
   assert record['config']['benchmark'] == name and record['seeds'] == [0, 1]
@@ -216,7 +198,7 @@ def test_per_token_estimator_through_the_cli(method, data_dir, tmp_path):
   code = cli.main(['permuted_shakespeare', '--method', method, '--num-tasks', '2',
                    '--data-dir', str(data_dir), '--out', str(out), '--no-progress',
                    '--set', 'estimator=per_token', '--set', 'eta=0.05',
-                   *TINY['permuted_shakespeare']])
+                   *SHORT_PROTOCOL['permuted_shakespeare']])
   assert code == 0
   record = json.loads((out / 'config.json').read_text())
   assert record['config']['hparams']['estimator'] == 'per_token'
@@ -228,5 +210,5 @@ def test_per_token_rejects_expansion_through_the_cli(data_dir, tmp_path, capsys)
     cli.main(['permuted_shakespeare', '--method', 'snr', '--num-tasks', '1',
               '--data-dir', str(data_dir), '--out', str(tmp_path / 'r'), '--no-progress',
               '--set', 'estimator=per_token', '--set', 'expansion=2',
-              *TINY['permuted_shakespeare']])
+              *SHORT_PROTOCOL['permuted_shakespeare']])
   assert e.value.code == 2 and 'no expansion' in capsys.readouterr().err

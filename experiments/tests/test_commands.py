@@ -12,20 +12,12 @@ import sys
 import pytest
 
 from experiments import cli
-from fakes import cifar_batch, dump_py2_style, write_imagenet32, write_mnist_dir
+from fakes import SHORT_PROTOCOL, write_data_dir
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
-# A short version of each benchmark's protocol (the defaults run for hours).
-SHORT = {
-    'permuted_mnist': ['--examples-per-task', '64'],
-    'random_label_mnist': ['--examples-per-task', '32', '--epochs', '2'],
-    'random_label_cifar': ['--examples-per-task', '32', '--epochs', '2'],
-    'continual_imagenet': ['--examples-per-task', '4', '--epochs', '1', '--batch-size', '2'],
-    'permuted_shakespeare': ['--examples-per-task', '8', '--epochs', '1', '--batch-size', '4'],
-}
 # The README's timed benchmarks (bench_*) are run by hand; everything else it names runs here.
-RUN_HERE = {'quickstart', 'cli', 'study', *SHORT}
+RUN_HERE = {'quickstart', 'cli', 'study', *SHORT_PROTOCOL}
 
 
 def _run(args, cwd, **env):
@@ -39,14 +31,7 @@ def _run(args, cwd, **env):
 def workdir(tmp_path_factory):
   """A working directory outside the repository, with small data under ``data/``."""
   d = tmp_path_factory.mktemp('user')
-  write_mnist_dir(d / 'data' / 'mnist', n=300)
-  cifar = d / 'data' / 'cifar-10-batches-py'
-  cifar.mkdir()
-  for i in range(1, 6):
-    dump_py2_style(cifar / f'data_batch_{i}', *cifar_batch(20, seed=i))
-  write_imagenet32(d / 'data' / 'imagenet32', per_batch=200, every_class=True)
-  (d / 'data' / 'shakespeare.txt').write_text(
-      ' '.join(f'w{i % 37} v{(i * 7) % 11}' for i in range(2000)))
+  write_data_dir(d / 'data')
   return d
 
 
@@ -70,12 +55,12 @@ def test_quickstart_as_typed(workdir):
     assert not list((run / method / 'checkpoint').glob('*tmp*'))
 
 
-@pytest.mark.parametrize('name', sorted(SHORT))
+@pytest.mark.parametrize('name', sorted(SHORT_PROTOCOL))
 def test_each_benchmark_as_typed_with_relative_paths(name, workdir):
   out = f'runs/{name}'
   args = [f'experiments.{name}', '--method', 'snr', '--num-tasks', '3',
           '--data-dir', 'data', '--no-progress', '--checkpoint-every', '2', '--out', out,
-          '--set', 'tau_min=8', '--set', 'tau_max=64', *SHORT[name]]
+          '--set', 'tau_min=8', '--set', 'tau_max=64', *SHORT_PROTOCOL[name]]
   r = _run(args, workdir)
   assert r.returncode == 0, r.stderr[-3000:]
   assert 'last-10% online accuracy' in r.stdout
