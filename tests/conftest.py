@@ -63,6 +63,16 @@ def mlp():
 
 
 @pytest.fixture
+def mlp_step(mlp):
+  """The MLP with what an update takes: ``(model, params, x, groups, acts, grads)``."""
+  import snr_jax  # pylint: disable=import-outside-toplevel
+  model, params, x = mlp
+  groups = snr_jax.discover_groups(model, params, x)
+  _, acts = snr_jax.apply_with_preactivations(model, {'params': params}, x, groups=groups)
+  return model, params, x, groups, acts, jax.tree.map(jnp.ones_like, params)
+
+
+@pytest.fixture
 def cnn():
   model = TinyCNN()
   x = jax.random.normal(jax.random.PRNGKey(1), (3, 10, 10, 2))

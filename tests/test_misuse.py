@@ -10,11 +10,8 @@ import snr_jax
 
 
 @pytest.fixture
-def setup(mlp):
-  model, params, x = mlp
-  groups = snr_jax.discover_groups(model, params, x)
-  _, acts = snr_jax.apply_with_preactivations(model, {'params': params}, x, groups=groups)
-  grads = jax.tree.map(jnp.ones_like, params)
+def setup(mlp_step):
+  _, params, _, groups, acts, grads = mlp_step
   return groups, params, acts, grads
 
 

@@ -14,12 +14,8 @@ import snr_jax
 
 
 @pytest.fixture
-def setup(mlp):
-  model, params, x = mlp
-  groups = snr_jax.discover_groups(model, params, x)
-  _, acts = snr_jax.apply_with_preactivations(model, {'params': params}, x, groups=groups)
-  grads = jax.tree.map(jnp.ones_like, params)
-  return model, params, x, groups, acts, grads
+def setup(mlp_step):
+  return mlp_step
 
 
 def _step(opt, setup, params=None, grads=None, **kwargs):
