@@ -168,6 +168,21 @@ def time_runs(calls: dict[str, Callable[[], Any]], reps: int, steps: int, base: 
           for name, ts in times.items()}
 
 
+def _snr_against_plain(model, params, groups, data, inner, base: str, snr_options: dict,
+                       steps: int, batch: int, reps: int) -> dict[str, Any]:
+  """Times ``inner`` alone (as ``base``) and SNR around it with each of ``snr_options``
+  (``{estimator: snr kwargs}``) on ``bench_overhead``'s run of a linen model."""
+  capture = snr_jax.with_preactivations(model, groups)
+  plain = lambda p, x: (model.apply({'params': p}, x), None)
+  with_acts = lambda p, x: capture({'params': p}, x)
+  runs = {base: bench_overhead.make_run(inner, plain, steps, batch)}
+  for estimator, kwargs in snr_options.items():
+    runs[f'snr-{estimator}'] = bench_overhead.make_run(
+        snr_jax.snr(inner, groups, **kwargs), with_acts, steps, batch)
+  calls = {name: (lambda run=run: run(params, *data)) for name, run in runs.items()}
+  return time_runs(calls, reps, steps, base)
+
+
 def mlp_ratios(cfg: dict) -> dict[str, Any]:
   """The README's overhead benchmark (``bench_overhead``): MLP, batch 16, SGD."""
   batch, steps = 16, cfg['mlp_steps']
@@ -175,18 +190,11 @@ def mlp_ratios(cfg: dict) -> dict[str, Any]:
   data = bench_overhead.task_data()
   params = jax.jit(model.init)(jax.random.PRNGKey(0), data[0][:batch])['params']
   groups = snr_jax.discover_groups(model, params, data[0][:batch])
-  sgd = optax.sgd(1e-2)
-  capture = snr_jax.with_preactivations(model, groups)
-  plain = lambda p, x: (model.apply({'params': p}, x), None)
-  with_acts = lambda p, x: capture({'params': p}, x)
-  runs = {'sgd': bench_overhead.make_run(sgd, plain, steps, batch)}
-  for estimator in cfg['mlp_estimators']:
-    runs[f'snr-{estimator}'] = bench_overhead.make_run(
-        snr_jax.snr(sgd, groups, estimator=estimator, tau_max=20_000), with_acts, steps, batch)
-  calls = {name: (lambda run=run: run(params, *data)) for name, run in runs.items()}
+  opts = {e: dict(estimator=e, tau_max=20_000) for e in cfg['mlp_estimators']}
   return dict(model='MLP 784-100-100-10', optimizer='sgd(1e-2)', batch=batch, steps=steps,
               reps=cfg['mlp_reps'], base='sgd',
-              runs=time_runs(calls, cfg['mlp_reps'], steps, 'sgd'))
+              runs=_snr_against_plain(model, params, groups, data, optax.sgd(1e-2), 'sgd',
+                                      opts, steps, batch, cfg['mlp_reps']))
 
 
 def vit_ratios(cfg: dict, smoke: bool) -> dict[str, Any]:
@@ -199,18 +207,13 @@ def vit_ratios(cfg: dict, smoke: bool) -> dict[str, Any]:
   data = (jax.random.uniform(kx, (n, 28, 28, 1)), jax.random.randint(ky, (n,), 0, 10))
   params = jax.jit(model.init)(jax.random.PRNGKey(1), data[0][:batch])['params']
   groups = snr_jax.discover_groups(model, params, data[0][:batch])
-  adam = optax.adam(1e-3)
-  capture = snr_jax.with_preactivations(model, groups)
-  plain = lambda p, x: (model.apply({'params': p}, x), None)
-  with_acts = lambda p, x: capture({'params': p}, x)
-  runs = {'adam': bench_overhead.make_run(adam, plain, steps, batch)}
-  for estimator in cfg['vit_estimators']:
-    opt = snr_jax.snr(adam, groups, estimator=estimator, tau_init=16 * batch, tau_min=batch)
-    runs[f'snr-{estimator}'] = bench_overhead.make_run(opt, with_acts, steps, batch)
-  calls = {name: (lambda run=run: run(params, *data)) for name, run in runs.items()}
+  opts = {e: dict(estimator=e, tau_init=16 * batch, tau_min=batch)
+          for e in cfg['vit_estimators']}
   return dict(model='tiny ViT (smoke)' if smoke else 'vit_for((28, 28, 1), 10)',
               optimizer='adam(1e-3)', batch=batch, steps=steps, reps=cfg['vit_reps'],
-              base='adam', runs=time_runs(calls, cfg['vit_reps'], steps, 'adam'))
+              base='adam',
+              runs=_snr_against_plain(model, params, groups, data, optax.adam(1e-3), 'adam',
+                                      opts, steps, batch, cfg['vit_reps']))
 
 
 def gpt_ratios(cfg: dict) -> dict[str, Any]:
