@@ -21,8 +21,10 @@ sweep: every setting of every method runs on the selection seeds and nothing mor
 robustness section below reads those runs). Each cell is one run of
 ``experiments.driver.drive`` (the compiled runner; its seeds batched as usual) in its
 own directory under ``runs_dir`` with the usual config.json, metrics.csv, summary.json
-and checkpoint. A cell whose summary says complete is skipped; a cell that was killed
-resumes from its checkpoint. Ctrl-C (or SIGTERM to the study's processes) stops the
+and checkpoint. A cell whose summary says complete is skipped, and so is one whose seeds
+the study CSV already records complete (a fresh clone resumes from the committed CSV,
+with no runs directory); a cell that was killed resumes from its checkpoint. Ctrl-C (or
+SIGTERM to the study's processes) stops the
 study: running cells checkpoint, cells not yet started stay so (exit code 130). Cells
 run in ``workers`` processes (default 2, each pinned to its own core, counting from the
 first in every study: two studies at once share cores, so run one at a time or re-pin
@@ -356,6 +358,29 @@ def cell_rows(study: str, cell: Cell) -> list[dict]:
   return rows
 
 
+def recorded_rows(prior: Sequence[dict], study: str, cell: Cell) -> list[dict]:
+  """The cell's rows in an earlier study CSV, if they record all its seeds complete; else [].
+
+  A committed CSV outlives the runs directory (a new machine has none): a cell whose
+  every seed is recorded there with all its tasks done counts as done, so the study
+  resumes where the committed results stop instead of rerunning them.
+  """
+  config = _config(cell)
+  want = {'study': study, 'benchmark': cell.group[0], 'dataset': cell.group[1],
+          'optimizer': cell.group[2], 'method': cell.group[3],
+          'hparams': json.dumps(cell.hparams, sort_keys=True), 'phase': cell.phase}
+  total = config.resolved('num_tasks')
+  mine = {}
+  for r in prior:
+    if all(str(r.get(k)) == str(v) for k, v in want.items()) and \
+        float(r['learning_rate']) == float(config.resolved('learning_rate')):
+      mine[int(r['seed'])] = r
+  if sorted(mine) != sorted(cell.seeds) or any(
+      int(r['tasks_done']) != total or int(r['tasks_total']) != total for r in mine.values()):
+    return []
+  return [mine[s] for s in cell.seeds]
+
+
 def write_csv(path: pathlib.Path, rows: Sequence[dict]) -> None:
   path.parent.mkdir(parents=True, exist_ok=True)
   tmp = path.with_suffix(path.suffix + '.tmp')
@@ -593,9 +618,17 @@ def run_study(spec: dict, *, workers: Optional[int] = None, dry_run: bool = Fals
   table_path = spec.get('table')
   ran, skipped, failed, selection = [], [], [], {}
   known: list[Cell] = []
+  prior = read_csv(csv_path) if csv_path.exists() else []
+
+  def rows_of(c: Cell) -> list[dict]:
+    return cell_rows(name, c) or recorded_rows(prior, name, c)
+
+  def state_of(c: Cell) -> str:
+    state = cell_state(c)
+    return 'done' if state == 'new' and recorded_rows(prior, name, c) else state
 
   def refresh():
-    rows = [r for c in known for r in cell_rows(name, c)]
+    rows = [r for c in known for r in rows_of(c)]
     write_csv(csv_path, rows)
     (csv_path.parent / f'{csv_path.stem}_selection.json').write_text(
         json.dumps(selection, indent=2))
@@ -608,9 +641,9 @@ def run_study(spec: dict, *, workers: Optional[int] = None, dry_run: bool = Fals
     """The group's final cell once its selection is complete, else None."""
     if not g['select']:
       return final_cell(g, g['settings'][0])
-    if any(cell_state(c) != 'done' for c in g['select']):
+    if any(state_of(c) != 'done' for c in g['select']):
       return None
-    rows = [r for c in g['select'] for r in cell_rows(name, c)]
+    rows = [r for c in g['select'] for r in rows_of(c)]
     hp, scores = select_setting(rows, g['settings'])
     selection['/'.join(g['key'])] = {'chosen': hp, 'scores': scores}
     return None if g['final_seeds'] is None else final_cell(g, hp)
@@ -627,7 +660,7 @@ def run_study(spec: dict, *, workers: Optional[int] = None, dry_run: bool = Fals
                                            for c in pending)]
   if dry_run:
     for c in pending:
-      log(f'{cell_state(c):8s} {c.label}  -> {c.out}')
+      log(f'{state_of(c):8s} {c.label}  -> {c.out}')
     for g in waiting:
       log(f"{'later':8s} {'/'.join(g['key'])} final (after its selection)")
     return {'ran': [], 'skipped': [], 'selection': selection, 'rows': []}
@@ -651,7 +684,7 @@ def run_study(spec: dict, *, workers: Optional[int] = None, dry_run: bool = Fals
 
   def submit(c: Cell):
     known.append(c)
-    state = cell_state(c)
+    state = state_of(c)
     if state == 'done':
       skipped.append(c.label)
       log(f'done     {c.label}')

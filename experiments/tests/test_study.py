@@ -106,6 +106,33 @@ def test_study_end_to_end_selects_runs_final_skips_done_and_resumes(tmp_path):
     study.run_study(changed, workers=0, log=logs.append)
 
 
+def test_a_fresh_clone_resumes_from_the_committed_csv_without_the_runs_directory(tmp_path):
+  import shutil
+  spec = _spec(tmp_path, methods={'none': {}, 'l2': {'strength': [1e-4, 0.5]}})
+  logs = []
+  study.run_study(spec, workers=0, log=logs.append)
+  before = study.read_csv(tmp_path / 'study.csv')
+  selection = json.loads((tmp_path / 'study_selection.json').read_text())
+  shutil.rmtree(tmp_path / 'runs')       # a new machine: only results/ came with the clone
+  # one recorded seed of l2's final cell is incomplete: that cell alone runs again
+  edited = [dict(r, tasks_done='3') if r['phase'] == 'final' and r['method'] == 'l2' and
+            r['seed'] == '3' else r for r in before]
+  study.write_csv(tmp_path / 'study.csv', edited)
+  again = study.run_study(spec, workers=0, log=logs.append)
+  assert again['ran'] == ['permuted_mnist/digits/sgd/l2 strength=' +
+                          str(selection['permuted_mnist/digits/sgd/l2']['chosen']['strength']) +
+                          ' [final]']
+  assert len(again['skipped']) == 3
+  assert again['selection'] == selection            # chosen from the recorded rows
+  after = study.read_csv(tmp_path / 'study.csv')
+  key = lambda r: (r['method'], r['hparams'], r['phase'], r['seed'])
+  assert sorted(map(key, after)) == sorted(map(key, before))
+  assert all(int(r['tasks_done']) == 4 for r in after)
+  # the rerun is the same pure function of config and seed
+  for a, b in zip(sorted(after, key=key), sorted(before, key=key)):
+    assert float(a['avg_accuracy']) == pytest.approx(float(b['avg_accuracy']), abs=1e-6)
+
+
 def _row(method, opt, seed, last10, hp='{}', phase='final', done=10, total=10):
   return {'study': 's', 'benchmark': 'permuted_mnist', 'dataset': 'fashion_mnist',
           'optimizer': opt, 'learning_rate': '0.01', 'method': method, 'hparams': hp,
