@@ -30,7 +30,7 @@ import optax  # noqa: E402
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P  # noqa: E402
 
 import snr_jax  # noqa: E402
-from snr_jax._util import psum_packed  # noqa: E402
+from snr_jax._src.util import psum_packed  # noqa: E402
 import statistics  # noqa: E402
 
 from experiments._bench import interleaved_times, round_ratios, timed  # noqa: E402
@@ -67,7 +67,7 @@ def make_run(model, optimizer, forward, mesh, steps):
 def with_firing_all_reduce(inner, axis_name):
   """``inner`` plus what SNR's data-parallel step adds to the collectives and nothing
   else: every group's firing flags summed over ``axis_name`` the way SNR sums them
-  (:func:`snr_jax._util.psum_packed`) and kept in the state (so that it is not dead
+  (:func:`snr_jax._src.util.psum_packed`) and kept in the state (so that it is not dead
   code)."""
   def init(params):
     return inner.init(params), jnp.zeros((), jnp.float32)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import optax
 
 import snr_jax
-from snr_jax.shrink_perturb import NOISES
+from snr_jax._src.shrink_perturb import NOISES
 from experiments.bench_overhead import compare, make_run, mlp_setup, task_data
 
 

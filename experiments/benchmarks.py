@@ -143,7 +143,7 @@ class ExperimentConfig:
   sweep: Optional[tuple[str, tuple[float, ...]]] = None
 
   def __post_init__(self):
-    from snr_jax.methods import METHODS, method_hyperparameters  # pylint: disable=import-outside-toplevel
+    from snr_jax._src.methods import METHODS, method_hyperparameters  # pylint: disable=import-outside-toplevel
     if self.benchmark not in PROTOCOLS:
       raise ValueError(f'unknown benchmark {self.benchmark!r}: choose one of {sorted(PROTOCOLS)}.')
     if self.method not in METHODS:

@@ -86,7 +86,7 @@ _CNN_BENCHMARKS = ('random_label_cifar', 'continual_imagenet')
 
 
 def _add_run_arguments(p: argparse.ArgumentParser, name: str) -> None:
-  from snr_jax.methods import METHODS  # pylint: disable=import-outside-toplevel
+  from snr_jax._src.methods import METHODS  # pylint: disable=import-outside-toplevel
   p.add_argument('--method', default='snr', choices=sorted(METHODS), help='plasticity method')
   p.add_argument('--set', dest='hparams', action='append', metavar='NAME=VALUE',
                  help='a method hyperparameter, e.g. --set eta=0.08 --set tau_min=100 '

@@ -105,7 +105,7 @@ def plot_study_curves(rows: Sequence[dict], path: pathlib.Path,
   final = [r for r in rows if r['phase'] == 'final']
   if not final:
     raise ValueError('no final cells to draw.')
-  from snr_jax.methods import METHODS  # pylint: disable=import-outside-toplevel
+  from snr_jax._src.methods import METHODS  # pylint: disable=import-outside-toplevel
   order = {m: i for i, m in enumerate(METHODS)}
   optimizers = sorted({r['optimizer'] for r in final})
   plt, fig, axes = _figure(len(optimizers), 2, (6.0, 3.6))

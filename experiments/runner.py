@@ -27,13 +27,13 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from experiments import data as snr_data
 from experiments import models
-from snr_jax.activations import apply_with_preactivations, fired
+from snr_jax._src.activations import apply_with_preactivations, fired
 from experiments.benchmarks import ExperimentConfig, method_hparams
-from snr_jax.discovery import discover_groups
-from snr_jax.groups import NeuronGroup
-from snr_jax.methods import make_method
-from snr_jax.ages import batch_ages
-from snr_jax.transform import find_reset_state
+from snr_jax._src.discovery import discover_groups
+from snr_jax._src.groups import NeuronGroup
+from snr_jax._src.methods import make_method
+from snr_jax._src.ages import batch_ages
+from snr_jax._src.transform import find_reset_state
 
 
 class Carry(NamedTuple):

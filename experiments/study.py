@@ -164,7 +164,7 @@ def method_settings(name: str, grid: Any) -> list[dict]:
 
 def method_of(label: str, grid: Any) -> str:
   """The ``snr_jax`` method a spec's method key runs: its grid's ``"method"``, else the key."""
-  from snr_jax.methods import METHODS  # pylint: disable=import-outside-toplevel
+  from snr_jax._src.methods import METHODS  # pylint: disable=import-outside-toplevel
   method = grid.get('method', label) if isinstance(grid, dict) else label
   if method not in METHODS:
     hint = ('' if isinstance(grid, dict) and 'method' in grid else
@@ -456,7 +456,7 @@ def make_table(rows: Sequence[dict], title: str = 'Study results') -> str:
   cells (a sweep, or a study still selecting) it lists every setting on the selection
   seeds instead (:func:`selection_table`).
   """
-  from snr_jax.methods import METHODS  # pylint: disable=import-outside-toplevel
+  from snr_jax._src.methods import METHODS  # pylint: disable=import-outside-toplevel
   final = [r for r in rows if r['phase'] == 'final']
   spread = spread_table(rows)
   if not final:
@@ -540,7 +540,7 @@ def setting_scores(rows: Sequence[dict]) -> dict[tuple, list[dict]]:
 
 def _method_order(key: tuple) -> tuple:
   """Sort key of a group key: benchmark, dataset, optimizer, then the registry's order."""
-  from snr_jax.methods import METHODS  # pylint: disable=import-outside-toplevel
+  from snr_jax._src.methods import METHODS  # pylint: disable=import-outside-toplevel
   return key[:3], list(METHODS).index(key[3]) if key[3] in METHODS else 99, key[3]
 
 

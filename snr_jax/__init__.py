@@ -2,26 +2,26 @@
 
 from importlib import metadata as _metadata
 
-from snr_jax.activations import (ActivationError, apply_with_preactivations, fire_counts, fired,
-                                 mean_activation, preactivations_from_intermediates)
-from snr_jax.capture import CaptureError, with_preactivations
-from snr_jax.cbp import CBPRule, CBPState, continual_backprop
-from snr_jax.discovery import DiscoveredGroups, LeftOut, describe_groups, discover_groups
-from snr_jax.groups import (GroupError, NeuronGroup, ParamSlice, Site, check_groups, dense_group,
-                            validate_groups)
-from snr_jax.methods import METHODS, make_method, method_hyperparameters, snr_l2
-from snr_jax.penalties import L2InitState, add_l2, add_l2_init, l2, l2_init
-from snr_jax.redo import ReDoRule, ReDoState, redo
-from snr_jax.reset import reset_model_state, reset_neurons, reset_optimizer_state, reset_params
-from snr_jax.schedules import (RefreshSchedule, ScheduleState, at_random, every_n_steps,
-                               every_n_tasks)
-from snr_jax.shrink_perturb import ShrinkPerturbState, shrink_perturb
-from snr_jax.snr import SNRRule, SNRState, dead_fraction, self_normalized_resets, snr, snr_info
-from snr_jax.thresholds import (GeometricEstimator, GeometricState, HistogramEstimator,
-                                HistogramState, PerTokenEstimator, RateState)
-from snr_jax.training import apply_gradients, reset_metrics
-from snr_jax.transform import (NeuronResets, ResetOptState, ResetRule, ResetState, reset_state,
-                               with_resets)
+from snr_jax._src.activations import (ActivationError, apply_with_preactivations, fire_counts,
+                                      fired, mean_activation, preactivations_from_intermediates)
+from snr_jax._src.capture import CaptureError, with_preactivations
+from snr_jax._src.cbp import CBPRule, CBPState, continual_backprop
+from snr_jax._src.discovery import DiscoveredGroups, LeftOut, describe_groups, discover_groups
+from snr_jax._src.groups import (GroupError, NeuronGroup, ParamSlice, Site, check_groups,
+                                 dense_group, validate_groups)
+from snr_jax._src.methods import METHODS, make_method, method_hyperparameters, snr_l2
+from snr_jax._src.penalties import L2InitState, add_l2, add_l2_init, l2, l2_init
+from snr_jax._src.redo import ReDoRule, ReDoState, redo
+from snr_jax._src.reset import reset_model_state, reset_neurons, reset_optimizer_state, reset_params
+from snr_jax._src.schedules import (RefreshSchedule, ScheduleState, at_random, every_n_steps,
+                                    every_n_tasks)
+from snr_jax._src.shrink_perturb import ShrinkPerturbState, shrink_perturb
+from snr_jax._src.snr import SNRRule, SNRState, dead_fraction, self_normalized_resets, snr, snr_info
+from snr_jax._src.thresholds import (GeometricEstimator, GeometricState, HistogramEstimator,
+                                     HistogramState, PerTokenEstimator, RateState)
+from snr_jax._src.training import apply_gradients, reset_metrics
+from snr_jax._src.transform import (NeuronResets, ResetOptState, ResetRule, ResetState, reset_state,
+                                    with_resets)
 
 try:
   __version__ = _metadata.version('snr_jax')

@@ -9,8 +9,8 @@ import optax
 import pytest
 
 import snr_jax
-from snr_jax.redo import redo_scores
-from snr_jax.reset import keep_masks
+from snr_jax._src.redo import redo_scores
+from snr_jax._src.reset import keep_masks
 
 
 def _zero_grads(params):
@@ -258,7 +258,7 @@ def test_cbp_ranks_by_bias_corrected_utility_not_the_raw_running_sum():
 
 
 def test_cbp_transfer_sums_every_entry_of_a_unit_and_pools_outgoing_slices():
-  from snr_jax.cbp import outgoing_mean_magnitude, transfer_to_biases
+  from snr_jax._src.cbp import outgoing_mean_magnitude, transfer_to_biases
   # a Conv -> flatten -> Dense consumer: 2 channels, 3 positions, rows r % 2 == c
   w = jnp.arange(18.0).reshape(6, 3) - 8.0
   group = snr_jax.NeuronGroup('c', 2, (snr_jax.ParamSlice(('conv', 'kernel'), -1,
@@ -278,7 +278,7 @@ def test_cbp_transfer_sums_every_entry_of_a_unit_and_pools_outgoing_slices():
 
 
 def test_cbp_transfer_into_a_conv_consumer_sums_the_channel_taps():
-  from snr_jax.cbp import outgoing_mean_magnitude, transfer_to_biases
+  from snr_jax._src.cbp import outgoing_mean_magnitude, transfer_to_biases
   groups = (snr_jax.dense_group('c1', 3, layer='conv1', consumer='conv2'),)
   w = jax.random.normal(jax.random.PRNGKey(0), (2, 2, 3, 4))    # (kh, kw, in = 3, out = 4)
   params = {'conv1': {'kernel': jnp.zeros((1, 1, 1, 3)), 'bias': jnp.zeros(3)},
@@ -360,7 +360,7 @@ def test_resetting_methods_leave_other_units_untouched(name, mlp):
   assert sum(int(m.sum()) for m in masks.values()) > 0, 'the setup must reset something'
   keep = keep_masks(params, groups, masks)
   if name == 'cbp':   # the consumers' biases also receive the replaced units' mean output
-    from snr_jax.cbp import transfer_to_biases
+    from snr_jax._src.cbp import transfer_to_biases
     p_i = transfer_to_biases(p_i, groups, s_m.resets.rule.transfer)
   for k, a, b in zip(jax.tree.leaves(keep), jax.tree.leaves(p_m), jax.tree.leaves(p_i)):
     full = np.broadcast_to(np.asarray(k), a.shape)

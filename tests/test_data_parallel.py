@@ -14,7 +14,7 @@ import optax
 import pytest
 
 import snr_jax
-from snr_jax._util import psum_packed
+from snr_jax._src.util import psum_packed
 
 HERE = pathlib.Path(__file__).resolve().parent
 

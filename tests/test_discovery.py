@@ -20,7 +20,7 @@ from flax import linen as nn
 from flax import nnx
 
 import snr_jax
-from snr_jax.reset import _unit_mask
+from snr_jax._src.reset import _unit_mask
 
 KEY = jax.random.PRNGKey(0)
 
@@ -439,7 +439,7 @@ def _set_unit(params, group, flat_unit, slices, value):
   mask = jnp.zeros((group.size,), bool).at[flat_unit].set(True)
   for s in slices:
     path = s.path
-    leaf = snr_jax.groups.get_path(params, path)
+    leaf = snr_jax._src.groups.get_path(params, path)
     m = _unit_mask(mask, group, s, leaf.shape)
     new = jnp.where(m, value, leaf)
     params = _replace(params, path, new)
@@ -511,14 +511,15 @@ def test_snr_resets_a_silent_unit_on_time_and_nothing_else(name):
     params, opt_state, acts, plain_inner = step(params, opt_state, xb)
     resets = np.asarray(snr_jax.snr_info(opt_state)['resets'][group.name])
     mask = np.asarray(opt_state.resets.last_resets[group.name])
-    fired = np.asarray(snr_jax.fired(snr_jax.activations.merge_layers(groups, acts)[group.name]))
+    merged = snr_jax._src.activations.merge_layers(groups, acts)
+    fired = np.asarray(snr_jax.fired(merged[group.name]))
     assert not mask[alive] and fired[alive]
     if t < 2:
       assert not fired[dead] and not mask[dead]
     if t == 2:                                   # age 3 batches = tau: reset now
       assert mask[dead] and resets >= 1
       # every weight and optimizer moment outside the reset slices is as without a reset
-      keep = snr_jax.reset.keep_masks(before, groups, {g.name: jnp.asarray(
+      keep = snr_jax._src.reset.keep_masks(before, groups, {g.name: jnp.asarray(
           opt_state.resets.last_resets[g.name]) for g in groups})
       for k, b, a in zip(jax.tree.leaves(keep), jax.tree.leaves(before), jax.tree.leaves(params)):
         np.testing.assert_array_equal(np.where(k, a, 0), np.where(k, b, 0))
@@ -531,7 +532,7 @@ def test_snr_resets_a_silent_unit_on_time_and_nothing_else(name):
                if not (name in ('layernorm', 'scanned') and s.path[-2] in ('Dense_0', 'fc1'))]
       noisy = params
       for s in local:
-        leaf = snr_jax.groups.get_path(noisy, s.path)
+        leaf = snr_jax._src.groups.get_path(noisy, s.path)
         m = _unit_mask(jnp.zeros((group.size,), bool).at[dead].set(True), group, s, leaf.shape)
         noise = jax.random.normal(jax.random.PRNGKey(11), leaf.shape)
         noisy = _replace(noisy, s.path, jnp.where(m, leaf + noise, leaf))
@@ -735,7 +736,7 @@ def test_a_declared_stacked_group_must_name_its_layers():
 
 
 def test_cbp_reads_consumer_rows_through_the_discovered_layout():
-  from snr_jax.cbp import outgoing_mean_magnitude, transfer_to_biases
+  from snr_jax._src.cbp import outgoing_mean_magnitude, transfer_to_biases
   model, x, variables, _ = _setup('cnn_channel_first')
   groups = snr_jax.discover_groups(model, variables, x)
   conv1 = next(g for g in groups if g.name == 'Conv_1')

@@ -16,8 +16,8 @@ from flax import linen as nn
 from flax import nnx
 
 import snr_jax
-from snr_jax.groups import get_path
-from snr_jax.reset import _unit_mask
+from snr_jax._src.groups import get_path
+from snr_jax._src.reset import _unit_mask
 from test_discovery import _flatten_rows, _replace, as_truth, truth
 
 from experiments.models import CNN, GPT

@@ -9,7 +9,7 @@ import pytest
 
 import snr_jax
 from snr_jax import GeometricEstimator, HistogramEstimator, NeuronGroup, ParamSlice
-from snr_jax.ages import saturating_add
+from snr_jax._src.ages import saturating_add
 
 
 def _groups(*sizes):
@@ -251,7 +251,7 @@ def test_neuron_firing_every_batch_has_one_batch_mean_gap():
 def test_one_threshold_rule_for_both_estimators():
   # SPEC §3a (contract if q < τ) and §3b (expand if τ ≤ τ_p) are one comparison: at a tie
   # both expand, below τ both contract; both go through update_thresholds.
-  from snr_jax.thresholds import update_thresholds
+  from snr_jax._src.thresholds import update_thresholds
   thr = jnp.array([8, 8, 8], jnp.int32)
   est = jnp.array([5, 8, 11], jnp.int32)
   new = update_thresholds(thr, est, jnp.ones(3, bool), tau_min=1, tau_max=100, expansion=2.0)

@@ -147,7 +147,7 @@ def test_nan_activations_count_as_silent_and_an_opt_in_check_names_the_group():
 
 
 def test_state_size_is_checked_before_anything_is_allocated():
-  from snr_jax.snr import state_bytes_per_unit
+  from snr_jax._src.snr import state_bytes_per_unit
   group = snr_jax.dense_group('h', 100, layer='a')
   hist = snr_jax.self_normalized_resets([group], tau_max=20_000)
   assert state_bytes_per_unit(hist.rule.estimator) == 4 * 20_001 + 8

@@ -35,9 +35,9 @@ import optax
 import pytest
 
 import snr_jax
-from snr_jax.ages import position_ages
+from snr_jax._src.ages import position_ages
 from experiments.models.transformer import GPT
-from snr_jax.thresholds import PerTokenEstimator, RateState
+from snr_jax._src.thresholds import PerTokenEstimator, RateState
 
 TOP = np.iinfo(np.int32).max
 
@@ -122,7 +122,7 @@ def test_estimator_counts_pseudo_counts_quantile_and_refresh():
 
 def test_counters_never_overflow():
   est = PerTokenEstimator(eta=0.1, tau_min=1, tau_max=2 ** 30)
-  cap = snr_jax.thresholds.RATE_CAP
+  cap = snr_jax._src.thresholds.RATE_CAP
   st = RateState(jnp.array([cap // 4, 1001], jnp.int32), jnp.array([cap - 5, cap - 5], jnp.int32))
   before = est.rate(st)
   st = est.record(st, positions=1000, counts=jnp.array([250, 0]), age_before=jnp.zeros(2),

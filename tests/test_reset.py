@@ -8,7 +8,7 @@ import optax
 import pytest
 
 import snr_jax
-from snr_jax.reset import keep_masks
+from snr_jax._src.reset import keep_masks
 
 
 def _mask(groups, name, units):

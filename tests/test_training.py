@@ -10,7 +10,7 @@ from flax import linen as nn
 from flax.training import train_state
 
 import snr_jax
-from snr_jax.training import apply_gradients, reset_metrics
+from snr_jax._src.training import apply_gradients, reset_metrics
 
 
 class MLP(nn.Module):

@@ -35,8 +35,8 @@ from flax import nnx
 from flax.training import train_state
 
 import snr_jax
-from snr_jax._util import key_path_to_path
-from snr_jax.reset import _unit_mask, keep_masks
+from snr_jax._src.util import key_path_to_path
+from snr_jax._src.reset import _unit_mask, keep_masks
 from test_discovery import _flatten_rows, as_truth, truth
 
 KEY = jax.random.PRNGKey(0)
@@ -132,7 +132,7 @@ def train(step, params, opt_state, groups, apply, x):
     log = reset_log(opt_state, groups)
     n = sum(int(log[f'resets/{g.name}']) for g in groups)
     if n:
-      masks = snr_jax.transform.find_reset_state(opt_state).last_resets
+      masks = snr_jax._src.transform.find_reset_state(opt_state).last_resets
       assert_cut_off(apply, params, groups, masks)
     resets += n
   assert resets > 0
@@ -386,7 +386,7 @@ def test_sharding_guide_mlp_trained_with_partitioned_params():
     n = sum(int(log[f'resets/{g.name}']) for g in groups)
     if n:
       assert_cut_off(apply, state.params, groups,
-                     snr_jax.transform.find_reset_state(state.opt_state).last_resets)
+                     snr_jax._src.transform.find_reset_state(state.opt_state).last_resets)
     resets += n
   assert resets > 0
   assert _containers(state.params) == _containers(params)
@@ -473,9 +473,9 @@ def test_equinox_model_trained_through_partition_and_combine(name):
 
 def test_a_path_missing_from_module_params_names_the_params_leaves():
   params, _ = eqx.partition(eqx.nn.MLP(5, 3, 8, 2, key=KEY), eqx.is_array)
-  assert snr_jax.groups.get_path(params, ('layers', '1', 'bias')).shape == (8,)
+  assert snr_jax._src.groups.get_path(params, ('layers', '1', 'bias')).shape == (8,)
   with pytest.raises(snr_jax.GroupError, match=r"'layers/7/weight'.*layers/0/weight"):
-    snr_jax.groups.get_path(params, ('layers', '7', 'weight'))
+    snr_jax._src.groups.get_path(params, ('layers', '7', 'weight'))
 
 
 # --- NNX: an MLP trained with nnx.Optimizer, logged from optimizer.opt_state ---------------
@@ -524,7 +524,7 @@ def test_nnx_mlp_logged_from_the_optimizer_state():
     n = sum(int(log[f'resets/{g.name}']) for g in groups)
     assert n == sum(int(v) for v in info['resets'].values())
     if n:
-      masks = snr_jax.transform.find_reset_state(optimizer.opt_state).last_resets
+      masks = snr_jax._src.transform.find_reset_state(optimizer.opt_state).last_resets
       assert_cut_off(apply, nnx.state(model, nnx.Param), groups, masks)
     resets += n
   assert resets > 0

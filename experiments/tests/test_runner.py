@@ -18,8 +18,8 @@ from experiments.benchmarks import ExperimentConfig
 from experiments.data import Dataset
 from experiments.data.streams import shuffle
 from experiments.runner import last_fraction_summary, make_run, run_experiment, seed_keys
-from snr_jax.ages import batch_ages
-from snr_jax.transform import find_reset_state
+from snr_jax._src.ages import batch_ages
+from snr_jax._src.transform import find_reset_state
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 

@@ -16,7 +16,7 @@ import numpy as np
 from flax import linen as nn
 from flax import nnx
 
-from snr_jax._util import key_path_to_path
+from snr_jax._src.util import key_path_to_path
 
 Path = tuple[str, ...]
 

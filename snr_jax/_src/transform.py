@@ -25,11 +25,11 @@ import jax.numpy as jnp
 import optax
 from jax.experimental import checkify
 
-from snr_jax import _checks
-from snr_jax._util import key_path_to_path, member_key
-from snr_jax.activations import ActivationError, check_activations, merge_layers
-from snr_jax.groups import GroupError, NeuronGroup, validate_groups
-from snr_jax.reset import reset_neurons_and_advance_key
+from snr_jax._src import checks as _checks
+from snr_jax._src.util import key_path_to_path, member_key
+from snr_jax._src.activations import ActivationError, check_activations, merge_layers
+from snr_jax._src.groups import GroupError, NeuronGroup, validate_groups
+from snr_jax._src.reset import reset_neurons_and_advance_key
 
 
 class ResetRule(Protocol):

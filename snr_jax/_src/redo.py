@@ -15,10 +15,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from snr_jax._checks import axis_name_or_none, integer_in, number_in
-from snr_jax.activations import mean_activation, mean_activations
-from snr_jax.groups import NeuronGroup
-from snr_jax.transform import NeuronResets, with_resets
+from snr_jax._src.checks import axis_name_or_none, integer_in, number_in
+from snr_jax._src.activations import mean_activation, mean_activations
+from snr_jax._src.groups import NeuronGroup
+from snr_jax._src.transform import NeuronResets, with_resets
 
 
 class ReDoState(NamedTuple):

@@ -13,13 +13,13 @@ from typing import Any, Callable, Optional, Sequence
 
 import optax
 
-from snr_jax._checks import ignores_reset_args, no_extra_positional, optax_transformation
-from snr_jax.cbp import continual_backprop
-from snr_jax.groups import NeuronGroup
-from snr_jax.penalties import l2, l2_init
-from snr_jax.redo import redo
-from snr_jax.shrink_perturb import shrink_perturb
-from snr_jax.snr import self_normalized_resets, snr
+from snr_jax._src.checks import ignores_reset_args, no_extra_positional, optax_transformation
+from snr_jax._src.cbp import continual_backprop
+from snr_jax._src.groups import NeuronGroup
+from snr_jax._src.penalties import l2, l2_init
+from snr_jax._src.redo import redo
+from snr_jax._src.shrink_perturb import shrink_perturb
+from snr_jax._src.snr import self_normalized_resets, snr
 
 RESET_ARGS = ('activations', 'end_of_task', 'key')
 

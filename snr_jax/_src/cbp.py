@@ -45,13 +45,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from snr_jax._checks import axis_name_or_none, integer_in, number_in
-from snr_jax.activations import mean_activations
-from snr_jax.ages import saturating_add
-from snr_jax.groups import NeuronGroup, ParamSlice, get_path
-from snr_jax._util import key_path_to_path, run_if
-from snr_jax.reset import _unit_ids
-from snr_jax.transform import NeuronResets, with_resets
+from snr_jax._src.checks import axis_name_or_none, integer_in, number_in
+from snr_jax._src.activations import mean_activations
+from snr_jax._src.ages import saturating_add
+from snr_jax._src.groups import NeuronGroup, ParamSlice, get_path
+from snr_jax._src.util import key_path_to_path, run_if
+from snr_jax._src.reset import _unit_ids
+from snr_jax._src.transform import NeuronResets, with_resets
 
 ROUNDINGS = ('accumulate', 'stochastic')
 

@@ -25,9 +25,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from snr_jax._checks import (ignores_reset_args, no_extra_positional, number_in,
-                             optax_transformation, prng_key, state_type)
-from snr_jax._util import key_path_to_path, member_key
+from snr_jax._src.checks import (ignores_reset_args, no_extra_positional, number_in,
+                                 optax_transformation, prng_key, state_type)
+from snr_jax._src.util import key_path_to_path, member_key
 
 NOISES = ('fast', 'init')
 

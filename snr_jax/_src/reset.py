@@ -22,9 +22,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from snr_jax import _checks
-from snr_jax._util import any_in_batch, key_path_to_path
-from snr_jax.groups import NeuronGroup, ParamSlice, Path, get_path, leaf_value
+from snr_jax._src import checks as _checks
+from snr_jax._src.util import any_in_batch, key_path_to_path
+from snr_jax._src.groups import NeuronGroup, ParamSlice, Path, get_path, leaf_value
 
 Masks = Mapping[str, jax.Array]
 

@@ -17,10 +17,10 @@ import jax
 import jax.numpy as jnp
 from jax.extend import core as jex_core
 
-from snr_jax import _checks
-from snr_jax._jaxpr import INLINED, counted_eqns, is_relu_call
-from snr_jax._trace import as_traceable, model_kind
-from snr_jax.groups import GroupError, NeuronGroup
+from snr_jax._src import checks as _checks
+from snr_jax._src.jaxpr import INLINED, counted_eqns, is_relu_call
+from snr_jax._src.trace import as_traceable, model_kind
+from snr_jax._src.groups import GroupError, NeuronGroup
 
 Targets = dict[str, tuple[tuple[int, ...], int]]
 
@@ -120,7 +120,7 @@ def _check_discovered(groups: Sequence[NeuronGroup]) -> None:
 
 def _sites(closed, tr, groups: Sequence[NeuronGroup]) -> tuple[Targets, dict[str, int]]:
   """Each group's ReLU in this trace, found by structure (discovery.locate_sites)."""
-  from snr_jax.discovery import locate_sites  # pylint: disable=import-outside-toplevel
+  from snr_jax._src.discovery import locate_sites  # pylint: disable=import-outside-toplevel
   found = locate_sites(closed, tr.leaves, tr.inputs, groups)
   gone = {n: r for n, r in found.items() if isinstance(r, str)}
   if gone:

@@ -8,7 +8,7 @@ from typing import Mapping, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from snr_jax._checks import integer_in, number_in
+from snr_jax._src.checks import integer_in, number_in
 
 
 class ScheduleState(NamedTuple):

@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 import jax
 import optax
 
-from snr_jax._checks import number_in, optax_transformation, state_type
+from snr_jax._src.checks import number_in, optax_transformation, state_type
 
 
 def _check_strength(lam: Any) -> float:

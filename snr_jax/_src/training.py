@@ -22,10 +22,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from snr_jax._checks import IGNORES_RESET_ARGS
-from snr_jax.methods import RESET_ARGS
-from snr_jax.snr import SNRState, dead_fraction
-from snr_jax.transform import find_reset_state
+from snr_jax._src.checks import IGNORES_RESET_ARGS
+from snr_jax._src.methods import RESET_ARGS
+from snr_jax._src.snr import SNRState, dead_fraction
+from snr_jax._src.transform import find_reset_state
 
 
 def apply_gradients(state: Any, grads: Any, **extra_args) -> Any:

@@ -55,11 +55,11 @@ import jax
 import numpy as np
 from flax import linen as nn
 
-from snr_jax import _checks, _jaxpr
-from snr_jax._jaxpr import Op, Scope
-from snr_jax._trace import Leaf, as_traceable, model_kind
-from snr_jax.groups import (GroupError, NeuronGroup, ParamSlice, Path, Site, leaf_value,
-                             path_str)
+from snr_jax._src import checks as _checks, jaxpr as _jaxpr
+from snr_jax._src.jaxpr import Op, Scope
+from snr_jax._src.trace import Leaf, as_traceable, model_kind
+from snr_jax._src.groups import (GroupError, NeuronGroup, ParamSlice, Path, Site, leaf_value,
+                                 path_str)
 
 # ops that pass each value through, up to sign or dtype: casts, copies and layout no-ops
 # (sharding constraints, varying-type marks). _PER_OPERAND ones take several values at

@@ -5,7 +5,7 @@ Each neuron's *age* counts the examples since it last fired. A neuron is reset w
 threshold ``τ_i``, the ``(1 − η)`` quantile of its recorded gaps (SPEC §2–§5).
 The threshold estimator (:mod:`snr_jax.thresholds`) says how a batch's firing moves
 the ages: for the per-token estimator (SPEC §3c) they count positions (tokens, spatial
-positions), see :func:`snr_jax.ages.position_ages`.
+positions), see :func:`snr_jax._src.ages.position_ages`.
 
 References:
   Farias & Jozefiak, "Self-Normalized Resets for Plasticity in Continual Learning",
@@ -21,15 +21,15 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from snr_jax import _checks
-from snr_jax._checks import integer_in, number_at_least, number_in
-from snr_jax.activations import ActivationError
-from snr_jax.groups import NeuronGroup
-from snr_jax._util import any_in_batch, run_if
-from snr_jax.schedules import RefreshSchedule, ScheduleState, every_n_tasks
-from snr_jax.thresholds import (ESTIMATORS, INT_MAX, RATE_CAP, GeometricEstimator, global_firing,
-                                HistogramEstimator, PerTokenEstimator)
-from snr_jax.transform import NeuronResets, find_reset_state, with_resets
+from snr_jax._src import checks as _checks
+from snr_jax._src.checks import integer_in, number_at_least, number_in
+from snr_jax._src.activations import ActivationError
+from snr_jax._src.groups import NeuronGroup
+from snr_jax._src.util import any_in_batch, run_if
+from snr_jax._src.schedules import RefreshSchedule, ScheduleState, every_n_tasks
+from snr_jax._src.thresholds import (ESTIMATORS, INT_MAX, RATE_CAP, GeometricEstimator,
+                                     HistogramEstimator, PerTokenEstimator, global_firing)
+from snr_jax._src.transform import NeuronResets, find_reset_state, with_resets
 
 AGE_UNITS = ('examples', 'steps', 'positions')
 
@@ -48,7 +48,7 @@ class SNRState(NamedTuple):
 
   Attributes:
     ages: int32 (size,), examples (or steps) since each unit last fired; for the
-      per-token estimator, positions (see :func:`snr_jax.ages.position_ages`).
+      per-token estimator, positions (see :func:`snr_jax._src.ages.position_ages`).
     thresholds: int32 (size,), τ_i in the same unit.
     estimator: the threshold estimator's state per group.
     schedule: refresh counters.

@@ -31,9 +31,9 @@ from typing import NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
-from snr_jax._util import psum_packed
-from snr_jax.activations import fire_counts, fired as fired_units
-from snr_jax.ages import batch_ages, position_ages
+from snr_jax._src.util import psum_packed
+from snr_jax._src.activations import fire_counts, fired as fired_units
+from snr_jax._src.ages import batch_ages, position_ages
 
 INT_MAX = jnp.iinfo(jnp.int32).max
 
@@ -130,7 +130,7 @@ def global_firing(firings: dict, axis_name: str, scale_increment: bool) -> dict:
 
   A unit fired if it fired on any shard, per-token counts are summed, and positions (or
   an increment counting examples) grow by the number of shards. Every group's vector is
-  packed into one float32 buffer (exact below 2**24; :func:`snr_jax._util.psum_packed`)
+  packed into one float32 buffer (exact below 2**24; :func:`snr_jax._src.util.psum_packed`)
   and summed in one all-reduce, which XLA merges with the float32 gradients' all-reduce:
   the step then has no more collectives than the plain data-parallel step, and one more
   buffer in it however many groups there are.
@@ -166,7 +166,7 @@ class _BatchLevel(_RefreshMixin):
     return BatchFiring(fired_units(activation, predicate), increment)
 
   def advance_ages(self, ages: jax.Array, firing: BatchFiring) -> jax.Array:
-    """0 where the unit fired, ``+increment`` elsewhere (:func:`snr_jax.ages.batch_ages`)."""
+    """0 where the unit fired, ``+increment`` elsewhere (:func:`snr_jax._src.ages.batch_ages`)."""
     return batch_ages(ages, firing.fired, firing.increment)
 
 
@@ -291,7 +291,7 @@ class PerTokenEstimator(_RefreshMixin):
   * ``count += c`` (``+ 1`` when the unit is reset this step) and ``total += BT``
     every step; both start at a pseudo-count of 1 and restart there at each refresh;
     ``λ̂ = count / total`` is the per-position firing probability;
-  * ages count positions (:func:`snr_jax.ages.position_ages`): ``+BT`` after a
+  * ages count positions (:func:`snr_jax._src.ages.position_ages`): ``+BT`` after a
     silent batch, ``⌊BT / c⌋`` (the mean gap within the batch, not 0) otherwise;
   * at a refresh ``τ ← ⌈−ln(η) / λ̂⌉``, with no doubling (``expansion`` is None: the
     authors' note says it avoids thresholds shrinking forever), clamped into
@@ -337,7 +337,7 @@ class PerTokenEstimator(_RefreshMixin):
     return PositionFiring(positions, counts)
 
   def advance_ages(self, ages: jax.Array, firing: PositionFiring) -> jax.Array:
-    """``+BT`` if silent, else ``⌊BT/c⌋`` (:func:`snr_jax.ages.position_ages`)."""
+    """``+BT`` if silent, else ``⌊BT/c⌋`` (:func:`snr_jax._src.ages.position_ages`)."""
     return position_ages(ages, firing.positions, firing.counts)
 
   def record(self, state: RateState, *, positions: int, counts: jax.Array,

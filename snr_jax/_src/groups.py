@@ -32,7 +32,7 @@ import numpy as np
 from flax import linen as nn
 from flax.core import meta as flax_meta
 
-from snr_jax._util import key_path_to_path
+from snr_jax._src.util import key_path_to_path
 
 Path = tuple[str, ...]
 Initializer = Callable[..., jax.Array]
@@ -189,7 +189,7 @@ def leaf_value(x: Any) -> Any:
 def get_path(tree: Mapping[str, Any], path: Path) -> Any:
   """Returns ``tree[path[0]][path[1]]...``, raising GroupError on a missing key.
 
-  ``path`` is the parameter's jax key path as :func:`snr_jax._util.key_path_to_path`
+  ``path`` is the parameter's jax key path as :func:`snr_jax._src.util.key_path_to_path`
   writes it: dict keys, sequence indices and module attributes (equinox) alike; the
   ``value`` of an NNX variable or a partitioning box is not part of it. Keys are matched
   as strings, so integer keys (``nnx.List``, ``nnx.Sequential``) are addressed as
@@ -371,7 +371,7 @@ def check_groups(f: Any, *args, groups: Sequence[NeuronGroup], **kwargs
   Raises:
     GroupError: the first group that does not match the model, with what discovery found.
   """
-  from snr_jax.discovery import discover_groups  # pylint: disable=import-outside-toplevel
+  from snr_jax._src.discovery import discover_groups  # pylint: disable=import-outside-toplevel
   groups = validate_groups(groups, _params_of(f, args))
   found = discover_groups(f, *args, **kwargs)
   by_incoming = {s.path: g for g in found for s in g.incoming}

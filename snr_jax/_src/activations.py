@@ -8,9 +8,9 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from snr_jax._util import psum_packed
-from snr_jax.capture import with_preactivations
-from snr_jax.groups import NeuronGroup, path_str
+from snr_jax._src.util import psum_packed
+from snr_jax._src.capture import with_preactivations
+from snr_jax._src.groups import NeuronGroup, path_str
 
 Activations = Mapping[str, jax.Array]
 
@@ -207,7 +207,7 @@ def mean_activation(preactivation: jax.Array, data_axis=None) -> jax.Array:
 def mean_activations(activations: Mapping[str, jax.Array], data_axis=None) -> dict:
   """:func:`mean_activation` of every group, ``{name: (size,)}``; with a ``data_axis``,
   all groups' means travel in one buffer of one all-reduce
-  (:func:`snr_jax._util.psum_packed`)."""
+  (:func:`snr_jax._src.util.psum_packed`)."""
   local = {k: mean_activation(h) for k, h in activations.items()}
   if data_axis is None:
     return local
