@@ -177,6 +177,12 @@ class CBPRule:
   data_axis: Optional[str] = None
   state_type: ClassVar[type] = CBPState
 
+  def __post_init__(self):
+    put = lambda name, value: object.__setattr__(self, name, value)
+    put('replacement_rate', number_in('replacement_rate', self.replacement_rate, 0.0, 1.0))
+    put('maturity', integer_in('maturity', self.maturity, 0, what=' (steps)'))
+    put('decay', number_in('decay', self.decay, 0.0, 1.0, hi_open=True))
+
   def init(self, groups: Sequence[NeuronGroup], params: Any) -> CBPState:
     alone = sorted({'/'.join(s.path) for g in groups for s in g.outgoing
                     if consumer_bias_path(params, s) is None})

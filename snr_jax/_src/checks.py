@@ -15,9 +15,26 @@ _BOOLS = (bool, np.bool_)
 # read by float() but not numbers: True is 1, '0.1' is a string
 _NOT_NUMBERS = _BOOLS + (str, bytes)
 
+# The one path for numeric arguments, used by every public constructor: Python and NumPy
+# scalars (and 0-d arrays) are accepted; bools, strings and other types are refused with
+# the argument's name, the range and what was given.
+
+
+def _got(value: Any) -> str:
+  """How a refused value is shown: its repr, and its type where the repr hides it."""
+  if isinstance(value, _BOOLS):
+    return f'{value!r} (a bool, which is not a number here)'
+  if isinstance(value, (int, float)) and not isinstance(value, _BOOLS):
+    return repr(value)
+  return f'{value!r} ({type(value).__name__})'
+
+
+def _interval(lo: float, hi: float, lo_open: bool, hi_open: bool) -> str:
+  return f"{'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+
 
 def number_in(name: str, value: Any, lo: float, hi: float, *, lo_open: bool = False,
-              hi_open: bool = False) -> Any:
+              hi_open: bool = False, error: type = ValueError) -> Any:
   """Checks ``lo <(=) value <(=) hi`` and returns the value as a float.
 
   A traced value (a hyperparameter swept with vmap) cannot be checked before it runs:
@@ -25,42 +42,59 @@ def number_in(name: str, value: Any, lo: float, hi: float, *, lo_open: bool = Fa
   """
   if isinstance(value, jax.core.Tracer):
     return value
-  interval = f"{'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+  interval = _interval(lo, hi, lo_open, hi_open)
   try:
     v = float(value)
   except (TypeError, ValueError):
-    raise ValueError(f'{name} must be a number in {interval}, got {value!r}.') from None
+    v = math.nan
   inside = (lo < v if lo_open else lo <= v) and (v < hi if hi_open else v <= hi)
-  if isinstance(value, _NOT_NUMBERS) or not inside:
-    raise ValueError(f'{name} must be a number in {interval}, got {value!r}.')
+  if isinstance(value, _NOT_NUMBERS) or not inside:  # NaN fails the comparisons
+    raise error(f'{name} must be a number in {interval}, got {_got(value)}.')
   return v
 
 
-def number_at_least(name: str, value: Any, lo: float) -> float:
+def number_at_least(name: str, value: Any, lo: float, *, error: type = ValueError) -> float:
   """Checks that ``value`` is a real number (Python or NumPy, not NaN) ``>= lo``; a float."""
   try:
     v = float(value)
   except (TypeError, ValueError):
     v = math.nan
   if isinstance(value, _NOT_NUMBERS) or not v >= lo:  # NaN fails the comparison
-    raise ValueError(f'{name} must be a number >= {lo:g}, got {value!r}.')
+    raise error(f'{name} must be a number >= {lo:g}, got {_got(value)}.')
   return v
 
 
-def integer_in(name: str, value: Any, lo: int, hi: Optional[int] = None, *,
-               what: str = '') -> int:
+def positive_number(name: str, value: Any, *, error: type = ValueError) -> float:
+  """Checks that ``value`` is a finite or infinite real number ``> 0``; a float."""
+  return number_in(name, value, 0.0, math.inf, lo_open=True, error=error)
+
+
+def integer_in(name: str, value: Any, lo: Optional[int] = None, hi: Optional[int] = None, *,
+               what: str = '', error: type = ValueError) -> int:
   """Checks that ``value`` is an int (Python or NumPy, not a bool) in ``[lo, hi]``.
 
-  Returns it as a Python int.
+  Returns it as a Python int. ``lo=None`` (or ``hi=None``) leaves that side open.
   """
-  if hi is not None:
+  if lo is not None and hi is not None:
     kind = f'an int in [{lo}, {hi}]'
-  else:
+  elif lo is not None:
     kind = 'a positive int' if lo == 1 else f'an int >= {lo}'
+  else:
+    kind = 'an int' if hi is None else f'an int <= {hi}'
   if (isinstance(value, _BOOLS) or not isinstance(value, (int, np.integer))
-      or value < lo or (hi is not None and value > hi)):
-    raise ValueError(f'{name} must be {kind}{what}, got {value!r}.')
+      or (lo is not None and value < lo) or (hi is not None and value > hi)):
+    raise error(f'{name} must be {kind}{what}, got {_got(value)}.')
   return int(value)
+
+
+def positive_int(name: str, value: Any, *, what: str = '', error: type = ValueError) -> int:
+  """Checks that ``value`` is an int ``>= 1`` (Python or NumPy, not a bool); a Python int."""
+  return integer_in(name, value, 1, what=what, error=error)
+
+
+def optional(check: Any, name: str, value: Any, *args, **kwargs) -> Any:
+  """``None``, or ``check(name, value, *args, **kwargs)``."""
+  return None if value is None else check(name, value, *args, **kwargs)
 
 
 def prng_key(name: str, value: Any) -> jax.Array:

@@ -32,6 +32,7 @@ import numpy as np
 from flax import linen as nn
 from flax.core import meta as flax_meta
 
+from snr_jax._src import checks as _checks
 from snr_jax._src.util import key_path_to_path
 
 Path = tuple[str, ...]
@@ -259,7 +260,8 @@ def dense_group(
   if consumer is not None:
     outgoing = (ParamSlice(_as_path(consumer) + ('kernel',), -2),)
   act = _as_path(activation) if activation is not None else layer + ('__call__',)
-  return NeuronGroup(name, int(size), tuple(incoming), outgoing, act)
+  return NeuronGroup(name, _checks.positive_int('size', size, error=GroupError),
+                     tuple(incoming), outgoing, act)
 
 
 def validate_groups(groups: Sequence[NeuronGroup], params: Any) -> tuple[NeuronGroup, ...]:
@@ -284,12 +286,12 @@ def validate_groups(groups: Sequence[NeuronGroup], params: Any) -> tuple[NeuronG
   for g in groups:
     if not isinstance(g, NeuronGroup):
       raise GroupError(f'expected NeuronGroup objects, got {type(g).__name__}.')
-    if not isinstance(g.size, (int, np.integer)) or g.size <= 0:
-      raise GroupError(f"group '{g.name}': size must be a positive int, got {g.size!r}.")
+    _checks.positive_int(f"group '{g.name}': size", g.size, error=GroupError)
     if not g.incoming:
       raise GroupError(f"group '{g.name}' has no incoming slices: a reset needs at least "
                        'the kernel that produces the units.')
-    if not isinstance(g.layers, (int, np.integer)) or g.layers < 1 or g.size % g.layers:
+    _checks.positive_int(f"group '{g.name}': layers", g.layers, error=GroupError)
+    if g.size % g.layers:
       raise GroupError(f"group '{g.name}': layers must be a positive int dividing size "
                        f'({g.size}), got {g.layers!r}.')
     units = g.size // g.layers
@@ -297,6 +299,10 @@ def validate_groups(groups: Sequence[NeuronGroup], params: Any) -> tuple[NeuronG
       for s in slices:
         leaf = get_path(params, s.path)
         shape = np.shape(leaf)
+        _checks.integer_in(f"group '{g.name}': the axis of '{path_str(s.path)}'", s.axis,
+                           error=GroupError)
+        _checks.optional(_checks.integer_in, f"group '{g.name}': the layer_axis of "
+                         f"'{path_str(s.path)}'", s.layer_axis, error=GroupError)
         if not -len(shape) <= s.axis < len(shape):
           raise GroupError(
               f"group '{g.name}': {kind} parameter '{path_str(s.path)}' has shape "

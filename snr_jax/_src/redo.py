@@ -48,6 +48,11 @@ class ReDoRule:
   data_axis: Optional[str] = None
   state_type: ClassVar[type] = ReDoState
 
+  def __post_init__(self):
+    inf = float('inf')
+    object.__setattr__(self, 'threshold', number_in('threshold', self.threshold, 0.0, inf))
+    object.__setattr__(self, 'period', integer_in('period', self.period, 1, what=' (steps)'))
+
   def init(self, groups: Sequence[NeuronGroup], params: Any) -> ReDoState:
     del groups, params
     return ReDoState(jnp.zeros((), jnp.int32))

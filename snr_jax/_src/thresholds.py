@@ -31,6 +31,7 @@ from typing import NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
+from snr_jax._src import checks as _checks
 from snr_jax._src.util import psum_packed
 from snr_jax._src.activations import fire_counts, fired as fired_units
 from snr_jax._src.ages import batch_ages, position_ages
@@ -84,6 +85,15 @@ def update_thresholds(thresholds: jax.Array, estimate: jax.Array, mask: jax.Arra
 
 class _RefreshMixin:
   """``refresh`` for an estimator with ``quantile``, ``clear`` and the rule's fields."""
+
+  def __post_init__(self):
+    # the library's one path for numeric arguments: NumPy scalars are numbers, bools not
+    put = lambda name, value: object.__setattr__(self, name, value)
+    put('eta', _checks.number_in('eta', self.eta, 0.0, 1.0, lo_open=True, hi_open=True))
+    put('tau_min', _checks.positive_int('tau_min', self.tau_min))
+    put('tau_max', _checks.positive_int('tau_max', self.tau_max))
+    if self.expansion is not None:   # per_token has none
+      put('expansion', _checks.number_at_least('expansion', self.expansion, 1))
 
   def refresh(self, state, thresholds: jax.Array, mask: jax.Array, increment: int):
     """New thresholds on the ``mask``ed neurons, and their statistics cleared.
