@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
-from flax import linen as nn
+
+if TYPE_CHECKING:   # flax is optional (annotations only here)
+  from flax import linen as nn
 
 from snr_jax._src.util import psum_packed
 from snr_jax._src.capture import with_preactivations

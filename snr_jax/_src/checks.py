@@ -11,6 +11,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from snr_jax._src import optional as _optional
+
 _BOOLS = (bool, np.bool_)
 # read by float() but not numbers: True is 1, '0.1' is a string
 _NOT_NUMBERS = _BOOLS + (str, bytes)
@@ -207,7 +209,7 @@ def tracing_model(what: str, args: tuple, kwargs: Mapping[str, Any],
   """Turns two errors of tracing a model's forward pass into ones that name the fix: a
   flag given as an array (a Python ``if`` on a traced value), and a collection the call
   updates but was not made mutable (BatchNorm in training mode)."""
-  from flax import errors as flax_errors  # pylint: disable=import-outside-toplevel
+  modify_scope_error = _optional.flax_error('ModifyScopeVariableError')
   try:
     yield
   except jax.errors.ConcretizationTypeError as e:
@@ -220,7 +222,7 @@ def tracing_model(what: str, args: tuple, kwargs: Mapping[str, Any],
         f'{what} traces every array argument, and the forward pass needs the value of one '
         f'in Python, e.g. an `if` on a flag{which}: pass flags and other settings as Python '
         'values (a bool, int or str), e.g. train=True rather than jnp.array(True).') from e
-  except flax_errors.ModifyScopeVariableError as e:
+  except modify_scope_error as e:
     col = re.search(r'collection "([^"]+)"', str(e))
     col = col.group(1) if col else 'batch_stats'
     raise error(

@@ -29,10 +29,8 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 import jax
 import numpy as np
-from flax import linen as nn
-from flax.core import meta as flax_meta
 
-from snr_jax._src import checks as _checks
+from snr_jax._src import checks as _checks, optional as _optional
 from snr_jax._src.util import key_path_to_path
 
 Path = tuple[str, ...]
@@ -167,7 +165,7 @@ def _children(node: Any) -> list[tuple[str, Any]]:
 def _is_box(x: Any) -> bool:
   """A partitioning box (``nn.Partitioned``, ``nn.LogicallyPartitioned``: flax's
   ``AxisMetadata``) or an NNX variable: one array with metadata around it."""
-  if isinstance(x, flax_meta.AxisMetadata):
+  if _optional.is_axis_metadata(x):
     return True
   return not hasattr(x, 'shape') and hasattr(x, 'get_value')
 
@@ -178,7 +176,7 @@ def leaf_value(x: Any) -> Any:
   for _ in range(8):  # a box in a box
     if hasattr(x, 'shape'):
       return x
-    if isinstance(x, flax_meta.AxisMetadata):
+    if _optional.is_axis_metadata(x):
       x = x.value if hasattr(x, 'value') else x.unbox()
     elif hasattr(x, 'get_value'):
       x = x.get_value()
@@ -253,9 +251,9 @@ def dense_group(
   """
   layer = _as_path(layer)
   incoming = [ParamSlice(layer + ('kernel',), -1,
-                         kernel_init or nn.initializers.lecun_normal())]
+                         kernel_init or jax.nn.initializers.lecun_normal())]
   if use_bias:
-    incoming.append(ParamSlice(layer + ('bias',), -1, bias_init or nn.initializers.zeros))
+    incoming.append(ParamSlice(layer + ('bias',), -1, bias_init or jax.nn.initializers.zeros))
   outgoing = ()
   if consumer is not None:
     outgoing = (ParamSlice(_as_path(consumer) + ('kernel',), -2),)
@@ -339,14 +337,14 @@ def validate_groups(groups: Sequence[NeuronGroup], params: Any) -> tuple[NeuronG
 
 def _params_of(f: Any, args: tuple) -> Any:
   """The params tree of a model called as discovery calls it (see discover_groups)."""
-  from flax import nnx  # pylint: disable=import-outside-toplevel
-  if isinstance(f, nnx.Module):
+  if _optional.is_nnx_module(f):
+    nnx = _optional.loaded('flax.nnx')
     return nnx.state(f, nnx.Param)
   if not args:
     raise GroupError('check_groups needs the parameters and a sample input: '
                      'check_groups(model, params, x, groups=groups).')
   first = args[0]
-  if isinstance(f, nn.Module) and isinstance(first, Mapping) and 'params' in first:
+  if _optional.is_linen_module(f) and isinstance(first, Mapping) and 'params' in first:
     return first['params']
   return first
 
