@@ -15,10 +15,11 @@ from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
-from jax.extend import core as jex_core
 
-from snr_jax._src import checks as _checks
-from snr_jax._src.jaxpr import INLINED, counted_eqns, is_relu_call
+from snr_jax._src import checks as _checks, jax_compat as _compat
+from snr_jax._src.discovery import locate_sites
+from snr_jax._src.discovery.rules import is_relu_site
+from snr_jax._src.jaxpr import counted_eqns
 from snr_jax._src.trace import as_traceable, model_kind
 from snr_jax._src.groups import GroupError, NeuronGroup
 
@@ -38,7 +39,7 @@ def _bind(eqn, invals):
 
 
 def _check_site(eqn, operand: int, name: str):
-  ok = is_relu_call(eqn) or eqn.primitive.name == 'max'
+  ok = is_relu_site(eqn) or eqn.primitive.name == 'max'
   if not ok or operand >= len(eqn.invars):
     raise CaptureError(
         f"group '{name}': the forward pass differs from the one discover_groups traced (no "
@@ -52,7 +53,7 @@ def _eval(jaxpr, consts, args, targets: Targets):
   captured = {}
 
   def read(v):
-    return v.val if isinstance(v, jex_core.Literal) else env[v]
+    return v.val if isinstance(v, _compat.Literal) else env[v]
 
   for v, x in zip(jaxpr.constvars, consts):
     env[v] = x
@@ -84,16 +85,16 @@ def _eval(jaxpr, consts, args, targets: Targets):
 
 def _descend(eqn, invals, targets: Targets):
   name = eqn.primitive.name
-  if name in INLINED:
-    sub = eqn.params.get('jaxpr', eqn.params.get('call_jaxpr'))
+  if name in _compat.INLINED:
+    sub = _compat.sub_jaxpr(eqn)
     inner, consts = (sub.jaxpr, sub.consts) if hasattr(sub, 'consts') else (sub, ())
     fn = lambda *a: _eval(inner, consts, a, targets)
-    if name in ('checkpoint', 'remat', 'remat2'):
+    if name in _compat.CHECKPOINT:
       fn = jax.checkpoint(fn, prevent_cse=eqn.params.get('prevent_cse', True),
                           policy=eqn.params.get('policy'))
     outs, cap = fn(*invals)
     return list(outs), cap
-  if name == 'scan':
+  if name == _compat.SCAN:
     p = eqn.params
     closed, nc, ncar = p['jaxpr'], p['num_consts'], p['num_carry']
     consts, carry, xs = invals[:nc], invals[nc:nc + ncar], invals[nc + ncar:]
@@ -119,8 +120,7 @@ def _check_discovered(groups: Sequence[NeuronGroup]) -> None:
 
 
 def _sites(closed, tr, groups: Sequence[NeuronGroup]) -> tuple[Targets, dict[str, int]]:
-  """Each group's ReLU in this trace, found by structure (discovery.locate_sites)."""
-  from snr_jax._src.discovery import locate_sites  # pylint: disable=import-outside-toplevel
+  """Each group's ReLU in this trace, found by structure (discovery's locate_sites)."""
   found = locate_sites(closed, tr.leaves, tr.inputs, groups)
   gone = {n: r for n, r in found.items() if isinstance(r, str)}
   if gone:

@@ -4,8 +4,9 @@ A model's forward pass is traced once with ``jax.make_jaxpr``. :func:`build_scop
 the jaxpr into *scopes*: flat lists of :class:`Op` in execution order, in which nested
 ``jit`` and ``checkpoint`` calls are inlined and every value has an integer id. The body
 of a ``scan`` is a scope of its own (its units are indexed by layer), linked to the
-outer scope by the ``scan`` op. A ReLU (``jax.nn.relu``/``relu6``, or ``max(x, 0)``)
-becomes one op named ``'relu'``; every other custom-derivative call stays one opaque op,
+outer scope by the ``scan`` op. A ReLU (``jax.nn.relu``/``relu6``, ``max(x, 0)``, or a
+function or primitive registered as ReLU-like) becomes one op named ``'relu'``; every
+other custom-derivative call stays one opaque op,
 so that e.g. ``softplus``'s internal ``max`` is never mistaken for a ReLU.
 
 Every op keeps its *location*: the eqn indices from the top-level jaxpr down to it, so
@@ -16,20 +17,20 @@ the same value can be found again in a later trace of the same function
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
-from jax.extend import core as jex_core
+
+from snr_jax._src import jax_compat as _compat
 
 Location = tuple[int, ...]
 
 # Calls whose body is inlined into the calling scope.
-INLINED = ('jit', 'pjit', 'closed_call', 'core_call', 'checkpoint', 'remat', 'remat2')
-RELU_NAMES = ('relu', 'relu6')
+INLINED = _compat.INLINED
 # Type-only eqns that tracing inserts in some contexts and not in others (shard_map marks
 # replicated values as varying with pvary): locations do not count them, so a site found
 # outside shard_map is found again inside it.
-UNCOUNTED = ('pvary', 'pcast')
+UNCOUNTED = _compat.UNCOUNTED
 
 
 def counted_eqns(jaxpr):
@@ -91,25 +92,27 @@ class Scope:
 
 
 # ops whose output is all zeros when their (first) operand is
-_ZERO_PRESERVING = ('broadcast_in_dim', 'convert_element_type', 'reshape', 'copy',
-                    'sharding_constraint')
+_ZERO_PRESERVING = ('broadcast_in_dim', 'reshape', 'copy', _compat.CONVERT_ELEMENT_TYPE,
+                    _compat.SHARDING_CONSTRAINT)
 
 
-def _is_zero(x: Any) -> bool:
+def is_zero(x: Any) -> bool:
+  """Whether ``x`` is a constant that is zero everywhere."""
   try:
     return bool(np.all(np.asarray(x) == 0))
   except Exception:  # pylint: disable=broad-except
     return False
 
 
-def _inner_ops(closed) -> list[str]:
+def inner_ops(closed) -> list[str]:
+  """The primitive names of a jaxpr's eqns, nested calls included."""
   jaxpr = getattr(closed, 'jaxpr', closed)
   names = []
   for eqn in jaxpr.eqns:
     names.append(eqn.primitive.name)
-    for key in ('jaxpr', 'call_jaxpr'):
+    for key in _compat.CALL_JAXPR_KEYS:
       if key in eqn.params:
-        names.extend(_inner_ops(eqn.params[key]))
+        names.extend(inner_ops(eqn.params[key]))
   return names
 
 
@@ -117,24 +120,18 @@ def call_name(eqn) -> str:
   """The name of the function behind a call eqn (``'relu'``, ``'logaddexp'``, ...)."""
   if 'name' in eqn.params:
     return str(eqn.params['name'])
-  sub = eqn.params.get('call_jaxpr', eqn.params.get('jaxpr'))
+  sub = _compat.sub_jaxpr(eqn)
   info = getattr(getattr(sub, 'jaxpr', sub), 'debug_info', None)
   src = getattr(info, 'func_src_info', None) or ''
   return src.split(' ')[0]
 
 
-def is_relu_call(eqn) -> bool:
-  """``jax.nn.relu``/``relu6`` (a custom-JVP call of that name whose body is a max)."""
-  if eqn.primitive.name != 'custom_jvp_call':
-    return False
-  return call_name(eqn) in RELU_NAMES and 'max' in _inner_ops(eqn.params['call_jaxpr'])
-
-
 class _Builder:
   """Flattens one jaxpr (with nested calls) into scopes."""
 
-  def __init__(self):
+  def __init__(self, is_relu: Callable[[Any], bool]):
     self.next_id = 0
+    self.is_relu = is_relu
 
   def new_id(self, scope: Scope, shape) -> int:
     self.next_id += 1
@@ -142,7 +139,7 @@ class _Builder:
     return self.next_id
 
   def read(self, scope: Scope, env: dict, atom) -> int:
-    if isinstance(atom, jex_core.Literal):
+    if isinstance(atom, _compat.Literal):
       i = self.new_id(scope, np.shape(atom.val))
       scope.consts[i] = atom.val
       return i
@@ -162,10 +159,11 @@ class _Builder:
       here = loc + (-1 if k is None else k,)
       name = eqn.primitive.name
       ins = [self.read(scope, env, a) for a in eqn.invars]
-      if name in INLINED and ('jaxpr' in eqn.params or 'call_jaxpr' in eqn.params):
-        sub = eqn.params.get('jaxpr', eqn.params.get('call_jaxpr'))
+      relu = self.is_relu(eqn)
+      if name in INLINED and _compat.has_sub_jaxpr(eqn) and not relu:
+        sub = _compat.sub_jaxpr(eqn)
         inner, inner_consts = (sub.jaxpr, sub.consts) if hasattr(sub, 'consts') else (sub, ())
-        sub_name = call_name(eqn) if name in ('jit', 'pjit') else scope_name
+        sub_name = call_name(eqn) if name in _compat.JIT else scope_name
         outs = self.flatten(scope, inner, ins, here, sub_name, inner_consts)
         for var, i in zip(eqn.outvars, outs):
           env[var] = i
@@ -174,22 +172,23 @@ class _Builder:
       for var, i in zip(eqn.outvars, outs):
         env[var] = i
       if name in _ZERO_PRESERVING and ins and ins[0] in scope.consts and \
-          _is_zero(scope.consts[ins[0]]):
+          is_zero(scope.consts[ins[0]]):
         # jnp.zeros_like and friends: a broadcast (or cast) literal 0 is still a known
         # zero, e.g. the dropped entries of a dropout's select
         scope.consts[outs[0]] = np.zeros((), eqn.outvars[0].aval.dtype)
       prim, params = name, dict(eqn.params)
-      if is_relu_call(eqn):
+      if relu:
         prim, params['relu_operand'] = 'relu', 0
       elif name == 'max' and len(ins) == 2 and any(
-          i in scope.consts and _is_zero(scope.consts[i]) for i in ins):
+          i in scope.consts and is_zero(scope.consts[i]) for i in ins):
         # relu ops read ins[0]; the eqn's own operand index is kept for capture
-        zero_first = ins[0] in scope.consts and _is_zero(scope.consts[ins[0]])
+        zero_first = ins[0] in scope.consts and is_zero(scope.consts[ins[0]])
         prim, params['relu_operand'] = 'relu', int(zero_first)
         ins = ins[::-1] if zero_first else ins
       op = Op(prim, params, ins, outs, here,
-              scope_name or call_name(eqn) if name.startswith('custom_') else scope_name, eqn)
-      if name == 'scan':
+              scope_name or call_name(eqn) if _compat.is_custom_call(name) else scope_name,
+              eqn)
+      if name == _compat.SCAN:
         op.body = self.scan_body(eqn, here)
       scope.ops.append(op)
     return [self.read(scope, env, a) for a in jaxpr.outvars]
@@ -202,9 +201,16 @@ class _Builder:
     return body
 
 
-def build_scopes(closed_jaxpr) -> Scope:
-  """The top-level scope of a traced function (scan bodies hang off their ops)."""
-  builder = _Builder()
+def build_scopes(closed_jaxpr, is_relu: Callable[[Any], bool]) -> Scope:
+  """The top-level scope of a traced function (scan bodies hang off their ops).
+
+  Args:
+    closed_jaxpr: the traced forward pass.
+    is_relu: whether an eqn is a ReLU call (``jax.nn.relu``, or an activation registered
+      as ReLU-like: :func:`snr_jax._src.discovery.rules.is_relu_site`); such a call
+      becomes one ``'relu'`` op, as does ``max(x, 0)``.
+  """
+  builder = _Builder(is_relu)
   top = Scope([], {}, {}, [], [])
   top.inputs = [builder.new_id(top, v.aval.shape) for v in closed_jaxpr.jaxpr.invars]
   top.outputs = builder.flatten(top, closed_jaxpr.jaxpr, top.inputs, (), '',

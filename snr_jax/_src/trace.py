@@ -16,13 +16,14 @@ import numpy as np
 from flax import linen as nn
 from flax import nnx
 
+from snr_jax._src import jax_compat as _compat
 from snr_jax._src.util import key_path_to_path
 
 Path = tuple[str, ...]
 
 
 def is_array(x: Any) -> bool:
-  return isinstance(x, (jax.Array, np.ndarray, np.generic)) or isinstance(x, jax.core.Tracer)
+  return isinstance(x, (jax.Array, np.ndarray, np.generic)) or isinstance(x, _compat.Tracer)
 
 
 @dataclasses.dataclass
