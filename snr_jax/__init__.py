@@ -6,7 +6,9 @@ from snr_jax._src.activations import (ActivationError, apply_with_preactivations
                                       fired, mean_activation, preactivations_from_intermediates)
 from snr_jax._src.capture import CaptureError, with_preactivations
 from snr_jax._src.cbp import CBPRule, CBPState, continual_backprop
-from snr_jax._src.discovery import DiscoveredGroups, LeftOut, describe_groups, discover_groups
+from snr_jax._src.discovery import (DiscoveredGroups, LeftOut, describe_groups, discover_groups,
+                                    register_activation, register_unit_preserving,
+                                    registration_scope, unregister_op)
 from snr_jax._src.groups import (GroupError, NeuronGroup, ParamSlice, Site, check_groups,
                                  dense_group, validate_groups)
 from snr_jax._src.methods import METHODS, make_method, method_hyperparameters, snr_l2
@@ -80,6 +82,9 @@ __all__ = [
     'method_hyperparameters',
     'preactivations_from_intermediates',
     'redo',
+    'register_activation',
+    'register_unit_preserving',
+    'registration_scope',
     'reset_metrics',
     'reset_model_state',
     'reset_neurons',
@@ -91,6 +96,7 @@ __all__ = [
     'snr',
     'snr_info',
     'snr_l2',
+    'unregister_op',
     'validate_groups',
     'with_preactivations',
     'with_resets',
