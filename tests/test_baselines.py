@@ -157,6 +157,7 @@ def _stack_of_two_layers():
   return groups, params
 
 
+@pytest.mark.slow
 def test_redo_and_cbp_treat_each_layer_of_a_scanned_stack_as_a_layer():
   groups, params = _stack_of_two_layers()
   # layer 0's units are 20x as active as layer 1's; within a layer, unit 3 is the least
@@ -389,6 +390,7 @@ HPARAMS = {'none': {}, 'l2': {}, 'l2_init': {}, 'shrink_perturb': {},
 
 @pytest.mark.parametrize('opt', sorted(OPTIMIZERS))
 @pytest.mark.parametrize('name', sorted(snr_jax.METHODS))
+@pytest.mark.slow
 def test_every_method_with_every_optimizer_under_jit_vmap_scan(name, opt, mlp):
   model, params, x = mlp
   groups = snr_jax.discover_groups(model, params, x)

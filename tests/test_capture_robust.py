@@ -60,6 +60,7 @@ class DropMLP(nn.Module):
     return nn.Dense(2, name='out')(x)
 
 
+@pytest.mark.slow
 def test_train_and_eval_mode_capture_with_groups_discovered_in_the_other():
   model = DropMLP()
   x = jax.random.normal(jax.random.PRNGKey(1), (8, 5))

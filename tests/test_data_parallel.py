@@ -19,6 +19,7 @@ from snr_jax._src.util import psum_packed
 HERE = pathlib.Path(__file__).resolve().parent
 
 
+@pytest.mark.slow
 def test_every_parallel_form_matches_one_device():
   env = dict(os.environ, PYTHONPATH=str(HERE.parent))
   proc = subprocess.run([sys.executable, str(HERE / 'data_parallel_run.py'), '200'], env=env,
@@ -77,6 +78,7 @@ print(*all_reduces(sgd), *all_reduces(snr_jax.snr(sgd, groups, data_axis='d')),
 '''
 
 
+@pytest.mark.slow
 def test_data_parallel_resets_add_no_collective_and_one_buffer_to_the_step():
   """The global firing (SNR) and mean activity (ReDo, CBP) are summed in float32, so XLA
   merges their all-reduce with the gradients': a data-parallel step has as many
@@ -111,6 +113,7 @@ def test_psum_packed_sums_each_vector_in_its_dtype():
 
 
 @pytest.mark.parametrize('batch_size', [None, 16])
+@pytest.mark.slow
 def test_ages_grow_by_the_global_batch_however_it_is_given(batch_size):
   """With ``data_axis``, a measured batch is a shard's (times the shards) and a given
   ``batch_size`` is the global batch's: both age a silent unit by the 16 examples of

@@ -617,6 +617,7 @@ class NNXStack(nnx.Module):
     return self.head(run(x, self.blocks))
 
 
+@pytest.mark.slow
 def test_nnx_scan_stack_has_units_per_layer():
   model = NNXStack(nnx.Rngs(0))
   x = jax.random.normal(KEY, (4, 3))
@@ -735,6 +736,7 @@ def test_a_declared_stacked_group_must_name_its_layers():
   assert snr_jax.validate_groups([ok], params)[0].units == 5
 
 
+@pytest.mark.slow
 def test_cbp_reads_consumer_rows_through_the_discovered_layout():
   from snr_jax._src.cbp import outgoing_mean_magnitude, transfer_to_biases
   model, x, variables, _ = _setup('cnn_channel_first')
@@ -757,6 +759,7 @@ def test_cbp_reads_consumer_rows_through_the_discovered_layout():
                              np.abs(k).mean(axis=2).reshape(-1), rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_per_token_snr_on_a_scanned_group_counts_positions_per_layer_and_unit():
   model, x, variables, _ = _setup('scanned')
   groups = snr_jax.discover_groups(model, variables, x)

@@ -9,6 +9,9 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
+
+pytestmark = pytest.mark.slow   # two processes against one with eight devices
 
 HERE = pathlib.Path(__file__).resolve().parent
 STEPS = 200

@@ -55,6 +55,7 @@ def _refused_without_config(config, digits, out):
   assert sorted(out.rglob('*')) == before
 
 
+@pytest.mark.slow
 def test_orbax_checkpoint_resumes_bitwise_and_unfinished_ones_are_ignored(
     config, digits, uninterrupted, tmp_path):
   assert not _run(config, digits, tmp_path, stop_after=2)['complete']
@@ -71,6 +72,7 @@ def test_orbax_checkpoint_resumes_bitwise_and_unfinished_ones_are_ignored(
   assert sorted(p.name for p in (tmp_path / 'checkpoint').iterdir()) == ['6']
 
 
+@pytest.mark.slow
 def test_legacy_msgpack_checkpoint_is_resumed_then_replaced(config, digits, uninterrupted,
                                                             tmp_path, monkeypatch):
   with monkeypatch.context() as m:

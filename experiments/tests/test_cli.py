@@ -15,6 +15,7 @@ def data_dir(tmp_path_factory):
 
 
 @pytest.mark.parametrize('name', sorted(SHORT_PROTOCOL))
+@pytest.mark.slow
 def test_each_benchmark_end_to_end(name, data_dir, tmp_path, capsys):
   out = tmp_path / 'run'
   code = cli.main([name, '--method', 'snr', '--num-tasks', '3', '--seeds', '2',
@@ -32,6 +33,7 @@ def test_each_benchmark_end_to_end(name, data_dir, tmp_path, capsys):
   assert 'last-10% online accuracy' in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_resume_after_interruption_equals_uninterrupted_run(data_dir, tmp_path, monkeypatch):
   flags = ['permuted_mnist', '--method', 'snr', '--num-tasks', '6', '--seeds', '2',
            '--examples-per-task', '64', '--data-dir', str(data_dir), '--no-progress',
@@ -185,6 +187,7 @@ def test_plot_command_errors_on_a_directory_without_results(tmp_path, capsys):
   assert e.value.code == 2 and 'holds no metrics.csv' in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_quickstart_runs_with_fewer_tasks(tmp_path):
   assert quickstart.main(['--num-tasks', '4', '--out', str(tmp_path), '--no-progress']) == 0
   assert (tmp_path / 'plot.png').stat().st_size > 10_000
@@ -193,6 +196,7 @@ def test_quickstart_runs_with_fewer_tasks(tmp_path):
 
 
 @pytest.mark.parametrize('method', ['snr', 'snr_l2'])
+@pytest.mark.slow
 def test_per_token_estimator_through_the_cli(method, data_dir, tmp_path):
   out = tmp_path / 'run'
   code = cli.main(['permuted_shakespeare', '--method', method, '--num-tasks', '2',

@@ -14,6 +14,8 @@ import pytest
 from experiments import cli
 from fakes import SHORT_PROTOCOL, write_data_dir
 
+pytestmark = pytest.mark.slow   # the README's commands, each in a fresh process
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 # The README's timed benchmarks (bench_*) are run by hand; everything else it names runs here.

@@ -3,7 +3,11 @@
 import json
 import numbers
 
+import pytest
+
 from experiments import device_check
+
+pytestmark = pytest.mark.slow   # the device check's every section, on CPU
 
 
 def _numbers(tree):

@@ -109,6 +109,7 @@ def _columns(rows) -> dict[str, np.ndarray]:
   return {k: np.array([float(r[k]) for r in rows]) for k in rows[0]}
 
 
+@pytest.mark.slow
 def test_two_processes_write_once_equal_one_process_and_resume(tmp_path):
   multi, one, logs = tmp_path / 'multi', tmp_path / 'one', tmp_path / 'logs'
   logs.mkdir()
@@ -140,6 +141,7 @@ def test_two_processes_write_once_equal_one_process_and_resume(tmp_path):
     np.testing.assert_allclose(v, _columns(reference)[k], rtol=0, atol=1e-6, err_msg=k)
 
 
+@pytest.mark.slow
 def test_a_batch_spanning_both_processes_gives_the_single_device_run(tmp_path):
   """--batch-devices 8 over 2 processes of 4 devices: every member's batch is split over
   both processes (mesh 1 x 8), and firing, resets and metrics are those of one device."""

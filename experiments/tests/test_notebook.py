@@ -4,6 +4,9 @@ import json
 import pathlib
 
 import matplotlib
+import pytest
+
+pytestmark = pytest.mark.slow   # executes the walkthrough notebook
 
 NOTEBOOK = pathlib.Path(__file__).resolve().parents[1] / 'snr_walkthrough.ipynb'
 

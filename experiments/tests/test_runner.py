@@ -57,6 +57,7 @@ TINY = {
 
 
 @pytest.mark.parametrize('name', sorted(TINY))  # not 'benchmark': pytest-benchmark's fixture
+@pytest.mark.slow
 def test_three_task_run_of_each_benchmark(name):
   make_data, overrides = TINY[name]
   cfg = ExperimentConfig(name, method='snr', num_tasks=3,
@@ -69,6 +70,7 @@ def test_three_task_run_of_each_benchmark(name):
   assert out['source'] == 'generated for tests'
 
 
+@pytest.mark.slow
 def test_same_seed_gives_identical_results(mnist):
   cfg = ExperimentConfig('permuted_mnist', method='snr', num_tasks=3, examples_per_task=64,
                          hparams=dict(tau_init=32, tau_min=16, tau_max=64))
@@ -81,6 +83,7 @@ def test_same_seed_gives_identical_results(mnist):
 
 
 @pytest.mark.parametrize('method', ['snr', 'shrink_perturb'])
+@pytest.mark.slow
 def test_vmapped_seeds_equal_seeds_one_by_one(method, mnist):
   hp = dict(tau_init=32, tau_min=16, tau_max=64) if method == 'snr' else {}
   cfg = ExperimentConfig('permuted_mnist', method=method, num_tasks=3, examples_per_task=64,
@@ -94,6 +97,7 @@ def test_vmapped_seeds_equal_seeds_one_by_one(method, mnist):
       np.testing.assert_allclose(x[0], y[i], rtol=2e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_sweep_axis_equals_separate_runs(mnist):
   base = dict(num_tasks=2, examples_per_task=64)
   cfg = ExperimentConfig('permuted_mnist', method='snr', sweep=('eta', (0.01, 0.3)),
@@ -202,6 +206,7 @@ def _reference_permuted_run(cfg, dataset, groups):
     ('snr', 'sgd', dict(tau_init=32, tau_min=16, tau_max=64)),
     ('cbp', 'adam', dict(replacement_rate=0.05, maturity=2)),
 ])
+@pytest.mark.slow
 def test_permuted_runner_matches_plain_reference_bitwise(method, optimizer, hparams, mnist):
   # 32 of the 256 images per task: few enough for the runner's partial shuffle to apply
   cfg = ExperimentConfig('permuted_mnist', method=method, optimizer=optimizer, num_tasks=4,
@@ -272,6 +277,7 @@ def test_width_sets_the_mlp_hidden_layers_and_only_the_mlp(mnist):
     ExperimentConfig(width=0)
 
 
+@pytest.mark.slow
 def test_model_vit_trains_the_small_vit_on_image_benchmarks(mnist):
   cfg = ExperimentConfig('continual_imagenet', method='snr', num_tasks=1, model='vit',
                          examples_per_task=20, batch_size=10, epochs=1)
@@ -311,6 +317,7 @@ def test_text_benchmark_rejects_image_data(mnist):
     make_run(ExperimentConfig('permuted_shakespeare', num_tasks=1), mnist)
 
 
+@pytest.mark.slow
 def test_mesh_mode_equals_vmap_and_resumes_bitwise(tmp_path):
   """Seeds placed on a mesh of 4 (virtual CPU) devices give the vmapped results, also with
   each member's batch sharded over 2 devices, and a run stopped after a chunk resumes on

@@ -61,6 +61,7 @@ def test_a_setting_given_twice_in_a_benchmark_entry_is_a_study_error():
     study.build_groups(spec)
 
 
+@pytest.mark.slow
 def test_study_end_to_end_selects_runs_final_skips_done_and_resumes(tmp_path):
   spec = _spec(tmp_path)
   logs = []
@@ -106,6 +107,7 @@ def test_study_end_to_end_selects_runs_final_skips_done_and_resumes(tmp_path):
     study.run_study(changed, workers=0, log=logs.append)
 
 
+@pytest.mark.slow
 def test_a_fresh_clone_resumes_from_the_committed_csv_without_the_runs_directory(tmp_path):
   import shutil
   spec = _spec(tmp_path, methods={'none': {}, 'l2': {'strength': [1e-4, 0.5]}})
@@ -175,6 +177,7 @@ def test_selection_picks_the_best_total_average_and_breaks_ties_by_order():
   assert [s['score'] for s in scores] == pytest.approx([0.5, 0.625, 0.625])
 
 
+@pytest.mark.slow
 def test_a_sweep_with_labels_runs_only_selection_seeds_and_reports_spread(tmp_path):
   spec = _spec(tmp_path, final=False, figures=str(tmp_path / 'figures'),
                methods={'l2': {'strength': [1e-4, 0.5]},
@@ -254,6 +257,7 @@ def test_benchmark_labels_keep_entries_of_one_benchmark_apart(tmp_path):
 
 
 @pytest.mark.parametrize('signame', ['SIGINT', 'SIGTERM'])
+@pytest.mark.slow
 def test_ctrl_c_stops_the_study_running_cells_checkpoint_queued_cells_never_start(tmp_path,
                                                                                   signame):
   """Ctrl-C (SIGINT to the study's process group), or SIGTERM: the running cell

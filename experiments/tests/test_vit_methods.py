@@ -16,6 +16,8 @@ import snr_jax
 from experiments import data as snr_data
 from experiments.models import ViT
 
+pytestmark = pytest.mark.slow   # trains the ViT with every method
+
 IMAGES, CLASSES, PER_CLASS, BATCH = 8, 4, 6, 4
 
 CASES = [(m, {}) for m in sorted(snr_jax.METHODS)] + [
