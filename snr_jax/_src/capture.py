@@ -33,8 +33,11 @@ class CaptureError(ValueError):
 
 def _bind(eqn, invals):
   params = eqn.primitive.get_bind_params(eqn.params)
+  subfuns = ()
+  if isinstance(params, tuple):   # jax < 0.9.2 returns (subfuns, params)
+    subfuns, params = params
   with eqn.ctx.manager:
-    out = eqn.primitive.bind(*invals, **params)
+    out = eqn.primitive.bind(*subfuns, *invals, **params)
   return out if eqn.primitive.multiple_results else [out]
 
 
