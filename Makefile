@@ -13,7 +13,7 @@
 
 VENV ?= .venv
 PYTHON ?= python3
-PYTEST_ARGS ?= -n auto
+PYTEST_ARGS ?= -n auto --dist loadfile
 BIN := $(VENV)/bin
 
 .PHONY: setup quickstart test test-fast floors lint
