@@ -13,11 +13,12 @@ from typing import Any, Callable, Mapping, Optional
 
 import jax
 import numpy as np
-from flax import linen as nn
-from flax import nnx
 
-from snr_jax._src import jax_compat as _compat
+from snr_jax._src import jax_compat as _compat, optional as _optional
 from snr_jax._src.util import key_path_to_path
+
+nn = _optional.LazyModule('flax.linen')   # flax is optional: imported for linen/NNX models
+nnx = _optional.LazyModule('flax.nnx')
 
 Path = tuple[str, ...]
 
@@ -50,9 +51,9 @@ class Traceable:
 
 
 def model_kind(f: Any) -> str:
-  if isinstance(f, nn.Module):
+  if _optional.is_linen_module(f):
     return 'linen'
-  if isinstance(f, nnx.Module):
+  if _optional.is_nnx_module(f):
     return 'nnx'
   if callable(f):
     return 'function'
