@@ -21,7 +21,8 @@ def trace():
   return dict(np.load(TRACE))
 
 
-def test_replay_matches_released_code_at_every_step(trace):
+@pytest.mark.parametrize('control_flow', ['branch', 'select'])
+def test_replay_matches_released_code_at_every_step(trace, control_flow):
   fired = trace['fired']
   steps, layers, units = fired.shape
   bs, spt = int(trace['batch_size']), int(trace['steps_per_task'])
@@ -32,7 +33,9 @@ def test_replay_matches_released_code_at_every_step(trace):
       groups, estimator='histogram', eta=float(trace['eta']), tau_init=int(trace['tau0']),
       tau_min=int(trace['tau_min']), tau_max=int(trace['tau_max']),
       expansion=float(trace['expansion']),
-      schedule=snr_jax.every_n_tasks(int(trace['refresh_every_tasks'])))
+      schedule=snr_jax.every_n_tasks(int(trace['refresh_every_tasks'])),
+      max_resets_per_step=None,   # the exact path: every due unit resets at once
+      control_flow=control_flow)
   params = {'w': jnp.zeros((1, units))}
   # +1 where a neuron fired (in one example of the batch), -1 elsewhere
   acts = np.where(fired[:, :, None, :], 1.0, -1.0).astype(np.float32)

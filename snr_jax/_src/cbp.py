@@ -49,8 +49,8 @@ from snr_jax._src.checks import axis_name_or_none, integer_in, number_in
 from snr_jax._src.activations import mean_activations
 from snr_jax._src.ages import saturating_add
 from snr_jax._src.groups import NeuronGroup, ParamSlice, get_path
-from snr_jax._src.util import key_path_to_path, run_if
-from snr_jax._src.reset import _unit_ids
+from snr_jax._src.util import cond, control_flow_arg, key_path_to_path, run_if
+from snr_jax._src.reset import _unit_ids, cap_mask, max_resets_arg, resets_cap
 from snr_jax._src.transform import NeuronResets, with_resets
 
 ROUNDINGS = ('accumulate', 'stochastic')
@@ -175,6 +175,8 @@ class CBPRule:
   decay: float = 0.99
   rounding: str = 'accumulate'
   data_axis: Optional[str] = None
+  control_flow: str = 'auto'
+  max_resets_per_step: Any = None
   state_type: ClassVar[type] = CBPState
 
   def __post_init__(self):
@@ -233,9 +235,12 @@ class CBPRule:
       k = jnp.minimum(k, n_eligible).astype(jnp.int32)
       rank = lowest_k if g.layers == 1 else jax.vmap(lowest_k)
       # the sort runs only on steps that replace something (most steps replace nothing)
-      mask = jax.lax.cond(jnp.any(k > 0), lambda a, rank=rank: rank(*a).reshape(-1),
-                          lambda a: jnp.zeros_like(a[1]).reshape(-1),
-                          (per_layer(u_hat), per_layer(eligible), k))
+      mask = cond(jnp.any(k > 0), lambda a, rank=rank: rank(*a).reshape(-1),
+                  lambda a: jnp.zeros_like(a[1]).reshape(-1),
+                  (per_layer(u_hat), per_layer(eligible), k), self.control_flow)
+      # over the cap, the lowest utilities go now; the rest stay owed ('accumulate')
+      mask = cap_mask(mask, resets_cap(self.max_resets_per_step, g.size), -u_hat)
+      k = jnp.sum(per_layer(mask), axis=-1).astype(jnp.int32)
       masks[g.name] = mask
       out.utility[g.name] = jnp.where(mask, 0.0, u)
       out.mean_act[g.name] = jnp.where(mask, 0.0, f)
@@ -251,13 +256,15 @@ class CBPRule:
     :class:`snr_jax.ResetRule` hook run before the shared reset)."""
     any_replaced = jnp.any(jnp.stack([jnp.any(masks[g.name]) for g in groups]))
     # state.transfer is 0 off the masks; run_if skips the work (and any copy) otherwise
-    return run_if(any_replaced, lambda p: transfer_to_biases(p, groups, state.transfer), params)
+    return run_if(any_replaced, lambda p: transfer_to_biases(p, groups, state.transfer), params,
+                  self.control_flow)
 
 
 def continual_backprop(inner: optax.GradientTransformation, groups: Sequence[NeuronGroup],
                        *, replacement_rate: float = 1e-4, maturity: int = 100,
                        decay: float = 0.99, rounding: str = 'accumulate', seed: Any = 0,
-                       axis_name: Optional[str] = None, data_axis: Optional[str] = None
+                       axis_name: Optional[str] = None, data_axis: Optional[str] = None,
+                       control_flow: str = 'auto', max_resets_per_step: Any = 'auto'
                        ) -> optax.GradientTransformationExtraArgs:
   """Wraps ``inner`` with continual backprop (selective reinitialisation).
 
@@ -275,6 +282,12 @@ def continual_backprop(inner: optax.GradientTransformation, groups: Sequence[Neu
     axis_name: name of an enclosing vmap/pmap axis (see ``NeuronResets``).
     data_axis: the data-parallel axis inside ``shard_map``/``pmap``: activity statistics
       are taken over the global batch (see :func:`snr_jax.self_normalized_resets`).
+    control_flow: ``'branch'``, ``'select'`` or ``'auto'`` (see
+      :func:`snr_jax.self_normalized_resets`): with ``'select'`` the ranking and the bias
+      transfer run on every step, kept by ``jnp.where``.
+    max_resets_per_step: the most units of a group replaced in one step (see
+      :func:`snr_jax.self_normalized_resets`); with ``rounding='accumulate'`` the units
+      over it stay owed and are replaced on the following steps.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` taking ``activations=``.
@@ -288,6 +301,9 @@ def continual_backprop(inner: optax.GradientTransformation, groups: Sequence[Neu
   decay = number_in('decay', decay, 0.0, 1.0, hi_open=True)
   if rounding not in ROUNDINGS:
     raise ValueError(f'rounding must be one of {ROUNDINGS}, got {rounding!r}.')
+  control_flow = control_flow_arg(control_flow)
   rule = CBPRule(replacement_rate, maturity, decay, rounding,
-                 axis_name_or_none('data_axis', data_axis))
-  return with_resets(inner, NeuronResets(groups, rule, axis_name), seed)
+                 axis_name_or_none('data_axis', data_axis), control_flow,
+                 max_resets_arg(max_resets_per_step))
+  return with_resets(inner, NeuronResets(groups, rule, axis_name, control_flow=control_flow),
+                     seed)

@@ -18,11 +18,16 @@ import optax
 from snr_jax._src.checks import axis_name_or_none, integer_in, number_in
 from snr_jax._src.activations import mean_activation, mean_activations
 from snr_jax._src.groups import NeuronGroup
+from snr_jax._src.reset import cap_mask, max_resets_arg, resets_cap
 from snr_jax._src.transform import NeuronResets, with_resets
+from snr_jax._src.util import control_flow_arg
 
 
 class ReDoState(NamedTuple):
   steps: jax.Array  # steps taken so far
+  # {group: bool (size,)}: dormant units found at a check and not yet reset (a group
+  # with more than max_resets_per_step of them resets them over several steps)
+  pending: Optional[dict] = None
 
 
 def redo_scores(preactivation: jax.Array, data_axis=None) -> jax.Array:
@@ -46,6 +51,7 @@ class ReDoRule:
   threshold: float = 0.1
   period: int = 1000
   data_axis: Optional[str] = None
+  max_resets_per_step: Any = None
   state_type: ClassVar[type] = ReDoState
 
   def __post_init__(self):
@@ -54,8 +60,9 @@ class ReDoRule:
     object.__setattr__(self, 'period', integer_in('period', self.period, 1, what=' (steps)'))
 
   def init(self, groups: Sequence[NeuronGroup], params: Any) -> ReDoState:
-    del groups, params
-    return ReDoState(jnp.zeros((), jnp.int32))
+    del params
+    return ReDoState(jnp.zeros((), jnp.int32), {g.name: jnp.zeros((g.size,), bool)
+                                                 for g in groups})
 
   def select(self, state: ReDoState, groups: Sequence[NeuronGroup],
              activations: Mapping[str, jax.Array], params: Any, *, end_of_task, key):
@@ -63,14 +70,19 @@ class ReDoRule:
     steps = state.steps + 1
     now = steps % self.period == 0
     means = mean_activations({g.name: activations[g.name] for g in groups}, self.data_axis)
-    masks = {g.name: now & (normalised_scores(means[g.name], g.layers) <= self.threshold)
-             for g in groups}
-    return masks, ReDoState(steps)
+    masks, pending = {}, {}
+    for g in groups:
+      due = state.pending[g.name] | (now & (normalised_scores(means[g.name], g.layers)
+                                            <= self.threshold))
+      masks[g.name] = cap_mask(due, resets_cap(self.max_resets_per_step, g.size))
+      pending[g.name] = due & ~masks[g.name]
+    return masks, ReDoState(steps, pending)
 
 
 def redo(inner: optax.GradientTransformation, groups: Sequence[NeuronGroup], *,
          threshold: float = 0.1, period: int = 1000, seed: Any = 0,
-         axis_name: Optional[str] = None, data_axis: Optional[str] = None
+         axis_name: Optional[str] = None, data_axis: Optional[str] = None,
+         control_flow: str = 'auto', max_resets_per_step: Any = 'auto'
          ) -> optax.GradientTransformationExtraArgs:
   """Wraps ``inner`` with ReDo.
 
@@ -85,6 +97,11 @@ def redo(inner: optax.GradientTransformation, groups: Sequence[NeuronGroup], *,
     axis_name: name of an enclosing vmap/pmap axis (see ``NeuronResets``).
     data_axis: the data-parallel axis inside ``shard_map``/``pmap``: scores are taken
       over the global batch (see :func:`snr_jax.self_normalized_resets`).
+    control_flow: ``'branch'``, ``'select'`` or ``'auto'`` (see
+      :func:`snr_jax.self_normalized_resets`).
+    max_resets_per_step: the most units of a group reset in one step (see
+      :func:`snr_jax.self_normalized_resets`); dormant units over it are reset on the
+      following steps, the lowest indices first.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` taking ``activations=``.
@@ -95,5 +112,7 @@ def redo(inner: optax.GradientTransformation, groups: Sequence[NeuronGroup], *,
   """
   threshold = number_in('threshold', threshold, 0.0, float('inf'))
   period = integer_in('period', period, 1, what=' (steps)')
-  rule = ReDoRule(threshold, period, axis_name_or_none('data_axis', data_axis))
-  return with_resets(inner, NeuronResets(groups, rule, axis_name), seed)
+  rule = ReDoRule(threshold, period, axis_name_or_none('data_axis', data_axis),
+                  max_resets_arg(max_resets_per_step))
+  return with_resets(inner, NeuronResets(groups, rule, axis_name,
+                                         control_flow=control_flow_arg(control_flow)), seed)

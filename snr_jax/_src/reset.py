@@ -23,7 +23,7 @@ import numpy as np
 import optax
 
 from snr_jax._src import checks as _checks
-from snr_jax._src.util import any_in_batch, key_path_to_path
+from snr_jax._src.util import any_in_batch, cond, key_path_to_path
 from snr_jax._src.groups import NeuronGroup, ParamSlice, Path, get_path, leaf_value
 
 Masks = Mapping[str, jax.Array]
@@ -159,6 +159,201 @@ def apply_reset(params: Any, groups: Sequence[NeuronGroup], masks: Masks,
   return jax.tree_util.tree_map_with_path(one, params)
 
 
+AUTO_RESETS = (16, 16)
+"""``max_resets_per_step='auto'``: at most ``max(16, ⌈size / 16⌉)`` units per group and step."""
+
+
+def max_resets_arg(value: Any) -> Any:
+  """Validates a ``max_resets_per_step`` argument: None, ``'auto'`` or an int ≥ 1."""
+  if value is None or (isinstance(value, str) and value == 'auto'):
+    return value
+  return _checks.integer_in('max_resets_per_step', value, 1, what=" (or 'auto', or None)")
+
+
+def resets_cap(setting: Any, size: int) -> Optional[int]:
+  """The most units of a ``size``-unit group reset in one step, or None for no cap.
+
+  ``setting`` is a rule's ``max_resets_per_step``: None (no cap: the exact path, fresh
+  values for whole parameters), ``'auto'`` (``max(16, ⌈size / 16⌉)``) or an int. A cap
+  of at least ``size`` is no cap.
+  """
+  if setting is None:
+    return None
+  least, fraction = AUTO_RESETS
+  k = max(least, -(-size // fraction)) if setting == 'auto' else int(setting)
+  return None if k >= size else k
+
+
+def cap_mask(mask: jax.Array, k: Optional[int], priority: Optional[jax.Array] = None
+             ) -> jax.Array:
+  """``mask`` with at most ``k`` True entries (None: unchanged).
+
+  Keeps the ``k`` masked entries of highest ``priority`` (ties: the lower index), or the
+  first ``k`` without one. The others stay False for this step: a rule defers them.
+  """
+  if k is None:
+    return mask
+  if priority is None:
+    return mask & (jnp.cumsum(mask, dtype=jnp.int32) <= k)
+  if jnp.issubdtype(priority.dtype, jnp.integer):
+    lowest = jnp.iinfo(priority.dtype).min
+  else:
+    lowest = -jnp.inf
+  _, top = jax.lax.top_k(jnp.where(mask, priority, lowest), k)
+  return mask & jnp.zeros_like(mask).at[top].set(True)
+
+
+def _entries(group: NeuronGroup, s: ParamSlice, n: int) -> np.ndarray:
+  """``(units, m)``: the elements along ``s.axis`` each unit owns, padded with ``n`` (out of
+  range, so scatters drop it)."""
+  ids = _unit_ids(group, s, n)
+  rows = [np.nonzero(ids == u)[0] for u in range(group.units)]
+  table = np.full((group.units, max(1, max(len(r) for r in rows))), n, np.int32)
+  for u, r in enumerate(rows):
+    table[u, :len(r)] = r
+  return table
+
+
+def _slice_index(group: NeuronGroup, s: ParamSlice, shape: tuple[int, ...],
+                 idx: jax.Array) -> tuple[tuple, int, int]:
+  """``leaf.at[index]`` selecting the slices of units ``idx`` (``(k,)`` group indices, ``size``
+  for an empty slot); returns ``(index, pos, m)``: the indexed array holds ``(k, m)`` at
+  axes ``pos, pos + 1`` (``m`` elements per unit), the leaf's other axes around them."""
+  nd = len(shape)
+  axis = s.axis % nd
+  table = _entries(group, s, shape[axis])
+  valid = idx < (group.size if s.layer_axis is not None else group.units)
+  rows = jnp.where(valid[:, None], jnp.asarray(table)[idx % group.units], shape[axis])
+  index: list[Any] = [slice(None)] * nd
+  index[axis] = rows
+  if s.layer_axis is None:
+    return tuple(index), axis, table.shape[1]
+  la = s.layer_axis % nd
+  index[la] = jnp.where(valid, idx // group.units, shape[la])[:, None]
+  return tuple(index), (min(la, axis) if abs(la - axis) == 1 else 0), table.shape[1]
+
+
+def _fan_free(init: Any, axis: int, nd: int) -> bool:
+  """Whether ``init``'s law per element ignores the length of ``axis`` (so ``k`` slices can
+  be drawn alone): False for jax's variance scaling unless ``axis`` is its output axis in
+  ``fan_in`` mode (Flax's default lecun_normal), its input axis in ``fan_out`` mode, or a
+  batch axis; False for orthogonal; True for anything else (normal, uniform, constants)."""
+  names = getattr(getattr(init, '__code__', None), 'co_freevars', ())
+  cells = dict(zip(names, (c.cell_contents for c in (init.__closure__ or ())))) if names else {}
+  if 'column_axis' in cells:           # orthogonal: not elementwise
+    return False
+  if 'mode' not in cells:
+    return True
+  ax = lambda a: a % nd
+  if axis in {ax(a) for a in np.atleast_1d(cells.get('batch_axis', ()))}:
+    return True
+  return ((cells['mode'] == 'fan_in' and axis == ax(cells['out_axis']))
+          or (cells['mode'] == 'fan_out' and axis == ax(cells['in_axis'])))
+
+
+def _draw_slices(s: ParamSlice, key: jax.Array, shape: tuple[int, ...], dtype, k: int,
+                 m: int, pos: int, index: tuple) -> jax.Array:
+  """Fresh values for ``k`` units' incoming slices, shaped as ``leaf[index]``: one layer's
+  shape with ``k·m`` elements along the unit axis, from the slice's initializer. An
+  initializer whose scale depends on that axis' length draws one whole layer instead and
+  keeps the slices (exact law, cost of one layer)."""
+  nd = len(shape)
+  axis = s.axis % nd
+  la = None if s.layer_axis is None else s.layer_axis % nd
+  one = tuple(n for i, n in enumerate(shape) if i != la)
+  ax1 = axis - (la is not None and la < axis)
+  sample = lambda shp: jnp.asarray(leaf_value(s.init(key, shp, dtype))).astype(dtype)
+  if _fan_free(s.init, ax1, len(one)):
+    x = sample(one[:ax1] + (k * m,) + one[ax1 + 1:])
+    x = x.reshape(one[:ax1] + (k, m) + one[ax1 + 1:])
+  else:
+    rows = index[axis]                     # (k, m), out of range on empty slots
+    x = jnp.take(sample(one), jnp.minimum(rows, one[ax1] - 1), axis=ax1)  # (.., k, m, ..)
+  return jnp.moveaxis(x, (ax1, ax1 + 1), (pos, pos + 1))
+
+
+def _capped_plan(params: Any, groups: Sequence[NeuronGroup], masks: Masks,
+                 caps: Mapping[str, Optional[int]]):
+  """``{param path: [(group, slice, mask, incoming, index or None, k, m, pos)]}``: a capped
+  group's slices as scatter indices of its up-to-``k`` masked units; others as masks."""
+  leaves = {key_path_to_path(kp): leaf
+            for kp, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
+  idx = {g.name: jnp.nonzero(masks[g.name], size=caps[g.name], fill_value=g.size)[0]
+         for g in groups if caps.get(g.name) is not None}
+  plan: dict[Path, list] = {}
+  for path, entries in _slices_by_path(groups, masks).items():
+    for g, s, mask, incoming in entries:
+      if g.name in idx:
+        index, pos, m = _slice_index(g, s, np.shape(leaves[path]), idx[g.name])
+        plan.setdefault(path, []).append((g, s, mask, incoming, index, caps[g.name], m, pos))
+      else:
+        plan.setdefault(path, []).append((g, s, mask, incoming, None, None, None, None))
+  return plan
+
+
+def _draw_plan(params: Any, groups: Sequence[NeuronGroup], plan, key: jax.Array) -> dict:
+  """Fresh values: ``{path: whole parameter}`` for uncapped incoming slices (as
+  :func:`draw_fresh`) and ``{(path, group): k slices}`` for capped ones."""
+  full = [g for g in groups
+          if any(e[0] is g and e[3] and e[4] is None for es in plan.values() for e in es)]
+  full_key, key = jax.random.split(key)
+  fresh: dict = draw_fresh(params, full, full_key) if full else {}
+  leaves = {key_path_to_path(kp): leaf
+            for kp, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
+  capped = [(path, e) for path, es in plan.items() for e in es if e[3] and e[4] is not None]
+  keys = jax.random.split(key, max(len(capped), 1))
+  for k, (path, (g, s, _, _, index, cap, m, pos)) in zip(keys, capped):
+    leaf = leaves[path]
+    fresh[(path, g.name)] = _draw_slices(s, k, leaf.shape, leaf.dtype, cap, m, pos, index)
+  return fresh
+
+
+def _apply_plan(tree: Any, plan, fresh: Optional[dict]) -> Any:
+  """Applies ``plan`` to ``tree`` (params, or with ``fresh=None`` a copy of them in an
+  optimizer state: every reset slice zeroed). Capped groups scatter into their slices
+  (empty slots are out of range and dropped); others select with their masks."""
+  def one(key_path, leaf):
+    path = key_path_to_path(key_path)
+    for g, s, mask, incoming, index, _, _, _ in plan.get(path, ()):
+      value = fresh.get((path, g.name), fresh.get(path)) if incoming and fresh else None
+      if index is None:
+        m = _unit_mask(mask, g, s, leaf.shape)
+        leaf = jnp.where(m, jnp.zeros_like(leaf) if value is None else value, leaf)
+      else:
+        leaf = leaf.at[index].set(jnp.zeros((), leaf.dtype) if value is None else value,
+                                  mode='drop')
+    return leaf
+
+  return jax.tree_util.tree_map_with_path(one, tree)
+
+
+def _zero_state_plan(optimizer: Any, opt_state: Any, params: Any, plan) -> Any:
+  """:func:`reset_optimizer_state` for a plan: the reset slices of every param-shaped
+  leaf of the optimizer state zeroed (by scatter for capped groups)."""
+  names = jax.tree_util.tree_map_with_path(lambda kp, _: '/'.join(key_path_to_path(kp)),
+                                           params)
+  by_name = {'/'.join(path): entries for path, entries in plan.items()}
+
+  def zero(state_leaf, name, param):
+    entries = by_name.get(name)
+    if not entries or not hasattr(state_leaf, 'shape') or state_leaf.shape != param.shape:
+      return state_leaf
+    for g, s, mask, _, index, _, _, _ in entries:
+      if index is None:
+        state_leaf = jnp.where(_unit_mask(mask, g, s, state_leaf.shape),
+                               jnp.zeros_like(state_leaf), state_leaf)
+      else:
+        state_leaf = state_leaf.at[index].set(jnp.zeros((), state_leaf.dtype), mode='drop')
+    return state_leaf
+
+  try:
+    return optax.tree_utils.tree_map_params(
+        optimizer, zero, opt_state, names, params,
+        is_leaf=lambda x: x is None or isinstance(x, optax.MaskedNode))
+  except Exception:  # pylint: disable=broad-except; as in reset_optimizer_state
+    return _map_params_copies(zero, opt_state, names, params)
+
+
 def reset_params(params: Any, groups: Sequence[NeuronGroup], masks: Masks,
                  key: jax.Array) -> Any:
   """Re-initialises the masked units' incoming slices and zeroes their outgoing slices.
@@ -264,15 +459,29 @@ def reset_neurons(params: Any, opt_state: Any, groups: Sequence[NeuronGroup],
 def reset_neurons_and_advance_key(params: Any, opt_state: Any, groups: Sequence[NeuronGroup],
                                   masks: Masks, key: jax.Array,
                                   optimizer: Optional[Any] = None,
-                                  axis_name: Optional[str] = None
+                                  axis_name: Optional[str] = None,
+                                  caps: Optional[Mapping[str, Optional[int]]] = None,
+                                  control_flow: str = 'branch'
                                   ) -> tuple[Any, Any, jax.Array]:
   """:func:`reset_neurons` that also returns the key to use next time.
 
   The key is split only when something is reset (inside the ``lax.cond``), so steps
   without resets cost no random-number work at all.
+
+  ``caps`` (``{group: k or None}``, see :func:`resets_cap`) says which groups reset at
+  most ``k`` units (their masks must hold at most ``k`` True): those draw fresh values for
+  ``k`` units' slices only and scatter them (and the zeros) into place, so a step's reset
+  work follows the resets, not the parameters' size. Groups without a cap take the exact
+  path: whole parameters drawn and selected by mask (the released code's draws).
+  ``control_flow='select'`` draws on every step and keeps no ``lax.cond``; the results
+  are the same (the key still advances only on steps that reset something).
   """
   check_masks(groups, masks)
   any_reset = jnp.any(jnp.stack([jnp.any(masks[g.name]) for g in groups]))
+  caps = {g.name: (caps or {}).get(g.name) for g in groups}
+  if any(k is not None for k in caps.values()):
+    return _reset_capped(params, opt_state, groups, masks, key, optimizer, axis_name, caps,
+                         control_flow, any_reset)
 
   # Only the random draw sits under the cond. Its operand is just the key: a cond that
   # carried the parameters would make XLA copy them on every step, taken or not (it cost
@@ -287,10 +496,32 @@ def reset_neurons_and_advance_key(params: Any, opt_state: Any, groups: Sequence[
     shapes = jax.eval_shape(lambda kk: draw_fresh(params, groups, kk), k)
     return jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shapes), k
 
-  fresh, next_key = jax.lax.cond(any_in_batch(any_reset, axis_name), draw, skip, key)
+  fresh, next_key = cond(any_in_batch(any_reset, axis_name), draw, skip, key, control_flow)
   params_out = apply_reset(params, groups, masks, fresh)
   if optimizer is not None and opt_state is not None:
     opt_state = reset_optimizer_state(optimizer, opt_state, params, groups, masks)
+  return params_out, opt_state, next_key
+
+
+def _reset_capped(params, opt_state, groups, masks, key, optimizer, axis_name, caps,
+                  control_flow, any_reset):
+  """:func:`reset_neurons_and_advance_key` with some groups capped (see there)."""
+  plan = _capped_plan(params, groups, masks, caps)
+
+  def draw(k):
+    next_key, draw_key = jax.random.split(k)
+    return _draw_plan(params, groups, plan, draw_key), jnp.where(any_reset, next_key, k)
+
+  def skip(k):
+    shapes = jax.eval_shape(lambda kk: _draw_plan(params, groups, plan, kk), k)
+    return jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shapes), k
+
+  # on a step without resets the capped groups' buffers are k slices, and their
+  # scatters have only out-of-range (dropped) indices: nothing parameter-sized is written
+  fresh, next_key = cond(any_in_batch(any_reset, axis_name), draw, skip, key, control_flow)
+  params_out = _apply_plan(params, plan, fresh)
+  if optimizer is not None and opt_state is not None:
+    opt_state = _zero_state_plan(optimizer, opt_state, params, plan)
   return params_out, opt_state, next_key
 
 

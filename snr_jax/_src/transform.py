@@ -26,10 +26,10 @@ import optax
 from jax.experimental import checkify
 
 from snr_jax._src import checks as _checks
-from snr_jax._src.util import key_path_to_path, member_key
+from snr_jax._src.util import control_flow_arg, key_path_to_path, member_key
 from snr_jax._src.activations import ActivationError, check_activations, merge_layers
 from snr_jax._src.groups import GroupError, NeuronGroup, validate_groups
-from snr_jax._src.reset import reset_neurons_and_advance_key
+from snr_jax._src.reset import reset_neurons_and_advance_key, resets_cap
 
 
 class ResetRule(Protocol):
@@ -142,16 +142,29 @@ class NeuronResets:
     check_finite: check with ``jax.experimental.checkify`` that every pre-activation is
       finite (opt-in; run the step under ``checkify.checkify``). Unchecked, a NaN
       pre-activation counts as silent.
+    control_flow: ``'branch'`` draws fresh weights under a ``lax.cond`` (only on steps
+      that reset something), ``'select'`` draws on every step and keeps the draw with
+      ``jnp.where`` (no conditional: XLA:GPU evaluates a conditional's predicate on the
+      host), ``'auto'`` (default) is ``'select'`` on a GPU backend and ``'branch'``
+      elsewhere (see :func:`snr_jax.self_normalized_resets` for the measurements).
+      Results are the same either way.
+
+  A rule with a ``max_resets_per_step`` attribute (SNR, ReDo, continual backprop) caps
+  the units it resets per group and step (see :func:`snr_jax.self_normalized_resets`);
+  the reset then draws and writes only those units' slices. A rule without one takes the
+  exact path (whole parameters drawn, selected by mask).
   """
 
   groups: tuple[NeuronGroup, ...]
   rule: ResetRule
   axis_name: Optional[str] = None
   check_finite: bool = False
+  control_flow: str = 'auto'
 
   def __post_init__(self):
     # A single group is accepted; names (strings) or other objects are errors.
     object.__setattr__(self, 'groups', _checks.neuron_groups(self.groups, NeuronGroup, GroupError))
+    control_flow_arg(self.control_flow)
 
   def init(self, params: Any, key: Any = 0) -> ResetState:
     """Validates the groups against ``params`` and builds the initial state.
@@ -232,8 +245,11 @@ def reset_state(resets: NeuronResets, params: Any, opt_state: Any, state: ResetS
   adjust = getattr(resets.rule, 'adjust', None)
   if adjust is not None:   # e.g. continual backprop's bias transfer, before the reset
     params = adjust(params, masks, rule_state, resets.groups)
+  setting = getattr(resets.rule, 'max_resets_per_step', None)
+  caps = {g.name: resets_cap(setting, g.size) for g in resets.groups}
   params, opt_state, next_key = reset_neurons_and_advance_key(
-      params, opt_state, resets.groups, masks, key, optimizer, resets.axis_name)
+      params, opt_state, resets.groups, masks, key, optimizer, resets.axis_name, caps,
+      resets.control_flow)
   # The carried key moves on only when it was used to draw fresh weights.
   return params, opt_state, ResetState(rule_state, state.key if given else next_key, masks)
 

@@ -61,20 +61,67 @@ def any_in_batch(pred: jax.Array, axis_name: Optional[str] = None) -> jax.Array:
   return jax.lax.psum(pred.astype(jnp.int32), axis_name) > 0
 
 
-def run_if(pred: jax.Array, fn: Callable[[Any], Any], operand: Any) -> Any:
+CONTROL_FLOWS = ('auto', 'branch', 'select')
+"""Values of the resetting methods' ``control_flow`` argument (see :func:`control_flow_for`)."""
+
+
+def control_flow_arg(value: Any) -> str:
+  """``value`` if it is one of :data:`CONTROL_FLOWS`, else a ValueError naming them."""
+  if not isinstance(value, str) or value not in CONTROL_FLOWS:
+    raise ValueError(f'control_flow must be one of {list(CONTROL_FLOWS)}, got {value!r}: '
+                     "'branch' runs the reset draw, threshold refresh and ranking under "
+                     "lax.cond/while_loop (only on steps that need them), 'select' computes "
+                     'them every step and keeps the results with jnp.where (no conditional '
+                     "in the step), 'auto' picks by backend.")
+  return value
+
+
+def control_flow_for(value: str) -> str:
+  """``'branch'`` or ``'select'``: ``value``, with ``'auto'`` resolved at trace time.
+
+  ``'auto'`` is ``'select'`` when JAX's default backend is a GPU, whose runtime evaluates
+  conditional and loop predicates on the host (a device-to-host synchronisation per
+  ``lax.cond``), and ``'branch'`` elsewhere (CPU, TPU), where skipping the work on the
+  steps that need none is faster. Exporting a step for another platform than the one
+  tracing it (``jax.export`` for cuda on a CPU machine) resolves ``'auto'`` for the
+  tracing machine: pass ``control_flow`` explicitly there.
+  """
+  if value != 'auto':
+    return value
+  return 'select' if jax.default_backend() in ('gpu', 'cuda', 'rocm') else 'branch'
+
+
+def run_if(pred: jax.Array, fn: Callable[[Any], Any], operand: Any,
+           control_flow: str = 'branch') -> Any:
   """``fn(operand)`` if ``pred`` else ``operand``, updating ``operand`` in place.
 
   ``lax.cond`` whose false branch returns its operand makes XLA copy the operand on
   every call, taken or not; for a large state (an SNR histogram is 16 MB for the
   paper's MLP) that copy dominates a training step. A ``while_loop`` of zero or one
   iteration keeps the buffers aliased, so a step that does not run ``fn`` costs nothing.
+  With ``control_flow='select'`` the loop becomes a masked single pass: ``fn`` runs on
+  every step and ``jnp.where(pred, ...)`` keeps its result (no conditional in the step).
   ``fn`` must return a tree of the operand's structure, shapes and dtypes.
   """
+  pred = jnp.asarray(pred, bool)
+  if control_flow_for(control_flow) == 'select':
+    return jax.tree.map(lambda new, old: jnp.where(pred, new, old), fn(operand), operand)
+
   def body(carry):
     _, x = carry
     return jnp.zeros((), bool), fn(x)
 
-  return jax.lax.while_loop(lambda carry: carry[0], body, (jnp.asarray(pred, bool), operand))[1]
+  return jax.lax.while_loop(lambda carry: carry[0], body, (pred, operand))[1]
+
+
+def cond(pred: jax.Array, true_fn: Callable[[Any], Any], false_fn: Callable[[Any], Any],
+         operand: Any, control_flow: str = 'branch') -> Any:
+  """``lax.cond(pred, true_fn, false_fn, operand)``, or with ``control_flow='select'`` both
+  branches evaluated and their results selected with ``jnp.where`` (no conditional)."""
+  if control_flow_for(control_flow) == 'select':
+    pred = jnp.asarray(pred, bool)
+    return jax.tree.map(lambda a, b: jnp.where(pred, a, b), true_fn(operand), false_fn(operand))
+  return jax.lax.cond(pred, true_fn, false_fn, operand)
 
 
 def psum_packed(vectors: Mapping[str, jax.Array], dtypes: Mapping[str, Any],
