@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import optax
 from jax.experimental import checkify
 
-from snr_jax._src import checks as _checks
+from snr_jax._src import checks as _checks, optional as _optional
 from snr_jax._src.util import control_flow_arg, key_path_to_path, member_key
 from snr_jax._src.activations import ActivationError, check_activations, merge_layers
 from snr_jax._src.groups import GroupError, NeuronGroup, validate_groups
@@ -120,8 +120,7 @@ def find_reset_state(state: Any) -> Optional[ResetState]:
 
 def _variable_values(tree: Any) -> Any:
   """``tree`` with every NNX variable replaced by its array (no-op without variables)."""
-  from flax import nnx  # pylint: disable=import-outside-toplevel
-  is_var = lambda x: isinstance(x, nnx.Variable)
+  is_var = _optional.is_nnx_variable   # without importing flax
   return jax.tree.map(lambda x: x.get_value() if is_var(x) else x, tree, is_leaf=is_var)
 
 
