@@ -1,10 +1,13 @@
 """SNR's cost per step: the 784-100-100-10 MLP, batch 16, steps inside ``lax.scan``.
 
 Times plain ``optax.sgd`` against the same optimizer wrapped with SNR (histogram with
-τ_max = 20,000 and geometric estimators), all in one process, and prints steps/s and
-the time ratio to plain SGD (median of several repetitions, after a compile).
+τ_max = 20,000 and geometric estimators, each with ``control_flow='branch'`` and
+``'select'``; the histogram also with ``max_resets_per_step=None``, the exact path that
+draws whole parameters), all in one process, and prints steps/s, the time ratio to plain
+SGD (ratio of the medians of several interleaved repetitions, after a compile, and the
+median of the ratios measured in the same round), and SNR's state memory per unit.
 
-    python -m experiments.bench_overhead [--steps 10000] [--reps 5] [--cores 1]
+    python -m experiments.bench_overhead [--steps 10000] [--reps 5] [--cores 1] [--skip NAME]
 
 By default the process is pinned to one core (see ``experiments._bench.pin_cores``);
 ``--cores 0`` leaves the affinity alone.
@@ -13,6 +16,8 @@ By default the process is pinned to one core (see ``experiments._bench.pin_cores
 from __future__ import annotations
 
 import argparse
+import statistics
+import sys
 
 import flax.linen as nn
 import jax
@@ -20,7 +25,7 @@ import jax.numpy as jnp
 import optax
 
 import snr_jax
-from experiments._bench import median_times, pin_cores, timed
+from experiments._bench import interleaved_times, pin_cores, round_ratios, timed
 
 
 class MLP(nn.Module):
@@ -85,12 +90,14 @@ def compare(runs, params, data, steps, batch, reps, cores, base):
   calls = {name: (lambda run=run: run(params, *data)) for name, run in runs.items()}
   for call in calls.values():  # compile
     timed(call)
-  medians = median_times(calls, reps)
+  times = interleaved_times(calls, reps)
+  medians = {name: statistics.median(ts) for name, ts in times.items()}
+  ratios = {name: statistics.median(r) for name, r in round_ratios(times, base).items()}
   print(f'{steps} steps, batch {batch}, median of {reps}, '
         f'{jax.devices()[0].platform}, {cores} core(s)')
   for name, med in medians.items():
-    print(f'  {name:22s} {steps / med:10.0f} steps/s   ratio to {base} '
-          f'{med / medians[base]:6.3f}')
+    print(f'  {name:28s} {steps / med:10.0f} steps/s   ratio to {base} '
+          f'{med / medians[base]:6.3f} (per round {ratios[name]:6.3f})')
   return medians
 
 
@@ -111,21 +118,45 @@ def mlp_setup(description: str, argv=None):
 
 
 def main(argv=None):
+  argv = list(sys.argv[1:] if argv is None else argv)
+  skip = set()
+  while '--skip' in argv:
+    i = argv.index('--skip')
+    skip.add(argv[i + 1])
+    del argv[i:i + 2]
   args, cores, model, x, params = mlp_setup(__doc__.splitlines()[0], argv)
   groups = snr_jax.discover_groups(model, params, jax.random.normal(jax.random.PRNGKey(1), x.shape))
   sgd = optax.sgd(1e-2)
-  configs = {
-      'sgd': (sgd, False),
-      'snr-histogram': (snr_jax.snr(sgd, groups, estimator='histogram', tau_max=20_000), True),
-      'snr-geometric': (snr_jax.snr(sgd, groups, estimator='geometric', tau_max=20_000), True),
-      'cbp': (snr_jax.continual_backprop(sgd, groups), True),
-  }
+  snr = lambda est, cf, **kw: (snr_jax.snr(sgd, groups, estimator=est, tau_max=20_000,
+                                           control_flow=cf, **kw), True)
+  configs = {'sgd': (sgd, False)}
+  for est in ('histogram', 'geometric'):
+    for cf in ('branch', 'select'):
+      configs[f'snr-{est}-{cf}'] = snr(est, cf)
+  configs['snr-histogram-branch-exact'] = snr('histogram', 'branch', max_resets_per_step=None)
+  configs['cbp-branch'] = (snr_jax.continual_backprop(sgd, groups, control_flow='branch'), True)
+  configs['cbp-select'] = (snr_jax.continual_backprop(sgd, groups, control_flow='select'), True)
   capture = snr_jax.with_preactivations(model, groups)
   plain = lambda p, x: (model.apply({'params': p}, x), None)
   with_acts = lambda p, x: capture({'params': p}, x)
+  # --skip: e.g. snr-histogram-select, whose every-step refresh (a cumsum over 20,001 bins
+  # per unit) takes ~0.1 s a step on this CPU
   runs = {name: make_run(opt, with_acts if s else plain, args.steps, args.batch)
-          for name, (opt, s) in configs.items()}
+          for name, (opt, s) in configs.items() if name not in skip}
   compare(runs, params, task_data(), args.steps, args.batch, args.reps, cores, 'sgd')
+  print('SNR state per unit (ages, thresholds, estimator): ' + ', '.join(
+      f"{est} {state_bytes_per_unit(configs[f'snr-{est}-branch'][0]) :,} bytes"
+      for est in ('histogram', 'geometric')))
+
+
+def state_bytes_per_unit(opt) -> int:
+  """Bytes of the optimizer's reset state per unit of the MLP's groups (from shapes)."""
+  shapes = jax.eval_shape(opt.init, MLP().init(jax.random.PRNGKey(0), jnp.ones((1, 784)))[
+      'params'])
+  rule = shapes.resets.rule
+  units = sum(a.shape[0] for a in rule.ages.values())
+  leaves = jax.tree.leaves((rule.ages, rule.thresholds, rule.estimator))
+  return sum(x.size * x.dtype.itemsize for x in leaves) // units
 
 if __name__ == '__main__':
   main()

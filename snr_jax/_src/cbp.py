@@ -264,7 +264,7 @@ def continual_backprop(inner: optax.GradientTransformation, groups: Sequence[Neu
                        *, replacement_rate: float = 1e-4, maturity: int = 100,
                        decay: float = 0.99, rounding: str = 'accumulate', seed: Any = 0,
                        axis_name: Optional[str] = None, data_axis: Optional[str] = None,
-                       control_flow: str = 'auto', max_resets_per_step: Any = 'auto'
+                       control_flow: str = 'auto', max_resets_per_step: Any = None
                        ) -> optax.GradientTransformationExtraArgs:
   """Wraps ``inner`` with continual backprop (selective reinitialisation).
 

@@ -82,7 +82,7 @@ class ReDoRule:
 def redo(inner: optax.GradientTransformation, groups: Sequence[NeuronGroup], *,
          threshold: float = 0.1, period: int = 1000, seed: Any = 0,
          axis_name: Optional[str] = None, data_axis: Optional[str] = None,
-         control_flow: str = 'auto', max_resets_per_step: Any = 'auto'
+         control_flow: str = 'auto', max_resets_per_step: Any = None
          ) -> optax.GradientTransformationExtraArgs:
   """Wraps ``inner`` with ReDo.
 

@@ -171,7 +171,7 @@ def self_normalized_resets(
     state_budget: int = 2 ** 30,
     data_axis: Optional[str] = None,
     control_flow: str = 'auto',
-    max_resets_per_step: Any = 'auto',
+    max_resets_per_step: Any = None,
 ) -> NeuronResets:
   """Self-Normalized Resets as pure ``init``/``apply`` functions (no optimizer wrap).
 
@@ -233,7 +233,7 @@ def self_normalized_resets(
       see CHANGELOG): ``'select'`` costs more there, most for the histogram, whose refresh
       (a cumulative sum over ``tau_max + 1`` bins per unit) then runs on every step.
     max_resets_per_step: the most units of a group reset in one step: an int, ``'auto'``
-      (default: ``max(16, ⌈size / 16⌉)``) or None (no cap). A reset then draws fresh
+      (``max(16, ⌈size / 16⌉)``) or None (default: no cap). A capped reset draws fresh
       values for those units' incoming slices only and scatters them in (work follows
       the resets, not the parameters' size; no parameter-sized buffer on steps without
       resets). Units over the cap stay over their threshold and reset on a later step
@@ -243,7 +243,10 @@ def self_normalized_resets(
       initializer for ``k`` slices at once, which has the same law per element for
       fan-in scaled kernels (Flax's default lecun_normal), normal, uniform and constant
       initializers; a fan-out/fan-average or orthogonal initializer draws one whole layer
-      and keeps the slices.
+      and keeps the slices. Not the default, by measurement: on this project's CPU the
+      capped step's scatters (run on every step) made SNR 1.75x plain SGD on the MLP
+      against 1.14x for the exact path's fused selects (CHANGELOG); on a GPU it is
+      unmeasured.
 
   Returns:
     A :class:`NeuronResets`; see :func:`snr` for the optax wrapper.
