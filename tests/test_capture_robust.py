@@ -1,6 +1,6 @@
 """Capture finds each group's pre-activation by structure, not by eqn index (SPEC §1):
 groups discovered once capture under weak or strong dtypes, train or eval mode, another
-batch size, bf16 params, under vmap and jit. Haiku models (dropout with hk.transform,
+batch size, bf16 params, under vmap, jit and shard_map. Haiku models (dropout with hk.transform,
 Conv→BatchNorm→ReLU with its state passed into the step), weight-standardised convs and
 GroupNorm are discovered; output heads are left out for the true reason."""
 
@@ -116,6 +116,22 @@ def test_capture_under_vmap_and_jit_with_groups_found_on_a_batch():
   _, acts = jax.jit(snr_jax.with_preactivations(_mlp, groups1))(p, x)
   np.testing.assert_allclose(acts['l1'], _hand(p, x), rtol=1e-6)
 
+
+
+def test_capture_inside_shard_map_with_groups_found_outside():
+  # The device count is fixed when JAX starts, so the mesh is whatever this process has
+  # (one device in a plain run); the trace inside shard_map is what the site must survive.
+  p = _weak_params()
+  x = jax.random.normal(jax.random.PRNGKey(1), (8, 3))
+  groups = snr_jax.discover_groups(_mlp, p, x)
+  capture = snr_jax.with_preactivations(_mlp, groups)
+  mesh = jax.sharding.Mesh(np.array(jax.devices()), ('d',))
+  P = jax.sharding.PartitionSpec
+  sharded = jax.jit(jax.shard_map(capture, mesh=mesh, in_specs=(P(), P('d')),
+                                  out_specs=(P('d'), P('d'))))
+  out, acts = sharded(p, x)
+  np.testing.assert_allclose(acts['l1'], _hand(p, x), rtol=1e-6)
+  np.testing.assert_allclose(out, _mlp(p, x), rtol=1e-6)
 
 def test_a_layer_really_gone_is_a_capture_error_naming_it():
   p = _weak_params()
