@@ -55,11 +55,11 @@ def fire_counts(preactivation: jax.Array, predicate=None) -> tuple[int, jax.Arra
   """How many positions each unit fired at: pre-activation > 0, counted (SPEC §3c).
 
   Units are on the last axis; every other axis (examples, tokens, spatial positions) is
-  a position. ``counts > 0`` is exactly :func:`fired`.
+  a position. ``counts > 0`` is exactly [`fired`][snr_jax.fired].
 
   Args:
     preactivation: array of shape ``(..., units)``.
-    predicate: optional elementwise firing test replacing ``h > 0`` (see :func:`fired`).
+    predicate: optional elementwise firing test replacing ``h > 0`` (see [`fired`][snr_jax.fired]).
 
   Returns:
     ``(positions, counts)``: ``positions`` the number of positions in the batch (a
@@ -149,7 +149,8 @@ def apply_with_preactivations(model: nn.Module, variables: Any, *args,
                               **kwargs):
   """``model.apply`` that also returns each group's pre-activation, in one pass.
 
-  Linen sugar over :func:`snr_jax.with_preactivations` for discovered groups. Declared
+  Linen sugar over [`with_preactivations`][snr_jax.with_preactivations] for discovered groups.
+  Declared
   groups without a discovered site are read from module outputs with Flax's
   ``capture_intermediates`` (their ``activation`` path). Either way the loss and the
   firing come from the same forward pass; it is differentiable and jit-friendly.
@@ -207,9 +208,10 @@ def mean_activation(preactivation: jax.Array, data_axis=None) -> jax.Array:
 
 
 def mean_activations(activations: Mapping[str, jax.Array], data_axis=None) -> dict:
-  """:func:`mean_activation` of every group, ``{name: (size,)}``; with a ``data_axis``,
-  all groups' means travel in one buffer of one all-reduce
-  (:func:`snr_jax._src.util.psum_packed`)."""
+  """[`mean_activation`][snr_jax.mean_activation] of every group, ``{name: (size,)}``.
+
+  With a ``data_axis``, all groups' means travel in one buffer of one all-reduce
+  (`psum_packed`)."""
   local = {k: mean_activation(h) for k, h in activations.items()}
   if data_axis is None:
     return local

@@ -1,8 +1,8 @@
 """How ages move after a batch (SPEC §2, §3c): the one place where they are counted.
 
-* :func:`batch_ages`: examples (or steps) since a unit last fired; a unit that fired
+* `batch_ages`: examples (or steps) since a unit last fired; a unit that fired
   anywhere in the batch goes back to 0 (SPEC §2).
-* :func:`position_ages`: positions (examples × tokens or × spatial positions) for the
+* `position_ages`: positions (examples × tokens or × spatial positions) for the
   per-token estimator (SPEC §3c); after a batch in which the unit fired at ``c`` of its
   ``BT`` positions the age is ``⌊BT / c⌋``, the mean gap between its firings within the
   batch, instead of 0.

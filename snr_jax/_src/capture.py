@@ -1,6 +1,7 @@
 """Pre-activations from the training forward pass itself, for any JAX model.
 
-:func:`with_preactivations` wraps a model's forward pass so that it also returns every
+[`with_preactivations`][snr_jax.with_preactivations] wraps a model's forward pass so that it also
+returns every
 discovered group's pre-activation, from the same pass: the function is traced to a
 jaxpr (as discovery did) and evaluated eqn by eqn, reading the ReLU inputs at the sites
 discovery recorded. Inside ``jit`` this happens once, at trace time; the compiled step
@@ -141,7 +142,7 @@ def with_preactivations(f: Any, groups: Sequence[NeuronGroup]) -> Callable[..., 
   Args:
     f: what the groups were discovered on: a linen Module, an ``nnx.Module`` or a plain
       function ``f(params, *args, **kwargs)``.
-    groups: groups from :func:`snr_jax.discover_groups` on ``f``.
+    groups: groups from [`discover_groups`][snr_jax.discover_groups] on ``f``.
 
   Returns:
     ``g`` with ``g(params, *args, **kwargs) == (f(params, *args, **kwargs), acts)`` for a

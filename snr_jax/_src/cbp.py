@@ -19,7 +19,7 @@ Per unit ``i`` of a group, with ``h_i`` its post-ReLU activation averaged over t
   and the two agree;
 * the eligible units with the lowest ``û`` in their layer are replaced. Before the shared reset
   zeroes their outgoing weights, each replaced unit's mean contribution is folded into
-  the consumer's bias, ``b_out ← b_out + w_out,i · f̂_i`` (:meth:`CBPRule.adjust`), so
+  the consumer's bias, ``b_out ← b_out + w_out,i · f̂_i`` (`CBPRule.adjust`), so
   the network's output is unchanged in expectation; then the shared reset (SPEC §4)
   re-draws the incoming weights and zeroes the outgoing weights and optimizer state;
   ``u_i, f_i, a_i ← 0``.
@@ -57,7 +57,7 @@ ROUNDINGS = ('accumulate', 'stochastic')
 
 
 class CBPState(NamedTuple):
-  """State of :class:`CBPRule`.
+  """State of [`CBPRule`][snr_jax.CBPRule].
 
   Attributes:
     utility: ``{group: float32 (size,)}``, the running utility ``u`` (not bias-corrected).
@@ -67,7 +67,7 @@ class CBPState(NamedTuple):
       (``rounding='accumulate'``; stays 0 with ``'stochastic'``): a scalar, or one per
       layer ``(layers,)`` for a scanned stack's group.
     transfer: ``{group: float32 (size,)}``, ``f̂_i`` of the units replaced at the
-      latest step, 0 elsewhere: what :meth:`CBPRule.adjust` folds into the biases.
+      latest step, 0 elsewhere: what `CBPRule.adjust` folds into the biases.
     steps: int32 scalar, steps taken (mixed into the rounding's random stream).
   """
   utility: dict[str, jax.Array]
@@ -253,7 +253,7 @@ class CBPRule:
   def adjust(self, params: Any, masks: Mapping[str, jax.Array], state: CBPState,
              groups: Sequence[NeuronGroup]) -> Any:
     """Folds the replaced units' mean contributions into the consumers' biases (the
-    :class:`snr_jax.ResetRule` hook run before the shared reset)."""
+    [`ResetRule`][snr_jax.ResetRule] hook run before the shared reset)."""
     any_replaced = jnp.any(jnp.stack([jnp.any(masks[g.name]) for g in groups]))
     # state.transfer is 0 off the masks; run_if skips the work (and any copy) otherwise
     return run_if(any_replaced, lambda p: transfer_to_biases(p, groups, state.transfer), params,
@@ -281,12 +281,15 @@ def continual_backprop(inner: optax.GradientTransformation, groups: Sequence[Neu
     seed: int seed or PRNG key for fresh weights and the stochastic rounding.
     axis_name: name of an enclosing vmap/pmap axis (see ``NeuronResets``).
     data_axis: the data-parallel axis inside ``shard_map``/``pmap``: activity statistics
-      are taken over the global batch (see :func:`snr_jax.self_normalized_resets`).
+      are taken over the global batch (see
+      [`self_normalized_resets`][snr_jax.self_normalized_resets]).
     control_flow: ``'branch'``, ``'select'`` or ``'auto'`` (see
-      :func:`snr_jax.self_normalized_resets`): with ``'select'`` the ranking and the bias
+      [`self_normalized_resets`][snr_jax.self_normalized_resets]): with ``'select'`` the ranking
+      and the bias
       transfer run on every step, kept by ``jnp.where``.
     max_resets_per_step: the most units of a group replaced in one step (see
-      :func:`snr_jax.self_normalized_resets`); with ``rounding='accumulate'`` the units
+      [`self_normalized_resets`][snr_jax.self_normalized_resets]); with ``rounding='accumulate'``
+      the units
       over it stay owed and are replaced on the following steps.
 
   Returns:

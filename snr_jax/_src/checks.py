@@ -139,7 +139,7 @@ def optax_transformation(name: str, value: Any) -> Any:
 
 
 def optax_transformation_or_none(name: str, value: Any) -> Any:
-  """None, or an optax transformation (see :func:`optax_transformation`)."""
+  """None, or an optax transformation (see `optax_transformation`)."""
   return None if value is None else optax_transformation(name, value)
 
 

@@ -1,7 +1,7 @@
 """Neuron groups: which parameters belong to which hidden unit (SPEC §1).
 
 A *neuron* is one output unit of a hidden Dense/Conv layer that feeds a ReLU-type
-nonlinearity. A :class:`NeuronGroup` names, for one such layer, where its
+nonlinearity. A [`NeuronGroup`][snr_jax.NeuronGroup] names, for one such layer, where its
 pre-activation comes from and which parameter slices belong to each of its units:
 
 * ``incoming``: slices that produce unit ``i`` (the kernel's last axis, ``bias[i]``);
@@ -9,7 +9,7 @@ pre-activation comes from and which parameter slices belong to each of its units
 * ``outgoing``: slices of the consuming layer that read unit ``i``; they are zeroed
   on a reset.
 
-A slice is described by :class:`ParamSlice`: a path into the params tree and the axis
+A slice is described by [`ParamSlice`][snr_jax.ParamSlice]: a path into the params tree and the axis
 that indexes units. Along that axis the parameter may be longer than the group's units:
 ``unit_of[r]`` then names the unit that element ``r`` belongs to (-1: none), as
 discovery computes it from the layout between a layer and its consumer (a Conv ->
@@ -79,7 +79,7 @@ class NeuronGroup:
       (declared groups; discovered groups have a ``site`` instead).
     layers: number of stacked layers (a scanned stack); ``size`` counts all of them.
     site: where discovery found the ReLU in the traced forward pass (read by
-      :func:`snr_jax.with_preactivations`).
+      [`with_preactivations`][snr_jax.with_preactivations]).
     state: per-unit model-state slices (a BatchNorm's running mean and variance), put
       back to their initial values on a reset when the model state is handed over.
     firing: optional elementwise predicate ``h -> bool`` replacing ``h > 0``, for a
@@ -148,7 +148,7 @@ def _child(node: Any, key: str) -> tuple[bool, Any]:
 
 
 def _children(node: Any) -> list[tuple[str, Any]]:
-  """``(key, child)`` one level down a pytree node, keys as :func:`key_path_to_path` writes
+  """``(key, child)`` one level down a pytree node, keys as `key_path_to_path` writes
   them (no children for a leaf, a box or an NNX variable, whose value is the leaf)."""
   if _is_box(node):
     return []
@@ -188,7 +188,7 @@ def leaf_value(x: Any) -> Any:
 def get_path(tree: Mapping[str, Any], path: Path) -> Any:
   """Returns ``tree[path[0]][path[1]]...``, raising GroupError on a missing key.
 
-  ``path`` is the parameter's jax key path as :func:`snr_jax._src.util.key_path_to_path`
+  ``path`` is the parameter's jax key path as `key_path_to_path`
   writes it: dict keys, sequence indices and module attributes (equinox) alike; the
   ``value`` of an NNX variable or a partitioning box is not part of it. Keys are matched
   as strings, so integer keys (``nnx.List``, ``nnx.Sequential``) are addressed as
@@ -245,8 +245,10 @@ def dense_group(
       ``(*layer, '__call__')``, which ``capture_intermediates`` produces.
 
   Returns:
-    A NeuronGroup; validate it against params with :func:`validate_groups` (shapes), or
-    against the model with :func:`check_groups`, which also refuses a ``consumer`` that
+    A NeuronGroup; validate it against params with [`validate_groups`][snr_jax.validate_groups]
+    (shapes), or
+    against the model with [`check_groups`][snr_jax.check_groups], which also refuses a
+    ``consumer`` that
     is the wrong layer of the right shape.
   """
   layer = _as_path(layer)
@@ -353,21 +355,22 @@ def check_groups(f: Any, *args, groups: Sequence[NeuronGroup], **kwargs
                  ) -> tuple[NeuronGroup, ...]:
   """Checks declared groups against the model itself, not only against the params' shapes.
 
-  :func:`validate_groups` sees shapes alone, so a ``consumer`` that is the wrong layer of
+  [`validate_groups`][snr_jax.validate_groups] sees shapes alone, so a ``consumer`` that is the
+  wrong layer of
   the right shape passes it, and a reset would zero weights the units never feed. This
-  discovers the model's groups (:func:`snr_jax.discover_groups`, called with the same
+  discovers the model's groups ([`discover_groups`][snr_jax.discover_groups], called with the same
   arguments) and refuses a declared group whose kernel discovery did not find feeding a
   ReLU, whose size differs, whose incoming slices include a parameter that does not
   produce its units, or whose outgoing slices differ from the layers that read its
   output.
 
   Args:
-    f: the model, as for :func:`snr_jax.discover_groups` (a linen Module, an
+    f: the model, as for [`discover_groups`][snr_jax.discover_groups] (a linen Module, an
       ``nnx.Module`` or a function ``f(params, *args)``).
-    *args: as for :func:`snr_jax.discover_groups` (variables or params, then sample
+    *args: as for [`discover_groups`][snr_jax.discover_groups] (variables or params, then sample
       inputs).
-    groups: the declared groups (e.g. from :func:`dense_group`).
-    **kwargs: as for :func:`snr_jax.discover_groups` (e.g. ``train=True``).
+    groups: the declared groups (e.g. from [`dense_group`][snr_jax.dense_group]).
+    **kwargs: as for [`discover_groups`][snr_jax.discover_groups] (e.g. ``train=True``).
 
   Returns:
     The groups as a tuple, unchanged.

@@ -5,7 +5,7 @@ and eqn parameters that JAX renames from time to time (``jax.jit`` traced to ``'
 now ``'jit'``; ``custom_vjp_call_jaxpr`` became ``custom_vjp_call``; sharding and varying-type
 marks came and went). Every such name the library uses is defined here and imported
 from here; the stable ``jax.lax`` names (``'add'``, ``'dot_general'``, ...) are keys of
-the discovery table (:mod:`snr_jax._src.discovery.rules`).
+the discovery table (`snr_jax._src.discovery.rules`).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The forward pass as a flat graph of operations, for discovery and capture.
 
-A model's forward pass is traced once with ``jax.make_jaxpr``. :func:`build_scopes` turns
-the jaxpr into *scopes*: flat lists of :class:`Op` in execution order, in which nested
+A model's forward pass is traced once with ``jax.make_jaxpr``. `build_scopes` turns
+the jaxpr into *scopes*: flat lists of `Op` in execution order, in which nested
 ``jit`` and ``checkpoint`` calls are inlined and every value has an integer id. The body
 of a ``scan`` is a scope of its own (its units are indexed by layer), linked to the
 outer scope by the ``scan`` op. A ReLU (``jax.nn.relu``/``relu6``, ``max(x, 0)``, or a
@@ -11,7 +11,7 @@ so that e.g. ``softplus``'s internal ``max`` is never mistaken for a ReLU.
 
 Every op keeps its *location*: the eqn indices from the top-level jaxpr down to it, so
 the same value can be found again in a later trace of the same function
-(:mod:`snr_jax.capture`).
+(`snr_jax.capture`).
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ class Op:
     scope_name: the innermost named ``jit`` around it (e.g. ``'gelu'``, ``'silu'``),
       for reports.
     eqn: the eqn itself.
-    body: for ``scan``: the body's :class:`Scope`.
+    body: for ``scan``: the body's `Scope`.
   """
   prim: str
   params: dict
@@ -207,7 +207,7 @@ def build_scopes(closed_jaxpr, is_relu: Callable[[Any], bool]) -> Scope:
   Args:
     closed_jaxpr: the traced forward pass.
     is_relu: whether an eqn is a ReLU call (``jax.nn.relu``, or an activation registered
-      as ReLU-like: :func:`snr_jax._src.discovery.rules.is_relu_site`); such a call
+      as ReLU-like: `is_relu_site`); such a call
       becomes one ``'relu'`` op, as does ``max(x, 0)``.
   """
   builder = _Builder(is_relu)

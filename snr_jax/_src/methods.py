@@ -95,11 +95,12 @@ def make_method(name: str, inner: optax.GradientTransformation, *,
     groups: neuron groups (needed by redo, cbp, snr, snr_l2).
     init_fn: ``key -> params`` drawing fresh parameters (needed by shrink_perturb).
     axis_name: name of an enclosing vmap/pmap axis, for the resetting methods (see
-      :class:`snr_jax.NeuronResets`); ignored by the others.
+      [`NeuronResets`][snr_jax.NeuronResets]); ignored by the others.
     data_axis: the data-parallel axis inside ``shard_map``/``pmap``, for the resetting
       methods: their statistics cover the global batch; ignored by the others (their
       updates need no batch statistics).
-    **hyperparams: the method's hyperparameters (see :func:`method_hyperparameters`);
+    **hyperparams: the method's hyperparameters (see
+      [`method_hyperparameters`][snr_jax.method_hyperparameters]);
       ``seed`` (int or PRNG key) is accepted by every method.
 
   Returns:

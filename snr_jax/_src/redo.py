@@ -96,11 +96,12 @@ def redo(inner: optax.GradientTransformation, groups: Sequence[NeuronGroup], *,
     seed: int seed or PRNG key for fresh weights.
     axis_name: name of an enclosing vmap/pmap axis (see ``NeuronResets``).
     data_axis: the data-parallel axis inside ``shard_map``/``pmap``: scores are taken
-      over the global batch (see :func:`snr_jax.self_normalized_resets`).
+      over the global batch (see [`self_normalized_resets`][snr_jax.self_normalized_resets]).
     control_flow: ``'branch'``, ``'select'`` or ``'auto'`` (see
-      :func:`snr_jax.self_normalized_resets`).
+      [`self_normalized_resets`][snr_jax.self_normalized_resets]).
     max_resets_per_step: the most units of a group reset in one step (see
-      :func:`snr_jax.self_normalized_resets`); dormant units over it are reset on the
+      [`self_normalized_resets`][snr_jax.self_normalized_resets]); dormant units over it are reset
+      on the
       following steps, the lowest indices first.
 
   Returns:

@@ -1,6 +1,6 @@
 """Resetting neurons: the one mechanism shared by SNR, ReDo and continual backprop.
 
-Given a boolean mask per neuron group, :func:`reset_neurons` (SPEC §4)
+Given a boolean mask per neuron group, [`reset_neurons`][snr_jax.reset_neurons] (SPEC §4)
 
 * re-draws the incoming slices from each parameter's own initializer,
 * zeroes the outgoing slices (a reset unit is invisible downstream at first),
@@ -293,7 +293,7 @@ def _capped_plan(params: Any, groups: Sequence[NeuronGroup], masks: Masks,
 
 def _draw_plan(params: Any, groups: Sequence[NeuronGroup], plan, key: jax.Array) -> dict:
   """Fresh values: ``{path: whole parameter}`` for uncapped incoming slices (as
-  :func:`draw_fresh`) and ``{(path, group): k slices}`` for capped ones."""
+  `draw_fresh`) and ``{(path, group): k slices}`` for capped ones."""
   full = [g for g in groups
           if any(e[0] is g and e[3] and e[4] is None for es in plan.values() for e in es)]
   full_key, key = jax.random.split(key)
@@ -328,8 +328,9 @@ def _apply_plan(tree: Any, plan, fresh: Optional[dict]) -> Any:
 
 
 def _zero_state_plan(optimizer: Any, opt_state: Any, params: Any, plan) -> Any:
-  """:func:`reset_optimizer_state` for a plan: the reset slices of every param-shaped
-  leaf of the optimizer state zeroed (by scatter for capped groups)."""
+  """`reset_optimizer_state` for a plan: every param-shaped leaf's reset slices zeroed.
+
+  Capped groups are zeroed by scatter."""
   names = jax.tree_util.tree_map_with_path(lambda kp, _: '/'.join(key_path_to_path(kp)),
                                            params)
   by_name = {'/'.join(path): entries for path, entries in plan.items()}
@@ -445,7 +446,7 @@ def reset_neurons(params: Any, opt_state: Any, groups: Sequence[NeuronGroup],
     key: PRNG key.
     optimizer: the optax optimizer owning ``opt_state``; needed to find its
       parameter-shaped leaves. If None, ``opt_state`` is returned unchanged.
-    axis_name: the name of an enclosing vmap/pmap axis (see :func:`any_in_batch`).
+    axis_name: the name of an enclosing vmap/pmap axis (see `any_in_batch`).
 
   Returns:
     ``(params, opt_state)`` after the reset.
@@ -463,12 +464,12 @@ def reset_neurons_and_advance_key(params: Any, opt_state: Any, groups: Sequence[
                                   caps: Optional[Mapping[str, Optional[int]]] = None,
                                   control_flow: str = 'branch'
                                   ) -> tuple[Any, Any, jax.Array]:
-  """:func:`reset_neurons` that also returns the key to use next time.
+  """[`reset_neurons`][snr_jax.reset_neurons] that also returns the key to use next time.
 
   The key is split only when something is reset (inside the ``lax.cond``), so steps
   without resets cost no random-number work at all.
 
-  ``caps`` (``{group: k or None}``, see :func:`resets_cap`) says which groups reset at
+  ``caps`` (``{group: k or None}``, see `resets_cap`) says which groups reset at
   most ``k`` units (their masks must hold at most ``k`` True): those draw fresh values for
   ``k`` units' slices only and scatter them (and the zeros) into place, so a step's reset
   work follows the resets, not the parameters' size. Groups without a cap take the exact
@@ -505,7 +506,7 @@ def reset_neurons_and_advance_key(params: Any, opt_state: Any, groups: Sequence[
 
 def _reset_capped(params, opt_state, groups, masks, key, optimizer, axis_name, caps,
                   control_flow, any_reset):
-  """:func:`reset_neurons_and_advance_key` with some groups capped (see there)."""
+  """`reset_neurons_and_advance_key` with some groups capped (see there)."""
   plan = _capped_plan(params, groups, masks, caps)
 
   def draw(k):
@@ -531,7 +532,7 @@ def reset_model_state(state: Any, groups: Sequence[NeuronGroup], masks: Masks) -
   Discovered groups behind a BatchNorm record its running mean and variance in
   ``group.state``; after a reset, hand the model state over to this function (the
   linen variables, e.g. ``{'batch_stats': ...}``, or ``nnx.state(model)``) with the
-  step's reset masks (``opt_state.resets.last_resets`` for :func:`snr_jax.snr`).
+  step's reset masks (``opt_state.resets.last_resets`` for [`snr`][snr_jax.snr]).
 
   Args:
     state: the tree holding the state leaves (paths as in ``group.state``).

@@ -18,8 +18,8 @@ class ScheduleState(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class RefreshSchedule:
-  """A refresh schedule. Build it with :func:`every_n_tasks`, :func:`every_n_steps`
-  or :func:`at_random`.
+  """A refresh schedule. Build it with [`every_n_tasks`][snr_jax.every_n_tasks],
+  [`every_n_steps`][snr_jax.every_n_steps] or [`at_random`][snr_jax.at_random].
 
   Attributes:
     kind: ``'tasks'``, ``'steps'`` or ``'random'``.

@@ -33,7 +33,7 @@ NOISES = ('fast', 'init')
 
 
 class ShrinkPerturbState(NamedTuple):
-  """State of :func:`shrink_perturb`.
+  """State of [`shrink_perturb`][snr_jax.shrink_perturb].
 
   Attributes:
     inner_state: the wrapped optimizer's state.

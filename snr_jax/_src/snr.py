@@ -3,9 +3,9 @@
 Each neuron's *age* counts the examples since it last fired. A neuron is reset when
 ``P(A_i ≥ a_i) ≤ η`` under its own inter-firing law, i.e. when its age reaches its
 threshold ``τ_i``, the ``(1 − η)`` quantile of its recorded gaps (SPEC §2–§5).
-The threshold estimator (:mod:`snr_jax.thresholds`) says how a batch's firing moves
+The threshold estimator (`snr_jax.thresholds`) says how a batch's firing moves
 the ages: for the per-token estimator (SPEC §3c) they count positions (tokens, spatial
-positions), see :func:`snr_jax._src.ages.position_ages`.
+positions), see `position_ages`.
 
 References:
   Farias & Jozefiak, "Self-Normalized Resets for Plasticity in Continual Learning",
@@ -49,7 +49,7 @@ class SNRState(NamedTuple):
 
   Attributes:
     ages: int32 (size,), examples (or steps) since each unit last fired; for the
-      per-token estimator, positions (see :func:`snr_jax._src.ages.position_ages`).
+      per-token estimator, positions (see `position_ages`).
     thresholds: int32 (size,), τ_i in the same unit.
     estimator: the threshold estimator's state per group.
     schedule: refresh counters.
@@ -62,7 +62,8 @@ class SNRState(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class SNRRule:
-  """The SNR reset rule; build it with :func:`self_normalized_resets`."""
+  """The SNR reset rule; build it with
+  [`self_normalized_resets`][snr_jax.self_normalized_resets]."""
 
   estimator: Union[HistogramEstimator, GeometricEstimator, PerTokenEstimator]
   tau_init: int
@@ -176,14 +177,14 @@ def self_normalized_resets(
   """Self-Normalized Resets as pure ``init``/``apply`` functions (no optimizer wrap).
 
   Args:
-    groups: the neuron groups (:func:`snr_jax.discover_groups` or declared).
+    groups: the neuron groups ([`discover_groups`][snr_jax.discover_groups] or declared).
     eta: rejection percentile η in (0, 1): reset when ``P(A ≥ age) ≤ η``. Default
       0.08 (the authors' Permuted-MNIST notebook; their code's default is 0.01, their
       transformer runs use 0.05; their per-token sweep spans 0.01–0.4).
     estimator: ``'histogram'`` (SPEC §3a, released code), ``'geometric'`` (§3b,
       O(1) memory) or ``'per_token'`` (§3c, O(1) memory: per-position firing rates
       and ages in positions, for token models and other layouts with many positions
-      per example; :class:`snr_jax.PerTokenEstimator`).
+      per example; [`PerTokenEstimator`][snr_jax.PerTokenEstimator]).
     tau_init: initial threshold τ_0; default ``tau_max`` (histogram, geometric) or
       10 positions (per_token, the authors' value; clamped into
       ``[tau_min, tau_max]``).
@@ -249,7 +250,7 @@ def self_normalized_resets(
       unmeasured.
 
   Returns:
-    A :class:`NeuronResets`; see :func:`snr` for the optax wrapper.
+    A [`NeuronResets`][snr_jax.NeuronResets]; see [`snr`][snr_jax.snr] for the optax wrapper.
 
   Raises:
     ValueError: for hyperparameters out of range, an unknown estimator or unit, or an
@@ -343,7 +344,7 @@ def snr(inner: optax.GradientTransformation, groups: Sequence[NeuronGroup], *,
     inner: the optimizer to wrap, e.g. ``optax.sgd(1e-2)``.
     groups: neuron groups.
     seed: int seed or PRNG key for the fresh weights (or pass ``key=`` to update).
-    **hyperparams: see :func:`self_normalized_resets`.
+    **hyperparams: see [`self_normalized_resets`][snr_jax.self_normalized_resets].
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
@@ -370,10 +371,11 @@ def snr_info(state: Any, dead_after: int = 1000) -> dict[str, dict[str, jax.Arra
   """Per-group numbers for logging, jit-friendly.
 
   Args:
-    state: the state of :func:`snr` (or of any optax chain holding it), or a
-      :class:`ResetState`.
+    state: the state of [`snr`][snr_jax.snr] (or of any optax chain holding it), or a
+      [`ResetState`][snr_jax.ResetState].
     dead_after: age (in the ages' unit: examples, steps, or positions for the
-      per-token estimator; see :func:`dead_fraction`) from which a unit counts as dead.
+      per-token estimator; see [`dead_fraction`][snr_jax.dead_fraction]) from which a unit counts
+      as dead.
 
   Returns:
     ``{'resets': {group: count this step}, 'dead_fraction': {...},

@@ -3,21 +3,24 @@
 Three estimators (SPEC §3), each a frozen dataclass with pure methods over a NamedTuple
 state for one neuron group:
 
-* :class:`HistogramEstimator`: the released code's empirical histogram of gaps;
-* :class:`GeometricEstimator`: O(1) memory, the quantile of an exponential law fitted
+* [`HistogramEstimator`][snr_jax.HistogramEstimator]: the released code's empirical histogram of
+gaps;
+* [`GeometricEstimator`][snr_jax.GeometricEstimator]: O(1) memory, the quantile of an exponential
+law fitted
   to the mean gap (the authors' transformer code);
-* :class:`PerTokenEstimator`: O(1) memory, the quantile of an exponential law fitted
+* [`PerTokenEstimator`][snr_jax.PerTokenEstimator]: O(1) memory, the quantile of an exponential law
+fitted
   to the per-position firing rate (the authors' unpublished "SNR-V2" for token models).
 
 Each estimator also says what one batch's firing is and how it moves the ages:
 ``observe`` summarises a pre-activation (batch-level: whether each unit fired anywhere;
-per-token: at how many positions) and ``advance_ages`` applies :mod:`snr_jax.ages`'s
+per-token: at how many positions) and ``advance_ages`` applies `snr_jax.ages`'s
 rule for that summary. The SNR rule does everything else (the reset decision
 ``age ≥ τ``, ages back to 0 on a reset) once, for every estimator.
 
 ``record`` stores this step's completed gaps (neurons that fired) and censored gaps
 (neurons being reset); ``quantile`` returns the estimator's (1 − η) quantile estimate
-per neuron; ``refresh`` hands that estimate to :func:`update_thresholds`, the one
+per neuron; ``refresh`` hands that estimate to `update_thresholds`, the one
 place where the threshold rule (contract, expand, clamp) is written, and clears the
 statistics of the neurons selected by ``mask``.
 """
@@ -140,7 +143,7 @@ def global_firing(firings: dict, axis_name: str, scale_increment: bool) -> dict:
 
   A unit fired if it fired on any shard, per-token counts are summed, and positions (or
   an increment counting examples) grow by the number of shards. Every group's vector is
-  packed into one float32 buffer (exact below 2**24; :func:`snr_jax._src.util.psum_packed`)
+  packed into one float32 buffer (exact below 2**24; `psum_packed`)
   and summed in one all-reduce, which XLA merges with the float32 gradients' all-reduce:
   the step then has no more collectives than the plain data-parallel step, and one more
   buffer in it however many groups there are.
@@ -176,7 +179,7 @@ class _BatchLevel(_RefreshMixin):
     return BatchFiring(fired_units(activation, predicate), increment)
 
   def advance_ages(self, ages: jax.Array, firing: BatchFiring) -> jax.Array:
-    """0 where the unit fired, ``+increment`` elsewhere (:func:`snr_jax._src.ages.batch_ages`)."""
+    """0 where the unit fired, ``+increment`` elsewhere (`batch_ages`)."""
     return batch_ages(ages, firing.fired, firing.increment)
 
 
@@ -276,7 +279,8 @@ class GeometricEstimator(_BatchLevel):
 
 
 RATE_CAP = 2 ** 30
-"""Largest ``total`` a :class:`RateState` holds before both of its counters are halved."""
+"""Largest ``total`` a [`RateState`][snr_jax.RateState] holds before both of its counters are
+halved."""
 
 
 class RateState(NamedTuple):
@@ -301,7 +305,7 @@ class PerTokenEstimator(_RefreshMixin):
   * ``count += c`` (``+ 1`` when the unit is reset this step) and ``total += BT``
     every step; both start at a pseudo-count of 1 and restart there at each refresh;
     ``λ̂ = count / total`` is the per-position firing probability;
-  * ages count positions (:func:`snr_jax._src.ages.position_ages`): ``+BT`` after a
+  * ages count positions (`position_ages`): ``+BT`` after a
     silent batch, ``⌊BT / c⌋`` (the mean gap within the batch, not 0) otherwise;
   * at a refresh ``τ ← ⌈−ln(η) / λ̂⌉``, with no doubling (``expansion`` is None: the
     authors' note says it avoids thresholds shrinking forever), clamped into
@@ -312,12 +316,13 @@ class PerTokenEstimator(_RefreshMixin):
   rounding of τ and of the age, units firing at their own average rate.
 
   The counters are exact int32. So that they never overflow, when ``total`` passes
-  :data:`RATE_CAP` (2³⁰ positions since the refresh: a million steps of 1,024 tokens)
+  `RATE_CAP` (2³⁰ positions since the refresh: a million steps of 1,024 tokens)
   both are halved (rounding up), which keeps ``λ̂`` up to that rounding and only
   lightens the pseudo-count.
 
   With one position per example (2-D pre-activations, ``BT`` = batch size) and a batch
-  size of 1, the refreshed estimate equals :class:`GeometricEstimator`'s ``τ_p`` (see
+  size of 1, the refreshed estimate equals [`GeometricEstimator`][snr_jax.GeometricEstimator]'s
+  ``τ_p`` (see
   ``tests/test_per_token.py``); otherwise the two estimate different things (a
   per-position rate against a mean gap counted in whole batches).
   """
@@ -347,7 +352,7 @@ class PerTokenEstimator(_RefreshMixin):
     return PositionFiring(positions, counts)
 
   def advance_ages(self, ages: jax.Array, firing: PositionFiring) -> jax.Array:
-    """``+BT`` if silent, else ``⌊BT/c⌋`` (:func:`snr_jax._src.ages.position_ages`)."""
+    """``+BT`` if silent, else ``⌊BT/c⌋`` (`position_ages`)."""
     return position_ages(ages, firing.positions, firing.counts)
 
   def record(self, state: RateState, *, positions: int, counts: jax.Array,

@@ -1,7 +1,7 @@
 """One calling convention for the three kinds of model: linen, NNX and plain functions.
 
 Discovery and capture both trace the model's forward pass as a function of its array
-inputs. :func:`as_traceable` turns ``(f, args, kwargs)`` into such a function, the list
+inputs. `as_traceable` turns ``(f, args, kwargs)`` into such a function, the list
 of its array inputs, the path of each input in the params tree (``None`` for data), and
 a way to finish the call (NNX modules take back their updated state).
 """

@@ -3,7 +3,8 @@ flat metrics dict for every method's optimizer state.
 
 ``flax.training.train_state.TrainState.apply_gradients(grads=..., **kwargs)`` treats its
 keyword arguments as fields to replace, so it cannot hand ``activations=`` to the
-optimizer; :func:`apply_gradients` is the same step with the extra arguments forwarded
+optimizer; [`apply_gradients`][snr_jax.apply_gradients] is the same step with the extra arguments
+forwarded
 to ``tx.update``. With NNX, ``nnx.Optimizer.update(model, grads, activations=acts)``
 already forwards them (see the README).
 

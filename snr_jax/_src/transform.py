@@ -1,17 +1,17 @@
 """Wrapping an optax optimizer with a neuron-reset rule.
 
-Every resetting method (SNR, ReDo, continual backprop) is a :class:`ResetRule`: a pure
+Every resetting method (SNR, ReDo, continual backprop) is a [`ResetRule`][snr_jax.ResetRule]: a pure
 function that reads the batch's pre-activations and its own state and returns which
 units to reset. A rule may also define ``adjust(params, masks, state, groups)``, run after
 ``select`` and before the reset, to change parameters that the reset itself leaves alone
 (continual backprop's bias transfer). Everything else is shared:
 
-* :class:`NeuronResets` pairs a rule with the neuron groups;
-  :func:`reset_state` is the pure step (bookkeeping, then resets) for users who
+* [`NeuronResets`][snr_jax.NeuronResets] pairs a rule with the neuron groups;
+  [`reset_state`][snr_jax.reset_state] is the pure step (bookkeeping, then resets) for users who
   drive optax themselves;
-* :func:`with_resets` wraps an inner optimizer into an
+* [`with_resets`][snr_jax.with_resets] wraps an inner optimizer into an
   ``optax.GradientTransformationExtraArgs`` that runs the inner update, then the
-  rule, then the shared reset of :mod:`snr_jax.reset`, returning updates that land
+  rule, then the shared reset of `snr_jax.reset`, returning updates that land
   on the reset parameters.
 """
 
@@ -59,11 +59,11 @@ class ResetRule(Protocol):
 
 
 class ResetState(NamedTuple):
-  """State of a :class:`NeuronResets` (without the inner optimizer's state).
+  """State of a [`NeuronResets`][snr_jax.NeuronResets] (without the inner optimizer's state).
 
   Attributes:
     rule: the rule's own state (for SNR: ages, thresholds, gap statistics).
-    key: PRNG key used when no key is passed to :func:`reset_state`.
+    key: PRNG key used when no key is passed to [`reset_state`][snr_jax.reset_state].
     last_resets: ``{group: bool (size,)}``, the units reset at the latest step.
   """
   rule: Any
@@ -96,14 +96,14 @@ except ImportError:
 
 
 class ResetOptState(NamedTuple):
-  """State of the optimizer returned by :func:`with_resets`."""
+  """State of the optimizer returned by [`with_resets`][snr_jax.with_resets]."""
   inner_state: Any
   resets: ResetState
   layout: Optional[ParamsLayout] = None
 
 
 def find_reset_state(state: Any) -> Optional[ResetState]:
-  """The :class:`ResetState` inside an optimizer state (e.g. within a chain), or None.
+  """The reset state inside an optimizer state (e.g. within a chain), or None.
 
   ``state`` may also be an NNX optimizer's ``opt_state`` (``nnx.Optimizer(...).opt_state``:
   an ``nnx.State`` whose leaves are ``OptArray`` variables); the state returned then holds
@@ -130,10 +130,12 @@ def _as_key(seed_or_key: Any) -> jax.Array:
 
 @dataclasses.dataclass(frozen=True)
 class NeuronResets:
-  """A reset rule bound to neuron groups: pure ``init`` (and ``apply``, :func:`reset_state`).
+  """A reset rule bound to neuron groups, with pure ``init`` and ``apply``.
+
+  ``apply`` is [`reset_state`][snr_jax.reset_state].
 
   Attributes:
-    groups: the neuron groups (see :func:`snr_jax.discover_groups`).
+    groups: the neuron groups (see [`discover_groups`][snr_jax.discover_groups]).
     rule: the rule choosing units to reset.
     axis_name: set it to the name of the vmap/pmap axis when batching runs (e.g.
       ``jax.vmap(run, axis_name='seeds')``): the reset branch then runs only on steps
@@ -145,11 +147,13 @@ class NeuronResets:
       that reset something), ``'select'`` draws on every step and keeps the draw with
       ``jnp.where`` (no conditional: XLA:GPU evaluates a conditional's predicate on the
       host), ``'auto'`` (default) is ``'select'`` on a GPU backend and ``'branch'``
-      elsewhere (see :func:`snr_jax.self_normalized_resets` for the measurements).
+      elsewhere (see [`self_normalized_resets`][snr_jax.self_normalized_resets] for the
+      measurements).
       Results are the same either way.
 
   A rule with a ``max_resets_per_step`` attribute (SNR, ReDo, continual backprop) caps
-  the units it resets per group and step (see :func:`snr_jax.self_normalized_resets`);
+  the units it resets per group and step (see
+  [`self_normalized_resets`][snr_jax.self_normalized_resets]);
   the reset then draws and writes only those units' slices. A rule without one takes the
   exact path (whole parameters drawn, selected by mask).
   """
@@ -185,7 +189,7 @@ class NeuronResets:
   def apply(self, params: Any, opt_state: Any, state: ResetState, activations: Any, *,
             optimizer: Optional[Any] = None, key: Optional[jax.Array] = None,
             end_of_task: Any = False) -> tuple[Any, Any, ResetState]:
-    """``reset_state(self, ...)``: see :func:`reset_state`."""
+    """``reset_state(self, ...)``: see [`reset_state`][snr_jax.reset_state]."""
     return reset_state(self, params, opt_state, state, activations, optimizer=optimizer,
                        key=key, end_of_task=end_of_task)
 
@@ -197,15 +201,16 @@ def reset_state(resets: NeuronResets, params: Any, opt_state: Any, state: ResetS
   """One step of bookkeeping and resets, after the optimizer's update (pure).
 
   The functional form of a resetting method: the optimizer returned by
-  :func:`with_resets` (and so :func:`snr_jax.snr`, :func:`snr_jax.redo`,
-  :func:`snr_jax.continual_backprop`) calls it after the inner update. Use it directly
+  [`with_resets`][snr_jax.with_resets] (and so [`snr`][snr_jax.snr], [`redo`][snr_jax.redo],
+  [`continual_backprop`][snr_jax.continual_backprop]) calls it after the inner update. Use it
+  directly
   to drive optax (or any update rule) yourself.
 
   Args:
     resets: the rule bound to its neuron groups.
     params: params after this step's optimizer update.
     opt_state: the optimizer's state after the update (or None).
-    state: the :class:`ResetState` (from ``resets.init(params, key)``).
+    state: the [`ResetState`][snr_jax.ResetState] (from ``resets.init(params, key)``).
     activations: ``{group name: pre-activation (batch, ..., size)}`` from this
       step's forward pass.
     optimizer: the optax optimizer owning ``opt_state``; its parameter-shaped state

@@ -42,7 +42,7 @@ def params_fingerprint(params: Any) -> jax.Array:
 
 
 def member_key(key: jax.Array, params: Any) -> jax.Array:
-  """``key`` folded with :func:`params_fingerprint`: the key of a random stream that
+  """``key`` folded with `params_fingerprint`: the key of a random stream that
   members with different initial params never share, even when one optimizer (one
   seed) is initialised for all of them (``jax.vmap(tx.init)(stacked_params)``)."""
   return jax.random.fold_in(key, params_fingerprint(params))
@@ -62,11 +62,11 @@ def any_in_batch(pred: jax.Array, axis_name: Optional[str] = None) -> jax.Array:
 
 
 CONTROL_FLOWS = ('auto', 'branch', 'select')
-"""Values of the resetting methods' ``control_flow`` argument (see :func:`control_flow_for`)."""
+"""Values of the resetting methods' ``control_flow`` argument (see `control_flow_for`)."""
 
 
 def control_flow_arg(value: Any) -> str:
-  """``value`` if it is one of :data:`CONTROL_FLOWS`, else a ValueError naming them."""
+  """``value`` if it is one of `CONTROL_FLOWS`, else a ValueError naming them."""
   if not isinstance(value, str) or value not in CONTROL_FLOWS:
     raise ValueError(f'control_flow must be one of {list(CONTROL_FLOWS)}, got {value!r}: '
                      "'branch' runs the reset draw, threshold refresh and ranking under "

@@ -1,6 +1,7 @@
 """Neuron discovery from the computation itself (SPEC §1).
 
-:func:`discover_groups` traces the model's forward pass to a jaxpr, whatever built it
+[`discover_groups`][snr_jax.discover_groups] traces the model's forward pass to a jaxpr, whatever
+built it
 (Flax linen, Flax NNX or a plain function of a params tree), and reads the neurons off
 the graph, in the manner of kfac-jax's automatic layer registration:
 
@@ -40,22 +41,24 @@ is read the same way; its groups have units indexed (layer, unit). Layers whose 
 used by several contractions (shared weights) are refused with an error.
 
 What was decided is visible: the result is a tuple of groups with a ``left_out`` list,
-and :func:`describe_groups` prints both.
+and [`describe_groups`][snr_jax.describe_groups] prints both.
 
-What discovery knows about each primitive is one table (:mod:`.rules`), which users
-extend with :func:`register_activation` and :func:`register_unit_preserving`. The
+What discovery knows about each primitive is one table (`.rules`), which users
+extend with [`register_activation`][snr_jax.register_activation] and
+[`register_unit_preserving`][snr_jax.register_unit_preserving]. The
 package's modules, in the order a reader meets them:
 
-- :mod:`.api`: :func:`discover_groups`;
-- :mod:`.graph`: the traced forward pass as scopes, and what each input is;
-- :mod:`.values` and :mod:`.origins`: what each value is made of (constants, parameter
+- `.api`: [`discover_groups`][snr_jax.discover_groups];
+- `.graph`: the traced forward pass as scopes, and what each input is;
+- `.values` and `.origins`: what each value is made of (constants, parameter
   leaves with their axes, data) and which values are dropout masks;
-- :mod:`.rules`: the table, keyed by primitive name, and the registration functions;
-- :mod:`.walker`, with the table's handlers in :mod:`.pre` (kernel to ReLU) and
-  :mod:`.post` (ReLU to consumers), and :mod:`.layout` (how layout ops move axes);
-- :mod:`.producers` (which contractions are layers), :mod:`.find` (groups from walks),
-  :mod:`.initializers` (what re-draws a group's incoming slices);
-- :mod:`.report` (:class:`LeftOut`, :func:`describe_groups`) and :mod:`.sites` (the
+- `.rules`: the table, keyed by primitive name, and the registration functions;
+- `.walker`, with the table's handlers in `.pre` (kernel to ReLU) and
+  `.post` (ReLU to consumers), and `.layout` (how layout ops move axes);
+- `.producers` (which contractions are layers), `.find` (groups from walks),
+  `.initializers` (what re-draws a group's incoming slices);
+- `.report` ([`LeftOut`][snr_jax.LeftOut], [`describe_groups`][snr_jax.describe_groups]) and
+`.sites` (the
   groups' sites in a new trace, for capture).
 """
 

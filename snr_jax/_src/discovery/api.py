@@ -1,4 +1,4 @@
-"""The entry point: :func:`discover_groups`."""
+"""The entry point: [`discover_groups`][snr_jax.discover_groups]."""
 
 from __future__ import annotations
 
@@ -53,7 +53,8 @@ def discover_groups(f: Any, *args, initializers: Optional[Mapping[str, Any]] = N
       ``rngs={'dropout': key}``, ``mutable=['batch_stats']``).
 
   Returns:
-    A :class:`DiscoveredGroups`: a tuple of :class:`NeuronGroup` with ``left_out``, the
+    A [`DiscoveredGroups`][snr_jax.DiscoveredGroups]: a tuple of
+    [`NeuronGroup`][snr_jax.NeuronGroup] with ``left_out``, the
     layers looked at and not made groups, each with its reason. Its repr lists both.
 
   Raises:

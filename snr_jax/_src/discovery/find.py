@@ -1,5 +1,6 @@
 """Groups from walks: every producer of a scope walked to its ReLU and on to its
-consumers, made a :class:`NeuronGroup` or a :class:`LeftOut` with its reason."""
+consumers, made a [`NeuronGroup`][snr_jax.NeuronGroup] or a [`LeftOut`][snr_jax.LeftOut] with its
+reason."""
 
 from __future__ import annotations
 

@@ -165,7 +165,7 @@ def checked_overrides(initializers: Optional[Mapping[str, Any]],
 
 def concrete_modules(f, model, sample, kwargs, axis_env) -> Mapping[Path, Any]:
   """The linen modules of the forward pass, recorded by a trace in which what does not
-  depend on the inputs is computed concretely (see :class:`Modules`)."""
+  depend on the inputs is computed concretely (see `Modules`)."""
   tr = as_traceable(f, model, tuple(sample), kwargs, record_modules=True)
   with jax.ensure_compile_time_eval():
     jax.make_jaxpr(tr.fn, axis_env=list(axis_env))(*tr.inputs)

@@ -1,7 +1,7 @@
 """How layout ops move axes and indices: the axis maps of the discovery table.
 
 Each ``*_axes(params, in_shape, out_shape)`` gives, for one layout primitive, the input
-axis each output axis runs along (None: a new or merged axis). :func:`reshape_units`
+axis each output axis runs along (None: a new or merged axis). `reshape_units`
 follows a unit index vector through a reshape that merges or splits axes.
 """
 

@@ -1,4 +1,4 @@
-"""What every value of a scope is made of (:class:`Origin`), and which values are
+"""What every value of a scope is made of (`Origin`), and which values are
 dropout masks, whatever layer is walked. Both are read from the discovery table."""
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """The ReLU-output side of the walk: from a ReLU to every consumer of its units.
 
 Each handler is the entry of one kind of primitive in the discovery table
-(:mod:`snr_jax._src.discovery.rules`), called as ``handler(wk, op, ts, w)`` for an op with
+(`snr_jax._src.discovery.rules`), called as ``handler(wk, op, ts, w)`` for an op with
 at least one operand that carries the ReLU's units: ``ts`` holds each operand's
-:class:`Track` (its unit axis, and ``vec``: the unit at each index along it). A handler
+`Track` (its unit axis, and ``vec``: the unit at each index along it). A handler
 returns the outputs' track, None (a consumer was recorded: the walk does not go past
 it), or ``STOP`` after recording why the layer is no group.
 """

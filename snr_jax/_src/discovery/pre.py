@@ -1,11 +1,11 @@
 """The pre-activation side of the walk: from a kernel's output to its ReLU.
 
 Each handler is the entry of one kind of primitive in the discovery table
-(:mod:`snr_jax._src.discovery.rules`), called as ``handler(wk, op, ts, units, w)`` for an
+(`snr_jax._src.discovery.rules`), called as ``handler(wk, op, ts, units, w)`` for an
 op with at least one operand that depends on the layer: ``wk`` is the
-:class:`~snr_jax._src.discovery.walker.Walker`, ``ts`` the :class:`Track` of each operand
+`Walker`, ``ts`` the `Track` of each operand
 (None where it does not depend on the layer), ``units`` the layer's width and ``w`` the
-:class:`Walk` being filled. A handler returns the op's outputs' track, None (nothing to
+`Walk` being filled. A handler returns the op's outputs' track, None (nothing to
 track: a ReLU was reached), or ``STOP`` after recording why the layer is no group.
 
 Grouped handlers (``grouped(wk, op, ts, w)``) take over when an operand is the

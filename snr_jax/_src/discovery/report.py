@@ -1,5 +1,5 @@
 """What discovery decided, in words: the left-out layers and their reasons, and
-:func:`describe_groups`."""
+[`describe_groups`][snr_jax.describe_groups]."""
 
 from __future__ import annotations
 
@@ -32,7 +32,8 @@ class LeftOut:
 
 
 class DiscoveredGroups(tuple):
-  """The groups found by :func:`discover_groups` (a tuple) plus what was left out."""
+  """The groups found by [`discover_groups`][snr_jax.discover_groups] (a tuple) plus what was left
+  out."""
 
   left_out: tuple[LeftOut, ...]
 

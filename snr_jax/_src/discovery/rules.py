@@ -1,15 +1,17 @@
 """The discovery table: everything discovery knows about each primitive, in one place.
 
-:data:`RULES` maps a primitive's name to a :class:`Rule`: its family (``kind``) and its
+`RULES` maps a primitive's name to a `Rule`: its family (``kind``) and its
 handlers for each question the walk asks (what the op does to a layer's pre-activation,
 to its ReLU output, to a GroupNorm's grouped units; how it moves axes; whether it
 passes a dropout mask or a parameter through). A primitive that is not in the table
-stops the walk with the reason "reaches '<name>'". :data:`ACTIVATIONS` maps function
+stops the walk with the reason "reaches '<name>'". `ACTIVATIONS` maps function
 (or primitive) names to what kind of activation they are: ``'relu_like'`` calls become
 ReLU sites, ``'nonlinear'`` names are how reports name a nonlinearity.
 
-Users extend both with :func:`register_activation` and :func:`register_unit_preserving`,
-undone by :func:`unregister_op` or on leaving :func:`registration_scope`.
+Users extend both with [`register_activation`][snr_jax.register_activation] and
+[`register_unit_preserving`][snr_jax.register_unit_preserving],
+undone by [`unregister_op`][snr_jax.unregister_op] or on leaving
+[`registration_scope`][snr_jax.registration_scope].
 """
 
 from __future__ import annotations
@@ -53,11 +55,11 @@ class Rule:
 
   Attributes:
     kind: the primitive's family (the constants above).
-    pre: handler on the pre-activation side (:mod:`.pre`), ``(wk, op, ts, units, w)``.
-    post: handler on the ReLU-output side (:mod:`.post`), ``(wk, op, ts, w)``.
+    pre: handler on the pre-activation side (`.pre`), ``(wk, op, ts, units, w)``.
+    post: handler on the ReLU-output side (`.post`), ``(wk, op, ts, w)``.
     grouped: handler when an operand is the pre-activation cut into groups (GroupNorm).
     axis_map: for ops that move axes, ``(params, in_shape, out_shape)`` -> the input
-      axis of each output axis (None: new or merged), :mod:`.layout`.
+      axis of each output axis (None: new or merged), `.layout`.
     regroups: the op may merge or split axes (reshape): units are followed by index.
     elementwise: entrywise in its operands, so a parameter combined with constants is
       still that parameter (its axes broadcast), e.g. ``w * 2`` or ``w - mean(w)``.
@@ -66,7 +68,7 @@ class Rule:
     mask: how a dropout mask (a value >= 0 made from booleans) passes: ``'first'``
       (from operand 0), ``'all'`` (a product of masks), ``'div'`` (by a positive
       constant), ``'select'`` (a choice between masks), or None.
-    producer: for a contraction, finds its kernel and unit axes (:mod:`.producers`).
+    producer: for a contraction, finds its kernel and unit axes (`.producers`).
   """
   kind: str
   pre: Callable = _pre.other
@@ -327,7 +329,8 @@ def _remove(name: str) -> None:
 
 
 def unregister_op(op: Any) -> None:
-  """Undoes :func:`register_activation` or :func:`register_unit_preserving` for ``op``.
+  """Undoes [`register_activation`][snr_jax.register_activation] or
+  [`register_unit_preserving`][snr_jax.register_unit_preserving] for ``op``.
 
   Args:
     op: what was registered (the function, the primitive or the name).

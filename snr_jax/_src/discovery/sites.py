@@ -1,5 +1,5 @@
 """Where discovered groups' pre-activations are in a new trace of the same model, found
-by structure, for capture (:mod:`snr_jax._src.capture`)."""
+by structure, for capture (`snr_jax._src.capture`)."""
 
 from __future__ import annotations
 

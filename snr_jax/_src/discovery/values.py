@@ -1,9 +1,9 @@
 """What discovery knows about a value: where it comes from, and how it depends on a layer.
 
-An :class:`Origin` says what a value is made of, whatever layer is being walked
+An `Origin` says what a value is made of, whatever layer is being walked
 (a constant, one parameter leaf seen through layout ops, several leaves, or data). A
-:class:`Track` says how a value depends on the layer output being walked from, and a
-:class:`Walk` collects what one walk found.
+`Track` says how a value depends on the layer output being walked from, and a
+`Walk` collects what one walk found.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def _merge_same_leaf(ps):
 
 
 def from_parts(ps) -> Origin:
-  """The origin of a value made of the leaves ``ps`` (see :func:`parts`)."""
+  """The origin of a value made of the leaves ``ps`` (see `parts`)."""
   ps = tuple(dict.fromkeys(ps))
   if len({p[0] for p in ps}) == 1 and len(ps) > 1 and len({len(p[1]) for p in ps}) == 1:
     merged = _merge_same_leaf(ps)

@@ -1,8 +1,8 @@
 """The walk: from a kernel's output forward to its ReLU, and from the ReLU to its consumers.
 
-The :class:`Walker` visits, in execution order, every op that reads a value depending on
-the walked source and asks the discovery table (:mod:`.rules`) what the op does to it;
-the handlers (:mod:`.pre`, :mod:`.post`) call back into the walker for what they need to
+The `Walker` visits, in execution order, every op that reads a value depending on
+the walked source and asks the discovery table (`.rules`) what the op does to it;
+the handlers (`.pre`, `.post`) call back into the walker for what they need to
 know of the scope (origins, masks, shapes, parameter axes).
 """
 
