@@ -1,5 +1,6 @@
 """snr_jax: Self-Normalized Resets and other plasticity methods for JAX/optax."""
 
+import warnings as _warnings
 from importlib import metadata as _metadata
 
 from snr_jax._src.activations import (ActivationError, apply_with_preactivations, fire_counts,
@@ -22,13 +23,28 @@ from snr_jax._src.snr import SNRRule, SNRState, dead_fraction, self_normalized_r
 from snr_jax._src.thresholds import (GeometricEstimator, GeometricState, HistogramEstimator,
                                      HistogramState, PerTokenEstimator, RateState)
 from snr_jax._src.training import apply_gradients, reset_metrics
-from snr_jax._src.transform import (NeuronResets, ResetOptState, ResetRule, ResetState, reset_state,
-                                    with_resets)
+from snr_jax._src.transform import (NeuronResets, NeuronResetsState, ResetRule, WithResetsState,
+                                    reset_state, with_resets)
 
 try:
   __version__ = _metadata.version('snr_jax')
 except _metadata.PackageNotFoundError:  # imported from a source tree that is not installed
   __version__ = '0.0.0+unknown'
+
+# Deprecated names, kept for one release: old name -> (new name, object). Reading one warns.
+_DEPRECATED = {
+    'ResetState': ('NeuronResetsState', NeuronResetsState),
+    'ResetOptState': ('WithResetsState', WithResetsState),
+}
+
+
+def __getattr__(name):
+  if name in _DEPRECATED:
+    new, obj = _DEPRECATED[name]
+    _warnings.warn(f'snr_jax.{name} is deprecated and will be removed in the next release: '
+                   f'use snr_jax.{new}.', DeprecationWarning, stacklevel=2)
+    return obj
+  raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
 
 __all__ = [
     'ActivationError',
@@ -46,20 +62,20 @@ __all__ = [
     'METHODS',
     'NeuronGroup',
     'NeuronResets',
+    'NeuronResetsState',
     'ParamSlice',
     'PerTokenEstimator',
     'RateState',
     'ReDoRule',
     'ReDoState',
     'RefreshSchedule',
-    'ResetOptState',
     'ResetRule',
-    'ResetState',
     'SNRRule',
     'SNRState',
     'ScheduleState',
     'ShrinkPerturbState',
     'Site',
+    'WithResetsState',
     'add_l2',
     'add_l2_init',
     'apply_gradients',

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 import snr_jax
 
@@ -20,8 +21,31 @@ def test_namespace_exports_exactly_all_and_no_internals():
   assert public - modules == set(snr_jax.__all__)
   assert not set(INTERNALS) & public
   for state in ('SNRState', 'CBPState', 'ReDoState', 'ShrinkPerturbState', 'L2InitState',
-                'ResetState', 'ResetOptState'):
+                'NeuronResetsState', 'WithResetsState'):
     assert state in snr_jax.__all__ and hasattr(getattr(snr_jax, state), '_fields')
+
+
+@pytest.mark.parametrize('old, new', [('ResetState', 'NeuronResetsState'),
+                                      ('ResetOptState', 'WithResetsState')])
+def test_deprecated_names_warn_and_still_work(old, new):
+  assert old not in snr_jax.__all__ and old not in vars(snr_jax)
+  with pytest.warns(DeprecationWarning, match=f'snr_jax.{old} is deprecated.*snr_jax.{new}'):
+    alias = getattr(snr_jax, old)
+  assert alias is getattr(snr_jax, new)
+  with pytest.warns(DeprecationWarning):
+    from snr_jax import ResetState  # noqa: F401  pylint: disable=import-outside-toplevel
+  with pytest.raises(AttributeError, match='no attribute'):
+    snr_jax.NoSuchName  # pylint: disable=pointless-statement
+
+
+def test_old_state_names_still_match_states(mlp):
+  model, params, x = mlp
+  groups = snr_jax.discover_groups(model, params, x)
+  state = snr_jax.snr(optax.sgd(0.1), groups).init(params)
+  with pytest.warns(DeprecationWarning):
+    assert isinstance(state, snr_jax.ResetOptState)
+  with pytest.warns(DeprecationWarning):
+    assert isinstance(state.resets, snr_jax.ResetState)
 
 
 def test_version_comes_from_package_metadata():

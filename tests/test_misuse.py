@@ -202,7 +202,7 @@ def test_a_state_that_is_not_the_methods_is_named(setup):
   state = opt.init(params)
   # the inner optimizer's state, or a checkpoint restored without a target (dicts)
   for wrong in (optax.sgd(0.1).init(params), state._asdict()):
-    with pytest.raises(TypeError, match='must be the ResetOptState returned by tx.init'):
+    with pytest.raises(TypeError, match='must be the WithResetsState returned by tx.init'):
       opt.update(grads, wrong, params, activations=acts)
   for name, cls, hp in [('l2_init', 'L2InitState', {}),
                         ('shrink_perturb', 'ShrinkPerturbState',
@@ -211,7 +211,7 @@ def test_a_state_that_is_not_the_methods_is_named(setup):
     with pytest.raises(TypeError, match=f'must be the {cls} returned by tx.init'):
       tx.update(grads, optax.sgd(0.1).init(params), params)
   resetter = snr_jax.self_normalized_resets(groups)
-  with pytest.raises(TypeError, match=r'must be the ResetState returned by resets.init'):
+  with pytest.raises(TypeError, match=r'must be the NeuronResetsState returned by resets.init'):
     snr_jax.reset_state(resetter, params, None, state, acts)  # the wrapper's state
 
 

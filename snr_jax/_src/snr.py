@@ -372,7 +372,7 @@ def snr_info(state: Any, dead_after: int = 1000) -> dict[str, dict[str, jax.Arra
 
   Args:
     state: the state of [`snr`][snr_jax.snr] (or of any optax chain holding it), or a
-      [`ResetState`][snr_jax.ResetState].
+      [`NeuronResetsState`][snr_jax.NeuronResetsState].
     dead_after: age (in the ages' unit: examples, steps, or positions for the
       per-token estimator; see [`dead_fraction`][snr_jax.dead_fraction]) from which a unit counts
       as dead.

@@ -58,7 +58,7 @@ class ResetRule(Protocol):
   #   """
 
 
-class ResetState(NamedTuple):
+class NeuronResetsState(NamedTuple):
   """State of a [`NeuronResets`][snr_jax.NeuronResets] (without the inner optimizer's state).
 
   Attributes:
@@ -95,25 +95,33 @@ except ImportError:
   pass
 
 
-class ResetOptState(NamedTuple):
-  """State of the optimizer returned by [`with_resets`][snr_jax.with_resets]."""
+class WithResetsState(NamedTuple):
+  """State of the optimizer returned by [`with_resets`][snr_jax.with_resets] (and so by
+  [`snr`][snr_jax.snr], [`redo`][snr_jax.redo] and
+  [`continual_backprop`][snr_jax.continual_backprop]).
+
+  Attributes:
+    inner_state: the wrapped optimizer's state.
+    resets: the [`NeuronResetsState`][snr_jax.NeuronResetsState] of the rule and groups.
+    layout: the leaf paths of the params the state was initialised for.
+  """
   inner_state: Any
-  resets: ResetState
+  resets: NeuronResetsState
   layout: Optional[ParamsLayout] = None
 
 
-def find_reset_state(state: Any) -> Optional[ResetState]:
+def find_reset_state(state: Any) -> Optional[NeuronResetsState]:
   """The reset state inside an optimizer state (e.g. within a chain), or None.
 
   ``state`` may also be an NNX optimizer's ``opt_state`` (``nnx.Optimizer(...).opt_state``:
   an ``nnx.State`` whose leaves are ``OptArray`` variables); the state returned then holds
   the variables' arrays, for reading (logging).
   """
-  is_node = lambda x: isinstance(x, (ResetOptState, ResetState))
+  is_node = lambda x: isinstance(x, (WithResetsState, NeuronResetsState))
   for leaf in jax.tree_util.tree_leaves(state, is_leaf=is_node):
-    if isinstance(leaf, ResetOptState):
+    if isinstance(leaf, WithResetsState):
       return _variable_values(leaf.resets)
-    if isinstance(leaf, ResetState):
+    if isinstance(leaf, NeuronResetsState):
       return _variable_values(leaf)
   return None
 
@@ -169,7 +177,7 @@ class NeuronResets:
     object.__setattr__(self, 'groups', _checks.neuron_groups(self.groups, NeuronGroup, GroupError))
     control_flow_arg(self.control_flow)
 
-  def init(self, params: Any, key: Any = 0) -> ResetState:
+  def init(self, params: Any, key: Any = 0) -> NeuronResetsState:
     """Validates the groups against ``params`` and builds the initial state.
 
     The state's key is the seed's key folded with a fingerprint of the initial
@@ -184,20 +192,20 @@ class NeuronResets:
     groups = validate_groups(self.groups, params)
     masks = {g.name: jnp.zeros((g.size,), bool) for g in groups}
     key = member_key(_as_key(key), params)
-    return ResetState(self.rule.init(groups, params), key, masks)
+    return NeuronResetsState(self.rule.init(groups, params), key, masks)
 
-  def apply(self, params: Any, opt_state: Any, state: ResetState, activations: Any, *,
-            optimizer: Optional[Any] = None, key: Optional[jax.Array] = None,
-            end_of_task: Any = False) -> tuple[Any, Any, ResetState]:
+  def apply(self, params: Any, opt_state: Any, state: NeuronResetsState, activations: Any,
+            *, optimizer: Optional[Any] = None, key: Optional[jax.Array] = None,
+            end_of_task: Any = False) -> tuple[Any, Any, NeuronResetsState]:
     """``reset_state(self, ...)``: see [`reset_state`][snr_jax.reset_state]."""
     return reset_state(self, params, opt_state, state, activations, optimizer=optimizer,
                        key=key, end_of_task=end_of_task)
 
 
-def reset_state(resets: NeuronResets, params: Any, opt_state: Any, state: ResetState,
-                activations: Any, *, optimizer: Optional[Any] = None,
+def reset_state(resets: NeuronResets, params: Any, opt_state: Any,
+                state: NeuronResetsState, activations: Any, *, optimizer: Optional[Any] = None,
                 key: Optional[jax.Array] = None, end_of_task: Any = False
-                ) -> tuple[Any, Any, ResetState]:
+                ) -> tuple[Any, Any, NeuronResetsState]:
   """One step of bookkeeping and resets, after the optimizer's update (pure).
 
   The functional form of a resetting method: the optimizer returned by
@@ -210,7 +218,8 @@ def reset_state(resets: NeuronResets, params: Any, opt_state: Any, state: ResetS
     resets: the rule bound to its neuron groups.
     params: params after this step's optimizer update.
     opt_state: the optimizer's state after the update (or None).
-    state: the [`ResetState`][snr_jax.ResetState] (from ``resets.init(params, key)``).
+    state: the [`NeuronResetsState`][snr_jax.NeuronResetsState] (from
+      ``resets.init(params, key)``).
     activations: ``{group name: pre-activation (batch, ..., size)}`` from this
       step's forward pass.
     optimizer: the optax optimizer owning ``opt_state``; its parameter-shaped state
@@ -224,7 +233,7 @@ def reset_state(resets: NeuronResets, params: Any, opt_state: Any, state: ResetS
   Returns:
     ``(params, opt_state, state)``.
   """
-  _checks.state_type('state', state, ResetState, 'resets.init(params)')
+  _checks.state_type('state', state, NeuronResetsState, 'resets.init(params)')
   _checks.rule_state(state.rule, resets.rule)
   optimizer = _checks.optax_transformation_or_none(
       'optimizer (the optax optimizer owning opt_state, or None)', optimizer)
@@ -255,7 +264,8 @@ def reset_state(resets: NeuronResets, params: Any, opt_state: Any, state: ResetS
       params, opt_state, resets.groups, masks, key, optimizer, resets.axis_name, caps,
       resets.control_flow)
   # The carried key moves on only when it was used to draw fresh weights.
-  return params, opt_state, ResetState(rule_state, state.key if given else next_key, masks)
+  return params, opt_state, NeuronResetsState(rule_state, state.key if given else next_key,
+                                              masks)
 
 
 def _leaf_paths(tree: Any) -> tuple[str, ...]:
@@ -302,7 +312,7 @@ def with_resets(inner: optax.GradientTransformation, resets: NeuronResets,
   def init_fn(params):
     # the layout lets update tell params of another model from the state's own (an
     # SGD state holds no copy of the params to compare with)
-    return ResetOptState(inner.init(params), resets.init(params, seed),
+    return WithResetsState(inner.init(params), resets.init(params, seed),
                          ParamsLayout(_leaf_paths(params)))
 
   def update_fn(updates, state, params=None, *args, activations=None, end_of_task=False,
@@ -311,7 +321,7 @@ def with_resets(inner: optax.GradientTransformation, resets: NeuronResets,
     if params is None:
       raise ValueError('resets need the current params: call '
                        'update(grads, state, params, activations=...).')
-    _checks.state_type('state', state, ResetOptState, 'tx.init(params)')
+    _checks.state_type('state', state, WithResetsState, 'tx.init(params)')
     _checks.rule_state(state.resets.rule, resets.rule)
     _check_same_tree(params, state.layout)
     check_activations(resets.groups, activations)  # before the inner update runs
@@ -324,6 +334,6 @@ def with_resets(inner: optax.GradientTransformation, resets: NeuronResets,
         end_of_task=end_of_task)
     out = jax.tree.map(lambda n, p: (n - p).astype(p.dtype) if hasattr(p, 'dtype') else n - p,
                        new_params, params)
-    return out, ResetOptState(inner_state, resets_state, state.layout)
+    return out, WithResetsState(inner_state, resets_state, state.layout)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
