@@ -19,10 +19,10 @@ from snr_jax._src.reset import reset_model_state, reset_neurons, reset_optimizer
 from snr_jax._src.schedules import (RefreshSchedule, ScheduleState, at_random, every_n_steps,
                                     every_n_tasks)
 from snr_jax._src.shrink_perturb import ShrinkPerturbState, shrink_perturb
-from snr_jax._src.snr import SNRRule, SNRState, dead_fraction, self_normalized_resets, snr, snr_info
+from snr_jax._src.snr import SNRRule, SNRState, dead_fraction, self_normalized_resets, snr
 from snr_jax._src.thresholds import (GeometricEstimator, GeometricState, HistogramEstimator,
                                      HistogramState, PerTokenEstimator, RateState)
-from snr_jax._src.training import apply_gradients, reset_metrics
+from snr_jax._src.training import apply_gradients, reset_metrics, snr_info as _snr_info
 from snr_jax._src.transform import (NeuronResets, NeuronResetsState, ResetRule, WithResetsState,
                                     reset_state, with_resets)
 
@@ -35,6 +35,7 @@ except _metadata.PackageNotFoundError:  # imported from a source tree that is no
 _DEPRECATED = {
     'ResetState': ('NeuronResetsState', NeuronResetsState),
     'ResetOptState': ('WithResetsState', WithResetsState),
+    'snr_info': ('reset_metrics (with nested=True for the same shape)', _snr_info),
 }
 
 
@@ -110,7 +111,6 @@ __all__ = [
     'self_normalized_resets',
     'shrink_perturb',
     'snr',
-    'snr_info',
     'snr_l2',
     'unregister_op',
     'validate_groups',

@@ -93,8 +93,6 @@ TABLE = {
                                                    'layer_axis': (INT, 0, None)}),
     'dead_fraction': (lambda **kw: snr_jax.dead_fraction(jnp.zeros(3, jnp.int32), **kw),
                       {'dead_after': (NUM, 10, 0)}),
-    'snr_info': (lambda **kw: snr_jax.snr_info(_snr_state(), **kw),
-                 {'dead_after': (NUM, 10, 0)}),
     'reset_metrics': (lambda **kw: snr_jax.reset_metrics(_snr_state(), **kw),
                       {'dead_after': (NUM, 10, 0)}),
 }

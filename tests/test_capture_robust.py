@@ -178,7 +178,8 @@ def _snr_steps(loss_of, params, groups, capture_args, steps=12):
   def step(params, state, args):
     (loss, acts), grads = jax.value_and_grad(loss_of, has_aux=True)(params, *args)
     u, state = opt.update(grads, state, params, activations=acts)
-    return optax.apply_updates(params, u), state, snr_jax.snr_info(state)['resets']
+    return (optax.apply_updates(params, u), state,
+            snr_jax.reset_metrics(state, nested=True)['resets'])
 
   total = {g.name: 0 for g in groups}
   for t in range(steps):
@@ -284,8 +285,8 @@ def test_haiku_conv_batchnorm_with_its_state_passed_in(train):
   def step(params, state, opt_state):
     (_, (acts, state)), grads = jax.value_and_grad(loss_of, has_aux=True)(params, state, x)
     u, opt_state = opt.update(grads, opt_state, params, activations=acts)
-    return optax.apply_updates(params, u), state, opt_state, snr_jax.snr_info(
-        opt_state)['resets']
+    return optax.apply_updates(params, u), state, opt_state, snr_jax.reset_metrics(
+        opt_state, nested=True)['resets']
 
   total = 0
   for _ in range(12):

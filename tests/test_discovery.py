@@ -509,7 +509,7 @@ def test_snr_resets_a_silent_unit_on_time_and_nothing_else(name):
     xb = _sample(keys[t], x)
     before = params
     params, opt_state, acts, plain_inner = step(params, opt_state, xb)
-    resets = np.asarray(snr_jax.snr_info(opt_state)['resets'][group.name])
+    resets = np.asarray(snr_jax.reset_metrics(opt_state, nested=True)['resets'][group.name])
     mask = np.asarray(opt_state.resets.last_resets[group.name])
     merged = snr_jax._src.activations.merge_layers(groups, acts)
     fired = np.asarray(snr_jax.fired(merged[group.name]))

@@ -187,7 +187,7 @@ def test_dead_after_must_be_positive(setup, dead_after):
   groups, params, acts, grads = setup
   state = snr_jax.snr(optax.sgd(0.1), groups).init(params)
   with pytest.raises(ValueError, match=r'dead_after must be a number in \(0, inf\]'):
-    snr_jax.snr_info(state, dead_after=dead_after)
+    snr_jax.reset_metrics(state, dead_after=dead_after, nested=True)
 
 
 @pytest.mark.parametrize('hp', [dict(eta='0.1'), dict(expansion='2'), dict(eta=np.bool_(True))])

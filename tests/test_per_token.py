@@ -343,8 +343,8 @@ def test_gpt_ffn_group_counts_and_ages(gpt_setup):
   est = s.resets.rule.estimator[groups[0].name]
   np.testing.assert_array_equal(est.count, 1 + counts.sum(0) + resets.sum(0))
   np.testing.assert_array_equal(est.total, 1 + bt * tokens.shape[0])
-  # snr_info's dead fraction counts dead_after in positions
-  info = snr_jax.snr_info(s, dead_after=bt)
+  # reset_metrics' dead fraction counts dead_after in positions
+  info = snr_jax.reset_metrics(s, dead_after=bt, nested=True)
   name = groups[0].name
   assert float(info['dead_fraction'][name]) == pytest.approx(np.mean(ages[-1] >= bt))
   assert int(info['resets'][name]) == int(resets[-1].sum())

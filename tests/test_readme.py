@@ -39,7 +39,7 @@ def test_readme_nnx_example_runs():
     ('equinox', ['layers/0', 'layers/1']), ('haiku', ['mlp/~/linear_0', 'mlp/~/linear_1'])])
 def test_readme_equinox_and_haiku_examples_run(library, groups, capsys):
   namespace = _run(_block(f'import {library}'), {})
-  assert f"'{groups[0]}'" in capsys.readouterr().out   # snr_info printed per group
+  assert f"'resets/{groups[0]}'" in capsys.readouterr().out   # reset_metrics printed
   assert sorted(namespace['opt_state'].resets.rule.ages) == groups
   assert float(namespace['loss']) > 0
 

@@ -252,7 +252,7 @@ def test_factored_optimizer_state_keeps_its_shapes(mlp):
   def step(carry, _):
     p, s = carry
     u, s = tx.update(grads, s, p, activations=silent)
-    return (optax.apply_updates(p, u), s), snr_jax.snr_info(s)['resets']['Dense_1']
+    return (optax.apply_updates(p, u), s), snr_jax.reset_metrics(s)['resets/Dense_1']
 
   _, resets = jax.lax.scan(step, (params, tx.init(params)), None, length=30)
   assert int(resets.sum()) > 0

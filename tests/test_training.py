@@ -64,6 +64,12 @@ def test_reset_metrics_on_every_method(name):
   else:
     assert metrics == {}
   assert all(np.ndim(v) == 0 for v in metrics.values())
+  nested = jax.jit(lambda st: reset_metrics(st, nested=True))(state)
+  assert {f'{k}/{g}': v for k, per in nested.items() for g, v in per.items()} == metrics
+  if name in ('snr', 'snr_l2', 'redo', 'cbp'):
+    with pytest.warns(DeprecationWarning, match='snr_info is deprecated.*reset_metrics'):
+      snr_info = snr_jax.snr_info
+    assert jax.tree.map(np.asarray, snr_info(state)) == jax.tree.map(np.asarray, nested)
 
 
 def test_gradient_accumulation_inside_snr_counts_every_micro_batch():

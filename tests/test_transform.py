@@ -171,19 +171,19 @@ def test_end_of_task_signal_inside_jit_refreshes_thresholds():
   np.testing.assert_array_equal(s.resets.rule.thresholds['h'], [4, 4])
 
 
-def test_snr_info_reports_resets_dead_fraction_and_thresholds(mlp):
+def test_reset_metrics_reports_resets_dead_fraction_and_thresholds(mlp):
   model, params, groups, inner = _setup(mlp)
   xs, ys = _data(1)
   (p, s), _ = _transform_run(model, params, groups, inner, xs, ys)
-  info = jax.jit(lambda st: snr_jax.snr_info(st, dead_after=4))(s)
+  info = jax.jit(lambda st: snr_jax.reset_metrics(st, dead_after=4, nested=True))(s)
   assert set(info) == {'resets', 'dead_fraction', 'mean_threshold'}
   # the 3 units with bias -50 have not fired: age 4 -> dead under dead_after=4
   assert float(info['dead_fraction']['Dense_0']) >= 3 / 6
   assert float(info['mean_threshold']['Dense_0']) == 24.0
-  # snr_info finds the state inside an optax chain too
+  # reset_metrics finds the state inside an optax chain too
   chained = optax.chain(optax.identity(), snr_jax.snr(inner, groups, **HP))
   st = chained.init(params)
-  assert set(snr_jax.snr_info(st)['resets']) == {'Dense_0', 'Dense_1'}
+  assert set(snr_jax.reset_metrics(st, nested=True)['resets']) == {'Dense_0', 'Dense_1'}
 
 
 def test_named_vmap_axis_gives_the_same_results(mlp):

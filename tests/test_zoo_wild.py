@@ -10,8 +10,8 @@ and no declaration:
   params through a ``TrainState``);
 * equinox's ``eqx.nn.MLP`` and a CNN like the equinox docs' one (``eqx.partition`` /
   ``eqx.combine``);
-* an NNX MLP trained with ``nnx.Optimizer`` and logged with ``snr_info`` /
-  ``reset_metrics`` on ``optimizer.opt_state``.
+* an NNX MLP trained with ``nnx.Optimizer`` and logged with ``reset_metrics``
+  (flat and nested) on ``optimizer.opt_state``.
 
 For each: the discovered groups equal the truth written by hand; ``snr(...).init`` on the
 params as the user holds them; 12 jitted steps in which units are reset; after a reset,
@@ -519,7 +519,7 @@ def test_nnx_mlp_logged_from_the_optimizer_state():
   resets = 0
   for _ in range(STEPS):
     step(model, optimizer, x)
-    info = snr_jax.snr_info(optimizer.opt_state)
+    info = snr_jax.reset_metrics(optimizer.opt_state, nested=True)
     log = reset_log(optimizer.opt_state, groups)
     n = sum(int(log[f'resets/{g.name}']) for g in groups)
     assert n == sum(int(v) for v in info['resets'].values())

@@ -30,7 +30,7 @@ from snr_jax._src.util import any_in_batch, control_flow_arg, control_flow_for, 
 from snr_jax._src.schedules import RefreshSchedule, ScheduleState, every_n_tasks
 from snr_jax._src.thresholds import (ESTIMATORS, INT_MAX, RATE_CAP, GeometricEstimator,
                                      HistogramEstimator, PerTokenEstimator, global_firing)
-from snr_jax._src.transform import NeuronResets, find_reset_state, with_resets
+from snr_jax._src.transform import NeuronResets, with_resets
 
 AGE_UNITS = ('examples', 'steps', 'positions')
 
@@ -365,28 +365,3 @@ def dead_fraction(ages: jax.Array, dead_after: int = 1000) -> jax.Array:
   """
   number_in('dead_after', dead_after, 0, float('inf'), lo_open=True)  # 0 counts every unit
   return jnp.mean(ages >= dead_after)
-
-
-def snr_info(state: Any, dead_after: int = 1000) -> dict[str, dict[str, jax.Array]]:
-  """Per-group numbers for logging, jit-friendly.
-
-  Args:
-    state: the state of [`snr`][snr_jax.snr] (or of any optax chain holding it), or a
-      [`NeuronResetsState`][snr_jax.NeuronResetsState].
-    dead_after: age (in the ages' unit: examples, steps, or positions for the
-      per-token estimator; see [`dead_fraction`][snr_jax.dead_fraction]) from which a unit counts
-      as dead.
-
-  Returns:
-    ``{'resets': {group: count this step}, 'dead_fraction': {...},
-    'mean_threshold': {...}}`` (the last two for SNR states only).
-  """
-  rs = find_reset_state(state)
-  if rs is None:
-    raise ValueError('no reset state found: pass the state of snr(...) / with_resets(...).')
-  info = {'resets': {k: jnp.sum(v) for k, v in rs.last_resets.items()}}
-  if isinstance(rs.rule, SNRState):
-    info['dead_fraction'] = {k: dead_fraction(v, dead_after) for k, v in rs.rule.ages.items()}
-    info['mean_threshold'] = {k: jnp.mean(v.astype(jnp.float32))
-                              for k, v in rs.rule.thresholds.items()}
-  return info

@@ -59,22 +59,50 @@ def apply_gradients(state: Any, grads: Any, **extra_args) -> Any:
                        opt_state=opt_state)
 
 
-def reset_metrics(opt_state: Any, dead_after: int = 1000) -> dict[str, jax.Array]:
-  """Per-group figures of any method's optimizer state, as one flat dict for a logger.
+def reset_metrics(opt_state: Any, dead_after: int = 1000, *, nested: bool = False
+                  ) -> dict[str, Any]:
+  """Per-group figures of any method's optimizer state, for logging (jit-friendly).
 
-  Keys are ``'resets/<group>'`` (units reset at the latest step) for every resetting
-  method (SNR, ReDo, continual backprop), plus ``'dead_fraction/<group>'`` (units silent
-  for ``dead_after`` or more, in the ages' unit) and ``'mean_threshold/<group>'`` for SNR.
-  A method that resets nothing (none, L2, L2 Init, Shrink & Perturb) gives an empty dict.
-  Jit-friendly: the values are scalar arrays.
+  The figures are the units reset at the latest step (``resets``) for every resetting
+  method (SNR, ReDo, continual backprop), plus, for SNR, the fraction of units silent for
+  ``dead_after`` or more (``dead_fraction``, in the ages' unit) and the mean threshold
+  (``mean_threshold``). A method that resets nothing (none, L2, L2 Init, Shrink & Perturb)
+  gives an empty dict. The values are scalar arrays.
+
+  Args:
+    opt_state: the optimizer state of any method (an optax chain holding one included), a
+      [`NeuronResetsState`][snr_jax.NeuronResetsState], or an NNX optimizer's
+      ``nnx.Optimizer(...).opt_state``.
+    dead_after: age (in the ages' unit: examples, steps, or positions for the per-token
+      estimator; see [`dead_fraction`][snr_jax.dead_fraction]) from which a unit counts as
+      dead.
+    nested: False (default): one flat dict for a logger, keyed ``'resets/<group>'``,
+      ``'dead_fraction/<group>'``, ``'mean_threshold/<group>'``. True: one dict per figure,
+      ``{'resets': {group: ...}, 'dead_fraction': {...}, 'mean_threshold': {...}}``.
+
+  Returns:
+    The figures, flat or nested.
   """
   rs = find_reset_state(opt_state)
-  if rs is None:
-    return {}
-  out = {f'resets/{k}': jnp.sum(v) for k, v in rs.last_resets.items()}
-  if isinstance(rs.rule, SNRState):
-    out.update({f'dead_fraction/{k}': dead_fraction(v, dead_after)
-                for k, v in rs.rule.ages.items()})
-    out.update({f'mean_threshold/{k}': jnp.mean(v.astype(jnp.float32))
-                for k, v in rs.rule.thresholds.items()})
-  return out
+  figures = {}
+  if rs is not None:
+    figures['resets'] = {k: jnp.sum(v) for k, v in rs.last_resets.items()}
+    if isinstance(rs.rule, SNRState):
+      figures['dead_fraction'] = {k: dead_fraction(v, dead_after)
+                                  for k, v in rs.rule.ages.items()}
+      figures['mean_threshold'] = {k: jnp.mean(v.astype(jnp.float32))
+                                   for k, v in rs.rule.thresholds.items()}
+  if nested:
+    return figures
+  return {f'{name}/{k}': v for name, per_group in figures.items() for k, v in per_group.items()}
+
+
+def snr_info(state: Any, dead_after: int = 1000) -> dict[str, dict[str, jax.Array]]:
+  """Deprecated: ``reset_metrics(state, dead_after, nested=True)``.
+
+  Raises ``ValueError`` when ``state`` holds no reset state (``reset_metrics`` gives
+  ``{}``).
+  """
+  if find_reset_state(state) is None:
+    raise ValueError('no reset state found: pass the state of snr(...) / with_resets(...).')
+  return reset_metrics(state, dead_after, nested=True)
