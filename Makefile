@@ -9,21 +9,22 @@
 # It runs once; it reruns when pyproject.toml changes.
 #
 # Also: `make test-fast` (the developer's selection, -m "not slow"), `make floors` (the
-# lowest declared jax/jaxlib/flax/optax, in their own venv), `make lint`.
+# lowest declared jax/jaxlib/flax/optax, in their own venv), `make lint`, `make docs` (the
+# documentation site, built strictly into site/; `make docs-serve` serves it).
 
 VENV ?= .venv
 PYTHON ?= python3
 PYTEST_ARGS ?= -n auto --dist loadfile
 BIN := $(VENV)/bin
 
-.PHONY: setup quickstart test test-fast floors lint
+.PHONY: setup quickstart test test-fast floors lint docs docs-serve
 
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,docs]'
 	.ci/optional-data
 	touch $@
 
@@ -41,3 +42,9 @@ test-fast: setup
 
 floors:
 	.ci/floors
+
+docs: setup
+	$(BIN)/mkdocs build --strict --site-dir site
+
+docs-serve: setup
+	$(BIN)/mkdocs serve --strict

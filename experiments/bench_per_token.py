@@ -1,4 +1,4 @@
-"""The per-token SNR estimator's cost on the GPT train step (issue 12, SPEC §3c).
+"""The per-token SNR estimator's cost on the GPT train step (issue 12, design §3c).
 
 The Permuted-Shakespeare GPT (1 pre-LN block, width 32, 2 heads, ReLU FFN 256 at scale
 1), batch 8 × 128 tokens, Adam 1e-3, steps inside ``lax.scan`` on random tokens held on

@@ -1,4 +1,4 @@
-"""The paper's five benchmark protocols (SPEC §7) and an experiment's configuration."""
+"""The paper's five benchmark protocols (design §7) and an experiment's configuration."""
 
 from __future__ import annotations
 
@@ -116,7 +116,7 @@ class ExperimentConfig:
     width: the MLP's hidden width (both layers; None: the protocol's 100); MLP
       benchmarks only.
     model: the network for an image benchmark whose protocol trains the CNN: ``'cnn'``
-      (None: the protocol's) or ``'vit'`` (:func:`vit_for`; SPEC §7's small ViT).
+      (None: the protocol's) or ``'vit'`` (:func:`vit_for`; design §7's small ViT).
     vocab_size: for a text benchmark, keep the ``vocab_size - 1`` most frequent words and
       map the rest to one unknown token (None: the whole vocabulary).
     dead_after: examples without firing after which a unit counts as dead (1,000).

@@ -112,7 +112,7 @@ def _add_run_arguments(p: argparse.ArgumentParser, name: str) -> None:
     p.add_argument('--width', type=int, help='hidden width of both MLP layers (default 100)')
   if name in _CNN_BENCHMARKS:
     p.add_argument('--model', choices=IMAGE_MODELS,
-                   help="the network: the protocol's CNN, or SPEC §7's small ViT")
+                   help="the network: the protocol's CNN, or design §7's small ViT")
   p.add_argument('--dataset', help="dataset to use instead of the protocol's (e.g. "
                                    'fashion_mnist or digits for Permuted runs)')
   p.add_argument('--data-dir', help='directory with raw dataset files (or set '
@@ -157,7 +157,7 @@ def _add_run_arguments(p: argparse.ArgumentParser, name: str) -> None:
 
 def _describe(name: str) -> str:
   return (f'Run the {name.replace("_", " ")} benchmark. Unset options take the paper\'s '
-          'protocol (SPEC §7).')
+          'protocol (design §7).')
 
 
 def build_parser(benchmark: Optional[str] = None) -> argparse.ArgumentParser:

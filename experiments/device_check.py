@@ -1,4 +1,4 @@
-"""The prepared device check (SPEC §10): run it first whenever an accelerator is at hand.
+"""The prepared device check (design §10): run it first whenever an accelerator is at hand.
 
     python -m experiments.device_check [--smoke] [--out results] [--budget-s 400]
 
@@ -11,7 +11,7 @@ On whatever backend JAX finds (GPU, TPU or CPU), in order:
    ``block_until_ready``) with plain optax against the same optimizer wrapped with SNR
    (histogram and geometric estimators; per-token too on the GPT), timed interleaved,
    with the median over repetitions of each round's time ratio to plain optax: the
-   784-100-100-10 MLP at batch 16 with SGD (``bench_overhead``'s run), SPEC §7's ViT
+   784-100-100-10 MLP at batch 16 with SGD (``bench_overhead``'s run), design §7's ViT
    (``vit_for((28, 28, 1), 10)``) at batch 100 with Adam, and the Permuted-Shakespeare
    GPT at batch 8 × 128 tokens, vocabulary 2,000, with Adam (``bench_per_token``'s run);
 3. ``permuted_throughput``: steps/s of the experiment runner on the Permuted protocol
@@ -198,7 +198,7 @@ def mlp_ratios(cfg: dict) -> dict[str, Any]:
 
 
 def vit_ratios(cfg: dict, smoke: bool) -> dict[str, Any]:
-  """SPEC §7's ViT on 28×28 images, Adam, through ``bench_overhead``'s run."""
+  """design §7's ViT on 28×28 images, Adam, through ``bench_overhead``'s run."""
   batch, steps = cfg['vit_batch'], cfg['vit_steps']
   model = (ViT(num_outputs=10, patch_size=7, width=16, num_blocks=1, num_heads=2, mlp_width=32)
            if smoke else vit_for((28, 28, 1), 10))

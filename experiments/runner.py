@@ -511,7 +511,7 @@ def resolve_mode(config: ExperimentConfig, mode: str, num_members: int,
 def default_mode(config: ExperimentConfig, num_members: int) -> str:
   """vmap, except for one member (nothing to batch, and a vmap over one member lays the
   gradient dots out batched: about 1.25x the step on CPU) and for convolutional models
-  on CPU (slow under vmap, SPEC §8), which run sequentially."""
+  on CPU (slow under vmap, design §8), which run sequentially."""
   if num_members == 1 or (config.model_name == 'cnn' and jax.default_backend() == 'cpu'):
     return 'sequential'
   return 'vmap'

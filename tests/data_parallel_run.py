@@ -58,7 +58,7 @@ def check(make_tx):
     def step_shard(p, s, x, y):
       (_, acts), g = jax.value_and_grad(loss_sum, has_aux=True)(p, x, y)
       if sum_grads:   # pmap; under shard_map (check_vma) the gradients of replicated params
-        g = jax.lax.psum(g, 'd')   # come out summed over the axis already (SPEC §9)
+        g = jax.lax.psum(g, 'd')   # come out summed over the axis already (design §9)
       u, s = tx_dp.update(g, s, p, activations=acts)
       return optax.apply_updates(p, u), s, s.resets.last_resets
     return step_shard

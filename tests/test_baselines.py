@@ -1,4 +1,4 @@
-"""SPEC §6: each competitor method's defining behaviour, and the shared registry."""
+"""design §6: each competitor method's defining behaviour, and the shared registry."""
 
 import warnings
 

@@ -1,4 +1,4 @@
-"""SPEC §4: reset work follows the resets (``max_resets_per_step``).
+"""design §4: reset work follows the resets (``max_resets_per_step``).
 
 A capped group draws fresh values for the up-to-``k`` units it resets and scatters them
 in; units over the cap stay due and reset on later steps; nothing else moves.

@@ -1,4 +1,4 @@
-"""Capture finds each group's pre-activation by structure, not by eqn index (SPEC §1):
+"""Capture finds each group's pre-activation by structure, not by eqn index (design §1):
 groups discovered once capture under weak or strong dtypes, train or eval mode, another
 batch size, bf16 params, under vmap, jit and shard_map. Haiku models (dropout with hk.transform,
 Conv→BatchNorm→ReLU with its state passed into the step), weight-standardised convs and

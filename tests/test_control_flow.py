@@ -1,4 +1,4 @@
-"""``control_flow='select'``: a train step with no host-evaluated control flow (SPEC §10).
+"""``control_flow='select'``: a train step with no host-evaluated control flow (design §10).
 
 With ``'select'`` every resetting method's lowered update holds no ``stablehlo.case``,
 ``while`` or ``if`` (XLA:GPU evaluates their predicates on the host); its results equal

@@ -1,4 +1,4 @@
-"""Data parallelism has one global semantics (SPEC §8): jit with a sharded batch, shard_map
+"""Data parallelism has one global semantics (design §8): jit with a sharded batch, shard_map
 and pmap (with ``data_axis``) make the single-device resets at every step, for every
 resetting method, and pmap replicas never diverge."""
 

@@ -1,4 +1,4 @@
-"""Discovery and capture on a zoo of models (SPEC §1, §2, §4): the groups found equal the
+"""Discovery and capture on a zoo of models (design §1, §2, §4): the groups found equal the
 true neurons written by hand, and SNR on them behaves as the spec says.
 
 The behavioural check, per model: with a learning rate of 0 (so only resets move the

@@ -1,4 +1,4 @@
-"""Discovery through ops that keep units apart (SPEC §1): hand-written pooling, the im2col
+"""Discovery through ops that keep units apart (design §1): hand-written pooling, the im2col
 convolution of the benchmark CNN, sharding constraints and casts, dropout before or after
 the ReLU. The groups found equal the true neurons written by hand; captured
 pre-activations are the ReLU inputs; after a reset, the unit's incoming weights no longer
@@ -6,7 +6,6 @@ affect the output."""
 
 from __future__ import annotations
 
-import time
 
 import jax
 import jax.numpy as jnp
@@ -311,17 +310,12 @@ def test_nnx_dropout_cnn_has_the_same_groups_in_train_and_eval_mode():
   np.testing.assert_array_equal(out, model(x))
 
 
-# --- speed -----------------------------------------------------------------------------------
+# --- a deep stack --------------------------------------------------------------------------
+# (its discovery time is measured by experiments/bench_capture.py, not asserted here)
 
-def test_discovery_of_a_12_block_gpt_takes_under_a_second():
+def test_discovery_of_a_12_block_gpt_finds_every_ffn():
   model = GPT(vocab_size=40, context_length=32, width=64, num_heads=2, ffn_width=256,
               num_layers=12)
   x = jnp.zeros((2, 32), jnp.int32)
-  variables = model.init(KEY, x)
-  took = []
-  for _ in range(3):
-    start = time.perf_counter()
-    groups = snr_jax.discover_groups(model, variables, x)
-    took.append(time.perf_counter() - start)
-  assert len(groups) == 12
-  assert min(took) <= 1.0, took
+  groups = snr_jax.discover_groups(model, model.init(KEY, x), x)
+  assert len(groups) == 12 and {g.size for g in groups} == {256}

@@ -1,4 +1,4 @@
-"""SPEC §2-§3 on tiny hand-checked cases: firing, ages, gap records, both estimators."""
+"""design §2-§3 on tiny hand-checked cases: firing, ages, gap records, both estimators."""
 
 import math
 
@@ -249,7 +249,7 @@ def test_neuron_firing_every_batch_has_one_batch_mean_gap():
 
 
 def test_one_threshold_rule_for_both_estimators():
-  # SPEC §3a (contract if q < τ) and §3b (expand if τ ≤ τ_p) are one comparison: at a tie
+  # design §3a (contract if q < τ) and §3b (expand if τ ≤ τ_p) are one comparison: at a tie
   # both expand, below τ both contract; both go through update_thresholds.
   from snr_jax._src.thresholds import update_thresholds
   thr = jnp.array([8, 8, 8], jnp.int32)

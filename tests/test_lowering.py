@@ -1,4 +1,4 @@
-"""Every method's train step lowers for the accelerators, with no host callback (SPEC §10).
+"""Every method's train step lowers for the accelerators, with no host callback (design §10).
 
 ``jax.export.export(jax.jit(step), platforms=('cuda', 'tpu'))`` traces and lowers a step
 for those platforms on this CPU-only machine, without the hardware. A step that calls
@@ -359,7 +359,7 @@ def test_control_flow_in_each_methods_update_is_reported():
   report = control_flow_report()
   listing = '; '.join(f'{name}: ' + ', '.join(f'{op} {n}' for op, n in ops.items())
                       for name, ops in report.items())
-  # Reported, not yet required to be zero: SPEC §10 asks for a step without host-evaluated
+  # Reported, not yet required to be zero: design §10 asks for a step without host-evaluated
   # control flow, and a later change can assert that with control_flow_ops.
   warnings.warn(f'control flow in opt.update on cuda (README MLP): {listing}', UserWarning)
   print(listing)

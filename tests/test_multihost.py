@@ -1,4 +1,4 @@
-"""Multi-host for real (SPEC §8, §9): two processes on localhost under jax.distributed, 4
+"""Multi-host for real (design §8, §9): two processes on localhost under jax.distributed, 4
 CPU devices each with gloo collectives, each feeding only its own part of every batch,
 make the same resets and reach the same params as one process with 8 devices."""
 

@@ -1,6 +1,6 @@
-"""The per-token rate estimator (SPEC §3c) on tiny hand-checked cases and on the GPT.
+"""The per-token rate estimator (design §3c) on tiny hand-checked cases and on the GPT.
 
-Relation to the geometric estimator (SPEC §3b) with one position per example (2-D
+Relation to the geometric estimator (design §3b) with one position per example (2-D
 pre-activations ``(batch, units)``, so ``BT`` = the batch size B):
 
 * what coincides, for any B: a unit fires (``c > 0``) exactly when it fires anywhere in

@@ -1,4 +1,4 @@
-"""SPEC §4: which slices a reset touches, for Dense, Conv, Conv->Dense and FFN groups,
+"""design §4: which slices a reset touches, for Dense, Conv, Conv->Dense and FFN groups,
 and the optimizer state it zeroes."""
 
 import jax

@@ -1,4 +1,4 @@
-"""Independent seeds never share a reset stream, however they are batched (SPEC §8), and
+"""Independent seeds never share a reset stream, however they are batched (design §8), and
 a run stays a pure function of its seed."""
 
 import jax

@@ -1,6 +1,6 @@
-"""Flax linen models for the SNR benchmarks (SPEC §7).
+"""Flax linen models for the SNR benchmarks (design §7).
 
-Conventions (used by generic neuron-group discovery, SPEC §1): every hidden layer whose
+Conventions (used by generic neuron-group discovery, design §1): every hidden layer whose
 output feeds a ReLU is an ``nn.Dense`` / ``nn.Conv`` / :class:`Im2colConv` module with a
 ``kernel`` param whose last axis indexes output units and a ``bias`` param, called once per
 forward pass; its own output is the pre-activation (visible through

@@ -1,6 +1,6 @@
 """Convolution and pooling layers that stay fast inside ``lax.scan`` on XLA:CPU.
 
-SPEC §8: XLA:CPU runs the backward pass of ``nn.Conv`` (``lax.conv_general_dilated``)
+design §8: XLA:CPU runs the backward pass of ``nn.Conv`` (``lax.conv_general_dilated``)
 inside ``lax.scan`` on a slow path, roughly 10x slower than the same step from a Python
 loop.  :class:`Im2colConv` computes the same 2-D convolution as ``nn.Conv`` by
 extracting patches with plain strided slices and doing one matmul, which XLA:CPU handles

@@ -1,4 +1,4 @@
-"""Multi-layer perceptron (Permuted / Random-label MNIST, SPEC §7)."""
+"""Multi-layer perceptron (Permuted / Random-label MNIST, design §7)."""
 from __future__ import annotations
 
 from typing import Sequence

@@ -4,7 +4,7 @@ Both use the same block: ``x + MHA(LN(x))`` then ``x + FFN(LN(x))`` with
 ``FFN = Dense(ffn) -> relu -> Dense(width)``.  The first FFN Dense (path
 ``(..., 'block_{i}', 'ffn', 'Dense_0')``) is the block's only neuron group; its consumer
 is ``(..., 'block_{i}', 'ffn', 'Dense_1')``.  Attention, embeddings, LayerNorms and the
-output head are never neurons (SPEC §1).  No dropout.
+output head are never neurons (design §1).  No dropout.
 """
 from __future__ import annotations
 
@@ -97,7 +97,7 @@ class ViT(nn.Module):
 
 
 def vit_for(image_shape, num_outputs: int) -> ViT:
-  """SPEC §7's small ViT for images of ``image_shape`` (H, W, C): 16 tokens on 28x28
+  """design §7's small ViT for images of ``image_shape`` (H, W, C): 16 tokens on 28x28
   images (patch 7), 64 on 32x32 (patch 4); width 64, 3 pre-LN blocks, 4 heads, a ReLU
   FFN of 256, mean pooling."""
   h, w = image_shape[:2]
@@ -130,7 +130,7 @@ def gpt_widths(width: int, ffn_width: int, num_heads: int, scale: float) -> tupl
 
 
 class GPT(nn.Module):
-  """1-layer (by default) pre-LN GPT for the Permuted Shakespeare benchmark (SPEC §7).
+  """1-layer (by default) pre-LN GPT for the Permuted Shakespeare benchmark (design §7).
 
   tokens ``(B, T)`` int, ``T <= context_length`` -> logits ``(B, T, vocab_size)``.
   ``tok_embed`` (nn.Embed) + ``pos_embed`` (learned nn.Embed over positions) ->

@@ -8,7 +8,7 @@ import pytest
 
 pytestmark = pytest.mark.slow   # executes the walkthrough notebook
 
-NOTEBOOK = pathlib.Path(__file__).resolve().parents[1] / 'snr_walkthrough.ipynb'
+NOTEBOOK = pathlib.Path(__file__).resolve().parents[2] / 'docs' / 'tutorials' / 'walkthrough.ipynb'
 
 
 def test_walkthrough_notebook_executes(tmp_path, monkeypatch):

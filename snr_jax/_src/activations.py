@@ -1,4 +1,4 @@
-"""Pre-activations from the training forward pass, and firing masks (SPEC §2)."""
+"""Pre-activations from the training forward pass, and firing masks (design §2)."""
 
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ def merge_layers(groups: Sequence[NeuronGroup], activations: Activations) -> dic
 
 
 def fire_counts(preactivation: jax.Array, predicate=None) -> tuple[int, jax.Array]:
-  """How many positions each unit fired at: pre-activation > 0, counted (SPEC §3c).
+  """How many positions each unit fired at: pre-activation > 0, counted (design §3c).
 
   Units are on the last axis; every other axis (examples, tokens, spatial positions) is
   a position. ``counts > 0`` is exactly [`fired`][snr_jax.fired].

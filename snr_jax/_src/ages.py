@@ -1,9 +1,9 @@
-"""How ages move after a batch (SPEC §2, §3c): the one place where they are counted.
+"""How ages move after a batch (design §2, §3c): the one place where they are counted.
 
 * `batch_ages`: examples (or steps) since a unit last fired; a unit that fired
-  anywhere in the batch goes back to 0 (SPEC §2).
+  anywhere in the batch goes back to 0 (design §2).
 * `position_ages`: positions (examples × tokens or × spatial positions) for the
-  per-token estimator (SPEC §3c); after a batch in which the unit fired at ``c`` of its
+  per-token estimator (design §3c); after a batch in which the unit fired at ``c`` of its
   ``BT`` positions the age is ``⌊BT / c⌋``, the mean gap between its firings within the
   batch, instead of 0.
 
@@ -23,7 +23,7 @@ def saturating_add(ages: jax.Array, increment: int) -> jax.Array:
 
 
 def batch_ages(ages: jax.Array, fired: jax.Array, increment: int) -> jax.Array:
-  """Ages after a batch, batch-level firing (SPEC §2).
+  """Ages after a batch, batch-level firing (design §2).
 
   Args:
     ages: int ``(units,)``, the ages before the batch.
@@ -37,7 +37,7 @@ def batch_ages(ages: jax.Array, fired: jax.Array, increment: int) -> jax.Array:
 
 
 def position_ages(ages: jax.Array, positions: int, counts: jax.Array) -> jax.Array:
-  """Ages in positions after a batch, per-token firing (SPEC §3c).
+  """Ages in positions after a batch, per-token firing (design §3c).
 
   A unit silent at every position of the batch ages by the batch's ``positions``
   (saturating). A unit that fired at ``c ≥ 1`` of them gets ``⌊positions / c⌋``, the

@@ -20,7 +20,7 @@ Per unit ``i`` of a group, with ``h_i`` its post-ReLU activation averaged over t
 * the eligible units with the lowest ``û`` in their layer are replaced. Before the shared reset
   zeroes their outgoing weights, each replaced unit's mean contribution is folded into
   the consumer's bias, ``b_out ← b_out + w_out,i · f̂_i`` (`CBPRule.adjust`), so
-  the network's output is unchanged in expectation; then the shared reset (SPEC §4)
+  the network's output is unchanged in expectation; then the shared reset (design §4)
   re-draws the incoming weights and zeroes the outgoing weights and optimizer state;
   ``u_i, f_i, a_i ← 0``.
 

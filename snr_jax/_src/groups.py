@@ -1,4 +1,4 @@
-"""Neuron groups: which parameters belong to which hidden unit (SPEC §1).
+"""Neuron groups: which parameters belong to which hidden unit (design §1).
 
 A *neuron* is one output unit of a hidden Dense/Conv layer that feeds a ReLU-type
 nonlinearity. A [`NeuronGroup`][snr_jax.NeuronGroup] names, for one such layer, where its

@@ -1,6 +1,6 @@
 """Resetting neurons: the one mechanism shared by SNR, ReDo and continual backprop.
 
-Given a boolean mask per neuron group, [`reset_neurons`][snr_jax.reset_neurons] (SPEC §4)
+Given a boolean mask per neuron group, [`reset_neurons`][snr_jax.reset_neurons] (design §4)
 
 * re-draws the incoming slices from each parameter's own initializer,
 * zeroes the outgoing slices (a reset unit is invisible downstream at first),
@@ -434,7 +434,7 @@ def _map_params_copies(f, opt_state: Any, keep: Any, params: Any) -> Any:
 def reset_neurons(params: Any, opt_state: Any, groups: Sequence[NeuronGroup],
                   masks: Masks, key: jax.Array, optimizer: Optional[Any] = None,
                   axis_name: Optional[str] = None) -> tuple[Any, Any]:
-  """Resets the masked units of params and optimizer state (SPEC §4), if any.
+  """Resets the masked units of params and optimizer state (design §4), if any.
 
   Fresh weights are drawn (under ``lax.cond``) only when at least one unit is masked.
 

@@ -1,6 +1,6 @@
 """Per-neuron reset thresholds τ_i: the (1 − η) quantile of a neuron's inter-firing gap.
 
-Three estimators (SPEC §3), each a frozen dataclass with pure methods over a NamedTuple
+Three estimators (design §3), each a frozen dataclass with pure methods over a NamedTuple
 state for one neuron group:
 
 * [`HistogramEstimator`][snr_jax.HistogramEstimator]: the released code's empirical histogram of
@@ -55,15 +55,15 @@ def _expand(tau: jax.Array, expansion: float) -> jax.Array:
 
 def update_thresholds(thresholds: jax.Array, estimate: jax.Array, mask: jax.Array, *,
                       tau_min: int, tau_max: int, expansion: Optional[float]) -> jax.Array:
-  """The threshold rule shared by every estimator (SPEC §3a–§3c).
+  """The threshold rule shared by every estimator (design §3a–§3c).
 
   On the neurons selected by ``mask``: if the estimate lies below the threshold
   (``estimate < τ``) the threshold contracts to it (``τ ← estimate``), otherwise it
   expands (``τ ← expansion·τ``); then it is clamped into ``[tau_min, tau_max]``. With
   ``expansion=None`` the threshold is simply set to the estimate (no doubling; the
-  per-token estimator, SPEC §3c), then clamped.
+  per-token estimator, design §3c), then clamped.
 
-  SPEC §3a writes the histogram's rule as "if ``q < τ``: contract, else expand" and
+  design §3a writes the histogram's rule as "if ``q < τ``: contract, else expand" and
   §3b the geometric one as "if ``τ ≤ τ_p``: expand, else contract"; since
   ``τ ≤ τ_p ⇔ not (τ_p < τ)`` both are this one comparison.
 
@@ -117,7 +117,7 @@ class _RefreshMixin:
 
 
 class BatchFiring(NamedTuple):
-  """One batch's firing as the batch-level estimators see it (SPEC §2).
+  """One batch's firing as the batch-level estimators see it (design §2).
 
   Attributes:
     fired: bool ``(units,)``, pre-activation > 0 anywhere in the batch.
@@ -128,7 +128,7 @@ class BatchFiring(NamedTuple):
 
 
 class PositionFiring(NamedTuple):
-  """One batch's firing as the per-token estimator sees it (SPEC §3c).
+  """One batch's firing as the per-token estimator sees it (design §3c).
 
   Attributes:
     positions: the positions in the batch, ``BT`` (a Python int).
@@ -139,7 +139,7 @@ class PositionFiring(NamedTuple):
 
 
 def global_firing(firings: dict, axis_name: str, scale_increment: bool) -> dict:
-  """Every group's firing over the global batch, under data parallelism (SPEC §8).
+  """Every group's firing over the global batch, under data parallelism (design §8).
 
   A unit fired if it fired on any shard, per-token counts are summed, and positions (or
   an increment counting examples) grow by the number of shards. Every group's vector is
@@ -197,7 +197,7 @@ class GeometricState(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class HistogramEstimator(_BatchLevel):
-  """Empirical-quantile thresholds (SPEC §3a).
+  """Empirical-quantile thresholds (design §3a).
 
   At a refresh, per neuron: ``q`` = the smallest gap ``g ≥ 1`` whose empirical CDF over
   the recorded gaps ``≥ 1`` (bin 0 left out) reaches ``1 − η``; ``q = 1`` when no such
@@ -240,7 +240,7 @@ class HistogramEstimator(_BatchLevel):
 
 @dataclasses.dataclass(frozen=True)
 class GeometricEstimator(_BatchLevel):
-  """Thresholds from the mean gap, assuming exponential gaps (SPEC §3b).
+  """Thresholds from the mean gap, assuming exponential gaps (design §3b).
 
   A recorded gap counts the batch in which the neuron fired (``age + increment``), so a
   neuron firing on every batch has a mean gap of one batch; a reset records the age it
@@ -296,7 +296,7 @@ class RateState(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class PerTokenEstimator(_RefreshMixin):
-  """Thresholds from the per-position firing rate (SPEC §3c; the authors' "SNR-V2").
+  """Thresholds from the per-position firing rate (design §3c; the authors' "SNR-V2").
 
   For token models, where a batch of ``BT`` positions (examples × tokens, or × spatial
   positions) fires almost every unit somewhere. Per unit, with ``c`` the positions at
@@ -335,7 +335,7 @@ class PerTokenEstimator(_RefreshMixin):
 
   @property
   def expansion(self) -> None:
-    """No doubling at a refresh: τ is set to the estimate (SPEC §3c)."""
+    """No doubling at a refresh: τ is set to the estimate (design §3c)."""
     return None
 
   def init(self, size: int) -> RateState:

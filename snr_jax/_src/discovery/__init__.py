@@ -1,4 +1,4 @@
-"""Neuron discovery from the computation itself (SPEC §1).
+"""Neuron discovery from the computation itself (design §1).
 
 [`discover_groups`][snr_jax.discover_groups] traces the model's forward pass to a jaxpr, whatever
 built it

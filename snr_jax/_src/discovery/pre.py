@@ -297,7 +297,7 @@ def grouped_refused(wk, op, ts, w):
 
 def grouped_reduce(wk, op, ts, w):
   """A reduction of the grouped pre-activation: statistics that couple the units of a
-  group (treated like a LayerNorm's, SPEC §1)."""
+  group (treated like a LayerNorm's, design §1)."""
   del wk
   if len(op.ins) == 1:
     return Track('stat', None, params=_grouped(ts).params)

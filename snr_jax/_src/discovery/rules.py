@@ -257,7 +257,7 @@ def register_activation(op: Any, kind: str = RELU_LIKE) -> None:
     TypeError: for a plain Python function (tracing leaves no call of it to recognise)
       or something that is neither a function, a primitive nor a name.
 
-  Example:
+  Examples:
     >>> import jax, jax.numpy as jnp, snr_jax
     >>> @jax.custom_jvp
     ... def clipped_relu(x):
@@ -299,7 +299,7 @@ def register_unit_preserving(primitive: Any) -> None:
     ValueError: for a name that is no primitive name, or one built into discovery.
     TypeError: for something that is neither a primitive nor a name.
 
-  Example:
+  Examples:
     >>> import jax.numpy as jnp, snr_jax
     >>> from jax.extend import core
     >>> tag = core.Primitive('tag')
@@ -352,7 +352,7 @@ def registration_scope() -> Iterator[None]:
   table is as it was on entering (registrations made inside are undone, and ones
   removed inside are restored).
 
-  Example:
+  Examples:
     >>> import snr_jax
     >>> with snr_jax.registration_scope():
     ...   snr_jax.register_unit_preserving('my_tag')
