@@ -1,5 +1,6 @@
 """The public namespace and the pure reset_state step."""
 
+import inspect
 from importlib import metadata
 
 import jax
@@ -48,6 +49,20 @@ def test_old_state_names_still_match_states(mlp):
     assert isinstance(state, snr_jax.ResetOptState)
   with pytest.warns(DeprecationWarning):
     assert isinstance(state.resets, snr_jax.ResetState)
+
+
+@pytest.mark.parametrize('fn, own', [(snr_jax.snr, ('inner', 'seed')),
+                                     (snr_jax.snr_l2, ('inner', 'strength', 'seed'))])
+def test_snr_wrappers_spell_out_every_hyperparameter(fn, own):
+  """The wrappers take self_normalized_resets' hyperparameters by name, with its defaults."""
+  bare = inspect.signature(snr_jax.self_normalized_resets).parameters
+  params = inspect.signature(fn).parameters
+  assert not any(p.kind is p.VAR_KEYWORD for p in params.values())
+  assert {n: p.default for n, p in params.items() if n not in own} == {
+      n: p.default for n, p in bare.items()}
+  assert all(p.kind is p.KEYWORD_ONLY for n, p in params.items() if n not in ('inner', 'groups'))
+  doc = fn.__doc__
+  assert all(f'    {n}: ' in doc for n in params), 'every argument has a line in Args'
 
 
 def test_version_comes_from_package_metadata():

@@ -19,7 +19,8 @@ from snr_jax._src.groups import NeuronGroup
 from snr_jax._src.penalties import l2, l2_init
 from snr_jax._src.redo import redo
 from snr_jax._src.shrink_perturb import shrink_perturb
-from snr_jax._src.snr import self_normalized_resets, snr
+from snr_jax._src.schedules import RefreshSchedule
+from snr_jax._src.snr import snr
 
 RESET_ARGS = ('activations', 'end_of_task', 'key')
 
@@ -38,19 +39,68 @@ def ignoring_reset_args(tx: optax.GradientTransformation) -> optax.GradientTrans
   return optax.GradientTransformationExtraArgs(tx.init, update)
 
 
-def snr_l2(inner: optax.GradientTransformation, groups: Sequence[NeuronGroup], *,
-           strength: float = 1e-4, seed: Any = 0, **snr_hyperparams
-           ) -> optax.GradientTransformationExtraArgs:
-  """SNR+L2: SNR wrapping ``inner`` on ``loss + strength·‖θ‖²`` (a composition)."""
-  return snr(l2(inner, strength), groups, seed=seed, **snr_hyperparams)
+def snr_l2(
+    inner: optax.GradientTransformation,
+    groups: Sequence[NeuronGroup],
+    *,
+    strength: float = 1e-4,
+    seed: Any = 0,
+    eta: float = 0.08,
+    estimator: str = 'histogram',
+    tau_init: Optional[int] = None,
+    tau_min: Optional[int] = None,
+    tau_max: Optional[int] = None,
+    expansion: Optional[float] = None,
+    schedule: Optional[RefreshSchedule] = None,
+    age_unit: Optional[str] = None,
+    batch_size: Optional[int] = None,
+    axis_name: Optional[str] = None,
+    check_finite: bool = False,
+    state_budget: int = 2 ** 30,
+    data_axis: Optional[str] = None,
+    control_flow: str = 'auto',
+    max_resets_per_step: Any = None,
+) -> optax.GradientTransformationExtraArgs:
+  """SNR+L2: SNR wrapping ``inner`` on ``loss + strength·‖θ‖²`` (a composition).
+
+  ``snr(l2(inner, strength), groups, ...)``: see [`snr`][snr_jax.snr] and
+  [`l2`][snr_jax.l2].
+
+  Args:
+    inner: the optimizer, e.g. ``optax.sgd(1e-2)``.
+    groups: neuron groups.
+    strength: the L2 coefficient λ.
+    seed: int seed or PRNG key for the fresh weights.
+    eta: SNR's rejection percentile η (see [`snr`][snr_jax.snr] for this and the rest).
+    estimator: SNR's threshold estimator.
+    tau_init: initial threshold τ_0.
+    tau_min: floor on τ.
+    tau_max: ceiling on τ.
+    expansion: factor applied to τ when the estimate does not lie below it.
+    schedule: when thresholds refresh.
+    age_unit: the ages' unit.
+    batch_size: examples per step over the whole batch.
+    axis_name: the enclosing vmap/pmap axis when runs are batched.
+    check_finite: check that every pre-activation is finite.
+    state_budget: the most bytes SNR's state may take.
+    data_axis: the data-parallel axis inside ``shard_map``/``pmap``.
+    control_flow: ``'branch'``, ``'select'`` or ``'auto'``.
+    max_resets_per_step: the most units of a group reset in one step.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``.
+  """
+  return snr(l2(inner, strength), groups, seed=seed, eta=eta, estimator=estimator,
+             tau_init=tau_init, tau_min=tau_min, tau_max=tau_max, expansion=expansion,
+             schedule=schedule, age_unit=age_unit, batch_size=batch_size,
+             axis_name=axis_name, check_finite=check_finite, state_budget=state_budget,
+             data_axis=data_axis, control_flow=control_flow,
+             max_resets_per_step=max_resets_per_step)
 
 
 def _none(inner):
   return inner
 
-
-_SNR_HPARAMS = [p for p in inspect.signature(self_normalized_resets).parameters
-                if p not in ('groups', 'axis_name', 'data_axis')]
 
 METHODS: dict[str, Callable[..., Any]] = {
     'none': _none,
@@ -68,10 +118,7 @@ def method_hyperparameters(name: str) -> list[str]:
   """The hyperparameter names ``make_method`` accepts for method ``name``."""
   fn = _lookup(name)
   params = [p for p in inspect.signature(fn).parameters
-            if p not in ('inner', 'groups', 'init_fn', 'axis_name', 'data_axis', 'hyperparams',
-                         'snr_hyperparams')]
-  if name in ('snr', 'snr_l2'):
-    params += _SNR_HPARAMS
+            if p not in ('inner', 'groups', 'init_fn', 'axis_name', 'data_axis')]
   return params
 
 

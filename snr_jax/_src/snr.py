@@ -330,8 +330,27 @@ def _check_state_budget(groups, estimator, name: str, budget: int) -> None:
         'state_budget.')
 
 
-def snr(inner: optax.GradientTransformation, groups: Sequence[NeuronGroup], *,
-        seed: Any = 0, **hyperparams) -> optax.GradientTransformationExtraArgs:
+def snr(
+    inner: optax.GradientTransformation,
+    groups: Sequence[NeuronGroup],
+    *,
+    seed: Any = 0,
+    eta: float = 0.08,
+    estimator: str = 'histogram',
+    tau_init: Optional[int] = None,
+    tau_min: Optional[int] = None,
+    tau_max: Optional[int] = None,
+    expansion: Optional[float] = None,
+    schedule: Optional[RefreshSchedule] = None,
+    age_unit: Optional[str] = None,
+    batch_size: Optional[int] = None,
+    axis_name: Optional[str] = None,
+    check_finite: bool = False,
+    state_budget: int = 2 ** 30,
+    data_axis: Optional[str] = None,
+    control_flow: str = 'auto',
+    max_resets_per_step: Any = None,
+) -> optax.GradientTransformationExtraArgs:
   """Wraps an optax optimizer with Self-Normalized Resets.
 
   ``update(grads, state, params, activations={group: pre-activation},
@@ -340,16 +359,46 @@ def snr(inner: optax.GradientTransformation, groups: Sequence[NeuronGroup], *,
   threshold (incoming weights re-drawn, outgoing weights and optimizer moments
   zeroed), and a threshold refresh when the schedule says so.
 
+  The hyperparameters are those of
+  [`self_normalized_resets`][snr_jax.self_normalized_resets], with the same defaults;
+  its Args give each one in full.
+
   Args:
     inner: the optimizer to wrap, e.g. ``optax.sgd(1e-2)``.
-    groups: neuron groups.
+    groups: neuron groups ([`discover_groups`][snr_jax.discover_groups] or declared).
     seed: int seed or PRNG key for the fresh weights (or pass ``key=`` to update).
-    **hyperparams: see [`self_normalized_resets`][snr_jax.self_normalized_resets].
+    eta: rejection percentile η in (0, 1): reset when ``P(A ≥ age) ≤ η``.
+    estimator: ``'histogram'``, ``'geometric'`` or ``'per_token'``.
+    tau_init: initial threshold τ_0 (default: the estimator's).
+    tau_min: floor on τ (default: the estimator's).
+    tau_max: ceiling on τ, also the histogram's last bin (default: the estimator's).
+    expansion: factor applied to τ when the estimate does not lie below it (default 2;
+      not accepted by per_token).
+    schedule: when thresholds refresh (default ``every_n_tasks(16)``).
+    age_unit: ``'examples'`` (default) or ``'steps'``; per_token counts ``'positions'``.
+    batch_size: examples per step over the whole batch (default: the activations'
+      leading axis).
+    axis_name: the enclosing vmap/pmap axis when runs are batched.
+    check_finite: check with ``checkify`` that every pre-activation is finite.
+    state_budget: the most bytes SNR's state may take (default 1 GiB).
+    data_axis: the data-parallel axis inside ``shard_map``/``pmap``.
+    control_flow: ``'branch'``, ``'select'`` or ``'auto'`` (default).
+    max_resets_per_step: the most units of a group reset in one step: an int,
+      ``'auto'`` or None (default: no cap).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
+
+  Raises:
+    ValueError: as [`self_normalized_resets`][snr_jax.self_normalized_resets] does.
   """
-  return with_resets(inner, self_normalized_resets(groups, **hyperparams), seed)
+  resets = self_normalized_resets(
+      groups, eta=eta, estimator=estimator, tau_init=tau_init, tau_min=tau_min,
+      tau_max=tau_max, expansion=expansion, schedule=schedule, age_unit=age_unit,
+      batch_size=batch_size, axis_name=axis_name, check_finite=check_finite,
+      state_budget=state_budget, data_axis=data_axis, control_flow=control_flow,
+      max_resets_per_step=max_resets_per_step)
+  return with_resets(inner, resets, seed)
 
 
 def dead_fraction(ages: jax.Array, dead_after: int = 1000) -> jax.Array:
