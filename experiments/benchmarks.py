@@ -148,7 +148,7 @@ class ExperimentConfig:
       raise ValueError(f'unknown benchmark {self.benchmark!r}: choose one of {sorted(PROTOCOLS)}.')
     if self.method not in METHODS:
       raise ValueError(f'unknown method {self.method!r}: choose one of {sorted(METHODS)}.')
-    valid = set(method_hyperparameters(self.method)) - {'seed'}
+    valid = set(method_hyperparameters(self.method)) - {'key'}
     unknown = sorted(set(self.hparams) - valid)
     if unknown:
       raise ValueError(f'unknown hyperparameter(s) {unknown} for method {self.method!r}: '

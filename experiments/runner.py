@@ -249,7 +249,7 @@ def make_run(config: ExperimentConfig, dataset: snr_data.Dataset,
     elif sweep_name is not None:
       hp[sweep_name] = sweep_value
     return make_method(config.method, _optimizer(config, lr), groups=groups, init_fn=init_fn,
-                       seed=method_key, axis_name=axis_name, **hp)
+                       key=method_key, axis_name=axis_name, **hp)
 
   for value in (config.sweep[1] if config.sweep else ()):
     # traced inside the run, the values would pass the library's checks unseen

@@ -27,15 +27,15 @@ STEPS, N = int(sys.argv[1]), 8
 params, groups, loss_sum, xs, ys = setup(STEPS)
 METHODS = {
     'snr': lambda ax: snr_jax.snr(optax.sgd(0.05), groups, eta=0.08, tau_min=64, tau_max=640,
-                                   schedule=snr_jax.every_n_steps(20), seed=3, data_axis=ax),
+                                   schedule=snr_jax.every_n_steps(20), key=3, data_axis=ax),
     'snr_per_token': lambda ax: snr_jax.snr(optax.sgd(0.05), groups, estimator='per_token',
                                              eta=0.3, tau_init=200,
                                              schedule=snr_jax.every_n_steps(20),
-                                             seed=3, data_axis=ax),
-    'redo': lambda ax: snr_jax.redo(optax.sgd(0.05), groups, threshold=0.0, period=10, seed=3,
+                                             key=3, data_axis=ax),
+    'redo': lambda ax: snr_jax.redo(optax.sgd(0.05), groups, threshold=0.0, period=10, key=3,
                                     data_axis=ax),
     'cbp': lambda ax: snr_jax.continual_backprop(optax.sgd(0.05), groups, replacement_rate=0.02,
-                                                 maturity=5, seed=3, data_axis=ax),
+                                                 maturity=5, key=3, data_axis=ax),
 }
 
 

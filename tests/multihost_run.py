@@ -57,7 +57,7 @@ def make_step(tx):
   return step
 
 
-hp = dict(eta=0.08, tau_min=64, tau_max=640, schedule=snr_jax.every_n_steps(20), seed=3)
+hp = dict(eta=0.08, tau_min=64, tau_max=640, schedule=snr_jax.every_n_steps(20), key=3)
 tx = snr_jax.snr(optax.sgd(0.05), groups, **hp)
 tx_dp = snr_jax.snr(optax.sgd(0.05), groups, data_axis='d', **hp)
 forms = {

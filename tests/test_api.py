@@ -51,8 +51,9 @@ def test_old_state_names_still_match_states(mlp):
     assert isinstance(state.resets, snr_jax.ResetState)
 
 
-@pytest.mark.parametrize('fn, own', [(snr_jax.snr, ('inner', 'seed')),
-                                     (snr_jax.snr_l2, ('inner', 'strength', 'seed'))])
+@pytest.mark.parametrize('fn, own', [(snr_jax.snr, ('inner', 'key', 'seed')),
+                                     (snr_jax.snr_l2, ('inner', 'strength', 'key',
+                                                      'seed'))])
 def test_snr_wrappers_spell_out_every_hyperparameter(fn, own):
   """The wrappers take self_normalized_resets' hyperparameters by name, with its defaults."""
   bare = inspect.signature(snr_jax.self_normalized_resets).parameters
@@ -63,6 +64,34 @@ def test_snr_wrappers_spell_out_every_hyperparameter(fn, own):
   assert all(p.kind is p.KEYWORD_ONLY for n, p in params.items() if n not in ('inner', 'groups'))
   doc = fn.__doc__
   assert all(f'    {n}: ' in doc for n in params), 'every argument has a line in Args'
+
+
+CONSTRUCTORS = [
+    lambda groups, init_fn, **kw: snr_jax.snr(optax.sgd(0.1), groups, **kw),
+    lambda groups, init_fn, **kw: snr_jax.snr_l2(optax.sgd(0.1), groups, **kw),
+    lambda groups, init_fn, **kw: snr_jax.redo(optax.sgd(0.1), groups, **kw),
+    lambda groups, init_fn, **kw: snr_jax.continual_backprop(optax.sgd(0.1), groups, **kw),
+    lambda groups, init_fn, **kw: snr_jax.shrink_perturb(optax.sgd(0.1), init_fn, **kw),
+    lambda groups, init_fn, **kw: snr_jax.with_resets(
+        optax.sgd(0.1), snr_jax.self_normalized_resets(groups), **kw),
+    lambda groups, init_fn, **kw: snr_jax.make_method('snr', optax.sgd(0.1), groups=groups,
+                                                      **kw),
+]
+
+
+@pytest.mark.parametrize('build', CONSTRUCTORS)
+def test_seed_is_a_deprecated_name_of_key(mlp, build):
+  model, params, x = mlp
+  groups = snr_jax.discover_groups(model, params, x)
+  init_fn = lambda k: model.init(k, x)['params']
+  with pytest.warns(DeprecationWarning, match=r'\(seed=\.\.\.\) is deprecated.*key='):
+    old = build(groups, init_fn, seed=5).init(params)
+  new = build(groups, init_fn, key=5).init(params)
+  for a, b in zip(jax.tree.leaves(old), jax.tree.leaves(new)):
+    np.testing.assert_array_equal(a, b)
+  with pytest.raises(TypeError, match='both key= and seed='):
+    build(groups, init_fn, key=5, seed=5)
+  assert 'seed' not in snr_jax.method_hyperparameters('snr')
 
 
 def test_version_comes_from_package_metadata():
@@ -79,7 +108,7 @@ def test_reset_state_is_the_step_the_optax_face_runs(mlp):
   grads = jax.tree.map(jnp.ones_like, params)
   hp = dict(tau_min=1, tau_max=4, tau_init=4)  # ages reach the threshold: resets happen
   inner = optax.sgd(0.1)
-  opt = snr_jax.snr(inner, groups, seed=7, **hp)
+  opt = snr_jax.snr(inner, groups, key=7, **hp)
   resetter = snr_jax.self_normalized_resets(groups, **hp)
   opt_state = opt.init(params)
   p1, s1 = params, resetter.init(params, key=7)

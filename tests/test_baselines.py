@@ -56,7 +56,7 @@ def test_shrink_perturb_shrinks_by_p_and_adds_initializer_noise(noise):
     np.testing.assert_allclose(n, 0.5 * p, rtol=1e-6)
   def draws(seed, steps=2):
     tx = snr_jax.make_method('shrink_perturb', optax.sgd(0.1), init_fn=init_fn, shrink=1.0,
-                             sigma=0.01, noise=noise, seed=seed)
+                             sigma=0.01, noise=noise, key=seed)
     state, out = tx.init(params), []
     for _ in range(steps):
       u, state = tx.update(_zero_grads(params), state, params)
@@ -216,7 +216,7 @@ def test_cbp_replaces_lowest_bias_corrected_utility_and_transfers_its_mean_to_th
   # activations [1, 2, 3, 0.5], mean|w_out| [1, 1, 1, 4]: utility [1, 2, 3, 2];
   # unit 0 is the lowest. Maturity 2 and rate 0.25 with 4 units: one replacement at step 3.
   tx = snr_jax.make_method('cbp', optax.sgd(0.0), groups=groups, replacement_rate=0.25,
-                           maturity=2, decay=0.9, seed=3)
+                           maturity=2, decay=0.9, key=3)
   state = tx.init(params)
   p = params
   for step in range(3):
@@ -300,7 +300,7 @@ def test_cbp_stochastic_rounding_replaces_at_the_rate_in_expectation_and_is_seed
 
   def count(seed, steps=400):
     tx = snr_jax.make_method('cbp', optax.sgd(0.0), groups=groups, replacement_rate=0.0625,
-                             maturity=0, rounding='stochastic', seed=seed)
+                             maturity=0, rounding='stochastic', key=seed)
     def step(s, _):
       _, s = tx.update(_zero_grads(params), s, params, activations=acts)
       return s, s.resets.last_resets['h'].sum()

@@ -488,7 +488,7 @@ def test_snr_resets_a_silent_unit_on_time_and_nothing_else(name):
   tau = 3 * batch
   inner = optax.sgd(0.0, momentum=0.9)
   tx = snr_jax.snr(inner, groups, tau_init=tau, tau_min=tau, tau_max=tau,
-                   schedule=snr_jax.every_n_steps(10 ** 6), seed=3)
+                   schedule=snr_jax.every_n_steps(10 ** 6), key=3)
   capture = snr_jax.with_preactivations(model, groups)
   rest = {k: v for k, v in variables.items() if k != 'params'}
 

@@ -26,9 +26,9 @@ def test_numpy_scalar_hyperparameters_work_like_python_ones(setup):
   groups = setup[0]
   kw = dict(tau_min=np.int32(4), tau_max=np.int64(400), expansion=np.float32(2),
             eta=np.float64(0.08), batch_size=np.int64(4))
-  with_numpy = snr_jax.snr(optax.sgd(0.1), groups, tau_init=np.int64(400), seed=np.int64(3),
+  with_numpy = snr_jax.snr(optax.sgd(0.1), groups, tau_init=np.int64(400), key=np.int64(3),
                            **kw)
-  with_python = snr_jax.snr(optax.sgd(0.1), groups, tau_init=400, seed=3,
+  with_python = snr_jax.snr(optax.sgd(0.1), groups, tau_init=400, key=3,
                             **{k: v.item() for k, v in kw.items()})
   a, b = _step(with_numpy, setup), _step(with_python, setup)
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
@@ -40,16 +40,16 @@ def test_nan_expansion_is_rejected(setup):
     snr_jax.snr(optax.sgd(0.1), setup[0], expansion=float('nan'))
 
 
-@pytest.mark.parametrize('seed', [None, 1.5, 'zero'])
-def test_bad_seed_is_rejected_at_construction(setup, seed):
+@pytest.mark.parametrize('key', [None, 1.5, 'zero'])
+def test_bad_key_is_rejected_at_construction(setup, key):
   for make in (snr_jax.snr, snr_jax.redo):
-    with pytest.raises(ValueError, match='must be an int seed or a PRNG key'):
-      make(optax.sgd(0.1), setup[0], seed=seed)
+    with pytest.raises(ValueError, match='key must be an int seed or a PRNG key'):
+      make(optax.sgd(0.1), setup[0], key=key)
 
 
-def test_a_key_is_accepted_as_seed(setup):
-  for seed in (jax.random.key(3), jax.random.PRNGKey(3)):
-    _step(snr_jax.snr(optax.sgd(0.1), setup[0], seed=seed), setup)
+def test_a_prng_key_is_accepted_as_key(setup):
+  for key in (jax.random.key(3), jax.random.PRNGKey(3)):
+    _step(snr_jax.snr(optax.sgd(0.1), setup[0], key=key), setup)
 
 
 @pytest.mark.parametrize('inner, match', [

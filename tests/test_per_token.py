@@ -305,7 +305,7 @@ def gpt_setup():
 
 def _gpt_run(model, params, groups, tokens, key, inner=None, **hp):
   inner = optax.adam(1e-2) if inner is None else inner
-  opt = snr_jax.snr(inner, groups, estimator='per_token', seed=key, **hp)
+  opt = snr_jax.snr(inner, groups, estimator='per_token', key=key, **hp)
 
   def loss_fn(p, toks):
     logits, acts = snr_jax.apply_with_preactivations(model, {'params': p}, toks[:, :-1],

@@ -34,7 +34,7 @@ def _members():
 
 
 def _tx(groups, seed=0):
-  return snr_jax.snr(optax.sgd(0.0), groups, tau_init=3, tau_min=3, tau_max=3, seed=seed)
+  return snr_jax.snr(optax.sgd(0.0), groups, tau_init=3, tau_min=3, tau_max=3, key=seed)
 
 
 def test_vmapped_init_over_members_params_gives_independent_streams():

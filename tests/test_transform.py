@@ -34,7 +34,7 @@ def _loss_fn(model, groups):
 
 
 def _transform_run(model, params, groups, inner, xs, ys, seed=0, jit=True):
-  opt = snr_jax.snr(inner, groups, seed=seed, **HP)
+  opt = snr_jax.snr(inner, groups, key=seed, **HP)
   loss = _loss_fn(model, groups)
 
   def step(carry, batch):
@@ -193,7 +193,7 @@ def test_named_vmap_axis_gives_the_same_results(mlp):
   loss = _loss_fn(model, groups)
 
   def run(key, axis_name):
-    opt = snr_jax.snr(inner, groups, seed=key, axis_name=axis_name, **HP)
+    opt = snr_jax.snr(inner, groups, key=key, axis_name=axis_name, **HP)
 
     def step(carry, batch):
       p, s = carry

@@ -151,7 +151,7 @@ def _reference_permuted_run(cfg, dataset, groups):
   inner = (optax.adam if cfg.resolved('optimizer') == 'adam' else optax.sgd)(
       cfg.resolved('learning_rate'))
   tx = snr_jax.make_method(cfg.method, inner, groups=groups, init_fn=init_fn,
-                           seed=jax.random.PRNGKey(0), axis_name='members', **cfg.hparams)
+                           key=jax.random.PRNGKey(0), axis_name='members', **cfg.hparams)
 
   def loss_fn(params, xb, yb):
     logits, acts = snr_jax.apply_with_preactivations(model, {'params': params}, xb,

@@ -45,7 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from snr_jax._src.checks import axis_name_or_none, integer_in, number_in
+from snr_jax._src.checks import DEFAULT_KEY, axis_name_or_none, integer_in, key_or_seed, number_in
 from snr_jax._src.activations import mean_activations
 from snr_jax._src.ages import saturating_add
 from snr_jax._src.groups import NeuronGroup, ParamSlice, get_path
@@ -262,9 +262,10 @@ class CBPRule:
 
 def continual_backprop(inner: optax.GradientTransformation, groups: Sequence[NeuronGroup],
                        *, replacement_rate: float = 1e-4, maturity: int = 100,
-                       decay: float = 0.99, rounding: str = 'accumulate', seed: Any = 0,
-                       axis_name: Optional[str] = None, data_axis: Optional[str] = None,
-                       control_flow: str = 'auto', max_resets_per_step: Any = None
+                       decay: float = 0.99, rounding: str = 'accumulate',
+                       key: Any = DEFAULT_KEY, axis_name: Optional[str] = None,
+                       data_axis: Optional[str] = None, control_flow: str = 'auto',
+                       max_resets_per_step: Any = None, seed: Any = None
                        ) -> optax.GradientTransformationExtraArgs:
   """Wraps ``inner`` with continual backprop (selective reinitialisation).
 
@@ -278,7 +279,7 @@ def continual_backprop(inner: optax.GradientTransformation, groups: Sequence[Neu
     rounding: ``'accumulate'`` (carry the fractional replacements over; the
       reference's ``accumulate=True``) or ``'stochastic'`` (replace one more unit with
       probability equal to the fractional part; the reference's default).
-    seed: int seed or PRNG key for fresh weights and the stochastic rounding.
+    key: int seed or PRNG key for fresh weights and the stochastic rounding (default 0).
     axis_name: name of an enclosing vmap/pmap axis (see ``NeuronResets``).
     data_axis: the data-parallel axis inside ``shard_map``/``pmap``: activity statistics
       are taken over the global batch (see
@@ -291,6 +292,8 @@ def continual_backprop(inner: optax.GradientTransformation, groups: Sequence[Neu
       [`self_normalized_resets`][snr_jax.self_normalized_resets]); with ``rounding='accumulate'``
       the units
       over it stay owed and are replaced on the following steps.
+    seed: deprecated name of ``key`` (a ``DeprecationWarning``; removed in the next
+      release).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` taking ``activations=``.
@@ -309,4 +312,4 @@ def continual_backprop(inner: optax.GradientTransformation, groups: Sequence[Neu
                  axis_name_or_none('data_axis', data_axis), control_flow,
                  max_resets_arg(max_resets_per_step))
   return with_resets(inner, NeuronResets(groups, rule, axis_name, control_flow=control_flow),
-                     seed)
+                     key_or_seed('continual_backprop', key, seed))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 import re
+import warnings
 from typing import Any, Iterator, Mapping, Optional, Sequence
 
 import jax
@@ -97,6 +98,34 @@ def positive_int(name: str, value: Any, *, what: str = '', error: type = ValueEr
 def optional(check: Any, name: str, value: Any, *args, **kwargs) -> Any:
   """``None``, or ``check(name, value, *args, **kwargs)``."""
   return None if value is None else check(name, value, *args, **kwargs)
+
+
+class _DefaultKey:
+  """The default of a constructor's ``key``, the seed 0: a sentinel, so that ``key=`` and
+  its deprecated name ``seed=`` given together are an error."""
+
+  def __repr__(self) -> str:
+    return '0'
+
+
+DEFAULT_KEY: Any = _DefaultKey()
+
+
+def key_or_seed(where: str, key: Any, seed: Any) -> Any:
+  """A constructor's ``key``, or its deprecated ``seed=`` with a ``DeprecationWarning``.
+
+  Raises:
+    TypeError: both ``key=`` and ``seed=`` given.
+  """
+  if seed is None:
+    return 0 if key is DEFAULT_KEY else key
+  if key is not DEFAULT_KEY:
+    raise TypeError(f'{where}() got both key= and seed=: pass key= only (seed= is its '
+                    'deprecated name).')
+  warnings.warn(f'{where}(seed=...) is deprecated and will be removed in the next release: '
+                'pass key= (an int seed or a PRNG key, as seed= took).', DeprecationWarning,
+                stacklevel=3)
+  return seed
 
 
 def prng_key(name: str, value: Any) -> jax.Array:

@@ -13,7 +13,8 @@ from typing import Any, Callable, Optional, Sequence
 
 import optax
 
-from snr_jax._src.checks import ignores_reset_args, no_extra_positional, optax_transformation
+from snr_jax._src.checks import (DEFAULT_KEY, ignores_reset_args, key_or_seed,
+                                 no_extra_positional, optax_transformation)
 from snr_jax._src.cbp import continual_backprop
 from snr_jax._src.groups import NeuronGroup
 from snr_jax._src.penalties import l2, l2_init
@@ -44,7 +45,7 @@ def snr_l2(
     groups: Sequence[NeuronGroup],
     *,
     strength: float = 1e-4,
-    seed: Any = 0,
+    key: Any = DEFAULT_KEY,
     eta: float = 0.08,
     estimator: str = 'histogram',
     tau_init: Optional[int] = None,
@@ -60,6 +61,7 @@ def snr_l2(
     data_axis: Optional[str] = None,
     control_flow: str = 'auto',
     max_resets_per_step: Any = None,
+    seed: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   """SNR+L2: SNR wrapping ``inner`` on ``loss + strength·‖θ‖²`` (a composition).
 
@@ -70,7 +72,7 @@ def snr_l2(
     inner: the optimizer, e.g. ``optax.sgd(1e-2)``.
     groups: neuron groups.
     strength: the L2 coefficient λ.
-    seed: int seed or PRNG key for the fresh weights.
+    key: int seed or PRNG key for the fresh weights (default 0).
     eta: SNR's rejection percentile η (see [`snr`][snr_jax.snr] for this and the rest).
     estimator: SNR's threshold estimator.
     tau_init: initial threshold τ_0.
@@ -86,13 +88,15 @@ def snr_l2(
     data_axis: the data-parallel axis inside ``shard_map``/``pmap``.
     control_flow: ``'branch'``, ``'select'`` or ``'auto'``.
     max_resets_per_step: the most units of a group reset in one step.
+    seed: deprecated name of ``key`` (a ``DeprecationWarning``; removed in the next
+      release).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
   """
-  return snr(l2(inner, strength), groups, seed=seed, eta=eta, estimator=estimator,
-             tau_init=tau_init, tau_min=tau_min, tau_max=tau_max, expansion=expansion,
-             schedule=schedule, age_unit=age_unit, batch_size=batch_size,
+  return snr(l2(inner, strength), groups, key=key_or_seed('snr_l2', key, seed), eta=eta,
+             estimator=estimator, tau_init=tau_init, tau_min=tau_min, tau_max=tau_max,
+             expansion=expansion, schedule=schedule, age_unit=age_unit, batch_size=batch_size,
              axis_name=axis_name, check_finite=check_finite, state_budget=state_budget,
              data_axis=data_axis, control_flow=control_flow,
              max_resets_per_step=max_resets_per_step)
@@ -118,7 +122,7 @@ def method_hyperparameters(name: str) -> list[str]:
   """The hyperparameter names ``make_method`` accepts for method ``name``."""
   fn = _lookup(name)
   params = [p for p in inspect.signature(fn).parameters
-            if p not in ('inner', 'groups', 'init_fn', 'axis_name', 'data_axis')]
+            if p not in ('inner', 'groups', 'init_fn', 'axis_name', 'data_axis', 'seed')]
   return params
 
 
@@ -148,7 +152,8 @@ def make_method(name: str, inner: optax.GradientTransformation, *,
       updates need no batch statistics).
     **hyperparams: the method's hyperparameters (see
       [`method_hyperparameters`][snr_jax.method_hyperparameters]);
-      ``seed`` (int or PRNG key) is accepted by every method.
+      ``key`` (int seed or PRNG key) is accepted by every method (``seed``, its
+      deprecated name, too).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` accepting the reset arguments.
@@ -160,8 +165,11 @@ def make_method(name: str, inner: optax.GradientTransformation, *,
   fn = _lookup(name)
   inner = optax_transformation('inner', inner)
   valid = method_hyperparameters(name)
-  if 'seed' not in valid:      # deterministic methods: a seed is accepted and unused
-    hyperparams.pop('seed', None)
+  if 'key' not in valid:      # deterministic methods: a key is accepted and unused
+    key_or_seed(f'make_method({name!r})', hyperparams.pop('key', DEFAULT_KEY),
+                hyperparams.pop('seed', None))
+  elif 'seed' in hyperparams:   # the deprecated name: the method warns
+    valid = valid + ['seed']
   unknown = sorted(set(hyperparams) - set(valid))
   if unknown:
     raise ValueError(f'unknown hyperparameter(s) {unknown} for method {name!r}: valid '

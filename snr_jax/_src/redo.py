@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from snr_jax._src.checks import axis_name_or_none, integer_in, number_in
+from snr_jax._src.checks import DEFAULT_KEY, axis_name_or_none, integer_in, key_or_seed, number_in
 from snr_jax._src.activations import mean_activation, mean_activations
 from snr_jax._src.groups import NeuronGroup
 from snr_jax._src.reset import cap_mask, max_resets_arg, resets_cap
@@ -80,9 +80,9 @@ class ReDoRule:
 
 
 def redo(inner: optax.GradientTransformation, groups: Sequence[NeuronGroup], *,
-         threshold: float = 0.1, period: int = 1000, seed: Any = 0,
+         threshold: float = 0.1, period: int = 1000, key: Any = DEFAULT_KEY,
          axis_name: Optional[str] = None, data_axis: Optional[str] = None,
-         control_flow: str = 'auto', max_resets_per_step: Any = None
+         control_flow: str = 'auto', max_resets_per_step: Any = None, seed: Any = None
          ) -> optax.GradientTransformationExtraArgs:
   """Wraps ``inner`` with ReDo.
 
@@ -93,7 +93,7 @@ def redo(inner: optax.GradientTransformation, groups: Sequence[NeuronGroup], *,
       their default agent and 0.025 in other settings; 0 resets only silent units).
     period: F, steps between two dormancy checks (our default 1000 steps; Sokar et al.
       recycle every 1000 gradient steps in their Atari runs).
-    seed: int seed or PRNG key for fresh weights.
+    key: int seed or PRNG key for fresh weights (default 0).
     axis_name: name of an enclosing vmap/pmap axis (see ``NeuronResets``).
     data_axis: the data-parallel axis inside ``shard_map``/``pmap``: scores are taken
       over the global batch (see [`self_normalized_resets`][snr_jax.self_normalized_resets]).
@@ -103,6 +103,8 @@ def redo(inner: optax.GradientTransformation, groups: Sequence[NeuronGroup], *,
       [`self_normalized_resets`][snr_jax.self_normalized_resets]); dormant units over it are reset
       on the
       following steps, the lowest indices first.
+    seed: deprecated name of ``key`` (a ``DeprecationWarning``; removed in the next
+      release).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` taking ``activations=``.
@@ -116,4 +118,5 @@ def redo(inner: optax.GradientTransformation, groups: Sequence[NeuronGroup], *,
   rule = ReDoRule(threshold, period, axis_name_or_none('data_axis', data_axis),
                   max_resets_arg(max_resets_per_step))
   return with_resets(inner, NeuronResets(groups, rule, axis_name,
-                                         control_flow=control_flow_arg(control_flow)), seed)
+                                         control_flow=control_flow_arg(control_flow)),
+                     key_or_seed('redo', key, seed))

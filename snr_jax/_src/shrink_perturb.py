@@ -25,8 +25,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from snr_jax._src.checks import (ignores_reset_args, no_extra_positional, number_in,
-                                 optax_transformation, prng_key, state_type)
+from snr_jax._src.checks import (DEFAULT_KEY, ignores_reset_args, key_or_seed,
+                                 no_extra_positional, number_in, optax_transformation, prng_key,
+                                 state_type)
 from snr_jax._src.util import key_path_to_path, member_key
 
 NOISES = ('fast', 'init')
@@ -103,7 +104,8 @@ def _as_params_tree(drawn: Any, params: Any) -> Any:
 
 def shrink_perturb(inner: optax.GradientTransformation,
                    init_fn: Callable[[jax.Array], Any], *, shrink: float = 1.0 - 1e-4,
-                   sigma: float = 1e-4, noise: str = 'fast', seed: Any = 0
+                   sigma: float = 1e-4, noise: str = 'fast',
+                   key: Any = DEFAULT_KEY, seed: Any = None
                    ) -> optax.GradientTransformationExtraArgs:
   """Wraps ``inner``: after its update, ``θ ← shrink·θ + sigma·ε``.
 
@@ -117,9 +119,11 @@ def shrink_perturb(inner: optax.GradientTransformation,
     noise: ``'fast'`` (default): ε per element with each leaf's initial mean and
       standard deviation, from a cheap counter-based hash (see the module docstring);
       ``'init'``: ε = ``init_fn(key)``, a full draw from the initializers every step.
-    seed: int seed or PRNG key, folded at ``init`` with a fingerprint of the params
-      (members with different initial params draw different noise from one seed);
+    key: int seed or PRNG key (default 0), folded at ``init`` with a fingerprint of the
+      params (members with different initial params draw different noise from one key);
       or pass ``key=`` to ``update``.
+    seed: deprecated name of ``key`` (a ``DeprecationWarning``; removed in the next
+      release).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` (extra args go to ``inner``; reset
@@ -134,7 +138,7 @@ def shrink_perturb(inner: optax.GradientTransformation,
     raise ValueError(f"noise must be one of {NOISES} ('fast': cheap noise with each "
                      f"leaf's initial mean and std; 'init': init_fn draws), got {noise!r}.")
   inner = optax.with_extra_args_support(optax_transformation('inner', inner))
-  key0 = prng_key('seed', seed)
+  key0 = prng_key('key', key_or_seed('shrink_perturb', key, seed))
 
   def init(params):
     key = jax.random.fold_in(key0, 0x5EED)

@@ -334,7 +334,7 @@ def snr(
     inner: optax.GradientTransformation,
     groups: Sequence[NeuronGroup],
     *,
-    seed: Any = 0,
+    key: Any = _checks.DEFAULT_KEY,
     eta: float = 0.08,
     estimator: str = 'histogram',
     tau_init: Optional[int] = None,
@@ -350,6 +350,7 @@ def snr(
     data_axis: Optional[str] = None,
     control_flow: str = 'auto',
     max_resets_per_step: Any = None,
+    seed: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   """Wraps an optax optimizer with Self-Normalized Resets.
 
@@ -366,7 +367,8 @@ def snr(
   Args:
     inner: the optimizer to wrap, e.g. ``optax.sgd(1e-2)``.
     groups: neuron groups ([`discover_groups`][snr_jax.discover_groups] or declared).
-    seed: int seed or PRNG key for the fresh weights (or pass ``key=`` to update).
+    key: int seed or PRNG key for the fresh weights (default 0; or pass ``key=`` to
+      ``update``).
     eta: rejection percentile η in (0, 1): reset when ``P(A ≥ age) ≤ η``.
     estimator: ``'histogram'``, ``'geometric'`` or ``'per_token'``.
     tau_init: initial threshold τ_0 (default: the estimator's).
@@ -385,6 +387,8 @@ def snr(
     control_flow: ``'branch'``, ``'select'`` or ``'auto'`` (default).
     max_resets_per_step: the most units of a group reset in one step: an int,
       ``'auto'`` or None (default: no cap).
+    seed: deprecated name of ``key`` (a ``DeprecationWarning``; removed in the next
+      release).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
@@ -398,7 +402,7 @@ def snr(
       batch_size=batch_size, axis_name=axis_name, check_finite=check_finite,
       state_budget=state_budget, data_axis=data_axis, control_flow=control_flow,
       max_resets_per_step=max_resets_per_step)
-  return with_resets(inner, resets, seed)
+  return with_resets(inner, resets, _checks.key_or_seed('snr', key, seed))
 
 
 def dead_fraction(ages: jax.Array, dead_after: int = 1000) -> jax.Array:

@@ -132,8 +132,8 @@ def _variable_values(tree: Any) -> Any:
   return jax.tree.map(lambda x: x.get_value() if is_var(x) else x, tree, is_leaf=is_var)
 
 
-def _as_key(seed_or_key: Any) -> jax.Array:
-  return _checks.prng_key('seed (or key)', seed_or_key)
+def _as_key(key: Any) -> jax.Array:
+  return _checks.prng_key('key', key)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -289,7 +289,8 @@ def _check_same_tree(params: Any, layout: Optional[ParamsLayout]) -> None:
 
 
 def with_resets(inner: optax.GradientTransformation, resets: NeuronResets,
-                seed: Any = 0) -> optax.GradientTransformationExtraArgs:
+                key: Any = _checks.DEFAULT_KEY, *, seed: Any = None
+                ) -> optax.GradientTransformationExtraArgs:
   """Wraps ``inner`` so that each update also resets units chosen by a rule.
 
   ``update(grads, state, params, activations=..., end_of_task=False, key=None,
@@ -302,18 +303,22 @@ def with_resets(inner: optax.GradientTransformation, resets: NeuronResets,
   Args:
     inner: the optimizer to wrap (any optax transformation).
     resets: the rule and groups.
-    seed: int seed or PRNG key for the state's key.
+    key: int seed or PRNG key for the state's key (default 0).
+    seed: deprecated name of ``key`` (a ``DeprecationWarning``; removed in the next
+      release).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
   """
   inner = optax.with_extra_args_support(_checks.optax_transformation('inner', inner))
-  _as_key(seed)  # a bad seed is an error now, not at the first update
+  init_key = _checks.key_or_seed('with_resets', key, seed)
+  _as_key(init_key)  # a bad key is an error now, not at the first update
+
   def init_fn(params):
     # the layout lets update tell params of another model from the state's own (an
     # SGD state holds no copy of the params to compare with)
-    return WithResetsState(inner.init(params), resets.init(params, seed),
-                         ParamsLayout(_leaf_paths(params)))
+    return WithResetsState(inner.init(params), resets.init(params, init_key),
+                           ParamsLayout(_leaf_paths(params)))
 
   def update_fn(updates, state, params=None, *args, activations=None, end_of_task=False,
                 key=None, **extra_args):
