@@ -20,8 +20,9 @@ from snr_jax._src.schedules import (RefreshSchedule, ScheduleState, at_random, e
                                     every_n_tasks)
 from snr_jax._src.shrink_perturb import ShrinkPerturbState, shrink_perturb
 from snr_jax._src.snr import SNRRule, SNRState, dead_fraction, self_normalized_resets, snr
-from snr_jax._src.thresholds import (GeometricEstimator, GeometricState, HistogramEstimator,
-                                     HistogramState, PerTokenEstimator, RateState)
+from snr_jax._src.thresholds import (Estimator, GeometricEstimator, GeometricState,
+                                     HistogramEstimator, HistogramState, PerTokenEstimator,
+                                     RateState)
 from snr_jax._src.training import apply_gradients, reset_metrics, snr_info as _snr_info
 from snr_jax._src.transform import (NeuronResets, NeuronResetsState, ResetRule, WithResetsState,
                                     reset_state, with_resets)
@@ -53,6 +54,7 @@ __all__ = [
     'CBPState',
     'CaptureError',
     'DiscoveredGroups',
+    'Estimator',
     'GeometricEstimator',
     'GeometricState',
     'GroupError',

@@ -94,6 +94,36 @@ def test_seed_is_a_deprecated_name_of_key(mlp, build):
   assert 'seed' not in snr_jax.method_hyperparameters('snr')
 
 
+ESTIMATORS = (snr_jax.HistogramEstimator, snr_jax.GeometricEstimator, snr_jax.PerTokenEstimator)
+
+
+def test_every_estimator_implements_the_estimator_protocol_with_one_signature():
+  protocol = {n: inspect.signature(getattr(snr_jax.Estimator, n)) for n in
+              ('init', 'observe', 'advance_ages', 'record', 'quantile', 'clear', 'refresh')}
+  names = lambda sig: [(p.name, p.kind) for p in sig.parameters.values()]
+  for cls in ESTIMATORS:
+    for name, sig in protocol.items():
+      assert names(inspect.signature(getattr(cls, name))) == names(sig), (cls, name)
+    est = cls(eta=0.1, tau_min=cls.default_tau_min, tau_max=cls.default_tau_max)
+    for attr in ('eta', 'tau_min', 'tau_max', 'expansion', 'age_units', 'default_tau_init'):
+      getattr(est, attr)
+
+
+@pytest.mark.parametrize('name, cls', [('histogram', snr_jax.HistogramEstimator),
+                                       ('geometric', snr_jax.GeometricEstimator),
+                                       ('per_token', snr_jax.PerTokenEstimator)])
+def test_the_rule_takes_its_defaults_from_the_estimator_class(mlp, name, cls):
+  model, params, x = mlp
+  groups = snr_jax.discover_groups(model, params, x)
+  rule = snr_jax.self_normalized_resets(groups, estimator=name).rule
+  assert type(rule.estimator) is cls
+  assert (rule.estimator.tau_min, rule.estimator.tau_max) == (cls.default_tau_min,
+                                                              cls.default_tau_max)
+  init = cls.default_tau_init
+  assert rule.tau_init == (cls.default_tau_max if init is None else init)
+  assert rule.estimator.expansion == (None if name == 'per_token' else 2.0)
+
+
 def test_version_comes_from_package_metadata():
   try:
     assert snr_jax.__version__ == metadata.version('snr_jax')

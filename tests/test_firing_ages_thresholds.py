@@ -10,6 +10,7 @@ import pytest
 import snr_jax
 from snr_jax import GeometricEstimator, HistogramEstimator, NeuronGroup, ParamSlice
 from snr_jax._src.ages import saturating_add
+from snr_jax._src.thresholds import BatchFiring
 
 
 def _groups(*sizes):
@@ -130,9 +131,8 @@ def test_histogram_records_completed_and_censored_gaps():
 def test_gap_above_tau_max_goes_to_last_bin():
   est = HistogramEstimator(eta=0.1, tau_min=1, tau_max=10)
   st = est.init(2)
-  st = est.record(st, fired=jnp.array([True, True]), age_before=jnp.array([50, 3]),
-                  reset=jnp.array([False, False]), age_at_reset=jnp.array([0, 0]),
-                  increment=1)
+  st = est.record(st, BatchFiring(jnp.array([True, True]), 1), age_before=jnp.array([50, 3]),
+                  reset=jnp.array([False, False]), age_at_reset=jnp.array([0, 0]))
   assert int(st.counts[0, 10]) == 1 and int(st.counts[1, 3]) == 1
 
 
@@ -217,9 +217,9 @@ def test_random_refresh_rate():
 def test_geometric_records_gaps_including_the_firing_batch():
   est = GeometricEstimator(eta=0.05, tau_min=1, tau_max=10_000)
   st = est.init(3)
-  st = est.record(st, fired=jnp.array([True, False, False]), age_before=jnp.array([8, 0, 0]),
-                  reset=jnp.array([False, True, False]), age_at_reset=jnp.array([0, 40, 4]),
-                  increment=4)
+  st = est.record(st, BatchFiring(jnp.array([True, False, False]), 4),
+                  age_before=jnp.array([8, 0, 0]), reset=jnp.array([False, True, False]),
+                  age_at_reset=jnp.array([0, 40, 4]))
   np.testing.assert_allclose(st.gap_sum, [12, 40, 0])
   np.testing.assert_allclose(st.gap_count, [1, 1, 0])
 

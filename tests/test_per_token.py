@@ -37,7 +37,7 @@ import pytest
 import snr_jax
 from snr_jax._src.ages import position_ages
 from experiments.models.transformer import GPT
-from snr_jax._src.thresholds import PerTokenEstimator, RateState
+from snr_jax._src.thresholds import PerTokenEstimator, PositionFiring, RateState
 
 TOP = np.iinfo(np.int32).max
 
@@ -101,7 +101,7 @@ def test_estimator_counts_pseudo_counts_quantile_and_refresh():
   np.testing.assert_array_equal(st.total, [1, 1, 1])
   # at the pseudo-counts alone λ̂ = 1: τ = ⌈ln 2⌉ = 1
   np.testing.assert_array_equal(est.quantile(st), [1, 1, 1])
-  st = est.record(st, positions=12, counts=jnp.array([0, 3, 12]),
+  st = est.record(st, PositionFiring(12, jnp.array([0, 3, 12])),
                   age_before=jnp.zeros(3, jnp.int32), reset=jnp.array([True, False, False]),
                   age_at_reset=jnp.zeros(3, jnp.int32))
   np.testing.assert_array_equal(st.count, [2, 4, 13])      # +c, +1 for the reset
@@ -125,7 +125,7 @@ def test_counters_never_overflow():
   cap = snr_jax._src.thresholds.RATE_CAP
   st = RateState(jnp.array([cap // 4, 1001], jnp.int32), jnp.array([cap - 5, cap - 5], jnp.int32))
   before = est.rate(st)
-  st = est.record(st, positions=1000, counts=jnp.array([250, 0]), age_before=jnp.zeros(2),
+  st = est.record(st, PositionFiring(1000, jnp.array([250, 0])), age_before=jnp.zeros(2),
                   reset=jnp.zeros(2, bool), age_at_reset=jnp.zeros(2))
   assert int(st.total.max()) <= cap and int(st.total.min()) > 0
   np.testing.assert_allclose(est.rate(st), before, rtol=1e-3)

@@ -15,7 +15,7 @@ References:
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar, Mapping, NamedTuple, Optional, Sequence, Union
+from typing import Any, ClassVar, Mapping, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -28,21 +28,10 @@ from snr_jax._src.groups import NeuronGroup
 from snr_jax._src.reset import cap_mask, max_resets_arg, resets_cap
 from snr_jax._src.util import any_in_batch, control_flow_arg, control_flow_for, run_if
 from snr_jax._src.schedules import RefreshSchedule, ScheduleState, every_n_tasks
-from snr_jax._src.thresholds import (ESTIMATORS, INT_MAX, RATE_CAP, GeometricEstimator,
-                                     HistogramEstimator, PerTokenEstimator, global_firing)
+from snr_jax._src.thresholds import ESTIMATORS, INT_MAX, RATE_CAP, Estimator, global_firing
 from snr_jax._src.transform import NeuronResets, with_resets
 
 AGE_UNITS = ('examples', 'steps', 'positions')
-
-# Defaults per estimator: (tau_min, tau_max, tau_init); tau_init None means tau_max.
-_TAU_DEFAULTS = {
-    'histogram': (100, 20_000, None),
-    'geometric': (100, 20_000, None),
-    # per-token: τ_0 = 10 positions (SPEC §3c); no floor beyond 1 and no effective
-    # ceiling: τ = ⌈−ln η / λ̂⌉ is bounded by the positions seen since the refresh.
-    'per_token': (1, RATE_CAP, 10),
-}
-
 
 class SNRState(NamedTuple):
   """Per-group SNR statistics (all dicts keyed by group name).
@@ -65,7 +54,7 @@ class SNRRule:
   """The SNR reset rule; build it with
   [`self_normalized_resets`][snr_jax.self_normalized_resets]."""
 
-  estimator: Union[HistogramEstimator, GeometricEstimator, PerTokenEstimator]
+  estimator: Estimator
   tau_init: int
   schedule: RefreshSchedule
   age_unit: str = 'examples'
@@ -124,9 +113,8 @@ class SNRRule:
       reset = cap_mask(age >= state.thresholds[g.name],
                        resets_cap(self.max_resets_per_step, g.size),
                        age - state.thresholds[g.name])
-      est[g.name] = self.estimator.record(
-          state.estimator[g.name], **firing._asdict(), age_before=before, reset=reset,
-          age_at_reset=age)
+      est[g.name] = self.estimator.record(state.estimator[g.name], firing, age_before=before,
+                                          reset=reset, age_at_reset=age)
       ages[g.name] = jnp.where(reset, 0, age)
       masks[g.name] = reset
 
@@ -275,7 +263,9 @@ def self_normalized_resets(
   if per_token and batch_size is not None:
     raise ValueError("estimator='per_token' counts the positions of each pre-activation "
                      '(all axes but the last); leave batch_size unset.')
-  default_min, default_max, default_init = _TAU_DEFAULTS[estimator]
+  # the defaults are the estimator class's (Estimator.default_tau_*)
+  default_min, default_max = est_cls.default_tau_min, est_cls.default_tau_max
+  default_init = est_cls.default_tau_init
   unit = f' (in {age_unit})'
   tau_min = integer_in('tau_min', default_min if tau_min is None else tau_min, 1, what=unit)
   tau_max = integer_in('tau_max', default_max if tau_max is None else tau_max, 1, what=unit)
@@ -290,11 +280,13 @@ def self_normalized_resets(
                        f'{tau_max}.')
     est = est_cls(eta=eta, tau_min=tau_min, tau_max=tau_max)
   else:
-    expansion = number_at_least('expansion', 2.0 if expansion is None else expansion, 1)
-    if tau_max * expansion >= INT_MAX:
-      raise ValueError(f'tau_max * expansion = {tau_max * expansion} overflows int32; '
+    # unset, the expansion is the estimator class's default (2)
+    given = ({} if expansion is None
+             else {'expansion': float(number_at_least('expansion', expansion, 1))})
+    est = est_cls(eta=eta, tau_min=tau_min, tau_max=tau_max, **given)
+    if tau_max * est.expansion >= INT_MAX:
+      raise ValueError(f'tau_max * expansion = {tau_max * est.expansion} overflows int32; '
                        'lower tau_max.')
-    est = est_cls(eta=eta, tau_min=tau_min, tau_max=tau_max, expansion=float(expansion))
   if batch_size is not None:
     batch_size = integer_in('batch_size', batch_size, 1, what=' or None')
   if schedule is None:

@@ -22,14 +22,16 @@ rule for that summary. The SNR rule does everything else (the reset decision
 (neurons being reset); ``quantile`` returns the estimator's (1 − η) quantile estimate
 per neuron; ``refresh`` hands that estimate to `update_thresholds`, the one
 place where the threshold rule (contract, expand, clamp) is written, and clears the
-statistics of the neurons selected by ``mask``.
+statistics of the neurons selected by ``mask``. The [`Estimator`][snr_jax.Estimator]
+protocol declares these methods, with one signature each for every estimator, and the
+per-estimator defaults of ``tau_min``, ``tau_max`` and τ_0.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import NamedTuple, Optional
+from typing import Any, ClassVar, NamedTuple, Optional, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -84,6 +86,77 @@ def update_thresholds(thresholds: jax.Array, estimate: jax.Array, mask: jax.Arra
     new = jnp.where(estimate < thresholds, estimate, _expand(thresholds, expansion))
   new = jnp.clip(new, tau_min, tau_max)
   return jnp.where(mask, new, thresholds)
+
+
+class Estimator(Protocol):
+  """What the SNR rule asks of a threshold estimator, for one neuron group at a time.
+
+  [`HistogramEstimator`][snr_jax.HistogramEstimator],
+  [`GeometricEstimator`][snr_jax.GeometricEstimator] and
+  [`PerTokenEstimator`][snr_jax.PerTokenEstimator] implement it (frozen dataclasses over a
+  NamedTuple state). Per step and group, [`SNRRule`][snr_jax.SNRRule] calls ``observe``,
+  ``advance_ages``, then ``record``; at a refresh, ``refresh`` (which uses ``quantile``
+  and ``clear``).
+  [`self_normalized_resets`][snr_jax.self_normalized_resets] fills the hyperparameters
+  left unset from the class's defaults.
+
+  Attributes:
+    eta: the tail probability η in (0, 1).
+    tau_min: floor on τ.
+    tau_max: ceiling on τ.
+    expansion: factor applied to τ at a refresh when the estimate does not lie below
+      it, or None (τ set to the estimate).
+    age_units: the units the ages may count, the default first.
+    default_tau_min: ``tau_min`` when none is given.
+    default_tau_max: ``tau_max`` when none is given.
+    default_tau_init: the initial threshold τ_0 when none is given (clamped into
+      ``[tau_min, tau_max]``); None means ``tau_max``.
+  """
+
+  eta: float
+  tau_min: int
+  tau_max: int
+  expansion: Optional[float]
+  age_units: ClassVar[tuple[str, ...]]
+  default_tau_min: ClassVar[int]
+  default_tau_max: ClassVar[int]
+  default_tau_init: ClassVar[Optional[int]]
+
+  def init(self, size: int) -> Any:
+    """The statistics of a group of ``size`` units (a NamedTuple of arrays)."""
+
+  def observe(self, activation: jax.Array, increment: int, predicate: Any = None) -> Any:
+    """This batch's firing of ``activation`` (``(..., units)``), in the estimator's own
+    summary (a NamedTuple); ``increment`` is the batch's length in the ages' unit and
+    ``predicate`` a declared group's firing test (default ``h > 0``)."""
+
+  def advance_ages(self, ages: jax.Array, firing: Any) -> jax.Array:
+    """The ages after a batch with ``firing`` (from ``observe``)."""
+
+  def record(self, state: Any, firing: Any, *, age_before: jax.Array, reset: jax.Array,
+             age_at_reset: jax.Array) -> Any:
+    """Adds this step's gaps to the statistics.
+
+    Args:
+      state: the statistics.
+      firing: this batch's firing, from ``observe`` (under data parallelism, over the
+        global batch).
+      age_before: int32 ``(size,)``, the ages before this batch.
+      reset: bool ``(size,)``, the units reset at this step.
+      age_at_reset: int32 ``(size,)``, the ages after this batch (the censored gap of a
+        unit being reset).
+    """
+
+  def quantile(self, state: Any, increment: int = 1) -> jax.Array:
+    """The (1 − η) quantile estimate per unit, int32 ``(size,)``."""
+
+  def clear(self, state: Any, mask: jax.Array) -> Any:
+    """The statistics with those of the ``mask``ed units restarted."""
+
+  def refresh(self, state: Any, thresholds: jax.Array, mask: jax.Array, increment: int
+              ) -> tuple[jax.Array, Any]:
+    """``(thresholds, state)``: new thresholds on the ``mask``ed units (see
+    `update_thresholds`), their statistics cleared."""
 
 
 class _RefreshMixin:
@@ -171,7 +244,11 @@ def global_firing(firings: dict, axis_name: str, scale_increment: bool) -> dict:
 class _BatchLevel(_RefreshMixin):
   """Firing and ages of the batch-level estimators: fired anywhere, age back to 0."""
 
-  age_units = ('examples', 'steps')
+  age_units: ClassVar[tuple[str, ...]] = ('examples', 'steps')
+  # the released code's: 100 and 20,000 examples, τ_0 = τ_max
+  default_tau_min: ClassVar[int] = 100
+  default_tau_max: ClassVar[int] = 20_000
+  default_tau_init: ClassVar[Optional[int]] = None
 
   def observe(self, activation: jax.Array, increment: int, predicate=None) -> BatchFiring:
     """Whether each unit fired anywhere in ``activation`` (``(..., units)``); ``predicate``
@@ -214,9 +291,10 @@ class HistogramEstimator(_BatchLevel):
   def init(self, size: int) -> HistogramState:
     return HistogramState(jnp.zeros((size, self.tau_max + 1), jnp.int32))
 
-  def record(self, state: HistogramState, *, fired: jax.Array, age_before: jax.Array,
-             reset: jax.Array, age_at_reset: jax.Array, increment: int) -> HistogramState:
-    del increment
+  def record(self, state: HistogramState, firing: BatchFiring, *, age_before: jax.Array,
+             reset: jax.Array, age_at_reset: jax.Array) -> HistogramState:
+    """Counts the completed gaps (units that fired) and censored gaps (units reset)."""
+    fired = firing.fired
     # A neuron that fired has age 0, so it cannot also be reset this step: one scatter.
     gap = jnp.where(fired, age_before, age_at_reset)
     bins = jnp.clip(gap, 0, self.tau_max)
@@ -258,9 +336,11 @@ class GeometricEstimator(_BatchLevel):
   def init(self, size: int) -> GeometricState:
     return GeometricState(jnp.zeros((size,), jnp.float32), jnp.zeros((size,), jnp.float32))
 
-  def record(self, state: GeometricState, *, fired: jax.Array, age_before: jax.Array,
-             reset: jax.Array, age_at_reset: jax.Array, increment: int) -> GeometricState:
-    gap = jnp.where(fired, age_before.astype(jnp.float32) + increment,
+  def record(self, state: GeometricState, firing: BatchFiring, *, age_before: jax.Array,
+             reset: jax.Array, age_at_reset: jax.Array) -> GeometricState:
+    """Adds the completed gaps (``age + increment``) and censored gaps to the sums."""
+    fired = firing.fired
+    gap = jnp.where(fired, age_before.astype(jnp.float32) + firing.increment,
                     age_at_reset.astype(jnp.float32))
     add = fired | reset
     return GeometricState(state.gap_sum + jnp.where(add, gap, 0.0),
@@ -331,7 +411,12 @@ class PerTokenEstimator(_RefreshMixin):
   tau_min: int
   tau_max: int
 
-  age_units = ('positions',)
+  age_units: ClassVar[tuple[str, ...]] = ('positions',)
+  # τ_0 = 10 positions (design §3c); no floor beyond 1 and no effective ceiling:
+  # τ = ⌈−ln η / λ̂⌉ is bounded by the positions seen since the refresh.
+  default_tau_min: ClassVar[int] = 1
+  default_tau_max: ClassVar[int] = RATE_CAP
+  default_tau_init: ClassVar[Optional[int]] = 10
 
   @property
   def expansion(self) -> None:
@@ -355,12 +440,12 @@ class PerTokenEstimator(_RefreshMixin):
     """``+BT`` if silent, else ``⌊BT/c⌋`` (`position_ages`)."""
     return position_ages(ages, firing.positions, firing.counts)
 
-  def record(self, state: RateState, *, positions: int, counts: jax.Array,
-             age_before: jax.Array, reset: jax.Array, age_at_reset: jax.Array) -> RateState:
+  def record(self, state: RateState, firing: PositionFiring, *, age_before: jax.Array,
+             reset: jax.Array, age_at_reset: jax.Array) -> RateState:
     """Adds this batch's firing counts (and one per reset) and its positions."""
     del age_before, age_at_reset
-    count = state.count + counts.astype(jnp.int32) + reset.astype(jnp.int32)
-    total = state.total + positions
+    count = state.count + firing.counts.astype(jnp.int32) + reset.astype(jnp.int32)
+    total = state.total + firing.positions
     halve = total > RATE_CAP
     return RateState(jnp.where(halve, (count + 1) // 2, count),
                      jnp.where(halve, (total + 1) // 2, total))
