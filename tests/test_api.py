@@ -1,5 +1,6 @@
 """The public namespace and the pure reset_state step."""
 
+import dataclasses
 import inspect
 from importlib import metadata
 
@@ -122,6 +123,39 @@ def test_the_rule_takes_its_defaults_from_the_estimator_class(mlp, name, cls):
   init = cls.default_tau_init
   assert rule.tau_init == (cls.default_tau_max if init is None else init)
   assert rule.estimator.expansion == (None if name == 'per_token' else 2.0)
+
+
+def test_reset_rule_protocol_declares_adjust_with_a_no_op_default(mlp):
+  model, params, x = mlp
+  groups = snr_jax.discover_groups(model, params, x)
+
+  @dataclasses.dataclass(frozen=True)
+  class Never(snr_jax.ResetRule):
+    def init(self, groups, params):
+      return ()
+
+    def select(self, state, groups, activations, params, *, end_of_task, key):
+      return {g.name: jnp.zeros((g.size,), bool) for g in groups}, state
+
+  assert Never().adjust(params, {}, (), groups) is params      # the inherited no-op
+  for rule in (snr_jax.SNRRule, snr_jax.ReDoRule, snr_jax.CBPRule):
+    assert snr_jax.ResetRule in rule.__mro__
+  assert snr_jax.CBPRule.adjust is not snr_jax.ResetRule.adjust
+  resets = snr_jax.NeuronResets(groups, Never())
+  _, acts = snr_jax.apply_with_preactivations(model, {'params': params}, x, groups=groups)
+  p, _, _ = snr_jax.reset_state(resets, params, None, resets.init(params), acts)
+  jax.tree.map(np.testing.assert_array_equal, p, params)
+
+  @dataclasses.dataclass(frozen=True)
+  class Duck:      # not a ResetRule: no adjust
+    def init(self, groups, params):
+      return ()
+
+    def select(self, state, groups, activations, params, *, end_of_task, key):
+      return {}, state
+
+  with pytest.raises(TypeError, match=r'rule Duck has no adjust\(\).*subclasses snr_jax.ResetRule'):
+    snr_jax.NeuronResets(groups, Duck())
 
 
 def test_version_comes_from_package_metadata():

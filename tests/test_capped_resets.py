@@ -31,7 +31,7 @@ class _Empty(NamedTuple):
 
 
 @dataclasses.dataclass(frozen=True)
-class FixedRule:
+class FixedRule(snr_jax.ResetRule):
   """Resets the given units of each group on every step (capped like SNR's rule)."""
   units: Any
   max_resets_per_step: Any = 4

@@ -51,7 +51,7 @@ from snr_jax._src.ages import saturating_add
 from snr_jax._src.groups import NeuronGroup, ParamSlice, get_path
 from snr_jax._src.util import cond, control_flow_arg, key_path_to_path, run_if
 from snr_jax._src.reset import _unit_ids, cap_mask, max_resets_arg, resets_cap
-from snr_jax._src.transform import NeuronResets, with_resets
+from snr_jax._src.transform import NeuronResets, ResetRule, with_resets
 
 ROUNDINGS = ('accumulate', 'stochastic')
 
@@ -167,7 +167,7 @@ def transfer_to_biases(params: Any, groups: Sequence[NeuronGroup],
 
 
 @dataclasses.dataclass(frozen=True)
-class CBPRule:
+class CBPRule(ResetRule):
   """Replace the lowest-utility mature units at rate ``replacement_rate`` (see module doc)."""
 
   replacement_rate: float = 1e-4
@@ -252,8 +252,8 @@ class CBPRule:
 
   def adjust(self, params: Any, masks: Mapping[str, jax.Array], state: CBPState,
              groups: Sequence[NeuronGroup]) -> Any:
-    """Folds the replaced units' mean contributions into the consumers' biases (the
-    [`ResetRule`][snr_jax.ResetRule] hook run before the shared reset)."""
+    """Folds the replaced units' mean contributions into the consumers' biases
+    ([`ResetRule.adjust`][snr_jax.ResetRule.adjust], run before the shared reset)."""
     any_replaced = jnp.any(jnp.stack([jnp.any(masks[g.name]) for g in groups]))
     # state.transfer is 0 off the masks; run_if skips the work (and any copy) otherwise
     return run_if(any_replaced, lambda p: transfer_to_biases(p, groups, state.transfer), params,

@@ -19,7 +19,7 @@ from snr_jax._src.checks import DEFAULT_KEY, axis_name_or_none, integer_in, key_
 from snr_jax._src.activations import mean_activation, mean_activations
 from snr_jax._src.groups import NeuronGroup
 from snr_jax._src.reset import cap_mask, max_resets_arg, resets_cap
-from snr_jax._src.transform import NeuronResets, with_resets
+from snr_jax._src.transform import NeuronResets, ResetRule, with_resets
 from snr_jax._src.util import control_flow_arg
 
 
@@ -45,7 +45,7 @@ def normalised_scores(a: jax.Array, layers: int = 1) -> jax.Array:
 
 
 @dataclasses.dataclass(frozen=True)
-class ReDoRule:
+class ReDoRule(ResetRule):
   """Reset units whose normalised score is ``≤ threshold``, every ``period`` steps."""
 
   threshold: float = 0.1

@@ -29,7 +29,7 @@ from snr_jax._src.reset import cap_mask, max_resets_arg, resets_cap
 from snr_jax._src.util import any_in_batch, control_flow_arg, control_flow_for, run_if
 from snr_jax._src.schedules import RefreshSchedule, ScheduleState, every_n_tasks
 from snr_jax._src.thresholds import ESTIMATORS, INT_MAX, RATE_CAP, Estimator, global_firing
-from snr_jax._src.transform import NeuronResets, with_resets
+from snr_jax._src.transform import NeuronResets, ResetRule, with_resets
 
 AGE_UNITS = ('examples', 'steps', 'positions')
 
@@ -50,7 +50,7 @@ class SNRState(NamedTuple):
 
 
 @dataclasses.dataclass(frozen=True)
-class SNRRule:
+class SNRRule(ResetRule):
   """The SNR reset rule; build it with
   [`self_normalized_resets`][snr_jax.self_normalized_resets]."""
 

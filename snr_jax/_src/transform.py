@@ -2,9 +2,10 @@
 
 Every resetting method (SNR, ReDo, continual backprop) is a [`ResetRule`][snr_jax.ResetRule]: a pure
 function that reads the batch's pre-activations and its own state and returns which
-units to reset. A rule may also define ``adjust(params, masks, state, groups)``, run after
-``select`` and before the reset, to change parameters that the reset itself leaves alone
-(continual backprop's bias transfer). Everything else is shared:
+units to reset. Its ``adjust(params, masks, state, groups)``, run after ``select`` and
+before the reset, may change parameters that the reset itself leaves alone (continual
+backprop's bias transfer; the protocol's default changes nothing). Everything else is
+shared:
 
 * [`NeuronResets`][snr_jax.NeuronResets] pairs a rule with the neuron groups;
   [`reset_state`][snr_jax.reset_state] is the pure step (bookkeeping, then resets) for users who
@@ -33,7 +34,14 @@ from snr_jax._src.reset import reset_neurons_and_advance_key, resets_cap
 
 
 class ResetRule(Protocol):
-  """Decides which units to reset. Implementations are frozen dataclasses."""
+  """Decides which units to reset.
+
+  Implementations are frozen dataclasses that subclass this protocol
+  (``class MyRule(snr_jax.ResetRule)``), define ``init`` and ``select``, and inherit the
+  no-op ``adjust`` unless they change parameters before the reset (SNR, ReDo and
+  continual backprop do so; [`NeuronResets`][snr_jax.NeuronResets] refuses a rule without
+  the three methods).
+  """
 
   def init(self, groups: Sequence[NeuronGroup], params: Any) -> Any:
     """Returns the rule's initial state."""
@@ -48,14 +56,20 @@ class ResetRule(Protocol):
     it, e.g. with ``jax.random.fold_in``.
     """
 
-  # Optional hook, looked up with getattr (a rule without it changes no parameter):
-  #
-  # def adjust(self, params, masks, state, groups) -> params:
-  #   """Changes ``params`` after ``select`` and before the shared reset, given the
-  #   masks and the state ``select`` returned (continual backprop folds the replaced
-  #   units' mean contributions into the consumers' biases here, while their outgoing
-  #   weights still hold their values). Must keep the tree's structure, shapes and dtypes.
-  #   """
+  def adjust(self, params: Any, masks: dict[str, jax.Array], state: Any,
+             groups: Sequence[NeuronGroup]) -> Any:
+    """Changes ``params`` after ``select`` and before the shared reset (default: none).
+
+    Given the masks and the state ``select`` returned. Continual backprop
+    ([`CBPRule`][snr_jax.CBPRule]) folds the replaced units' mean contributions into the
+    consumers' biases here, while their outgoing weights still hold their values. Must
+    keep the tree's structure, shapes and dtypes.
+
+    Returns:
+      The params; this default returns them unchanged.
+    """
+    del masks, state, groups
+    return params
 
 
 class NeuronResetsState(NamedTuple):
@@ -175,6 +189,12 @@ class NeuronResets:
   def __post_init__(self):
     # A single group is accepted; names (strings) or other objects are errors.
     object.__setattr__(self, 'groups', _checks.neuron_groups(self.groups, NeuronGroup, GroupError))
+    missing = [m for m in ('init', 'select', 'adjust') if not callable(getattr(self.rule, m, None))]
+    if missing:
+      raise TypeError(
+          f'rule {type(self.rule).__name__} has no {", ".join(m + "()" for m in missing)}: a '
+          'reset rule subclasses snr_jax.ResetRule (which gives it a no-op adjust) and '
+          'defines init and select.')
     control_flow_arg(self.control_flow)
 
   def init(self, params: Any, key: Any = 0) -> NeuronResetsState:
@@ -255,9 +275,8 @@ def reset_state(resets: NeuronResets, params: Any, opt_state: Any,
   activations = merge_layers(resets.groups, activations)
   masks, rule_state = resets.rule.select(state.rule, resets.groups, activations, params,
                                          end_of_task=end_of_task, key=key)
-  adjust = getattr(resets.rule, 'adjust', None)
-  if adjust is not None:   # e.g. continual backprop's bias transfer, before the reset
-    params = adjust(params, masks, rule_state, resets.groups)
+  # e.g. continual backprop's bias transfer, before the reset (a no-op for most rules)
+  params = resets.rule.adjust(params, masks, rule_state, resets.groups)
   setting = getattr(resets.rule, 'max_resets_per_step', None)
   caps = {g.name: resets_cap(setting, g.size) for g in resets.groups}
   params, opt_state, next_key = reset_neurons_and_advance_key(
