@@ -158,6 +158,12 @@ def test_reset_rule_protocol_declares_adjust_with_a_no_op_default(mlp):
     snr_jax.NeuronResets(groups, Duck())
 
 
+def test_first_docstring_lines_tell_the_wrapper_from_the_bare_rule():
+  assert snr_jax.snr.__doc__.startswith('Optax wrapper')
+  assert snr_jax.with_resets.__doc__.startswith('Optax wrapper')
+  assert snr_jax.self_normalized_resets.__doc__.startswith('The bare rule bound to groups')
+
+
 def test_version_comes_from_package_metadata():
   try:
     assert snr_jax.__version__ == metadata.version('snr_jax')

@@ -162,7 +162,11 @@ def self_normalized_resets(
     control_flow: str = 'auto',
     max_resets_per_step: Any = None,
 ) -> NeuronResets:
-  """Self-Normalized Resets as pure ``init``/``apply`` functions (no optimizer wrap).
+  """The bare rule bound to groups: SNR's [`NeuronResets`][snr_jax.NeuronResets], no optimizer.
+
+  Pure ``init``/``apply`` functions: drive it with
+  [`reset_state`][snr_jax.reset_state], or wrap an optimizer with
+  [`with_resets`][snr_jax.with_resets]; [`snr`][snr_jax.snr] is that optax wrapper.
 
   Args:
     groups: the neuron groups ([`discover_groups`][snr_jax.discover_groups] or declared).
@@ -344,7 +348,7 @@ def snr(
     max_resets_per_step: Any = None,
     seed: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
-  """Wraps an optax optimizer with Self-Normalized Resets.
+  """Optax wrapper: ``inner`` with Self-Normalized Resets, as one optax transformation.
 
   ``update(grads, state, params, activations={group: pre-activation},
   end_of_task=False, key=None)`` performs SPEC §5 steps 2–5: ages and gap records from
@@ -387,6 +391,20 @@ def snr(
 
   Raises:
     ValueError: as [`self_normalized_resets`][snr_jax.self_normalized_resets] does.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, optax, snr_jax
+    >>> def mlp(params, x):
+    ...   return jax.nn.relu(x @ params['l1']['kernel']) @ params['l2']['kernel']
+    >>> params = {'l1': {'kernel': jnp.ones((3, 4))}, 'l2': {'kernel': jnp.ones((4, 2))}}
+    >>> x = jnp.ones((8, 3))
+    >>> groups = snr_jax.discover_groups(mlp, params, x)
+    >>> opt = snr_jax.snr(optax.sgd(0.1), groups, eta=0.05)
+    >>> state = opt.init(params)
+    >>> _, acts = snr_jax.with_preactivations(mlp, groups)(params, x)
+    >>> grads = jax.tree.map(jnp.zeros_like, params)
+    >>> updates, state = opt.update(grads, state, params, activations=acts)
+    >>> params = optax.apply_updates(params, updates)
   """
   resets = self_normalized_resets(
       groups, eta=eta, estimator=estimator, tau_init=tau_init, tau_min=tau_min,

@@ -82,6 +82,17 @@ def reset_metrics(opt_state: Any, dead_after: int = 1000, *, nested: bool = Fals
 
   Returns:
     The figures, flat or nested.
+
+  Example:
+    >>> import jax.numpy as jnp, optax, snr_jax
+    >>> params = {'l1': {'kernel': jnp.ones((3, 4)), 'bias': jnp.zeros(4)},
+    ...           'l2': {'kernel': jnp.ones((4, 2))}}
+    >>> groups = [snr_jax.dense_group('h', 4, layer='l1', consumer='l2')]
+    >>> state = snr_jax.snr(optax.sgd(0.1), groups).init(params)
+    >>> {k: float(v) for k, v in snr_jax.reset_metrics(state).items()}
+    {'resets/h': 0.0, 'dead_fraction/h': 0.0, 'mean_threshold/h': 20000.0}
+    >>> sorted(snr_jax.reset_metrics(state, nested=True))
+    ['dead_fraction', 'mean_threshold', 'resets']
   """
   rs = find_reset_state(opt_state)
   figures = {}

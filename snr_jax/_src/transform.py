@@ -310,7 +310,7 @@ def _check_same_tree(params: Any, layout: Optional[ParamsLayout]) -> None:
 def with_resets(inner: optax.GradientTransformation, resets: NeuronResets,
                 key: Any = _checks.DEFAULT_KEY, *, seed: Any = None
                 ) -> optax.GradientTransformationExtraArgs:
-  """Wraps ``inner`` so that each update also resets units chosen by a rule.
+  """Optax wrapper for any rule: ``inner`` whose updates also reset the units a rule chooses.
 
   ``update(grads, state, params, activations=..., end_of_task=False, key=None,
   **extra)`` runs ``inner`` (``extra`` is forwarded to it), computes the updated
@@ -328,6 +328,20 @@ def with_resets(inner: optax.GradientTransformation, resets: NeuronResets,
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, optax, snr_jax
+    >>> params = {'l1': {'kernel': jnp.ones((3, 4)), 'bias': jnp.zeros(4)},
+    ...           'l2': {'kernel': jnp.ones((4, 2))}}
+    >>> groups = [snr_jax.dense_group('h', 4, layer='l1', consumer='l2')]
+    >>> resets = snr_jax.self_normalized_resets(groups, tau_min=1, tau_max=8)
+    >>> opt = snr_jax.with_resets(optax.adam(1e-3), resets, key=0)
+    >>> state = opt.init(params)
+    >>> acts = {'h': -jnp.ones((8, 4))}    # this step's pre-activations: all silent
+    >>> grads = jax.tree.map(jnp.zeros_like, params)
+    >>> updates, state = opt.update(grads, state, params, activations=acts)
+    >>> state.resets.last_resets['h'].tolist()    # age 8 reached the threshold 8
+    [True, True, True, True]
   """
   inner = optax.with_extra_args_support(_checks.optax_transformation('inner', inner))
   init_key = _checks.key_or_seed('with_resets', key, seed)

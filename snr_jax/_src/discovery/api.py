@@ -74,6 +74,15 @@ def discover_groups(f: Any, *args, initializers: Optional[Mapping[str, Any]] = N
       constants (dopamine's ``variance_scaling(1 / jnp.sqrt(3.0), ...)``) is recovered
       from a second trace that computes constants concretely; one wrapped by
       ``nn.with_partitioning`` / ``nn.with_logical_partitioning`` is unwrapped.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, snr_jax
+    >>> def mlp(params, x):
+    ...   return jax.nn.relu(x @ params['l1']['kernel']) @ params['l2']['kernel']
+    >>> params = {'l1': {'kernel': jnp.ones((3, 4))}, 'l2': {'kernel': jnp.ones((4, 2))}}
+    >>> groups = snr_jax.discover_groups(mlp, params, jnp.ones((8, 3)))
+    >>> [(g.name, g.size) for g in groups], [o.layer for o in groups.left_out]
+    ([('l1', 4)], ['l2'])
   """
   kind = model_kind(f)
   if kind == 'nnx':
