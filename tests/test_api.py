@@ -147,15 +147,25 @@ def test_reset_rule_protocol_declares_adjust_with_a_no_op_default(mlp):
   jax.tree.map(np.testing.assert_array_equal, p, params)
 
   @dataclasses.dataclass(frozen=True)
-  class Duck:      # not a ResetRule: no adjust
+  class Duck:      # not a ResetRule subclass, no adjust: the protocol's default applies
     def init(self, groups, params):
       return ()
 
     def select(self, state, groups, activations, params, *, end_of_task, key):
-      return {}, state
+      return {g.name: jnp.zeros((g.size,), bool) for g in groups}, state
 
-  with pytest.raises(TypeError, match=r'rule Duck has no adjust\(\).*subclasses snr_jax.ResetRule'):
-    snr_jax.NeuronResets(groups, Duck())
+  duck = snr_jax.NeuronResets(groups, Duck())
+  assert duck.adjust(params, {}, ()) is params
+  p, _, _ = snr_jax.reset_state(duck, params, None, duck.init(params), acts)
+  jax.tree.map(np.testing.assert_array_equal, p, params)
+
+  @dataclasses.dataclass(frozen=True)
+  class NoSelect:
+    def init(self, groups, params):
+      return ()
+
+  with pytest.raises(TypeError, match=r'rule NoSelect has no select\(\).*snr_jax.ResetRule'):
+    snr_jax.NeuronResets(groups, NoSelect())
 
 
 def test_first_docstring_lines_tell_the_wrapper_from_the_bare_rule():

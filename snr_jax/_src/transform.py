@@ -39,8 +39,9 @@ class ResetRule(Protocol):
   Implementations are frozen dataclasses that subclass this protocol
   (``class MyRule(snr_jax.ResetRule)``), define ``init`` and ``select``, and inherit the
   no-op ``adjust`` unless they change parameters before the reset (SNR, ReDo and
-  continual backprop do so; [`NeuronResets`][snr_jax.NeuronResets] refuses a rule without
-  the three methods).
+  continual backprop subclass it). A plain dataclass with ``init`` and ``select`` only is
+  accepted too, and its ``adjust`` is this default;
+  [`NeuronResets`][snr_jax.NeuronResets] refuses a rule without ``init`` or ``select``.
   """
 
   def init(self, groups: Sequence[NeuronGroup], params: Any) -> Any:
@@ -189,7 +190,7 @@ class NeuronResets:
   def __post_init__(self):
     # A single group is accepted; names (strings) or other objects are errors.
     object.__setattr__(self, 'groups', _checks.neuron_groups(self.groups, NeuronGroup, GroupError))
-    missing = [m for m in ('init', 'select', 'adjust') if not callable(getattr(self.rule, m, None))]
+    missing = [m for m in ('init', 'select') if not callable(getattr(self.rule, m, None))]
     if missing:
       raise TypeError(
           f'rule {type(self.rule).__name__} has no {", ".join(m + "()" for m in missing)}: a '
@@ -213,6 +214,15 @@ class NeuronResets:
     masks = {g.name: jnp.zeros((g.size,), bool) for g in groups}
     key = member_key(_as_key(key), params)
     return NeuronResetsState(self.rule.init(groups, params), key, masks)
+
+  def adjust(self, params: Any, masks: dict[str, jax.Array], rule_state: Any) -> Any:
+    """The rule's [`ResetRule.adjust`][snr_jax.ResetRule.adjust] on the groups; for a rule
+    that neither subclasses [`ResetRule`][snr_jax.ResetRule] nor defines ``adjust``, the
+    protocol's default (params unchanged)."""
+    rule_adjust = getattr(self.rule, 'adjust', None)
+    if rule_adjust is None:
+      return ResetRule.adjust(self.rule, params, masks, rule_state, self.groups)
+    return rule_adjust(params, masks, rule_state, self.groups)
 
   def apply(self, params: Any, opt_state: Any, state: NeuronResetsState, activations: Any,
             *, optimizer: Optional[Any] = None, key: Optional[jax.Array] = None,
@@ -276,7 +286,7 @@ def reset_state(resets: NeuronResets, params: Any, opt_state: Any,
   masks, rule_state = resets.rule.select(state.rule, resets.groups, activations, params,
                                          end_of_task=end_of_task, key=key)
   # e.g. continual backprop's bias transfer, before the reset (a no-op for most rules)
-  params = resets.rule.adjust(params, masks, rule_state, resets.groups)
+  params = resets.adjust(params, masks, rule_state)
   setting = getattr(resets.rule, 'max_resets_per_step', None)
   caps = {g.name: resets_cap(setting, g.size) for g in resets.groups}
   params, opt_state, next_key = reset_neurons_and_advance_key(
