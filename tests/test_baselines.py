@@ -34,6 +34,7 @@ def test_l2_init_pulls_toward_initial_params_not_zero(mlp):
     np.testing.assert_allclose(n, 0.9 * m, rtol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('noise', ['fast', 'init'])
 def test_shrink_perturb_shrinks_by_p_and_adds_initializer_noise(noise):
   import flax.linen as nn
@@ -88,6 +89,7 @@ def _redo_setup(threshold, period):
   return groups, params, tx
 
 
+@pytest.mark.slow
 def test_redo_resets_exactly_units_at_or_below_the_threshold_at_period_boundaries():
   groups, params, tx = _redo_setup(threshold=0.5, period=3)
   # mean |h| per unit: [4, 2, 1.5, 0.5] / mean 2 -> scores [2, 1, 0.75, 0.25];
@@ -207,6 +209,7 @@ def _two_layer(params, x):
   return jax.nn.relu(h) @ params['l2']['kernel'] + params['l2']['bias'], {'h': h}
 
 
+@pytest.mark.slow
 def test_cbp_replaces_lowest_bias_corrected_utility_and_transfers_its_mean_to_the_bias():
   groups = (snr_jax.dense_group('h', 4, layer='l1', consumer='l2'),)
   params = {'l1': {'kernel': jnp.array([[1., 2., 3., 0.5]]), 'bias': jnp.zeros(4)},
@@ -278,6 +281,7 @@ def test_cbp_transfer_sums_every_entry_of_a_unit_and_pools_outgoing_slices():
   np.testing.assert_allclose(outgoing_mean_magnitude(params, group), [expect0, expect1])
 
 
+@pytest.mark.slow
 def test_cbp_transfer_into_a_conv_consumer_sums_the_channel_taps():
   from snr_jax._src.cbp import outgoing_mean_magnitude, transfer_to_biases
   groups = (snr_jax.dense_group('c1', 3, layer='conv1', consumer='conv2'),)
@@ -292,6 +296,7 @@ def test_cbp_transfer_into_a_conv_consumer_sums_the_channel_taps():
                              jnp.abs(w).mean(axis=(0, 1, 3)), rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_cbp_stochastic_rounding_replaces_at_the_rate_in_expectation_and_is_seeded():
   groups = (snr_jax.dense_group('h', 4, layer='l1', consumer='l2'),)
   params = {'l1': {'kernel': jnp.ones((1, 4)), 'bias': jnp.zeros(4)},
@@ -337,6 +342,7 @@ RESETTING = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name', sorted(RESETTING))
 def test_resetting_methods_leave_other_units_untouched(name, mlp):
   model, params, x = mlp

@@ -60,6 +60,7 @@ METHODS = {
 CASES = [(m, k) for m in ('mlp', 'gpt') for k in METHODS if m == 'mlp' or k.startswith('snr')]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('model_name, method', CASES, ids=[f'{m}-{k}' for m, k in CASES])
 def test_bf16_params_and_activations_train_and_reset(model_name, method):
   model, params, x, y, groups = _setup(model_name)

@@ -59,6 +59,7 @@ def _setup():
   return model, params, x, groups, acts
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('control_flow', ['branch', 'select'])
 def test_a_reset_unit_forgets_its_old_incoming_weights_and_nothing_else_moves(control_flow):
   model, params, x, groups, acts = _setup()
@@ -137,6 +138,7 @@ def test_a_capped_step_draws_no_parameter_sized_sample():
   assert max(sizes) < 9 * 40, shapes
 
 
+@pytest.mark.slow
 def test_due_units_over_the_cap_reset_on_the_following_steps():
   # 5 units, 3 of them silent; tau = 3 examples at batch 1, at most 1 reset per step
   group = snr_jax.NeuronGroup('h', 5, (snr_jax.ParamSlice(('w',), -1,
@@ -164,6 +166,7 @@ def test_due_units_over_the_cap_reset_on_the_following_steps():
   assert masks == [[], [], [0, 1, 2]]
 
 
+@pytest.mark.slow
 def test_redo_and_cbp_defer_over_the_cap():
   model, params, x, groups, acts = _setup()
   dead = {'Dense_0': jnp.where(jnp.arange(40) < 6, -1.0, 1.0) * jnp.ones((5, 40)),
@@ -202,6 +205,7 @@ def test_resets_cap_and_fan_checks():
     snr_jax.snr(optax.sgd(0.1), _setup()[3], max_resets_per_step='all')
 
 
+@pytest.mark.slow
 def test_a_fan_dependent_initializer_keeps_its_law_when_capped():
   # glorot over (9, 40): the capped path draws the whole layer and keeps the slices
   group = snr_jax.NeuronGroup('h', 400, (snr_jax.ParamSlice(('w',), -1,

@@ -209,6 +209,7 @@ HK_MLP_TRUTH = [
 ]
 
 
+@pytest.mark.slow
 def test_haiku_mlp_with_dropout():
   t = hk.transform(_hk_mlp)
   x = jax.random.normal(jax.random.PRNGKey(1), (8, 5))
@@ -257,6 +258,7 @@ HK_CNN_TRUTH = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('train', [True, False])
 def test_haiku_conv_batchnorm_with_its_state_passed_in(train):
   t = hk.transform_with_state(_hk_resnetish)
@@ -300,6 +302,7 @@ def test_haiku_conv_batchnorm_with_its_state_passed_in(train):
   assert_reset_unit_is_cut_off(apply, params, groups, 'conv0', 2)
 
 
+@pytest.mark.slow
 def test_haiku_resnet18_with_its_state_passed_in_discovers_as_with_it_closed_over():
   def fwd(x, train):
     return hk.nets.ResNet18(10, resnet_v2=False)(x, is_training=train)
@@ -337,6 +340,7 @@ class BiTish(nn.Module):
     return nn.Dense(3, name='out')(x.mean((1, 2)))
 
 
+@pytest.mark.slow
 def test_weight_standardised_convs_and_groupnorm():
   model = BiTish()
   x = jax.random.normal(jax.random.PRNGKey(1), (2, 6, 6, 3))

@@ -40,6 +40,7 @@ METHODS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('method', METHODS)
 def test_select_update_lowers_with_no_control_flow(method):
   # the README MLP's update alone (the model has none of its own), for cuda and tpu
@@ -163,6 +164,7 @@ CASES = [('mlp', 'snr-histogram', 'auto'), ('mlp', 'snr-geometric', 2), ('mlp', 
          ('mlp', 'cbp', 1), ('cnn', 'snr-histogram', 2)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('model_name, method, cap', CASES)
 def test_select_and_branch_give_the_same_run(model_name, method, cap):
   groups = _model(model_name)[4]

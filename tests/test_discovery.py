@@ -230,6 +230,7 @@ def test_a_normalisation_after_the_relu_is_left_out_as_a_shift():
   assert 'shifted by a parameter or model state' in reasons['a']
 
 
+@pytest.mark.slow
 def test_transformers_have_only_ffn_groups():
   from experiments.models import GPT, ViT
   for model, x in ((GPT(vocab_size=40, num_layers=2), jnp.zeros((2, 8), jnp.int32)),
@@ -291,6 +292,7 @@ def test_a_layer_applied_twice_is_refused_by_name():
     snr_jax.discover_groups(Shared(), Shared().init(KEY, x)['params'], x)
 
 
+@pytest.mark.slow
 def test_plain_function_and_lax_scan_over_stacked_params():
   def init(key):
     k1, k2, k3 = jax.random.split(key, 3)
@@ -320,6 +322,7 @@ def test_plain_function_and_lax_scan_over_stacked_params():
 
 # --- capture -----------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_capture_matches_the_relu_inputs_and_is_differentiable():
   model, x, variables, _ = _setup('layernorm')
   groups = snr_jax.discover_groups(model, variables, x)
@@ -348,6 +351,7 @@ class DropoutMLP(nn.Module):
     return nn.Dense(2)(h)
 
 
+@pytest.mark.slow
 def test_dropout_after_the_relu_keeps_the_group_in_training():
   # dropout's select against zeros_like(h) passes silence on: a unit is still a unit
   model, x = DropoutMLP(), jax.random.normal(jax.random.PRNGKey(1), (4, 5))
@@ -383,6 +387,7 @@ class SyncedBatchNormMLP(nn.Module):
     return nn.Dense(2)(x)
 
 
+@pytest.mark.slow
 def test_batchnorm_synchronised_over_a_data_axis_keeps_its_groups():
   # its batch statistics are stacked, summed over the axis and sliced apart: per unit still
   x = jax.random.normal(jax.random.PRNGKey(1), (8, 3))
@@ -421,6 +426,7 @@ def test_discovery_inside_shard_map_finds_the_groups_found_outside():
       [(g.name, g.incoming, g.outgoing) for g in outside]
 
 
+@pytest.mark.slow
 def test_capture_inside_nn_scan_has_a_layer_axis():
   model, x, variables, _ = _setup('scanned')
   groups = snr_jax.discover_groups(model, variables, x)
@@ -681,6 +687,7 @@ def test_batchnorm_running_stats_reset_with_the_model_state():
   np.testing.assert_array_equal(out['var'], [4.0, 1.0, 4.0, 4.0])
 
 
+@pytest.mark.slow
 def test_declared_group_with_a_firing_predicate():
   class GeluNet(nn.Module):
     @nn.compact
@@ -705,6 +712,7 @@ def test_declared_group_with_a_firing_predicate():
   assert 'firing predicate: user-declared' in snr_jax.describe_groups([group])
 
 
+@pytest.mark.slow
 def test_snr_on_an_nnx_split_state_of_param_variables():
   model = NNXNet(nnx.Rngs(0))
   x = jax.random.normal(KEY, (4, 4))

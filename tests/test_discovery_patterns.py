@@ -111,6 +111,7 @@ class ChannelMaxCNN(nn.Module):
     return nn.Dense(3, name='Dense_0')(x.reshape(x.shape[0], -1))
 
 
+@pytest.mark.slow
 def test_hand_pooled_conv_keeps_its_groups():
   model = HandPooledCNN()
   x = jax.random.normal(jax.random.PRNGKey(1), (3, 12, 12, 2))
@@ -172,6 +173,7 @@ class ConstrainedScan(nn.Module):
     return nn.Dense(2, name='head')(x)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('scanned', [False, True])
 def test_sharding_constraints_and_casts_are_transparent(scanned):
   x = jax.random.normal(jax.random.PRNGKey(1), (4, 4))
@@ -216,6 +218,7 @@ class DropoutMLP(nn.Module):
     return nn.Dense(2, name='Dense_2')(h)
 
 
+@pytest.mark.slow
 def test_dropout_before_and_after_the_relu_gives_the_same_groups_in_train_and_eval():
   model = DropoutMLP()
   x = jax.random.normal(jax.random.PRNGKey(1), (4, 5))
@@ -289,6 +292,7 @@ class NNXDropoutCNN(nnx.Module):
     return self.out(x)
 
 
+@pytest.mark.slow
 def test_nnx_dropout_cnn_has_the_same_groups_in_train_and_eval_mode():
   model = NNXDropoutCNN(nnx.Rngs(0))
   x = jax.random.normal(jax.random.PRNGKey(1), (3, 8, 8, 2))
@@ -313,6 +317,7 @@ def test_nnx_dropout_cnn_has_the_same_groups_in_train_and_eval_mode():
 # --- a deep stack --------------------------------------------------------------------------
 # (its discovery time is measured by experiments/bench_capture.py, not asserted here)
 
+@pytest.mark.slow
 def test_discovery_of_a_12_block_gpt_finds_every_ffn():
   model = GPT(vocab_size=40, context_length=32, width=64, num_heads=2, ffn_width=256,
               num_layers=12)

@@ -39,6 +39,7 @@ def test_the_pages_have_code():
   assert FRAGMENTS, 'no fragment found: the fragment test would test nothing'
 
 
+@pytest.mark.slow
 def test_readme_linen_example_runs(capsys):
   namespace = _run(_block('@nn.compact'), {})
   assert 'resets' in capsys.readouterr().out
@@ -52,6 +53,7 @@ def test_readme_nnx_example_runs():
   assert int(ages['layers/0'][...].max()) <= 16   # one batch of examples at most
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('library,groups', [
     ('equinox', ['layers/0', 'layers/1']), ('haiku', ['mlp/~/linear_0', 'mlp/~/linear_1'])])
 def test_guide_equinox_and_haiku_examples_run(library, groups, capsys):
@@ -68,6 +70,7 @@ def test_every_self_contained_block_runs(page, block, capsys):
   capsys.readouterr()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('page,block', FRAGMENTS,
                          ids=[f'{p}:{i}' for i, (p, _) in enumerate(FRAGMENTS)])
 def test_fragments_run_after_the_linen_example(page, block, capsys):

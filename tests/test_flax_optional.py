@@ -6,6 +6,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 _SCRIPT = textwrap.dedent('''
     import importlib.abc, sys
 
@@ -57,6 +59,7 @@ _SCRIPT = textwrap.dedent('''
 ''')
 
 
+@pytest.mark.slow
 def test_snr_trains_a_plain_function_with_flax_imports_blocked(tmp_path):
   env = dict(os.environ, JAX_PLATFORMS='cpu')
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

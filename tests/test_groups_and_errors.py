@@ -10,6 +10,7 @@ import pytest
 import snr_jax
 
 
+@pytest.mark.slow
 def test_discovers_mlp_groups(mlp):
   model, params, x = mlp
   groups = snr_jax.discover_groups(model, params, x)
@@ -18,6 +19,7 @@ def test_discovers_mlp_groups(mlp):
   assert groups[1].outgoing[0].path == ('Dense_2', 'kernel')   # output layer: outgoing only
 
 
+@pytest.mark.slow
 def test_discovers_cnn_groups_with_flatten(cnn):
   model, params, x = cnn
   groups = snr_jax.discover_groups(model, params, x)
@@ -25,6 +27,7 @@ def test_discovers_cnn_groups_with_flatten(cnn):
   assert groups[1].outgoing[0].path == ('Dense_0', 'kernel')
 
 
+@pytest.mark.slow
 def test_discovers_only_the_ffn_in_a_transformer(gpt):
   model, params, x = gpt
   groups = snr_jax.discover_groups(model, params, x)

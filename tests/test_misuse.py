@@ -22,6 +22,7 @@ def _step(opt, setup, **kwargs):
   return opt.update(grads, state, params, **kwargs)
 
 
+@pytest.mark.slow
 def test_numpy_scalar_hyperparameters_work_like_python_ones(setup):
   groups = setup[0]
   kw = dict(tau_min=np.int32(4), tau_max=np.int64(400), expansion=np.float32(2),
@@ -83,6 +84,7 @@ def test_end_of_task_must_be_a_bool(setup, flag):
     _step(snr_jax.snr(optax.sgd(0.1), setup[0]), setup, end_of_task=flag)
 
 
+@pytest.mark.slow
 def test_end_of_task_accepts_bools_and_traced_bools(setup):
   opt = snr_jax.snr(optax.sgd(0.1), setup[0])
   _step(opt, setup, end_of_task=np.bool_(True))
@@ -105,6 +107,7 @@ def test_empty_batch_is_rejected(setup):
     _step(snr_jax.snr(optax.sgd(0.1), groups), setup, activations=empty)
 
 
+@pytest.mark.slow
 def test_update_with_params_of_another_model_is_a_clear_error():
   import flax.linen as nn
 
@@ -126,6 +129,7 @@ def test_update_with_params_of_another_model_is_a_clear_error():
               activations={'hidden': -jnp.ones((3, 8))})
 
 
+@pytest.mark.slow
 def test_nan_activations_count_as_silent_and_an_opt_in_check_names_the_group():
   from jax.experimental import checkify
   group = snr_jax.dense_group('h', 3, layer='Dense_0', consumer='Dense_1')

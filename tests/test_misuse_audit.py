@@ -27,6 +27,7 @@ def _step(opt, setup, params=None, grads=None, **kwargs):
 
 # --- should have worked -------------------------------------------------------------
 
+@pytest.mark.slow
 def test_numpy_integer_period_and_maturity_work_like_python_ints(setup):
   groups = setup[3]
   cases = [(snr_jax.redo, dict(period=np.int64(2))),
@@ -62,6 +63,7 @@ def test_frozen_dict_variables_work_like_dicts(setup):
     jax.tree.map(np.testing.assert_array_equal, got, want_acts)
 
 
+@pytest.mark.slow
 def test_lbfgs_inside_snr_runs_and_resets_its_param_shaped_state(setup):
   model, params, x, groups, _, _ = setup
   tx = snr_jax.snr(optax.lbfgs(), groups, tau_init=4, tau_min=4, tau_max=4)
@@ -177,6 +179,7 @@ def test_params_with_an_extra_layer_are_named(setup, inner):
 
 # --- silently accepted, now refused --------------------------------------------------
 
+@pytest.mark.slow
 def test_apply_gradients_refuses_a_plain_optimizer(setup):
   model, params, _, groups, acts, grads = setup
   plain = train_state.TrainState.create(apply_fn=model.apply, params=params, tx=optax.adam(1e-3))

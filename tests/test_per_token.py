@@ -161,6 +161,7 @@ def test_rule_hand_checked_ages_counts_resets_and_refresh():
   np.testing.assert_array_equal(s4.rule.estimator['g0'].count, [2, 2, 8])
 
 
+@pytest.mark.slow
 def test_random_refresh_draws_per_unit():
   r = snr_jax.self_normalized_resets(_groups(200), estimator='per_token', eta=0.1,
                                      schedule=snr_jax.at_random(0.5))
@@ -173,6 +174,7 @@ def test_random_refresh_draws_per_unit():
   np.testing.assert_array_equal(thr[~refreshed], 10)
 
 
+@pytest.mark.slow
 def test_silent_unit_is_reset_after_expected_positions_then_fires():
   n, d = 4, 3
   group = snr_jax.NeuronGroup('g0', n, (
@@ -216,6 +218,7 @@ def _one_position(fired_rows):
   return [np.where(f, 1.0, -1.0).astype(np.float32)[None, :] for f in fired_rows]
 
 
+@pytest.mark.slow
 def test_one_position_per_step_matches_geometric_estimate():
   n_units, steps = 16, 12
   rng = np.random.default_rng(0)
@@ -241,6 +244,7 @@ def test_one_position_per_step_matches_geometric_estimate():
   assert len(set(expected)) > 2
 
 
+@pytest.mark.slow
 def test_one_position_per_step_differs_by_no_doubling():
   # period 1: fires every step (τ -> ⌈3.0⌉ = 3 under both); period 2: every other
   # step, never aged 3 (no resets), estimate ⌈3.0·10/6⌉ = 5 >= 3: geometric doubles to 6,
@@ -255,6 +259,7 @@ def test_one_position_per_step_differs_by_no_doubling():
   assert int(s_geo[-1].rule.thresholds['g0'][0]) == 6
 
 
+@pytest.mark.slow
 def test_several_positions_per_step_count_examples_not_batches():
   # B = 4, the unit fires in 2 of 4 examples of every batch: per-token mean gap 2
   # examples, geometric one batch (4 examples).
@@ -326,6 +331,7 @@ def _gpt_run(model, params, groups, tokens, key, inner=None, **hp):
   return p, s, trace
 
 
+@pytest.mark.slow
 def test_gpt_ffn_group_counts_and_ages(gpt_setup):
   model, params, groups, tokens = gpt_setup
   assert len(groups) == 1 and groups[0].size == 256
@@ -350,6 +356,7 @@ def test_gpt_ffn_group_counts_and_ages(gpt_setup):
   assert int(info['resets'][name]) == int(resets[-1].sum())
 
 
+@pytest.mark.slow
 def test_gpt_vmap_over_seeds_equals_separate_runs(gpt_setup):
   model, params, groups, tokens = gpt_setup
   # SGD: Adam turns float noise in near-zero gradients into lr-sized steps, so vmapped

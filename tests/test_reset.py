@@ -52,6 +52,7 @@ def test_dense_slices(mlp):
   np.testing.assert_array_equal(new['Dense_1']['bias'], params['Dense_1']['bias'])
 
 
+@pytest.mark.slow
 def test_fresh_incoming_weights_follow_the_layer_initializer():
   import flax.linen as nn
 
@@ -117,6 +118,7 @@ def test_initializer_overrides_are_checked():
     snr_jax.discover_groups(m, x, initializers={'layers/2/kernel': nnx.initializers.ones})
 
 
+@pytest.mark.slow
 def test_conv_and_conv_to_dense_slices(cnn):
   model, params, x = cnn
   params = _nonzero_params(params)
@@ -227,6 +229,7 @@ def test_optimizer_state_zeroed_on_exactly_the_reset_slices(name, mlp):
   assert len(checked) == 3 * moments
 
 
+@pytest.mark.slow
 def test_factored_optimizer_state_keeps_its_shapes(mlp):
   # Adafactor factors a kernel's second moment into row and column vectors and keeps
   # (1,) placeholders beside a vector's full one: only param-shaped leaves are zeroed

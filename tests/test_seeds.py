@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 from flax import linen as nn
 
 import snr_jax
@@ -37,6 +38,7 @@ def _tx(groups, seed=0):
   return snr_jax.snr(optax.sgd(0.0), groups, tau_init=3, tau_min=3, tau_max=3, key=seed)
 
 
+@pytest.mark.slow
 def test_vmapped_init_over_members_params_gives_independent_streams():
   _, params, groups = _members()
   tx = _tx(groups)
@@ -59,6 +61,7 @@ def test_optimizers_built_per_member_with_their_own_seed_are_independent():
   assert not np.allclose(fresh[0], fresh[1])
 
 
+@pytest.mark.slow
 def test_shrink_perturb_members_initialised_together_draw_their_own_noise():
   _, params, _ = _members()
   init_fn = lambda k: Net().init(k, X)['params']

@@ -26,6 +26,7 @@ def _setup():
   return model, x, params, snr_jax.discover_groups(model, params, x)
 
 
+@pytest.mark.slow
 def test_train_state_step_passes_activations():
   model, x, params, groups = _setup()
   tx = snr_jax.snr(optax.sgd(0.1), groups)

@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 import snr_jax
 
@@ -53,6 +54,7 @@ def _transform_run(model, params, groups, inner, xs, ys, seed=0, jit=True):
   return carry, resets
 
 
+@pytest.mark.slow
 def test_transform_and_pure_function_agree(mlp):
   model, params, groups, inner = _setup(mlp)
   xs, ys = _data(12)
@@ -83,6 +85,7 @@ def test_transform_and_pure_function_agree(mlp):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_jit_and_no_jit_identical(mlp):
   model, params, groups, inner = _setup(mlp)
   xs, ys = _data(6)
@@ -108,6 +111,7 @@ def _scan_run(model, params, groups, inner, xs, ys, key):
   return p, resets
 
 
+@pytest.mark.slow
 def test_vmap_over_seeds_equals_separate_runs(mlp):
   model, params, groups, inner = _setup(mlp)
   xs, ys = _data(10)
@@ -125,6 +129,7 @@ def test_vmap_over_seeds_equals_separate_runs(mlp):
   assert not np.allclose(p_v['Dense_0']['kernel'][0], p_v['Dense_0']['kernel'][1])
 
 
+@pytest.mark.slow
 def test_scan_equals_python_loop(mlp):
   model, params, groups, inner = _setup(mlp)
   xs, ys = _data(8)
@@ -171,6 +176,7 @@ def test_end_of_task_signal_inside_jit_refreshes_thresholds():
   np.testing.assert_array_equal(s.resets.rule.thresholds['h'], [4, 4])
 
 
+@pytest.mark.slow
 def test_reset_metrics_reports_resets_dead_fraction_and_thresholds(mlp):
   model, params, groups, inner = _setup(mlp)
   xs, ys = _data(1)
@@ -186,6 +192,7 @@ def test_reset_metrics_reports_resets_dead_fraction_and_thresholds(mlp):
   assert set(snr_jax.reset_metrics(st, nested=True)['resets']) == {'Dense_0', 'Dense_1'}
 
 
+@pytest.mark.slow
 def test_named_vmap_axis_gives_the_same_results(mlp):
   model, params, groups, inner = _setup(mlp)
   xs, ys = _data(10)

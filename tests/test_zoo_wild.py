@@ -210,6 +210,7 @@ def dopamine_truth(head):
   return sorted(out)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('head', ['c51', 'dueling'])
 def test_dopamine_dqn_with_initializer_built_in_call(head):
   model = DopamineNet(head=head)
@@ -236,6 +237,7 @@ def test_dopamine_dqn_with_initializer_built_in_call(head):
   assert_reset_is_confined(apply, params, groups)
 
 
+@pytest.mark.slow
 def test_an_initializer_that_cannot_be_recovered_warns_at_discovery_and_steps_run():
   class InputScaled(nn.Module):
     @nn.compact
@@ -294,6 +296,7 @@ class Lm1bLike(nn.Module):
         nn.initializers.xavier_uniform(), ('embed', 'vocab')), name='logits')(x)
 
 
+@pytest.mark.slow
 def test_lm1b_block_with_logically_partitioned_params_kept_boxed():
   model = Lm1bLike()
   tokens = jax.random.randint(KEY, (4, 5), 0, 11)
@@ -349,6 +352,7 @@ class ShardedMLP(nn.Module):
     return x
 
 
+@pytest.mark.slow
 def test_sharding_guide_mlp_trained_with_partitioned_params():
   mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1), ('data', 'model'))
   model = ShardedMLP(mesh)
@@ -438,6 +442,7 @@ EQX = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name', sorted(EQX))
 def test_equinox_model_trained_through_partition_and_combine(name):
   make, shape, expected = EQX[name]
@@ -491,6 +496,7 @@ class NNXMLP(nnx.Module):
     return self.head(x)
 
 
+@pytest.mark.slow
 def test_nnx_mlp_logged_from_the_optimizer_state():
   model = NNXMLP(nnx.Rngs(0))
   x = jax.random.normal(KEY, (4, 5))

@@ -70,6 +70,7 @@ def _snapshot(directory: pathlib.Path) -> dict:
           if p.is_file()}
 
 
+@pytest.mark.slow
 def test_refused_run_leaves_the_directory_untouched(data_dir, tmp_path, capsys):
   base = ['permuted_mnist', '--num-tasks', '2', '--examples-per-task', '32',
           '--data-dir', str(data_dir), '--no-progress', '--out', str(tmp_path / 'r'),
@@ -209,6 +210,7 @@ def test_per_token_estimator_through_the_cli(method, data_dir, tmp_path):
   assert len(results.read_metrics(out)) == 2
 
 
+@pytest.mark.slow
 def test_per_token_rejects_expansion_through_the_cli(data_dir, tmp_path, capsys):
   with pytest.raises(SystemExit) as e:
     cli.main(['permuted_shakespeare', '--method', 'snr', '--num-tasks', '1',

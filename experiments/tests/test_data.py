@@ -155,6 +155,7 @@ def class_data(num_classes: int = 10, per: int = 7):
   return images, labels
 
 
+@pytest.mark.slow
 def test_class_pair_task_selects_first_images_of_two_distinct_classes():
   images, labels = class_data()
   task = jax.jit(D.class_pair_task, static_argnames=('per_class', 'num_classes'))

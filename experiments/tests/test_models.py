@@ -61,6 +61,7 @@ def test_cnn_shapes_and_params(conv_impl):
   assert out.shape == (4, 2)
 
 
+@pytest.mark.slow
 def test_cnn_impls_agree():
   x = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
   fast = CNN(conv_impl='im2col', pool_impl='reshape')
@@ -106,6 +107,7 @@ def test_gpt_shapes():
 # ------------------------------------------------------------------- Im2colConv vs nn.Conv
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('kernel_size,strides,in_ch,padding', [
     ((5, 5), 1, 3, 'VALID'),
     ((5, 5), 1, 3, 'SAME'),
@@ -141,6 +143,7 @@ def test_im2col_matches_conv(padding, kernel_size, strides, in_ch):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_im2col_fields_and_batch_dims():
   conv = Im2colConv(4, 3)
   assert conv.kernel_size == 3 and conv.padding == 'VALID'
@@ -161,6 +164,7 @@ def test_im2col_fields_and_batch_dims():
     jax.eval_shape(Im2colConv(4, 3, padding='CIRCULAR').init, KEY, x)
 
 
+@pytest.mark.slow
 def test_max_pool_2x2_matches_nn_max_pool():
   for shape in [(2, 8, 6, 3), (1, 5, 7, 2)]:
     x = jax.random.normal(KEY, shape)
@@ -175,6 +179,7 @@ def test_max_pool_2x2_matches_nn_max_pool():
 # ------------------------------------------------------------------------------- GPT
 
 
+@pytest.mark.slow
 def test_gpt_is_causal():
   m = GPT(vocab_size=23, context_length=16)
   tok = jax.random.randint(jax.random.key(1), (2, 16), 0, 23)

@@ -111,6 +111,7 @@ def test_sweep_axis_equals_separate_runs(mnist):
     np.testing.assert_allclose(out['metrics']['accuracy'][i], m['accuracy'][0], rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_online_accuracy_is_measured_before_the_update(mnist):
   # One task of a single batch: its online accuracy and loss must be those of the
   # initial parameters, whatever the (huge) learning rate does to them.
@@ -243,6 +244,7 @@ def test_config_errors():
     ExperimentConfig(optimizer='rmsprop')
 
 
+@pytest.mark.slow
 def test_schedule_text_sets_when_snr_refreshes(mnist):
   # tau_init far above any gap: only a refresh can move a threshold off it
   def thresholds_after_one_task(**hp):
@@ -263,6 +265,7 @@ def test_schedule_text_sets_when_snr_refreshes(mnist):
       ExperimentConfig(method='snr', hparams={'schedule': bad})
 
 
+@pytest.mark.slow
 def test_width_sets_the_mlp_hidden_layers_and_only_the_mlp(mnist):
   cfg = ExperimentConfig('permuted_mnist', method='snr', num_tasks=1, width=24,
                          examples_per_task=32)
@@ -293,6 +296,7 @@ def test_model_vit_trains_the_small_vit_on_image_benchmarks(mnist):
     ExperimentConfig('random_label_cifar', model='resnet')
 
 
+@pytest.mark.slow
 def test_vocab_size_caps_the_words_to_the_most_frequent():
   text = _text()
   counts = np.bincount(text.tokens)
@@ -392,6 +396,7 @@ def test_auto_mode_runs_one_member_without_vmap():
   assert resolve_mode(mlp, 'vmap', 1) == 'vmap'         # asked for: kept
 
 
+@pytest.mark.slow
 def test_continual_imagenet_uses_every_class_once_per_round():
   # every image shows its class; 10 classes make rounds of 5 tasks with disjoint pairs
   from experiments.runner import _make_task  # pylint: disable=import-outside-toplevel
@@ -448,6 +453,7 @@ def test_bad_runs_are_refused_before_they_start(mnist, tmp_path):
   assert not (tmp_path / 'eta').exists() and not (tmp_path / 'seeds').exists()
 
 
+@pytest.mark.slow
 def test_an_interrupt_in_the_last_write_loses_no_results(mnist, tmp_path, monkeypatch):
   from experiments import results  # pylint: disable=import-outside-toplevel
   from experiments.driver import drive  # pylint: disable=import-outside-toplevel
@@ -470,6 +476,7 @@ def test_an_interrupt_in_the_last_write_loses_no_results(mnist, tmp_path, monkey
   assert len(results.read_metrics(tmp_path / 'r')) == 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('failing_step', [2, 4])   # a periodic save, the final one
 def test_a_failed_save_claims_nothing_and_blocks_no_rerun(mnist, tmp_path, monkeypatch,
                                                           failing_step):
