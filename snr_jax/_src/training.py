@@ -83,7 +83,7 @@ def reset_metrics(opt_state: Any, dead_after: int = 1000, *, nested: bool = Fals
   Returns:
     The figures, flat or nested.
 
-  Example:
+  Examples:
     >>> import jax.numpy as jnp, optax, snr_jax
     >>> params = {'l1': {'kernel': jnp.ones((3, 4)), 'bias': jnp.zeros(4)},
     ...           'l2': {'kernel': jnp.ones((4, 2))}}

@@ -339,7 +339,7 @@ def with_resets(inner: optax.GradientTransformation, resets: NeuronResets,
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
 
-  Example:
+  Examples:
     >>> import jax, jax.numpy as jnp, optax, snr_jax
     >>> params = {'l1': {'kernel': jnp.ones((3, 4)), 'bias': jnp.zeros(4)},
     ...           'l2': {'kernel': jnp.ones((4, 2))}}

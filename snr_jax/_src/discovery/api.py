@@ -75,7 +75,7 @@ def discover_groups(f: Any, *args, initializers: Optional[Mapping[str, Any]] = N
       from a second trace that computes constants concretely; one wrapped by
       ``nn.with_partitioning`` / ``nn.with_logical_partitioning`` is unwrapped.
 
-  Example:
+  Examples:
     >>> import jax, jax.numpy as jnp, snr_jax
     >>> def mlp(params, x):
     ...   return jax.nn.relu(x @ params['l1']['kernel']) @ params['l2']['kernel']
