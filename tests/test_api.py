@@ -181,6 +181,7 @@ def test_version_comes_from_package_metadata():
     assert snr_jax.__version__ == '0.0.0+unknown'
 
 
+@pytest.mark.slow
 def test_reset_state_is_the_step_the_optax_face_runs(mlp):
   model, params, x = mlp
   groups = snr_jax.discover_groups(model, params, x)

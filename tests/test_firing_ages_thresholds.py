@@ -57,6 +57,7 @@ def test_fires_over_tokens():
 
 # --- ages -------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_ages_grow_by_batch_size_in_examples():
   r = snr_jax.self_normalized_resets(_groups(3), tau_max=1000, tau_min=10)
   s = r.init({'w': jnp.zeros((1, 3))})
@@ -181,6 +182,7 @@ def test_refresh_only_touches_masked_neurons():
   np.testing.assert_array_equal(st2.counts.sum(axis=1), [0, 5])
 
 
+@pytest.mark.slow
 def test_refresh_happens_every_k_task_boundaries():
   r = snr_jax.self_normalized_resets(_groups(1), tau_init=50, tau_min=1, tau_max=100,
                                      schedule=snr_jax.every_n_tasks(2), eta=0.5)
@@ -238,6 +240,7 @@ def test_geometric_refresh():
   np.testing.assert_array_equal(st2.gap_sum, [0, 0, 0])
 
 
+@pytest.mark.slow
 def test_neuron_firing_every_batch_has_one_batch_mean_gap():
   r = snr_jax.self_normalized_resets(_groups(1), estimator='geometric', eta=0.05,
                                      tau_init=500, tau_min=1, tau_max=1000,

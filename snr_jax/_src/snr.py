@@ -2,9 +2,9 @@
 
 Each neuron's *age* counts the examples since it last fired. A neuron is reset when
 ``P(A_i ≥ a_i) ≤ η`` under its own inter-firing law, i.e. when its age reaches its
-threshold ``τ_i``, the ``(1 − η)`` quantile of its recorded gaps (SPEC §2–§5).
+threshold ``τ_i``, the ``(1 − η)`` quantile of its recorded gaps (design §2–§5).
 The threshold estimator (`snr_jax.thresholds`) says how a batch's firing moves
-the ages: for the per-token estimator (SPEC §3c) they count positions (tokens, spatial
+the ages: for the per-token estimator (design §3c) they count positions (tokens, spatial
 positions), see `position_ages`.
 
 References:
@@ -118,7 +118,7 @@ class SNRRule(ResetRule):
       ages[g.name] = jnp.where(reset, 0, age)
       masks[g.name] = reset
 
-    # Refresh thresholds after this step's resets (SPEC §5 step 5), all groups in one
+    # Refresh thresholds after this step's resets (design §5 step 5), all groups in one
     # conditional: the quantiles (a cumsum over every bin for the histogram) cost
     # nothing on the other steps.
     due, schedule = self.schedule.due(state.schedule, end_of_task,
@@ -173,7 +173,7 @@ def self_normalized_resets(
     eta: rejection percentile η in (0, 1): reset when ``P(A ≥ age) ≤ η``. Default
       0.08 (the authors' Permuted-MNIST notebook; their code's default is 0.01, their
       transformer runs use 0.05; their per-token sweep spans 0.01–0.4).
-    estimator: ``'histogram'`` (SPEC §3a, released code), ``'geometric'`` (§3b,
+    estimator: ``'histogram'`` (design §3a, released code), ``'geometric'`` (§3b,
       O(1) memory) or ``'per_token'`` (§3c, O(1) memory: per-position firing rates
       and ages in positions, for token models and other layouts with many positions
       per example; [`PerTokenEstimator`][snr_jax.PerTokenEstimator]).
@@ -213,7 +213,7 @@ def self_normalized_resets(
     state_budget: the most bytes SNR's state (ages, thresholds, estimator) may take;
       computed from shapes alone before anything is allocated (default 1 GiB). The
       histogram estimator holds ``tau_max + 1`` int32 counters per unit.
-    control_flow: how the step skips work it does not need (SPEC §10). ``'branch'``:
+    control_flow: how the step skips work it does not need (design §10). ``'branch'``:
       fresh weights are drawn under a ``lax.cond`` and thresholds refreshed under a
       zero-or-one-trip ``while_loop``, only on the steps that need them. ``'select'``:
       both run on every step and ``jnp.where`` keeps their results, so the lowered step
@@ -263,7 +263,7 @@ def self_normalized_resets(
   per_token = estimator == 'per_token'
   if per_token and expansion is not None:
     raise ValueError("estimator='per_token' sets τ to its estimate at a refresh, with no "
-                     'expansion (SPEC §3c); leave expansion unset.')
+                     'expansion (design §3c); leave expansion unset.')
   if per_token and batch_size is not None:
     raise ValueError("estimator='per_token' counts the positions of each pre-activation "
                      '(all axes but the last); leave batch_size unset.')
@@ -351,7 +351,7 @@ def snr(
   """Optax wrapper: ``inner`` with Self-Normalized Resets, as one optax transformation.
 
   ``update(grads, state, params, activations={group: pre-activation},
-  end_of_task=False, key=None)`` performs SPEC §5 steps 2–5: ages and gap records from
+  end_of_task=False, key=None)`` performs design §5 steps 2–5: ages and gap records from
   the batch's firing, the inner update, resets of units whose age reached their
   threshold (incoming weights re-drawn, outgoing weights and optimizer moments
   zeroed), and a threshold refresh when the schedule says so.
@@ -392,7 +392,7 @@ def snr(
   Raises:
     ValueError: as [`self_normalized_resets`][snr_jax.self_normalized_resets] does.
 
-  Example:
+  Examples:
     >>> import jax, jax.numpy as jnp, optax, snr_jax
     >>> def mlp(params, x):
     ...   return jax.nn.relu(x @ params['l1']['kernel']) @ params['l2']['kernel']
@@ -418,7 +418,7 @@ def snr(
 def dead_fraction(ages: jax.Array, dead_after: int = 1000) -> jax.Array:
   """Fraction of units whose age reached ``dead_after`` (in the ages' unit).
 
-  With batch-level ages (examples) that is SPEC §7's dead neuron: no firing for the last
+  With batch-level ages (examples) that is design §7's dead neuron: no firing for the last
   ``dead_after`` examples. With per-token ages (positions) a unit's age is its last
   within-batch mean gap ``⌊BT/c⌋ ≤ BT`` plus ``BT`` per silent batch since, so it counts
   as dead once that gap reaches ``dead_after`` positions; such a unit has been silent on
