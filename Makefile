@@ -3,7 +3,7 @@
 #   make quickstart   set up .venv, then run the quickstart on its bundled data
 #   make test         set up .venv, then lint and run every test (what .ci/run runs)
 #
-# Set-up (both): a virtual environment in $(VENV) with `pip install -e '.[dev]'` (the
+# Set-up (both): a virtual environment in $(VENV) with `pip install -e '.[dev,docs]'` (the
 # library with flax, the harness's extras, pytest, pytest-xdist, ruff, pre-commit, equinox,
 # dm-haiku) and, where root and apt-get are there, the optional Fashion-MNIST package.
 # It runs once; it reruns when pyproject.toml changes.
