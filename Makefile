@@ -4,7 +4,7 @@
 #   make test         set up .venv, then lint and run every test (what .ci/run runs)
 #
 # Set-up (both): a virtual environment in $(VENV) with `pip install -e '.[dev,docs]'` (the
-# library with flax, the harness's extras, pytest, pytest-xdist, ruff, pre-commit, equinox,
+# library with flax, the harness's extras, pytest, pytest-xdist, ruff, pyink, pre-commit, equinox,
 # dm-haiku) and, where root and apt-get are there, the optional Fashion-MNIST package.
 # It runs once; it reruns when pyproject.toml changes.
 #
@@ -33,6 +33,7 @@ quickstart: setup
 
 lint: setup
 	$(BIN)/ruff check .
+	$(BIN)/pyink --check .
 
 test: lint
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)

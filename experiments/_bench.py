@@ -21,6 +21,7 @@ def pin_cores(cores: int) -> int:
 def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
   """``(wall seconds, result)`` of one call of ``fn``, waiting until its result is ready."""
   import jax  # pylint: disable=import-outside-toplevel
+
   t = time.perf_counter()
   out = jax.block_until_ready(fn())
   return time.perf_counter() - t, out

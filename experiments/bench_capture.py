@@ -51,9 +51,12 @@ def main(argv=None):
   plain, sowing = MLP(), MLP(sown=True)
   params = plain.init(jax.random.PRNGKey(0), x)['params']
   groups = snr_jax.discover_groups(plain, params, x)
-  declared = [snr_jax.dense_group(g.name, g.size, layer=g.name, consumer=f'Dense_{i + 1}',
-                                  activation=(f'pre_{i}',))
-              for i, g in enumerate(groups)]
+  declared = [
+      snr_jax.dense_group(
+          g.name, g.size, layer=g.name, consumer=f'Dense_{i + 1}', activation=(f'pre_{i}',)
+      )
+      for i, g in enumerate(groups)
+  ]
   capture = snr_jax.with_preactivations(plain, groups)
 
   def sown(p, xb):
@@ -64,13 +67,15 @@ def main(argv=None):
     return capture({'params': p}, xb)
 
   sgd = optax.sgd(1e-2)
-  runs = {'hand-written sow': make_run(snr_jax.snr(sgd, declared), sown, args.steps, args.batch),
-          'with_preactivations': make_run(snr_jax.snr(sgd, groups), captured, args.steps,
-                                          args.batch)}
+  runs = {
+      'hand-written sow': make_run(snr_jax.snr(sgd, declared), sown, args.steps, args.batch),
+      'with_preactivations': make_run(snr_jax.snr(sgd, groups), captured, args.steps, args.batch),
+  }
   print('capture:')
   compare(runs, params, task_data(), args.steps, args.batch, args.reps, cores, 'hand-written sow')
 
   from experiments.models import GPT  # noqa: E402  (the harness's benchmark model)
+
   gpt = GPT(vocab_size=500, num_layers=12, scale=16)
   tokens = jnp.zeros((8, 128), jnp.int32)
   gparams = gpt.init(jax.random.PRNGKey(0), tokens)['params']

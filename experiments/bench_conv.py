@@ -12,6 +12,7 @@ Configurations (``--configs``): ``xla`` = nn.Conv + nn.max_pool (plain Flax),
 
     python -m experiments.bench_conv [--steps 1000] [--reps 3] [--configs ...] [--cores N]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -62,9 +63,11 @@ def bench(name, steps, reps, batch=16):
   run = make_runner(model, steps, batch)
   warm, (_, losses) = timed(lambda: run(params, images, labels))  # compile + warm-up
   med = median_time(lambda: run(params, images, labels), reps)
-  print(f'{name:>15}: {steps / med:9.1f} steps/s  (median of {reps}: {med:.3f} s for '
-        f'{steps} steps; compile+warm-up {warm:.1f} s; final loss {float(losses[-1]):.3f})',
-        flush=True)
+  print(
+      f'{name:>15}: {steps / med:9.1f} steps/s  (median of {reps}: {med:.3f} s for '
+      f'{steps} steps; compile+warm-up {warm:.1f} s; final loss {float(losses[-1]):.3f})',
+      flush=True,
+  )
   return steps / med
 
 

@@ -48,6 +48,7 @@ def make_run(optimizer, forward, steps, batch):
   final state too: a statistic that never reaches the output (an SNR gap histogram)
   would otherwise be dead code that XLA removes, and go untimed.
   """
+
   def loss_fn(params, x, y):
     out, acts = forward(params, x)
     return optax.softmax_cross_entropy_with_integer_labels(out, y).mean(), acts
@@ -59,16 +60,20 @@ def make_run(optimizer, forward, steps, batch):
     x = jax.lax.dynamic_slice_in_dim(data_x, start, batch)
     y = jax.lax.dynamic_slice_in_dim(data_y, start, batch)
     (loss, acts), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, x, y)
-    extra = {} if acts is None else {
-        'activations': acts, 'end_of_task': (i + 1) % (data_x.shape[0] // batch) == 0}
+    extra = (
+        {}
+        if acts is None
+        else {'activations': acts, 'end_of_task': (i + 1) % (data_x.shape[0] // batch) == 0}
+    )
     updates, state = optimizer.update(grads, state, params, **extra)
     return (optax.apply_updates(params, updates), state, data_x, data_y), loss
 
   @jax.jit
   def run(params, data_x, data_y):
     state = optimizer.init(params)
-    (params, state, *_), losses = jax.lax.scan(step, (params, state, data_x, data_y),
-                                               jnp.arange(steps))
+    (params, state, *_), losses = jax.lax.scan(
+        step, (params, state, data_x, data_y), jnp.arange(steps)
+    )
     return params, losses, state
 
   return run
@@ -81,8 +86,10 @@ TASK_EXAMPLES = 10_000
 def task_data():
   """``TASK_EXAMPLES`` random 784-pixel images and labels: one Permuted-MNIST-sized task."""
   kx, ky = jax.random.split(jax.random.PRNGKey(0))
-  return (jax.random.uniform(kx, (TASK_EXAMPLES, 784)),
-          jax.random.randint(ky, (TASK_EXAMPLES,), 0, 10))
+  return (
+      jax.random.uniform(kx, (TASK_EXAMPLES, 784)),
+      jax.random.randint(ky, (TASK_EXAMPLES,), 0, 10),
+  )
 
 
 def compare(runs, params, data, steps, batch, reps, cores, base):
@@ -93,11 +100,15 @@ def compare(runs, params, data, steps, batch, reps, cores, base):
   times = interleaved_times(calls, reps)
   medians = {name: statistics.median(ts) for name, ts in times.items()}
   ratios = {name: statistics.median(r) for name, r in round_ratios(times, base).items()}
-  print(f'{steps} steps, batch {batch}, median of {reps}, '
-        f'{jax.devices()[0].platform}, {cores} core(s)')
+  print(
+      f'{steps} steps, batch {batch}, median of {reps}, '
+      f'{jax.devices()[0].platform}, {cores} core(s)'
+  )
   for name, med in medians.items():
-    print(f'  {name:28s} {steps / med:10.0f} steps/s   ratio to {base} '
-          f'{med / medians[base]:6.3f} (per round {ratios[name]:6.3f})')
+    print(
+        f'  {name:28s} {steps / med:10.0f} steps/s   ratio to {base} '
+        f'{med / medians[base]:6.3f} (per round {ratios[name]:6.3f})'
+    )
   return medians
 
 
@@ -108,8 +119,7 @@ def mlp_setup(description: str, argv=None):
   parser.add_argument('--steps', type=int, default=10_000)
   parser.add_argument('--reps', type=int, default=5)
   parser.add_argument('--batch', type=int, default=16)
-  parser.add_argument('--cores', type=int, default=1,
-                      help='pin to this many cores (0: no pinning)')
+  parser.add_argument('--cores', type=int, default=1, help='pin to this many cores (0: no pinning)')
   args = parser.parse_args(argv)
   cores = pin_cores(args.cores)
   model = MLP()
@@ -123,12 +133,14 @@ def main(argv=None):
   while '--skip' in argv:
     i = argv.index('--skip')
     skip.add(argv[i + 1])
-    del argv[i:i + 2]
+    del argv[i : i + 2]
   args, cores, model, x, params = mlp_setup(__doc__.splitlines()[0], argv)
   groups = snr_jax.discover_groups(model, params, jax.random.normal(jax.random.PRNGKey(1), x.shape))
   sgd = optax.sgd(1e-2)
-  snr = lambda est, cf, **kw: (snr_jax.snr(sgd, groups, estimator=est, tau_max=20_000,
-                                           control_flow=cf, **kw), True)
+  snr = lambda est, cf, **kw: (
+      snr_jax.snr(sgd, groups, estimator=est, tau_max=20_000, control_flow=cf, **kw),
+      True,
+  )
   configs = {'sgd': (sgd, False)}
   for est in ('histogram', 'geometric'):
     for cf in ('branch', 'select'):
@@ -141,22 +153,29 @@ def main(argv=None):
   with_acts = lambda p, x: capture({'params': p}, x)
   # --skip: e.g. snr-histogram-select, whose every-step refresh (a cumsum over 20,001 bins
   # per unit) takes ~0.1 s a step on this CPU
-  runs = {name: make_run(opt, with_acts if s else plain, args.steps, args.batch)
-          for name, (opt, s) in configs.items() if name not in skip}
+  runs = {
+      name: make_run(opt, with_acts if s else plain, args.steps, args.batch)
+      for name, (opt, s) in configs.items()
+      if name not in skip
+  }
   compare(runs, params, task_data(), args.steps, args.batch, args.reps, cores, 'sgd')
-  print('SNR state per unit (ages, thresholds, estimator): ' + ', '.join(
-      f"{est} {state_bytes_per_unit(configs[f'snr-{est}-branch'][0]) :,} bytes"
-      for est in ('histogram', 'geometric')))
+  print(
+      'SNR state per unit (ages, thresholds, estimator): '
+      + ', '.join(
+          f"{est} {state_bytes_per_unit(configs[f'snr-{est}-branch'][0]) :,} bytes"
+          for est in ('histogram', 'geometric')
+      )
+  )
 
 
 def state_bytes_per_unit(opt) -> int:
   """Bytes of the optimizer's reset state per unit of the MLP's groups (from shapes)."""
-  shapes = jax.eval_shape(opt.init, MLP().init(jax.random.PRNGKey(0), jnp.ones((1, 784)))[
-      'params'])
+  shapes = jax.eval_shape(opt.init, MLP().init(jax.random.PRNGKey(0), jnp.ones((1, 784)))['params'])
   rule = shapes.resets.rule
   units = sum(a.shape[0] for a in rule.ages.values())
   leaves = jax.tree.leaves((rule.ages, rule.thresholds, rule.estimator))
   return sum(x.size * x.dtype.itemsize for x in leaves) // units
+
 
 if __name__ == '__main__':
   main()

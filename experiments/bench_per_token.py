@@ -31,11 +31,11 @@ from experiments.models.transformer import GPT
 
 def make_run(optimizer, groups, model, steps, batch, with_snr):
   """A whole run of ``steps`` Adam steps on random tokens, one compiled function."""
+
   def loss_fn(params, toks):
     x, y = toks[:, :-1], toks[:, 1:]
     if with_snr:
-      logits, acts = snr_jax.apply_with_preactivations(model, {'params': params}, x,
-                                                       groups=groups)
+      logits, acts = snr_jax.apply_with_preactivations(model, {'params': params}, x, groups=groups)
     else:
       logits, acts = model.apply({'params': params}, x), None
     return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), acts
@@ -67,38 +67,53 @@ def main(argv=None):
   parser.add_argument('--tokens', type=int, default=128)
   parser.add_argument('--vocab', type=int, default=300)
   parser.add_argument('--scale', type=int, default=1)
-  parser.add_argument('--cores', type=int, default=1,
-                      help='pin to this many cores (0: no pinning)')
+  parser.add_argument('--cores', type=int, default=1, help='pin to this many cores (0: no pinning)')
   args = parser.parse_args(argv)
   cores = pin_cores(args.cores)
 
   model = GPT(vocab_size=args.vocab, context_length=args.tokens, scale=args.scale)
-  data = jax.random.randint(jax.random.PRNGKey(0), (32 * args.batch, args.tokens + 1), 0,
-                            args.vocab)
-  params = model.init(jax.random.PRNGKey(1), data[:args.batch, :-1])['params']
-  groups = snr_jax.discover_groups(model, params, data[:args.batch, :-1])
+  data = jax.random.randint(
+      jax.random.PRNGKey(0), (32 * args.batch, args.tokens + 1), 0, args.vocab
+  )
+  params = model.init(jax.random.PRNGKey(1), data[: args.batch, :-1])['params']
+  groups = snr_jax.discover_groups(model, params, data[: args.batch, :-1])
   adam = optax.adam(1e-3)
   schedule = snr_jax.at_random(1e-3)
   configs = {
       'adam': (adam, False),
-      'snr-per_token': (snr_jax.snr(adam, groups, estimator='per_token', eta=0.05,
-                                    schedule=schedule), True),
-      'snr-geometric': (snr_jax.snr(adam, groups, estimator='geometric', eta=0.05,
-                                    tau_init=16 * args.batch, tau_min=args.batch,
-                                    schedule=schedule), True),
+      'snr-per_token': (
+          snr_jax.snr(adam, groups, estimator='per_token', eta=0.05, schedule=schedule),
+          True,
+      ),
+      'snr-geometric': (
+          snr_jax.snr(
+              adam,
+              groups,
+              estimator='geometric',
+              eta=0.05,
+              tau_init=16 * args.batch,
+              tau_min=args.batch,
+              schedule=schedule,
+          ),
+          True,
+      ),
   }
-  runs = {name: make_run(opt, groups, model, args.steps, args.batch, s)
-          for name, (opt, s) in configs.items()}
+  runs = {
+      name: make_run(opt, groups, model, args.steps, args.batch, s)
+      for name, (opt, s) in configs.items()
+  }
   for run in runs.values():  # compile
     jax.block_until_ready(run(params, data))
   times = {name: [] for name in runs}
-  for _ in range(args.reps):   # interleave, so drifts in machine load hit all alike
+  for _ in range(args.reps):  # interleave, so drifts in machine load hit all alike
     for name, run in runs.items():
       times[name].append(median_time(lambda run=run: jax.block_until_ready(run(params, data)), 1))
   base = statistics.median(times['adam'])
-  print(f'GPT scale {args.scale} ({groups[0].size} FFN units), {args.steps} steps, batch '
-        f'{args.batch} x {args.tokens} tokens, vocab {args.vocab}, median of {args.reps}, '
-        f'{jax.devices()[0].platform}, {cores} core(s)')
+  print(
+      f'GPT scale {args.scale} ({groups[0].size} FFN units), {args.steps} steps, batch '
+      f'{args.batch} x {args.tokens} tokens, vocab {args.vocab}, median of {args.reps}, '
+      f'{jax.devices()[0].platform}, {cores} core(s)'
+  )
   for name, ts in times.items():
     med = statistics.median(ts)
     print(f'{name:15s} {args.steps / med:8.1f} steps/s   ratio to adam {med / base:5.2f}')

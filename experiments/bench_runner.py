@@ -35,14 +35,20 @@ from experiments._bench import median_time, median_times, pin_cores, timed
 
 def _generated(name, n, shape, classes):
   from experiments.data import Dataset  # pylint: disable=import-outside-toplevel
+
   rng = np.random.default_rng(0)
-  return Dataset(name=name, source='generated (benchmark)',
-                 images=rng.integers(0, 256, (n, *shape), dtype=np.uint8),
-                 labels=rng.integers(0, classes, n).astype(np.int32), num_classes=classes)
+  return Dataset(
+      name=name,
+      source='generated (benchmark)',
+      images=rng.integers(0, 256, (n, *shape), dtype=np.uint8),
+      labels=rng.integers(0, classes, n).astype(np.int32),
+      num_classes=classes,
+  )
 
 
 def _mnist_like():
   from experiments import data  # pylint: disable=import-outside-toplevel
+
   try:
     return data.load_fashion_mnist(), 'fashion_mnist'
   except data.DatasetNotFoundError:
@@ -52,9 +58,9 @@ def _mnist_like():
 def runner_call(config, dataset, seeds, tasks, mode='auto'):
   """``run(tasks tasks)`` of the compiled runner from a fresh carry, compiled."""
   from experiments import runner  # pylint: disable=import-outside-toplevel
+
   mode = runner.default_mode(config, len(seeds)) if mode == 'auto' else mode
-  exp = runner.make_run(config, dataset,
-                        axis_name='members' if mode in ('vmap', 'mesh') else None)
+  exp = runner.make_run(config, dataset, axis_name='members' if mode in ('vmap', 'mesh') else None)
   init, run = runner.compile_batched(exp, mode, tasks)
   carry = init(runner.seed_keys(seeds), np.zeros(len(seeds), np.float32))
   call = lambda: run(carry, 0, tasks)
@@ -74,14 +80,14 @@ def bare_call(config, dataset, tasks, gather=False):
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   from experiments import data, runner  # pylint: disable=import-outside-toplevel
+
   exp = runner.make_run(config, dataset)
   carry = jax.jit(exp.init)(jax.random.PRNGKey(0), 0.0)
   n, batch = config.resolved('examples_per_task'), config.resolved('batch_size')
   steps = config.steps_per_task
   images, labels = exp.data['images'], exp.data['labels']
   task_x, task_y = data.permuted_task(images, labels, jax.random.PRNGKey(1), n)
-  idx, perm = data.permuted_task_indices(jax.random.PRNGKey(1), images.shape[0],
-                                         task_x.shape[1], n)
+  idx, perm = data.permuted_task_indices(jax.random.PRNGKey(1), images.shape[0], task_x.shape[1], n)
 
   @jax.jit
   def run(params, opt_state, task_x, task_y):
@@ -97,8 +103,7 @@ def bare_call(config, dataset, tasks, gather=False):
       else:
         xb = jax.lax.dynamic_slice_in_dim(task_x, start, batch)
         yb = jax.lax.dynamic_slice_in_dim(task_y, start, batch)
-      params, opt_state, (loss, acc, _) = train(params, opt_state, xb, yb,
-                                                i % steps == steps - 1)
+      params, opt_state, (loss, acc, _) = train(params, opt_state, xb, yb, i % steps == steps - 1)
       return (params, opt_state), (loss, acc)
 
     return jax.lax.scan(step, (params, opt_state), jnp.arange(tasks * steps))
@@ -119,8 +124,10 @@ def runner_against_bare(config, dataset, tasks, reps, profile=False):
   adds the runner vmapped over its one member (``'runner, vmap over 1'``) and the bare
   step with the runner's batch gather (``'bare + gather'``), which split the runner's
   extra time."""
-  calls = {'runner': runner_call(config, dataset, [0], tasks),
-           'bare': bare_call(config, dataset, tasks)}
+  calls = {
+      'runner': runner_call(config, dataset, [0], tasks),
+      'bare': bare_call(config, dataset, tasks),
+  }
   if profile:
     calls['runner, vmap over 1'] = runner_call(config, dataset, [0], tasks, mode='vmap')
     calls['bare + gather'] = bare_call(config, dataset, tasks, gather=True)
@@ -143,20 +150,32 @@ def main(argv=None):
   parser.add_argument('--cores', type=int, default=1, help='pin to this many cores (0: none)')
   parser.add_argument('--skip-full', action='store_true', help='skip the 500-task run')
   parser.add_argument('--skip-seeds', action='store_true', help='skip the 8-seed runs')
-  parser.add_argument('--profile', action='store_true',
-                      help='also time the runner vmapped over its one member and the bare '
-                      "step with the runner's batch gather")
-  parser.add_argument('--only-ratio', action='store_true',
-                      help='only the runner / bare ratios (implies --skip-full --skip-seeds, '
-                      'no CIFAR)')
-  parser.add_argument('--mesh-devices', type=int, default=0,
-                      help='only compare 8 seeds vmapped on one device with the same on a '
-                      'mesh of this many devices (virtual CPU devices on CPU)')
+  parser.add_argument(
+      '--profile',
+      action='store_true',
+      help='also time the runner vmapped over its one member and the bare '
+      "step with the runner's batch gather",
+  )
+  parser.add_argument(
+      '--only-ratio',
+      action='store_true',
+      help='only the runner / bare ratios (implies --skip-full --skip-seeds, ' 'no CIFAR)',
+  )
+  parser.add_argument(
+      '--mesh-devices',
+      type=int,
+      default=0,
+      help='only compare 8 seeds vmapped on one device with the same on a '
+      'mesh of this many devices (virtual CPU devices on CPU)',
+  )
   args = parser.parse_args(argv)
   if args.mesh_devices:
     import os  # pylint: disable=import-outside-toplevel
-    os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
-                               f' --xla_force_host_platform_device_count={args.mesh_devices}')
+
+    os.environ['XLA_FLAGS'] = (
+        os.environ.get('XLA_FLAGS', '')
+        + f' --xla_force_host_platform_device_count={args.mesh_devices}'
+    )
   if args.only_ratio:
     args.skip_full = args.skip_seeds = True
   cores = pin_cores(args.cores)
@@ -166,38 +185,50 @@ def main(argv=None):
   from experiments.runner import run_experiment  # pylint: disable=import-outside-toplevel
 
   mnist, name = _mnist_like()
-  print(f'{jax.default_backend()}, {cores} core(s); permuted data: {mnist.name} '
-        f'({mnist.source}); median of {args.reps}')
+  print(
+      f'{jax.default_backend()}, {cores} core(s); permuted data: {mnist.name} '
+      f'({mnist.source}); median of {args.reps}'
+  )
   if args.mesh_devices:
     if jax.device_count() != args.mesh_devices:
-      raise SystemExit(f'asked for {args.mesh_devices} devices, JAX sees '
-                       f'{jax.device_count()}: run this in a fresh process.')
+      raise SystemExit(
+          f'asked for {args.mesh_devices} devices, JAX sees '
+          f'{jax.device_count()}: run this in a fresh process.'
+      )
     for method in ('none', 'snr'):
       cfg = ExperimentConfig('permuted_mnist', method=method, dataset=name)
       sps = mesh_against_vmap(cfg, mnist, list(range(8)), args.tasks, args.reps)
-      print(f"permuted MLP  {method:5s} 8 seeds: vmap on 1 device {sps['vmap'] * 8:8.0f} "
-            f"seed-steps/s; mesh on {args.mesh_devices} devices {sps['mesh'] * 8:8.0f} "
-            f"seed-steps/s; mesh / vmap throughput {sps['mesh'] / sps['vmap']:5.2f}")
+      print(
+          f"permuted MLP  {method:5s} 8 seeds: vmap on 1 device {sps['vmap'] * 8:8.0f} "
+          f"seed-steps/s; mesh on {args.mesh_devices} devices {sps['mesh'] * 8:8.0f} "
+          f"seed-steps/s; mesh / vmap throughput {sps['mesh'] / sps['vmap']:5.2f}"
+      )
     return
   for method in ('none', 'snr'):
     cfg = ExperimentConfig('permuted_mnist', method=method, dataset=name)
     sps = runner_against_bare(cfg, mnist, args.tasks, args.reps, args.profile)
     for what, value in sps.items():
       label = 'runner, 1 seed' if what == 'runner' else what
-      print(f'permuted MLP  {method:5s} {label:19s}: {value:8.0f} steps/s; time / bare step '
-            f'{sps["bare"] / value:5.2f}')
+      print(
+          f'permuted MLP  {method:5s} {label:19s}: {value:8.0f} steps/s; time / bare step '
+          f'{sps["bare"] / value:5.2f}'
+      )
     if not args.skip_seeds:
       sps = steps_per_second(cfg, mnist, list(range(8)), args.tasks, args.reps)
-      print(f'permuted MLP  {method:5s} 8 seed(s): {sps:8.0f} steps/s '
-            f'({sps * 8:8.0f} seed-steps/s)')
+      print(
+          f'permuted MLP  {method:5s} 8 seed(s): {sps:8.0f} steps/s '
+          f'({sps * 8:8.0f} seed-steps/s)'
+      )
 
   if not args.skip_full:
     cfg = ExperimentConfig('permuted_mnist', method='snr', dataset=name)
     wall, out = timed(lambda: run_experiment(cfg, mnist, seeds=[0]))
     steps = cfg.resolved('num_tasks') * cfg.steps_per_task
-    print(f'full Permuted protocol, SNR, 1 seed: {cfg.resolved("num_tasks")} tasks, '
-          f'{steps} steps in {wall:.1f} s (compile included), last-10% accuracy '
-          f'{out["metrics"]["accuracy"][0, -50:].mean():.3f}')
+    print(
+        f'full Permuted protocol, SNR, 1 seed: {cfg.resolved("num_tasks")} tasks, '
+        f'{steps} steps in {wall:.1f} s (compile included), last-10% accuracy '
+        f'{out["metrics"]["accuracy"][0, -50:].mean():.3f}'
+    )
 
   if args.only_ratio:
     return

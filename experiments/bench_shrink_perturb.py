@@ -29,5 +29,6 @@ def main(argv=None):
   runs = {name: make_run(opt, plain, args.steps, args.batch) for name, opt in configs.items()}
   compare(runs, params, task_data(), args.steps, args.batch, args.reps, cores, 'sgd')
 
+
 if __name__ == '__main__':
   main()

@@ -40,22 +40,43 @@ class Protocol:
 
 PROTOCOLS: dict[str, Protocol] = {
     'permuted_mnist': Protocol('permuted_mnist', 'mnist', 'permuted', 'mlp', 500, 10_000, 1, 16),
-    'random_label_mnist': Protocol('random_label_mnist', 'mnist', 'random_label', 'mlp', 50,
-                                   1_200, 400, 16),
-    'random_label_cifar': Protocol('random_label_cifar', 'cifar10', 'random_label', 'cnn', 50,
-                                   128, 400, 16),
-    'continual_imagenet': Protocol('continual_imagenet', 'imagenet32', 'class_pair', 'cnn', 500,
-                                   1_200, 10, 100, num_outputs=2),
+    'random_label_mnist': Protocol(
+        'random_label_mnist', 'mnist', 'random_label', 'mlp', 50, 1_200, 400, 16
+    ),
+    'random_label_cifar': Protocol(
+        'random_label_cifar', 'cifar10', 'random_label', 'cnn', 50, 128, 400, 16
+    ),
+    'continual_imagenet': Protocol(
+        'continual_imagenet', 'imagenet32', 'class_pair', 'cnn', 500, 1_200, 10, 100, num_outputs=2
+    ),
     # 100 epochs of 32 batches of 8 sequences of 128 tokens: 256 sequences per task.
-    'permuted_shakespeare': Protocol('permuted_shakespeare', 'shakespeare', 'permuted_vocab',
-                                     'gpt', 500, 256, 100, 8, num_outputs=0,
-                                     optimizer='adam', learning_rate=1e-3),
+    'permuted_shakespeare': Protocol(
+        'permuted_shakespeare',
+        'shakespeare',
+        'permuted_vocab',
+        'gpt',
+        500,
+        256,
+        100,
+        8,
+        num_outputs=0,
+        optimizer='adam',
+        learning_rate=1e-3,
+    ),
 }
 
 IMAGE_MODELS = ('cnn', 'vit')
 
-SWEEPABLE = ('learning_rate', 'eta', 'strength', 'shrink', 'sigma', 'threshold',
-             'replacement_rate', 'decay')
+SWEEPABLE = (
+    'learning_rate',
+    'eta',
+    'strength',
+    'shrink',
+    'sigma',
+    'threshold',
+    'replacement_rate',
+    'decay',
+)
 
 
 SCHEDULE_FORMS = {'tasks': 'every_n_tasks', 'steps': 'every_n_steps', 'random': 'at_random'}
@@ -71,10 +92,12 @@ def refresh_schedule(text: Any):
     ValueError: for any other value, naming the three forms.
   """
   import snr_jax  # pylint: disable=import-outside-toplevel
+
   forms = "'tasks:K', 'steps:N' or 'random:P'"
   if not isinstance(text, str) or text.count(':') != 1:
-    raise ValueError(f'schedule must be a string {forms} (e.g. --set schedule=tasks:4), '
-                     f'got {text!r}.')
+    raise ValueError(
+        f'schedule must be a string {forms} (e.g. --set schedule=tasks:4), ' f'got {text!r}.'
+    )
   kind, value = (part.strip() for part in text.split(':'))
   if kind not in SCHEDULE_FORMS:
     raise ValueError(f'unknown refresh schedule {kind!r} in {text!r}: use {forms}.')
@@ -144,6 +167,7 @@ class ExperimentConfig:
 
   def __post_init__(self):
     from snr_jax._src.methods import METHODS, method_hyperparameters  # pylint: disable=import-outside-toplevel
+
     if self.benchmark not in PROTOCOLS:
       raise ValueError(f'unknown benchmark {self.benchmark!r}: choose one of {sorted(PROTOCOLS)}.')
     if self.method not in METHODS:
@@ -151,30 +175,47 @@ class ExperimentConfig:
     valid = set(method_hyperparameters(self.method)) - {'key'}
     unknown = sorted(set(self.hparams) - valid)
     if unknown:
-      raise ValueError(f'unknown hyperparameter(s) {unknown} for method {self.method!r}: '
-                       f'valid ones are {sorted(valid)}.')
-    method_hparams(self.hparams)   # a bad schedule is an error before anything runs
+      raise ValueError(
+          f'unknown hyperparameter(s) {unknown} for method {self.method!r}: '
+          f'valid ones are {sorted(valid)}.'
+      )
+    method_hparams(self.hparams)  # a bad schedule is an error before anything runs
     if self.optimizer is not None and self.optimizer not in ('sgd', 'adam'):
       raise ValueError(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}.")
-    for name in ('num_tasks', 'examples_per_task', 'epochs', 'batch_size', 'model_scale',
-                 'width', 'vocab_size', 'dead_after'):
+    for name in (
+        'num_tasks',
+        'examples_per_task',
+        'epochs',
+        'batch_size',
+        'model_scale',
+        'width',
+        'vocab_size',
+        'dead_after',
+    ):
       v = getattr(self, name)
       if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
         raise ValueError(f'{name} must be a positive int, got {v!r}.')
     if self.width is not None and self.protocol.model != 'mlp':
-      raise ValueError(f'width sets the MLP\'s hidden width; {self.benchmark!r} trains a '
-                       f'{self.protocol.model.upper()}.')
+      raise ValueError(
+          f"width sets the MLP's hidden width; {self.benchmark!r} trains a "
+          f'{self.protocol.model.upper()}.'
+      )
     if self.vocab_size is not None:
       if self.protocol.task != 'permuted_vocab':
-        raise ValueError(f'vocab_size caps a text benchmark\'s vocabulary; {self.benchmark!r} '
-                         'is not one.')
+        raise ValueError(
+            f"vocab_size caps a text benchmark's vocabulary; {self.benchmark!r} " 'is not one.'
+        )
       if self.vocab_size < 2:
-        raise ValueError(f'vocab_size must be at least 2 (a word and the unknown token), '
-                         f'got {self.vocab_size}.')
+        raise ValueError(
+            f'vocab_size must be at least 2 (a word and the unknown token), '
+            f'got {self.vocab_size}.'
+        )
     if self.model is not None:
       if self.protocol.model != 'cnn':
-        raise ValueError(f'model chooses the network of an image benchmark that trains the '
-                         f'CNN; {self.benchmark!r} trains a {self.protocol.model.upper()}.')
+        raise ValueError(
+            f'model chooses the network of an image benchmark that trains the '
+            f'CNN; {self.benchmark!r} trains a {self.protocol.model.upper()}.'
+        )
       if self.model not in IMAGE_MODELS:
         raise ValueError(f'model must be one of {IMAGE_MODELS}, got {self.model!r}.')
     if self.learning_rate is not None and not self.learning_rate > 0:
@@ -182,17 +223,22 @@ class ExperimentConfig:
     if not 0 <= self.momentum < 1:
       raise ValueError(f'momentum must be in [0, 1), got {self.momentum!r}.')
     if self.hparams.get('check_finite'):
-      raise ValueError('check_finite needs the train step run under checkify, which the '
-                       'runner does not do; leave it unset here (it is for your own step).')
+      raise ValueError(
+          'check_finite needs the train step run under checkify, which the '
+          'runner does not do; leave it unset here (it is for your own step).'
+      )
     batch, examples = self.resolved('batch_size'), self.resolved('examples_per_task')
     if batch is not None and examples is not None and batch > examples:
-      raise ValueError(f'batch_size ({batch}) must not exceed examples_per_task ({examples}); '
-                       'either may be the protocol\'s default: set the other.')
+      raise ValueError(
+          f'batch_size ({batch}) must not exceed examples_per_task ({examples}); '
+          "either may be the protocol's default: set the other."
+      )
     if self.sweep is not None:
       name, values = self.sweep
       if name not in SWEEPABLE:
-        raise ValueError(f'cannot sweep {name!r} with vmap: sweepable hyperparameters are '
-                         f'{list(SWEEPABLE)}.')
+        raise ValueError(
+            f'cannot sweep {name!r} with vmap: sweepable hyperparameters are ' f'{list(SWEEPABLE)}.'
+        )
       if name != 'learning_rate' and name not in valid:
         raise ValueError(f'method {self.method!r} has no hyperparameter {name!r} to sweep.')
       if name in self.hparams:
@@ -200,8 +246,9 @@ class ExperimentConfig:
       if not values:
         raise ValueError('a sweep needs at least one value.')
       if len(set(values)) != len(values):
-        raise ValueError(f'the sweep of {name!r} repeats a value ({list(values)}); give each '
-                         'once.')
+        raise ValueError(
+            f'the sweep of {name!r} repeats a value ({list(values)}); give each ' 'once.'
+        )
       if name == 'learning_rate':
         if self.learning_rate is not None:
           raise ValueError('learning_rate is both swept and fixed; give it once.')
@@ -227,17 +274,27 @@ class ExperimentConfig:
 
   @property
   def steps_per_task(self) -> int:
-    return self.resolved('epochs') * (self.resolved('examples_per_task')
-                                      // self.resolved('batch_size'))
+    return self.resolved('epochs') * (
+        self.resolved('examples_per_task') // self.resolved('batch_size')
+    )
 
   def to_dict(self) -> dict[str, Any]:
     d = dataclasses.asdict(self)
-    for name in ('width', 'model', 'vocab_size'):   # runs recorded before these fields
-      if d[name] is None:                          # existed keep their fingerprints
+    for name in ('width', 'model', 'vocab_size'):  # runs recorded before these fields
+      if d[name] is None:  # existed keep their fingerprints
         del d[name]
     d['hparams'] = dict(self.hparams)
-    d['resolved'] = {k: self.resolved(k) for k in ('optimizer', 'learning_rate', 'num_tasks',
-                                                    'examples_per_task', 'epochs', 'batch_size')}
+    d['resolved'] = {
+        k: self.resolved(k)
+        for k in (
+            'optimizer',
+            'learning_rate',
+            'num_tasks',
+            'examples_per_task',
+            'epochs',
+            'batch_size',
+        )
+    }
     d['resolved']['dataset'] = self.dataset_name
     d['resolved']['steps_per_task'] = self.steps_per_task
     return d

@@ -20,10 +20,19 @@ class _Stopped(Exception):
   """Raised between chunks to end a run early (``stop_after``)."""
 
 
-def drive(config: ExperimentConfig, dataset, seeds: Sequence[int], out: pathlib.Path, *,
-          checkpoint_every: int = 25, tasks_per_call: int = 5, mode: str = 'auto',
-          progress: bool = True, stop_after: Optional[int] = None,
-          batch_devices: int = 1) -> dict:
+def drive(
+    config: ExperimentConfig,
+    dataset,
+    seeds: Sequence[int],
+    out: pathlib.Path,
+    *,
+    checkpoint_every: int = 25,
+    tasks_per_call: int = 5,
+    mode: str = 'auto',
+    progress: bool = True,
+    stop_after: Optional[int] = None,
+    batch_devices: int = 1,
+) -> dict:
   """Runs (or resumes) an experiment, writing its results into ``out``.
 
   Tasks run ``tasks_per_call`` at a time from task 0, so an interrupted run resumes on
@@ -49,16 +58,24 @@ def drive(config: ExperimentConfig, dataset, seeds: Sequence[int], out: pathlib.
     The summary (headline per sweep value).
   """
   from tqdm.auto import tqdm  # pylint: disable=import-outside-toplevel
+
   out = pathlib.Path(out).absolute()
   total = config.resolved('num_tasks')
   record = results.config_record(config, seeds, dataset.name, dataset.source)
   fp = results.fingerprint(record)
   results.check_resumable(out, fp)  # a refused run leaves the directory as it was
-  members = [{'seed': s, 'sweep_value': v} for s in seeds
-             for v in (config.sweep[1] if config.sweep else (0.0,))]
+  members = [
+      {'seed': s, 'sweep_value': v}
+      for s in seeds
+      for v in (config.sweep[1] if config.sweep else (0.0,))
+  ]
   writer = results.is_writer()
-  bar = tqdm(total=total, desc=f'{config.benchmark} {config.method}', unit='task',
-             disable=not (progress and writer))
+  bar = tqdm(
+      total=total,
+      desc=f'{config.benchmark} {config.method}',
+      unit='task',
+      disable=not (progress and writer),
+  )
   latest = {'saved': 0}
   restored = {'done': 0}
 
@@ -83,17 +100,17 @@ def drive(config: ExperimentConfig, dataset, seeds: Sequence[int], out: pathlib.
       results.write_metrics(out, metrics, members, total, saved_tasks=latest['saved'])
 
   def save(done, state):
-    with _signals_deferred():   # a checkpoint is written whole, and then marked saved
+    with _signals_deferred():  # a checkpoint is written whole, and then marked saved
       results.save_checkpoint(out, fp, done, state['carry'], state['metrics'])
       latest['saved'] = done
 
   def on_chunk(done, state):
-    latest.update(state)   # first, so that an interrupt from here on can checkpoint it
+    latest.update(state)  # first, so that an interrupt from here on can checkpoint it
     metrics = _history(state['metrics'])
-    publish(metrics)       # before the save: a save that fails loses no results
+    publish(metrics)  # before the save: a save that fails loses no results
     if done - latest['saved'] >= checkpoint_every or done == total:
       save(done, state)
-      if done == total and writer:   # only now does the summary say complete
+      if done == total and writer:  # only now does the summary say complete
         results.write_summary(out, metrics, members, total, saved_tasks=done)
     bar.update(done - bar.n)
     bar.set_postfix(accuracy=f'{float(np.mean(metrics["accuracy"][:, -1])):.3f}')
@@ -103,8 +120,16 @@ def drive(config: ExperimentConfig, dataset, seeds: Sequence[int], out: pathlib.
       raise _Stopped
 
   try:
-    out_run = run_experiment(config, dataset, seeds, mode=mode, chunk_tasks=tasks_per_call,
-                             on_chunk=on_chunk, restore=restore, batch_devices=batch_devices)
+    out_run = run_experiment(
+        config,
+        dataset,
+        seeds,
+        mode=mode,
+        chunk_tasks=tasks_per_call,
+        on_chunk=on_chunk,
+        restore=restore,
+        batch_devices=batch_devices,
+    )
   except _Stopped:
     metrics = _history(latest['metrics'])
     summary = results.summarize(metrics, members, total, saved_tasks=latest['saved'])
@@ -116,8 +141,7 @@ def drive(config: ExperimentConfig, dataset, seeds: Sequence[int], out: pathlib.
     raise
   finally:
     bar.close()
-  summary = results.summarize(out_run['metrics'], members, total,
-                              saved_tasks=latest['saved'])
+  summary = results.summarize(out_run['metrics'], members, total, saved_tasks=latest['saved'])
   summary['resumed_from'] = out_run['resumed_from']
   return summary
 
@@ -136,13 +160,13 @@ def _signals_deferred():
   Only the main thread can set handlers, and only it runs them; a handler installed
   outside Python (``getsignal`` is None) cannot be put back, so it is left alone."""
   signals = (signal.SIGINT, signal.SIGTERM)
-  if (threading.current_thread() is not threading.main_thread()
-      or any(signal.getsignal(s) is None for s in signals)):
+  if threading.current_thread() is not threading.main_thread() or any(
+      signal.getsignal(s) is None for s in signals
+  ):
     yield
     return
   caught = []
-  held = {s: signal.signal(s, lambda signum, frame: caught.append(signum))
-          for s in signals}
+  held = {s: signal.signal(s, lambda signum, frame: caught.append(signum)) for s in signals}
   try:
     yield
   finally:

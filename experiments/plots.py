@@ -17,8 +17,9 @@ def load_run(run: pathlib.Path) -> dict[str, dict[str, np.ndarray]]:
   """``{label: {'accuracy': (seeds, tasks), 'dead_fraction': (seeds, tasks)}}``."""
   run = pathlib.Path(run)
   if not (run / 'metrics.csv').exists():
-    raise FileNotFoundError(f'{run} holds no metrics.csv: is it a result directory of '
-                            'python -m experiments.cli?')
+    raise FileNotFoundError(
+        f'{run} holds no metrics.csv: is it a result directory of ' 'python -m experiments.cli?'
+    )
   record = json.loads((run / 'config.json').read_text())
   cfg = record['config']
   rows = read_metrics(run)
@@ -33,13 +34,15 @@ def load_run(run: pathlib.Path) -> dict[str, dict[str, np.ndarray]]:
     label = cfg['method'] + (f" {cfg['sweep'][0]}={value:g}" if cfg.get('sweep') else '')
     seeds = sorted(k for k in series if k[0] == value)
     n = min(len(series[k]['accuracy']) for k in seeds)
-    out[label] = {m: np.array([series[k][m][:n] for k in seeds])
-                  for m in ('accuracy', 'dead_fraction')}
+    out[label] = {
+        m: np.array([series[k][m][:n] for k in seeds]) for m in ('accuracy', 'dead_fraction')
+    }
   return out
 
 
-def plot_runs(runs: Sequence[pathlib.Path], path: pathlib.Path,
-              title: Optional[str] = None) -> pathlib.Path:
+def plot_runs(
+    runs: Sequence[pathlib.Path], path: pathlib.Path, title: Optional[str] = None
+) -> pathlib.Path:
   """Writes a PNG with two panels (accuracy, dead fraction) for the given runs."""
   if not runs:
     raise ValueError('give at least one result directory to plot.')
@@ -54,8 +57,11 @@ def plot_runs(runs: Sequence[pathlib.Path], path: pathlib.Path,
         (line,) = ax.plot(tasks, mean, label=f'{label} ({y.shape[0]} seeds)')
         ax.fill_between(tasks, mean - std, mean + std, color=line.get_color(), alpha=0.2)
   axes[0].set(xlabel='task', ylabel='online accuracy', title='Accuracy per task')
-  axes[1].set(xlabel='task', ylabel='fraction of dead units',
-              title='Dead units (no firing in 1,000 examples)')
+  axes[1].set(
+      xlabel='task',
+      ylabel='fraction of dead units',
+      title='Dead units (no firing in 1,000 examples)',
+  )
   axes[0].legend()
   return _save(plt, fig, path, title)
 
@@ -70,10 +76,11 @@ def _smooth(y: np.ndarray, window: int) -> np.ndarray:
 
 def _figure(nrows: int, ncols: int, size: tuple[float, float]):
   import matplotlib  # pylint: disable=import-outside-toplevel
+
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
-  fig, axes = plt.subplots(nrows, ncols, figsize=(size[0] * ncols, size[1] * nrows),
-                           squeeze=False)
+
+  fig, axes = plt.subplots(nrows, ncols, figsize=(size[0] * ncols, size[1] * nrows), squeeze=False)
   return plt, fig, axes
 
 
@@ -88,8 +95,9 @@ def _save(plt, fig, path: pathlib.Path, title: Optional[str]) -> pathlib.Path:
   return path
 
 
-def plot_study_curves(rows: Sequence[dict], path: pathlib.Path,
-                      title: Optional[str] = None) -> pathlib.Path:
+def plot_study_curves(
+    rows: Sequence[dict], path: pathlib.Path, title: Optional[str] = None
+) -> pathlib.Path:
   """A study's final cells: accuracy and dead fraction per task, one row per optimizer.
 
   Args:
@@ -106,6 +114,7 @@ def plot_study_curves(rows: Sequence[dict], path: pathlib.Path,
   if not final:
     raise ValueError('no final cells to draw.')
   from snr_jax._src.methods import METHODS  # pylint: disable=import-outside-toplevel
+
   order = {m: i for i, m in enumerate(METHODS)}
   optimizers = sorted({r['optimizer'] for r in final})
   plt, fig, axes = _figure(len(optimizers), 2, (6.0, 3.6))
@@ -117,11 +126,18 @@ def plot_study_curves(rows: Sequence[dict], path: pathlib.Path,
       for ax, name in zip(ax_row, ('accuracy', 'dead_fraction')):
         y = series[name].mean(axis=0)
         window = max(1, y.shape[0] // 50)
-        ax.plot(np.arange(1, y.shape[0] + 1), _smooth(y, window), lw=1.2,
-                label=f"{method} ({series[name].shape[0]} seeds)")
+        ax.plot(
+            np.arange(1, y.shape[0] + 1),
+            _smooth(y, window),
+            lw=1.2,
+            label=f'{method} ({series[name].shape[0]} seeds)',
+        )
     ax_row[0].set(xlabel='task', ylabel='online accuracy', title=f'{opt}: accuracy per task')
-    ax_row[1].set(xlabel='task', ylabel='fraction of dead units',
-                  title=f'{opt}: dead units (silent for 1,000 examples)')
+    ax_row[1].set(
+        xlabel='task',
+        ylabel='fraction of dead units',
+        title=f'{opt}: dead units (silent for 1,000 examples)',
+    )
     ax_row[0].legend(fontsize=7, ncol=2)
   return _save(plt, fig, path, title)
 
@@ -145,8 +161,15 @@ def plot_spread(scores: dict, path: pathlib.Path, title: Optional[str] = None) -
       means = np.array([s['mean'] for s in scores[key]])
       ax.plot([x, x], [means.min(), means.max()], color='0.6', lw=3, zorder=1)
       ax.scatter(np.full(means.shape, x), means, s=14, zorder=2)
-      ax.annotate(f'{means.max() - means.min():.3f}', (x, means.max()), fontsize=7,
-                  ha='center', va='bottom', xytext=(0, 3), textcoords='offset points')
+      ax.annotate(
+          f'{means.max() - means.min():.3f}',
+          (x, means.max()),
+          fontsize=7,
+          ha='center',
+          va='bottom',
+          xytext=(0, 3),
+          textcoords='offset points',
+      )
     ax.set_xticks(range(len(keys)), [k[3] for k in keys], rotation=30, ha='right', fontsize=8)
     ax.set(ylabel='last-10% online accuracy', title=f'{opt}: spread over each grid')
   return _save(plt, fig, path, title)

@@ -18,14 +18,28 @@ from experiments.plots import plot_runs
 
 # Permuted digits: 1,000 of the 1,797 images per task, 1 epoch of batches of 16; a high
 # learning rate makes units die quickly without intervention.
-PROTOCOL = ['--dataset', 'digits', '--examples-per-task', '1000', '--lr', '0.1',
-            '--seeds', '3', '--tasks-per-call', '25', '--checkpoint-every', '100']
+PROTOCOL = [
+    '--dataset',
+    'digits',
+    '--examples-per-task',
+    '1000',
+    '--lr',
+    '0.1',
+    '--seeds',
+    '3',
+    '--tasks-per-call',
+    '25',
+    '--checkpoint-every',
+    '100',
+]
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog='python -m experiments.quickstart',
-                                   description=__doc__.splitlines()[0],
-                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+  parser = argparse.ArgumentParser(
+      prog='python -m experiments.quickstart',
+      description=__doc__.splitlines()[0],
+      formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+  )
   parser.add_argument('--num-tasks', type=int, default=300, help='tasks per run')
   parser.add_argument('--out', default='runs/quickstart', help='output directory')
   parser.add_argument('--no-progress', action='store_true', help='no progress bar')
@@ -34,8 +48,16 @@ def main(argv=None) -> int:
   runs = []
   for method in ('none', 'snr'):
     run_dir = out / method
-    flags = ['permuted_mnist', '--method', method, '--num-tasks', str(args.num_tasks),
-             '--out', str(run_dir), *PROTOCOL]
+    flags = [
+        'permuted_mnist',
+        '--method',
+        method,
+        '--num-tasks',
+        str(args.num_tasks),
+        '--out',
+        str(run_dir),
+        *PROTOCOL,
+    ]
     if args.no_progress:
       flags.append('--no-progress')
     code = cli.main(flags)

@@ -56,15 +56,20 @@ def is_writer() -> bool:
 
 def config_record(config, seeds: Sequence[int], dataset: str, source: str) -> dict:
   d = config.to_dict()
-  d['hparams'] = {k: (repr(v) if not isinstance(v, (int, float, str, bool)) else v)
-                  for k, v in d['hparams'].items()}
+  d['hparams'] = {
+      k: (repr(v) if not isinstance(v, (int, float, str, bool)) else v)
+      for k, v in d['hparams'].items()
+  }
   return {'config': d, 'seeds': list(seeds), 'dataset': dataset, 'source': source}
 
 
 def fingerprint(record: dict) -> str:
   """Hash of what determines the results (config and seeds, not the output paths)."""
-  key = json.dumps({'config': record['config'], 'seeds': record['seeds'],
-                    'dataset': record['dataset']}, sort_keys=True, default=str)
+  key = json.dumps(
+      {'config': record['config'], 'seeds': record['seeds'], 'dataset': record['dataset']},
+      sort_keys=True,
+      default=str,
+  )
   return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
@@ -87,16 +92,17 @@ def check_resumable(out: pathlib.Path, fp: str) -> None:
     found.append((out / 'checkpoint' / str(latest[1]), _read_meta(*latest)['fingerprint']))
   legacy = out / 'checkpoint' / _LEGACY
   if legacy.exists():
-    found.append((legacy, serialization.msgpack_restore(legacy.read_bytes())
-                  .get('fingerprint')))
+    found.append((legacy, serialization.msgpack_restore(legacy.read_bytes()).get('fingerprint')))
   for path, other in found:
     if other != fp:
       raise ValueError(_other_run(path))
 
 
 def _other_run(path) -> str:
-  return (f'{path} was written by a run with a different config or seeds; resume with the '
-          'same flags, or use a new --out directory.')
+  return (
+      f'{path} was written by a run with a different config or seeds; resume with the '
+      'same flags, or use a new --out directory.'
+  )
 
 
 def write_config(out: pathlib.Path, record: dict) -> None:
@@ -109,9 +115,14 @@ def metrics_rows(metrics: dict, members: Sequence[dict], first_task: int = 0) ->
   acc = np.asarray(metrics['accuracy'])
   for i, m in enumerate(members):
     for t in range(acc.shape[1]):
-      row = {'seed': m['seed'], 'sweep_value': m['sweep_value'], 'task': first_task + t,
-             'accuracy': float(acc[i, t]), 'loss': float(metrics['loss'][i, t]),
-             'weight_magnitude': float(metrics['weight_magnitude'][i, t])}
+      row = {
+          'seed': m['seed'],
+          'sweep_value': m['sweep_value'],
+          'task': first_task + t,
+          'accuracy': float(acc[i, t]),
+          'loss': float(metrics['loss'][i, t]),
+          'weight_magnitude': float(metrics['weight_magnitude'][i, t]),
+      }
       for g, v in sorted(metrics['resets'].items()):
         row[f'resets/{g}'] = int(v[i, t])
       for g, v in sorted(metrics['dead_fraction'].items()):
@@ -120,8 +131,9 @@ def metrics_rows(metrics: dict, members: Sequence[dict], first_task: int = 0) ->
   return rows
 
 
-def summarize(metrics: dict, members: Sequence[dict], total_tasks: int, *,
-              saved_tasks: int) -> dict:
+def summarize(
+    metrics: dict, members: Sequence[dict], total_tasks: int, *, saved_tasks: int
+) -> dict:
   """Headline per sweep value.
 
   ``complete`` says whether all tasks have run and the checkpoint after the last one
@@ -130,10 +142,14 @@ def summarize(metrics: dict, members: Sequence[dict], total_tasks: int, *,
   """
   acc = np.asarray(metrics['accuracy'])
   done = int(acc.shape[1])
-  out = {'metric': 'online accuracy, mean over the last 10% of tasks, mean ± std over seeds',
-         'tasks_done': done, 'tasks_total': total_tasks, 'tasks_checkpointed': saved_tasks,
-         'complete': done == total_tasks and saved_tasks == total_tasks,
-         'by_sweep_value': []}
+  out = {
+      'metric': 'online accuracy, mean over the last 10% of tasks, mean ± std over seeds',
+      'tasks_done': done,
+      'tasks_total': total_tasks,
+      'tasks_checkpointed': saved_tasks,
+      'complete': done == total_tasks and saved_tasks == total_tasks,
+      'by_sweep_value': [],
+  }
   values = sorted({m['sweep_value'] for m in members})
   for v in values:
     idx = [i for i, m in enumerate(members) if m['sweep_value'] == v]
@@ -144,8 +160,9 @@ def summarize(metrics: dict, members: Sequence[dict], total_tasks: int, *,
   return out
 
 
-def write_metrics(out: pathlib.Path, metrics: dict, members: Sequence[dict],
-                  total_tasks: int, *, saved_tasks: int) -> dict:
+def write_metrics(
+    out: pathlib.Path, metrics: dict, members: Sequence[dict], total_tasks: int, *, saved_tasks: int
+) -> dict:
   """Writes ``metrics.csv`` and ``summary.json`` (see :func:`summarize`)."""
   rows = metrics_rows(metrics, members)
   tmp = out / 'metrics.csv.tmp'
@@ -157,8 +174,9 @@ def write_metrics(out: pathlib.Path, metrics: dict, members: Sequence[dict],
   return write_summary(out, metrics, members, total_tasks, saved_tasks=saved_tasks)
 
 
-def write_summary(out: pathlib.Path, metrics: dict, members: Sequence[dict],
-                  total_tasks: int, *, saved_tasks: int) -> dict:
+def write_summary(
+    out: pathlib.Path, metrics: dict, members: Sequence[dict], total_tasks: int, *, saved_tasks: int
+) -> dict:
   summary = summarize(metrics, members, total_tasks, saved_tasks=saved_tasks)
   _atomic_write(out / 'summary.json', json.dumps(summary, indent=2).encode())
   return summary
@@ -169,15 +187,15 @@ def read_metrics(out: pathlib.Path) -> list[dict]:
     return list(csv.DictReader(f))
 
 
-_LEGACY = 'state.msgpack'   # the checkpoint file of run directories from before orbax
+_LEGACY = 'state.msgpack'  # the checkpoint file of run directories from before orbax
 
 
 def _manager(out: pathlib.Path, create: bool):
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
   # orbax (0.12.7, 0.12.8) refuses relative paths, and the user's --out usually is one
   options = ocp.CheckpointManagerOptions(
-      max_to_keep=1, create=create, enable_async_checkpointing=False,
-      cleanup_tmp_directories=create)
+      max_to_keep=1, create=create, enable_async_checkpointing=False, cleanup_tmp_directories=create
+  )
   return ocp.CheckpointManager((out / 'checkpoint').absolute(), options=options)
 
 
@@ -185,7 +203,7 @@ def _latest(out: pathlib.Path):
   """``(manager, step)`` of the newest complete orbax checkpoint in ``out``, or None."""
   directory = out / 'checkpoint'
   if not (directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())):
-    return None   # nothing to read: no manager, so nothing is touched
+    return None  # nothing to read: no manager, so nothing is touched
   manager = _manager(out, create=False)
   step = manager.latest_step()
   return None if step is None else (manager, step)
@@ -193,18 +211,26 @@ def _latest(out: pathlib.Path):
 
 def _read_meta(manager, step: int) -> dict:
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+
   return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
 
 
 def save_checkpoint(out: pathlib.Path, fp: str, done: int, carry: Any, chunks: list) -> None:
   """Checkpoints the carry and the metrics so far (orbax; every process must call it)."""
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+
   history = jax.tree.map(lambda *xs: np.concatenate(xs, axis=1), *chunks)
   manager = _manager(out, create=True)
   try:
-    manager.save(done, force=True, args=ocp.args.Composite(
-        carry=ocp.args.StandardSave(carry), history=ocp.args.StandardSave(history),
-        meta=ocp.args.JsonSave({'fingerprint': fp, 'done': done})))
+    manager.save(
+        done,
+        force=True,
+        args=ocp.args.Composite(
+            carry=ocp.args.StandardSave(carry),
+            history=ocp.args.StandardSave(history),
+            meta=ocp.args.JsonSave({'fingerprint': fp, 'done': done}),
+        ),
+    )
     manager.wait_until_finished()
   except BaseException:
     # a half-written checkpoint must not be left to block or confuse the rerun
@@ -238,12 +264,17 @@ def load_checkpoint(out: pathlib.Path, fp: str, carry_template: Any) -> Optional
   if latest is None:
     return _load_legacy(out, fp, carry_template)
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+
   manager, step = latest
   meta = _read_meta(manager, step)
   if meta['fingerprint'] != fp:
     raise ValueError(_other_run(out / 'checkpoint' / str(step)))
-  state = manager.restore(step, args=ocp.args.Composite(
-      carry=ocp.args.StandardRestore(carry_template), history=ocp.args.StandardRestore()))
+  state = manager.restore(
+      step,
+      args=ocp.args.Composite(
+          carry=ocp.args.StandardRestore(carry_template), history=ocp.args.StandardRestore()
+      ),
+  )
   history = jax.tree.map(np.asarray, state['history'])
   return {'done': int(meta['done']), 'carry': state['carry'], 'metrics': [history]}
 

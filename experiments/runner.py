@@ -38,11 +38,12 @@ from snr_jax._src.transform import find_reset_state
 
 class Carry(NamedTuple):
   """Everything a run carries from one task to the next (one seed)."""
+
   params: Any
   opt_state: Any
-  ages: dict[str, jax.Array]   # examples since each unit last fired (for dead fraction)
-  stream_key: jax.Array        # the task stream's key
-  sweep_value: jax.Array       # the swept hyperparameter's value (0 if no sweep)
+  ages: dict[str, jax.Array]  # examples since each unit last fired (for dead fraction)
+  stream_key: jax.Array  # the task stream's key
+  sweep_value: jax.Array  # the swept hyperparameter's value (0 if no sweep)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +64,7 @@ class Experiment:
       benchmarks).
     model: the Flax module it trains.
   """
+
   config: ExperimentConfig
   dataset_name: str
   dataset_source: str
@@ -79,8 +81,9 @@ def _host_data(config: ExperimentConfig, dataset: snr_data.Dataset) -> dict[str,
   task = config.protocol.task
   if task == 'permuted_vocab':
     if dataset.tokens is None:
-      raise ValueError(f'benchmark {config.benchmark!r} needs a text dataset, got '
-                       f'{dataset.name!r}.')
+      raise ValueError(
+          f'benchmark {config.benchmark!r} needs a text dataset, got ' f'{dataset.name!r}.'
+      )
     tokens = np.asarray(dataset.tokens, np.int32)
     if config.vocab_size is not None:
       # ids are frequency ranks (the loader's vocabulary is sorted by frequency), so the
@@ -88,20 +91,28 @@ def _host_data(config: ExperimentConfig, dataset: snr_data.Dataset) -> dict[str,
       tokens = np.minimum(tokens, config.vocab_size - 1)
     return {'tokens': tokens}
   if dataset.images is None:
-    raise ValueError(f'benchmark {config.benchmark!r} needs an image dataset, got '
-                     f'{dataset.name!r}.')
+    raise ValueError(
+        f'benchmark {config.benchmark!r} needs an image dataset, got ' f'{dataset.name!r}.'
+    )
   n = config.resolved('examples_per_task')
   if task != 'class_pair' and n > len(dataset):
-    raise ValueError(f'examples_per_task={n} but {dataset.name} has only {len(dataset)} '
-                     'images; lower examples_per_task.')
+    raise ValueError(
+        f'examples_per_task={n} but {dataset.name} has only {len(dataset)} '
+        'images; lower examples_per_task.'
+    )
   if task == 'class_pair':
     # checked here: under jit a missing image would silently be image 0, mislabelled
-    fewest = int(np.bincount(np.asarray(dataset.labels).reshape(-1),
-                             minlength=max(dataset.num_classes, 1)).min())
+    fewest = int(
+        np.bincount(
+            np.asarray(dataset.labels).reshape(-1), minlength=max(dataset.num_classes, 1)
+        ).min()
+    )
     if n // 2 > fewest:
-      raise ValueError(f'examples_per_task={n} takes {n // 2} images of each class of a '
-                       f'pair, but a class of {dataset.name} has only {fewest}; lower '
-                       f'examples_per_task to at most {2 * fewest}.')
+      raise ValueError(
+          f'examples_per_task={n} takes {n // 2} images of each class of a '
+          f'pair, but a class of {dataset.name} has only {fewest}; lower '
+          f'examples_per_task to at most {2 * fewest}.'
+      )
   return {'images': np.asarray(dataset.images), 'labels': np.asarray(dataset.labels, np.int32)}
 
 
@@ -110,8 +121,14 @@ def task_key(stream_key: jax.Array, task_index) -> jax.Array:
   return jax.random.fold_in(stream_key, task_index)
 
 
-def _make_task(config: ExperimentConfig, data: dict, task_index, stream_key,
-               num_classes: int, axis_name: Optional[str] = None):
+def _make_task(
+    config: ExperimentConfig,
+    data: dict,
+    task_index,
+    stream_key,
+    num_classes: int,
+    axis_name: Optional[str] = None,
+):
   """Task ``task_index`` of the stream as ``(lookup, labels)``: ``lookup(batch_indices)``
   gives a batch's inputs.
 
@@ -129,17 +146,20 @@ def _make_task(config: ExperimentConfig, data: dict, task_index, stream_key,
   key = task_key(stream_key, task_index)
   if p.task == 'permuted':
     images = data['images']
-    idx, perm = snr_data.permuted_task_indices(key, images.shape[0],
-                                               int(np.prod(images.shape[1:])), n, axis_name)
+    idx, perm = snr_data.permuted_task_indices(
+        key, images.shape[0], int(np.prod(images.shape[1:])), n, axis_name
+    )
     lookup = lambda b: snr_data.to_float(images[idx[b]].reshape(b.shape[0], -1)[:, perm])
     return lookup, data['labels'][idx]
   if p.task == 'class_pair':
-    idx, y = snr_data.class_pair_indices(data['labels'], stream_key, task_index, n // 2,
-                                         num_classes)
+    idx, y = snr_data.class_pair_indices(
+        data['labels'], stream_key, task_index, n // 2, num_classes
+    )
     return lambda b: snr_data.to_float(data['images'][idx[b]]), y
   if p.task == 'random_label':
-    x, y = snr_data.random_label_task(data['images'], data['labels'], key, n,
-                                      num_classes=num_classes, flatten=p.model == 'mlp')
+    x, y = snr_data.random_label_task(
+        data['images'], data['labels'], key, n, num_classes=num_classes, flatten=p.model == 'mlp'
+    )
   else:
     x, y = snr_data.permuted_vocab_task(data['tokens'], num_classes, key, p.seq_len, n)
   return lambda b: x[b], y
@@ -148,8 +168,7 @@ def _make_task(config: ExperimentConfig, data: dict, task_index, stream_key,
 def _model(config: ExperimentConfig, num_outputs: int, image_shape=None):
   p = config.protocol
   if p.model == 'gpt':
-    return models.GPT(vocab_size=num_outputs, context_length=p.seq_len,
-                      scale=config.model_scale)
+    return models.GPT(vocab_size=num_outputs, context_length=p.seq_len, scale=config.model_scale)
   if config.model_name == 'vit':
     return models.vit_for(image_shape, num_outputs)
   if p.model == 'cnn':
@@ -190,17 +209,27 @@ def check_discovered_groups(model, groups: Sequence[NeuronGroup]) -> Sequence[Ne
     missing, extra = declared - found, found - declared
     raise ValueError(
         f'{type(model).__name__}: discovered neuron groups differ from its '
-        f'neuron_group_paths(): ' + '; '.join(
-            part for part in (missing and f'not found: {fmt(missing)}',
-                              extra and f'not declared: {fmt(extra)}') if part)
+        f'neuron_group_paths(): '
+        + '; '.join(
+            part
+            for part in (
+                missing and f'not found: {fmt(missing)}',
+                extra and f'not declared: {fmt(extra)}',
+            )
+            if part
+        )
         + '. Run snr_jax.describe_groups on the model to see why, and fix the model or '
-        'its declaration; a run would not reset the units its results claim.')
+        'its declaration; a run would not reset the units its results claim.'
+    )
   return groups
 
 
-def make_run(config: ExperimentConfig, dataset: snr_data.Dataset,
-             axis_name: Optional[str] = None,
-             batch_sharding: Optional[NamedSharding] = None) -> Experiment:
+def make_run(
+    config: ExperimentConfig,
+    dataset: snr_data.Dataset,
+    axis_name: Optional[str] = None,
+    batch_sharding: Optional[NamedSharding] = None,
+) -> Experiment:
   """Builds the experiment's pure functions for one config and one dataset.
 
   Args:
@@ -248,8 +277,15 @@ def make_run(config: ExperimentConfig, dataset: snr_data.Dataset,
       lr = sweep_value
     elif sweep_name is not None:
       hp[sweep_name] = sweep_value
-    return make_method(config.method, _optimizer(config, lr), groups=groups, init_fn=init_fn,
-                       key=method_key, axis_name=axis_name, **hp)
+    return make_method(
+        config.method,
+        _optimizer(config, lr),
+        groups=groups,
+        init_fn=init_fn,
+        key=method_key,
+        axis_name=axis_name,
+        **hp,
+    )
 
   for value in (config.sweep[1] if config.sweep else ()):
     # traced inside the run, the values would pass the library's checks unseen
@@ -274,8 +310,9 @@ def make_run(config: ExperimentConfig, dataset: snr_data.Dataset,
 
     def step(params, opt_state, xb, yb, end_of_task):
       (loss, (acc, acts)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, xb, yb)
-      updates, opt_state = tx.update(grads, opt_state, params, activations=acts,
-                                     end_of_task=end_of_task)
+      updates, opt_state = tx.update(
+          grads, opt_state, params, activations=acts, end_of_task=end_of_task
+      )
       return optax.apply_updates(params, updates), opt_state, (loss, acc, acts)
 
     return step
@@ -285,8 +322,9 @@ def make_run(config: ExperimentConfig, dataset: snr_data.Dataset,
 
     def one_task(carry: Carry, t):
       lookup, y = task(d, t, carry.stream_key)
-      order = snr_data.batch_indices(n, batch, epochs,
-                                     jax.random.fold_in(task_key(carry.stream_key, t), 1))
+      order = snr_data.batch_indices(
+          n, batch, epochs, jax.random.fold_in(task_key(carry.stream_key, t), 1)
+      )
       last = jnp.arange(steps) == steps - 1
 
       def step(c, inputs):
@@ -296,26 +334,37 @@ def make_run(config: ExperimentConfig, dataset: snr_data.Dataset,
         if batch_sharding is not None:
           xb, yb = jax.lax.with_sharding_constraint((xb, yb), batch_sharding)
         params, opt_state, (loss, acc, acts) = train(params, opt_state, xb, yb, end_of_task)
-        ages = {g.name: batch_ages(ages[g.name], fired(acts[g.name]), batch)
-                for g in groups}
+        ages = {g.name: batch_ages(ages[g.name], fired(acts[g.name]), batch) for g in groups}
         return (params, opt_state, ages), (loss, acc, _reset_counts(opt_state, groups))
 
       (params, opt_state, ages), (loss, acc, resets) = jax.lax.scan(
-          step, (carry.params, carry.opt_state, carry.ages), (order, last))
+          step, (carry.params, carry.opt_state, carry.ages), (order, last)
+      )
       leaves = jax.tree.leaves(params)
       metrics = {
-          'accuracy': jnp.mean(acc), 'loss': jnp.mean(loss),
+          'accuracy': jnp.mean(acc),
+          'loss': jnp.mean(loss),
           'resets': {k: jnp.sum(v) for k, v in resets.items()},
           'dead_fraction': {k: jnp.mean(a >= config.dead_after) for k, a in ages.items()},
           'weight_magnitude': sum(jnp.sum(jnp.abs(leaf)) for leaf in leaves)
-                              / sum(leaf.size for leaf in leaves),
+          / sum(leaf.size for leaf in leaves),
       }
       return carry._replace(params=params, opt_state=opt_state, ages=ages), metrics
 
     return jax.lax.scan(one_task, carry, first_task + jnp.arange(num_tasks))
 
-  return Experiment(config, dataset.name, dataset.source, groups, data, init, run_tasks,
-                    axis_name, train_step, model)
+  return Experiment(
+      config,
+      dataset.name,
+      dataset.source,
+      groups,
+      data,
+      init,
+      run_tasks,
+      axis_name,
+      train_step,
+      model,
+  )
 
 
 def last_fraction_summary(accuracy: np.ndarray, fraction: float = 0.1) -> dict[str, float]:
@@ -324,8 +373,12 @@ def last_fraction_summary(accuracy: np.ndarray, fraction: float = 0.1) -> dict[s
   accuracy = np.asarray(accuracy)
   k = max(1, int(math.ceil(accuracy.shape[-1] * fraction)))
   per_seed = accuracy[..., -k:].mean(axis=-1)
-  return {'mean': float(per_seed.mean()), 'std': float(per_seed.std()),
-          'per_seed': per_seed.tolist(), 'last_tasks': k}
+  return {
+      'mean': float(per_seed.mean()),
+      'std': float(per_seed.std()),
+      'per_seed': per_seed.tolist(),
+      'last_tasks': k,
+  }
 
 
 def seed_keys(seeds: Sequence[int]) -> jax.Array:
@@ -344,8 +397,10 @@ def compile_batched(exp: Experiment, mode: str, chunk: int, mesh: Optional[Mesh]
   """
   if mode == 'vmap':
     init = jax.jit(jax.vmap(exp.init))
-    run = jax.jit(jax.vmap(exp.run_tasks, in_axes=(0, None, None, None),
-                           axis_name=exp.axis_name), static_argnums=3)
+    run = jax.jit(
+        jax.vmap(exp.run_tasks, in_axes=(0, None, None, None), axis_name=exp.axis_name),
+        static_argnums=3,
+    )
     return init, lambda carry, first, n: run(carry, exp.data, first, n)
   if mode == 'mesh':
     # jit over a Mesh whose one axis places the members (seeds x sweep values); the
@@ -354,9 +409,12 @@ def compile_batched(exp: Experiment, mode: str, chunk: int, mesh: Optional[Mesh]
     # the mesh spans them all (every process runs this same program).
     batch_axis = mesh is not None and 'batch' in mesh.axis_names
     vinit = jax.jit(jax.vmap(exp.init))
-    local_run = jax.vmap(exp.run_tasks, in_axes=(0, None, None, None),
-                         axis_name=exp.axis_name,
-                         spmd_axis_name='members' if batch_axis else None)
+    local_run = jax.vmap(
+        exp.run_tasks,
+        in_axes=(0, None, None, None),
+        axis_name=exp.axis_name,
+        spmd_axis_name='members' if batch_axis else None,
+    )
     if batch_axis:
       vrun = jax.jit(local_run, static_argnums=3)
     else:
@@ -371,9 +429,16 @@ def compile_batched(exp: Experiment, mode: str, chunk: int, mesh: Optional[Mesh]
       def _sharded_members(m, n):
         # The same devices under another axis name: 'members' names the vmap axis inside.
         devices = Mesh(m.devices, ('member_devices',))
-        return jax.jit(jax.shard_map(lambda c, d, f: local_run(c, d, f, n), mesh=devices,
-                                     in_specs=(P('member_devices'), P(), P()),
-                                     out_specs=P('member_devices'), check_vma=False))
+        return jax.jit(
+            jax.shard_map(
+                lambda c, d, f: local_run(c, d, f, n),
+                mesh=devices,
+                in_specs=(P('member_devices'), P(), P()),
+                out_specs=P('member_devices'),
+                check_vma=False,
+            )
+        )
+
     placed = {}
 
     def shardings(members):
@@ -402,8 +467,9 @@ def compile_batched(exp: Experiment, mode: str, chunk: int, mesh: Optional[Mesh]
 
     def run(carry, first, n):
       size = jax.tree.leaves(carry)[0].shape[0]
-      outs = [run1(jax.tree.map(lambda x, i=i: x[i], carry), exp.data, first, n)
-              for i in range(size)]
+      outs = [
+          run1(jax.tree.map(lambda x, i=i: x[i], carry), exp.data, first, n) for i in range(size)
+      ]
       return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
 
     return init, run
@@ -418,15 +484,21 @@ def member_mesh(members: int, batch_devices: int = 1) -> Mesh:
   ``batch_devices // jax.local_device_count()`` whole processes (:func:`resolve_mode`
   checks that these split)."""
   processes, local = jax.process_count(), jax.local_device_count()
-  if batch_devices > local:   # each member's batch spans whole processes: all devices
+  if batch_devices > local:  # each member's batch spans whole processes: all devices
     taken = local
   else:
     taken = batch_devices * max(
-        k for k in range(1, min(members // processes, local // batch_devices) + 1)
-        if members % (k * processes) == 0)
-  devices = [d for p in range(processes)
-             for d in sorted((d for d in jax.devices() if d.process_index == p),
-                             key=lambda d: d.id)[:taken]]
+        k
+        for k in range(1, min(members // processes, local // batch_devices) + 1)
+        if members % (k * processes) == 0
+    )
+  devices = [
+      d
+      for p in range(processes)
+      for d in sorted((d for d in jax.devices() if d.process_index == p), key=lambda d: d.id)[
+          :taken
+      ]
+  ]
   if batch_devices == 1:
     return Mesh(np.array(devices), ('members',))
   return Mesh(np.array(devices).reshape(-1, batch_devices), ('members', 'batch'))
@@ -451,12 +523,18 @@ def to_host(tree):
   """Numpy copies of ``tree``'s arrays, gathered from every process where they are spread
   over several."""
   from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
-  return jax.tree.map(lambda x: np.asarray(x) if x.is_fully_addressable
-                      else multihost_utils.process_allgather(x, tiled=True), tree)
+
+  return jax.tree.map(
+      lambda x: np.asarray(x)
+      if x.is_fully_addressable
+      else multihost_utils.process_allgather(x, tiled=True),
+      tree,
+  )
 
 
-def resolve_mode(config: ExperimentConfig, mode: str, num_members: int,
-                 batch_devices: int = 1) -> str:
+def resolve_mode(
+    config: ExperimentConfig, mode: str, num_members: int, batch_devices: int = 1
+) -> str:
   """The mode to run: ``mode`` checked against the number of processes and
   ``batch_devices``, ``'auto'`` resolved (:func:`default_mode` in one process, ``'mesh'``
   across several or with ``batch_devices`` > 1).
@@ -474,37 +552,52 @@ def resolve_mode(config: ExperimentConfig, mode: str, num_members: int,
     if not isinstance(batch_devices, int) or batch_devices < 1:
       raise ValueError(f'batch_devices must be a positive int, got {batch_devices!r}.')
     if mode not in ('auto', 'mesh'):
-      raise ValueError(f"batch_devices={batch_devices} shards batches over a mesh; use "
-                       f"mode 'mesh' (or 'auto'), not {mode!r}.")
+      raise ValueError(
+          f'batch_devices={batch_devices} shards batches over a mesh; use '
+          f"mode 'mesh' (or 'auto'), not {mode!r}."
+      )
     if batch % batch_devices:
-      raise ValueError(f'batch_devices={batch_devices} does not divide the batch size '
-                       f'{batch}; use a divisor of it.')
+      raise ValueError(
+          f'batch_devices={batch_devices} does not divide the batch size '
+          f'{batch}; use a divisor of it.'
+      )
   processes, local = jax.process_count(), jax.local_device_count()
   # members split over groups of processes: one process each, or, when a member's batch
   # spans several processes, the processes that share it
   groups = processes
   if batch_devices > local:
     if processes == 1:
-      raise ValueError(f'batch_devices={batch_devices} but this process has {local} '
-                       'device(s); use at most that many.')
+      raise ValueError(
+          f'batch_devices={batch_devices} but this process has {local} '
+          'device(s); use at most that many.'
+      )
     span = batch_devices // local
     if batch_devices % local or processes % span:
-      raise ValueError(f'batch_devices={batch_devices} spans processes of {local} devices '
-                       f'each: use at most {local}, or a multiple of {local} that splits '
-                       f'the {processes} processes (e.g. {local * processes}).')
+      raise ValueError(
+          f'batch_devices={batch_devices} spans processes of {local} devices '
+          f'each: use at most {local}, or a multiple of {local} that splits '
+          f'the {processes} processes (e.g. {local * processes}).'
+      )
     groups = processes // span
   if processes == 1:
     if batch_devices != 1:
       return 'mesh'
     return default_mode(config, num_members) if mode == 'auto' else mode
   if mode not in ('auto', 'mesh'):
-    raise ValueError(f"mode {mode!r} runs on one process's devices; with {processes} "
-                     "processes use mode 'mesh' (or 'auto').")
+    raise ValueError(
+        f"mode {mode!r} runs on one process's devices; with {processes} "
+        "processes use mode 'mesh' (or 'auto')."
+    )
   if num_members % groups:
-    where = (f'{processes} processes' if groups == processes else
-             f'{groups} groups of processes (batch_devices={batch_devices})')
-    raise ValueError(f'{num_members} members (seeds x sweep values) do not split evenly '
-                     f'over {where}; use a multiple of {groups} seeds.')
+    where = (
+        f'{processes} processes'
+        if groups == processes
+        else f'{groups} groups of processes (batch_devices={batch_devices})'
+    )
+    raise ValueError(
+        f'{num_members} members (seeds x sweep values) do not split evenly '
+        f'over {where}; use a multiple of {groups} seeds.'
+    )
   return 'mesh'
 
 
@@ -517,11 +610,17 @@ def default_mode(config: ExperimentConfig, num_members: int) -> str:
   return 'vmap'
 
 
-def run_experiment(config: ExperimentConfig, dataset: snr_data.Dataset, seeds: Sequence[int], *,
-                   mode: str = 'auto', chunk_tasks: Optional[int] = None,
-                   on_chunk: Optional[Callable[[int, dict], None]] = None,
-                   restore: Optional[Callable[[Carry], Optional[dict]]] = None,
-                   batch_devices: int = 1) -> dict[str, Any]:
+def run_experiment(
+    config: ExperimentConfig,
+    dataset: snr_data.Dataset,
+    seeds: Sequence[int],
+    *,
+    mode: str = 'auto',
+    chunk_tasks: Optional[int] = None,
+    on_chunk: Optional[Callable[[int, dict], None]] = None,
+    restore: Optional[Callable[[Carry], Optional[dict]]] = None,
+    batch_devices: int = 1,
+) -> dict[str, Any]:
   """Runs an experiment for several seeds (and sweep values), compiled once.
 
   Args:
@@ -550,15 +649,20 @@ def run_experiment(config: ExperimentConfig, dataset: snr_data.Dataset, seeds: S
     raise ValueError('give at least one seed.')
   repeated = sorted({s for s in seeds if seeds.count(s) > 1})
   if repeated:
-    raise ValueError(f'seeds {repeated} are given more than once: a repeated seed is the '
-                     'same run, not another sample; give each seed once.')
+    raise ValueError(
+        f'seeds {repeated} are given more than once: a repeated seed is the '
+        'same run, not another sample; give each seed once.'
+    )
   values = list(config.sweep[1]) if config.sweep else [0.0]
   members = [{'seed': s, 'sweep_value': v} for s in seeds for v in values]
   mode = resolve_mode(config, mode, len(members), batch_devices)
   mesh = member_mesh(len(members), batch_devices) if mode == 'mesh' else None
-  exp = make_run(config, dataset,
-                 axis_name='members' if mode in ('vmap', 'mesh') else None,
-                 batch_sharding=NamedSharding(mesh, P('batch')) if batch_devices > 1 else None)
+  exp = make_run(
+      config,
+      dataset,
+      axis_name='members' if mode in ('vmap', 'mesh') else None,
+      batch_sharding=NamedSharding(mesh, P('batch')) if batch_devices > 1 else None,
+  )
   keys = seed_keys([m['seed'] for m in members])
   vals = jnp.asarray([m['sweep_value'] for m in members], jnp.float32)
   total = config.resolved('num_tasks')
@@ -576,6 +680,12 @@ def run_experiment(config: ExperimentConfig, dataset: snr_data.Dataset, seeds: S
     if on_chunk is not None:
       on_chunk(done, {'done': done, 'carry': carry, 'metrics': chunks})
   metrics = jax.tree.map(lambda *xs: np.concatenate(xs, axis=1), *chunks) if chunks else {}
-  return {'metrics': metrics, 'members': members, 'groups': [g.name for g in exp.groups],
-          'dataset': exp.dataset_name, 'source': exp.dataset_source, 'carry': carry,
-          'resumed_from': start['done'] if start is not None else 0}
+  return {
+      'metrics': metrics,
+      'members': members,
+      'groups': [g.name for g in exp.groups],
+      'dataset': exp.dataset_name,
+      'source': exp.dataset_source,
+      'carry': carry,
+      'resumed_from': start['done'] if start is not None else 0,
+  }

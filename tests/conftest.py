@@ -66,6 +66,7 @@ def mlp():
 def mlp_step(mlp):
   """The MLP with what an update takes: ``(model, params, x, groups, acts, grads)``."""
   import snr_jax  # pylint: disable=import-outside-toplevel
+
   model, params, x = mlp
   groups = snr_jax.discover_groups(model, params, x)
   _, acts = snr_jax.apply_with_preactivations(model, {'params': params}, x, groups=groups)

@@ -8,19 +8,26 @@ over the global mesh (global semantics, no argument) and, a second time, ``shard
 with ``data_axis``. Process 0 writes the reset masks of every step and the final params to
 OUT (an .npz file).
 """
+
 import os
 import sys
 
-num_processes, process_id, port, steps, out = (int(sys.argv[1]), int(sys.argv[2]),
-                                               int(sys.argv[3]), int(sys.argv[4]), sys.argv[5])
+num_processes, process_id, port, steps, out = (
+    int(sys.argv[1]),
+    int(sys.argv[2]),
+    int(sys.argv[3]),
+    int(sys.argv[4]),
+    sys.argv[5],
+)
 os.environ['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={8 // num_processes}'
 
 import jax  # noqa: E402
 
 if num_processes > 1:
   jax.config.update('jax_cpu_collectives_implementation', 'gloo')
-  jax.distributed.initialize(coordinator_address=f'127.0.0.1:{port}',
-                             num_processes=num_processes, process_id=process_id)
+  jax.distributed.initialize(
+      coordinator_address=f'127.0.0.1:{port}', num_processes=num_processes, process_id=process_id
+  )
 
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
@@ -36,17 +43,23 @@ mesh = Mesh(np.array(jax.devices()), ('d',))
 replicated, batch_sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P('d'))
 assert len(jax.devices()) == 8, jax.devices()
 share = BATCH // jax.process_count()
-rows = slice(process_id * share, (process_id + 1) * share)   # this process's part of a batch
+rows = slice(process_id * share, (process_id + 1) * share)  # this process's part of a batch
 
 
 def global_batch(t):
-  return (jax.make_array_from_process_local_data(batch_sharded, xs[t, rows]),
-          jax.make_array_from_process_local_data(batch_sharded, ys[t, rows]))
+  return (
+      jax.make_array_from_process_local_data(batch_sharded, xs[t, rows]),
+      jax.make_array_from_process_local_data(batch_sharded, ys[t, rows]),
+  )
 
 
 def replicate(tree):
-  return jax.tree.map(lambda a: jax.make_array_from_callback(
-      np.shape(a), replicated, lambda idx, a=np.asarray(a): a[idx]), tree)
+  return jax.tree.map(
+      lambda a: jax.make_array_from_callback(
+          np.shape(a), replicated, lambda idx, a=np.asarray(a): a[idx]
+      ),
+      tree,
+  )
 
 
 def make_step(tx):
@@ -54,6 +67,7 @@ def make_step(tx):
     (_, acts), g = jax.value_and_grad(loss_sum, has_aux=True)(p, x, y)
     u, s = tx.update(g, s, p, activations=acts)
     return optax.apply_updates(p, u), s, s.resets.last_resets
+
   return step
 
 
@@ -62,9 +76,17 @@ tx = snr_jax.snr(optax.sgd(0.05), groups, **hp)
 tx_dp = snr_jax.snr(optax.sgd(0.05), groups, data_axis='d', **hp)
 forms = {
     'jit': (tx, jax.jit(make_step(tx), out_shardings=replicated)),
-    'shard_map': (tx_dp, jax.jit(jax.shard_map(make_step(tx_dp), mesh=mesh,
-                                                in_specs=(P(), P(), P('d'), P('d')),
-                                                out_specs=(P(), P(), P())))),
+    'shard_map': (
+        tx_dp,
+        jax.jit(
+            jax.shard_map(
+                make_step(tx_dp),
+                mesh=mesh,
+                in_specs=(P(), P(), P('d'), P('d')),
+                out_specs=(P(), P(), P()),
+            )
+        ),
+    ),
 }
 saved = {}
 for name, (opt, step) in forms.items():

@@ -14,6 +14,7 @@ BATCH = 64
 
 
 class MLP(nn.Module):
+
   @nn.compact
   def __call__(self, x):
     x = nn.relu(nn.Dense(32, name='h0')(x))

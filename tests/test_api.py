@@ -12,8 +12,17 @@ import pytest
 
 import snr_jax
 
-INTERNALS = ('lowest_k', 'redo_scores', 'saturating_add', 'outgoing_magnitude', 'keep_masks',
-             'check_activations', 'ignoring_reset_args', 'find_reset_state', 'apply_resets')
+INTERNALS = (
+    'lowest_k',
+    'redo_scores',
+    'saturating_add',
+    'outgoing_magnitude',
+    'keep_masks',
+    'check_activations',
+    'ignoring_reset_args',
+    'find_reset_state',
+    'apply_resets',
+)
 
 
 def test_namespace_exports_exactly_all_and_no_internals():
@@ -22,14 +31,26 @@ def test_namespace_exports_exactly_all_and_no_internals():
   modules = {n for n in public if type(getattr(snr_jax, n)).__name__ == 'module'}
   assert public - modules == set(snr_jax.__all__)
   assert not set(INTERNALS) & public
-  for state in ('SNRState', 'CBPState', 'ReDoState', 'ShrinkPerturbState', 'L2InitState',
-                'NeuronResetsState', 'WithResetsState'):
+  for state in (
+      'SNRState',
+      'CBPState',
+      'ReDoState',
+      'ShrinkPerturbState',
+      'L2InitState',
+      'NeuronResetsState',
+      'WithResetsState',
+  ):
     assert state in snr_jax.__all__ and hasattr(getattr(snr_jax, state), '_fields')
 
 
-@pytest.mark.parametrize('old, new', [('ResetState', 'NeuronResetsState'),
-                                      ('ResetOptState', 'WithResetsState'),
-                                      ('snr_info', 'reset_metrics')])
+@pytest.mark.parametrize(
+    'old, new',
+    [
+        ('ResetState', 'NeuronResetsState'),
+        ('ResetOptState', 'WithResetsState'),
+        ('snr_info', 'reset_metrics'),
+    ],
+)
 def test_deprecated_names_warn_and_still_work(old, new):
   assert old not in snr_jax.__all__ and old not in vars(snr_jax)
   with pytest.warns(DeprecationWarning, match=f'snr_jax.{old} is deprecated.*snr_jax.{new}'):
@@ -52,16 +73,21 @@ def test_old_state_names_still_match_states(mlp):
     assert isinstance(state.resets, snr_jax.ResetState)
 
 
-@pytest.mark.parametrize('fn, own', [(snr_jax.snr, ('inner', 'key', 'seed')),
-                                     (snr_jax.snr_l2, ('inner', 'strength', 'key',
-                                                      'seed'))])
+@pytest.mark.parametrize(
+    'fn, own',
+    [
+        (snr_jax.snr, ('inner', 'key', 'seed')),
+        (snr_jax.snr_l2, ('inner', 'strength', 'key', 'seed')),
+    ],
+)
 def test_snr_wrappers_spell_out_every_hyperparameter(fn, own):
   """The wrappers take self_normalized_resets' hyperparameters by name, with its defaults."""
   bare = inspect.signature(snr_jax.self_normalized_resets).parameters
   params = inspect.signature(fn).parameters
   assert not any(p.kind is p.VAR_KEYWORD for p in params.values())
   assert {n: p.default for n, p in params.items() if n not in own} == {
-      n: p.default for n, p in bare.items()}
+      n: p.default for n, p in bare.items()
+  }
   assert all(p.kind is p.KEYWORD_ONLY for n, p in params.items() if n not in ('inner', 'groups'))
   doc = fn.__doc__
   assert all(f'    {n}: ' in doc for n in params), 'every argument has a line in Args'
@@ -74,9 +100,9 @@ CONSTRUCTORS = [
     lambda groups, init_fn, **kw: snr_jax.continual_backprop(optax.sgd(0.1), groups, **kw),
     lambda groups, init_fn, **kw: snr_jax.shrink_perturb(optax.sgd(0.1), init_fn, **kw),
     lambda groups, init_fn, **kw: snr_jax.with_resets(
-        optax.sgd(0.1), snr_jax.self_normalized_resets(groups), **kw),
-    lambda groups, init_fn, **kw: snr_jax.make_method('snr', optax.sgd(0.1), groups=groups,
-                                                      **kw),
+        optax.sgd(0.1), snr_jax.self_normalized_resets(groups), **kw
+    ),
+    lambda groups, init_fn, **kw: snr_jax.make_method('snr', optax.sgd(0.1), groups=groups, **kw),
 ]
 
 
@@ -99,8 +125,10 @@ ESTIMATORS = (snr_jax.HistogramEstimator, snr_jax.GeometricEstimator, snr_jax.Pe
 
 
 def test_every_estimator_implements_the_estimator_protocol_with_one_signature():
-  protocol = {n: inspect.signature(getattr(snr_jax.Estimator, n)) for n in
-              ('init', 'observe', 'advance_ages', 'record', 'quantile', 'clear', 'refresh')}
+  protocol = {
+      n: inspect.signature(getattr(snr_jax.Estimator, n))
+      for n in ('init', 'observe', 'advance_ages', 'record', 'quantile', 'clear', 'refresh')
+  }
   names = lambda sig: [(p.name, p.kind) for p in sig.parameters.values()]
   for cls in ESTIMATORS:
     for name, sig in protocol.items():
@@ -110,16 +138,23 @@ def test_every_estimator_implements_the_estimator_protocol_with_one_signature():
       getattr(est, attr)
 
 
-@pytest.mark.parametrize('name, cls', [('histogram', snr_jax.HistogramEstimator),
-                                       ('geometric', snr_jax.GeometricEstimator),
-                                       ('per_token', snr_jax.PerTokenEstimator)])
+@pytest.mark.parametrize(
+    'name, cls',
+    [
+        ('histogram', snr_jax.HistogramEstimator),
+        ('geometric', snr_jax.GeometricEstimator),
+        ('per_token', snr_jax.PerTokenEstimator),
+    ],
+)
 def test_the_rule_takes_its_defaults_from_the_estimator_class(mlp, name, cls):
   model, params, x = mlp
   groups = snr_jax.discover_groups(model, params, x)
   rule = snr_jax.self_normalized_resets(groups, estimator=name).rule
   assert type(rule.estimator) is cls
-  assert (rule.estimator.tau_min, rule.estimator.tau_max) == (cls.default_tau_min,
-                                                              cls.default_tau_max)
+  assert (rule.estimator.tau_min, rule.estimator.tau_max) == (
+      cls.default_tau_min,
+      cls.default_tau_max,
+  )
   init = cls.default_tau_init
   assert rule.tau_init == (cls.default_tau_max if init is None else init)
   assert rule.estimator.expansion == (None if name == 'per_token' else 2.0)
@@ -131,13 +166,14 @@ def test_reset_rule_protocol_declares_adjust_with_a_no_op_default(mlp):
 
   @dataclasses.dataclass(frozen=True)
   class Never(snr_jax.ResetRule):
+
     def init(self, groups, params):
       return ()
 
     def select(self, state, groups, activations, params, *, end_of_task, key):
       return {g.name: jnp.zeros((g.size,), bool) for g in groups}, state
 
-  assert Never().adjust(params, {}, (), groups) is params      # the inherited no-op
+  assert Never().adjust(params, {}, (), groups) is params  # the inherited no-op
   for rule in (snr_jax.SNRRule, snr_jax.ReDoRule, snr_jax.CBPRule):
     assert snr_jax.ResetRule in rule.__mro__
   assert snr_jax.CBPRule.adjust is not snr_jax.ResetRule.adjust
@@ -147,7 +183,8 @@ def test_reset_rule_protocol_declares_adjust_with_a_no_op_default(mlp):
   jax.tree.map(np.testing.assert_array_equal, p, params)
 
   @dataclasses.dataclass(frozen=True)
-  class Duck:      # not a ResetRule subclass, no adjust: the protocol's default applies
+  class Duck:  # not a ResetRule subclass, no adjust: the protocol's default applies
+
     def init(self, groups, params):
       return ()
 
@@ -161,6 +198,7 @@ def test_reset_rule_protocol_declares_adjust_with_a_no_op_default(mlp):
 
   @dataclasses.dataclass(frozen=True)
   class NoSelect:
+
     def init(self, groups, params):
       return ()
 
@@ -199,8 +237,9 @@ def test_reset_state_is_the_step_the_optax_face_runs(mlp):
     updates, opt_state = opt.update(grads, opt_state, p0, activations=acts)
     p0 = optax.apply_updates(p0, updates)
     u, i1 = inner.update(grads, i1, p1)
-    p1, i1, s1 = snr_jax.reset_state(resetter, optax.apply_updates(p1, u), i1, s1, acts,
-                                     optimizer=inner)
+    p1, i1, s1 = snr_jax.reset_state(
+        resetter, optax.apply_updates(p1, u), i1, s1, acts, optimizer=inner
+    )
     resets += sum(int(m.sum()) for m in s1.last_resets.values())
   assert resets > 0
   for a, b in zip(jax.tree.leaves(p0), jax.tree.leaves(p1)):

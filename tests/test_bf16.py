@@ -44,17 +44,33 @@ def _setup(name):
 
 
 METHODS = {
-    'snr-histogram': lambda g, **kw: snr_jax.snr(optax.adam(1e-3), g, estimator='histogram',
-                                                 tau_min=4, tau_init=8, tau_max=256,
-                                                 schedule=snr_jax.every_n_steps(10), **kw),
-    'snr-geometric': lambda g, **kw: snr_jax.snr(optax.adam(1e-3), g, estimator='geometric',
-                                                 tau_min=4, tau_init=8, tau_max=256,
-                                                 schedule=snr_jax.every_n_steps(10), **kw),
-    'snr-per_token': lambda g, **kw: snr_jax.snr(optax.adam(1e-3), g, estimator='per_token',
-                                                 schedule=snr_jax.every_n_steps(10), **kw),
+    'snr-histogram': lambda g, **kw: snr_jax.snr(
+        optax.adam(1e-3),
+        g,
+        estimator='histogram',
+        tau_min=4,
+        tau_init=8,
+        tau_max=256,
+        schedule=snr_jax.every_n_steps(10),
+        **kw,
+    ),
+    'snr-geometric': lambda g, **kw: snr_jax.snr(
+        optax.adam(1e-3),
+        g,
+        estimator='geometric',
+        tau_min=4,
+        tau_init=8,
+        tau_max=256,
+        schedule=snr_jax.every_n_steps(10),
+        **kw,
+    ),
+    'snr-per_token': lambda g, **kw: snr_jax.snr(
+        optax.adam(1e-3), g, estimator='per_token', schedule=snr_jax.every_n_steps(10), **kw
+    ),
     'redo': lambda g, **kw: snr_jax.redo(optax.adam(1e-3), g, period=5, **kw),
-    'cbp': lambda g, **kw: snr_jax.continual_backprop(optax.adam(1e-3), g, maturity=2,
-                                                      replacement_rate=0.2, **kw),
+    'cbp': lambda g, **kw: snr_jax.continual_backprop(
+        optax.adam(1e-3), g, maturity=2, replacement_rate=0.2, **kw
+    ),
 }
 
 CASES = [(m, k) for m in ('mlp', 'gpt') for k in METHODS if m == 'mlp' or k.startswith('snr')]
@@ -76,15 +92,18 @@ def test_bf16_params_and_activations_train_and_reset(model_name, method):
       logits, acts = forward({'params': p}, x)
       logits = logits.astype(jnp.float32)
       return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), acts
+
     (loss, acts), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     updates, state = opt.update(grads, state, params, activations=acts)
-    resets = sum(jnp.sum(m) for m in snr_jax._src.transform.find_reset_state(
-        state).last_resets.values())
+    resets = sum(
+        jnp.sum(m) for m in snr_jax._src.transform.find_reset_state(state).last_resets.values()
+    )
     return (optax.apply_updates(params, updates), state), (loss, resets)
 
   state = opt.init(params)
   (new, state), (losses, resets) = jax.jit(
-      lambda p, s: jax.lax.scan(step, (p, s), None, length=30))(params, state)
+      lambda p, s: jax.lax.scan(step, (p, s), None, length=30)
+  )(params, state)
   assert int(resets.sum()) > 0, 'no reset: the silenced units should have been reset'
   assert np.all(np.isfinite(np.asarray(losses)))
   assert all(p.dtype == BF16 for p in jax.tree.leaves(new))

@@ -28,8 +28,10 @@ def _mlp(p, x):
 
 def _weak_params():
   k1, k2 = jax.random.split(KEY)
-  return {'l1': {'kernel': jax.random.normal(k1, (3, 4)), 'bias': jnp.full((4,), 0.5)},
-          'l2': {'kernel': jax.random.normal(k2, (4, 2))}}
+  return {
+      'l1': {'kernel': jax.random.normal(k1, (3, 4)), 'bias': jnp.full((4,), 0.5)},
+      'l2': {'kernel': jax.random.normal(k2, (4, 2))},
+  }
 
 
 def _hand(p, x):
@@ -37,6 +39,7 @@ def _hand(p, x):
 
 
 # --- incidental details of the trace --------------------------------------------------
+
 
 def test_weak_and_strong_typed_params_capture_the_same_site():
   weak = _weak_params()
@@ -52,10 +55,11 @@ def test_weak_and_strong_typed_params_capture_the_same_site():
 
 
 class DropMLP(nn.Module):
+
   @nn.compact
   def __call__(self, x, train=False):
     x = nn.Dense(6, name='d0')(x)
-    x = nn.Dropout(0.5, deterministic=not train)(x)   # before the ReLU: train mode only
+    x = nn.Dropout(0.5, deterministic=not train)(x)  # before the ReLU: train mode only
     x = nn.relu(x)
     return nn.Dense(2, name='out')(x)
 
@@ -74,8 +78,7 @@ def test_train_and_eval_mode_capture_with_groups_discovered_in_the_other():
   _, acts = snr_jax.with_preactivations(model, train_groups)(variables, x)
   np.testing.assert_allclose(acts['d0'], dense, rtol=1e-6)
   # train-mode capture with eval-mode groups: the dropped-out Dense output
-  out, acts = snr_jax.with_preactivations(model, eval_groups)(variables, x, train=True,
-                                                              rngs=rngs)
+  out, acts = snr_jax.with_preactivations(model, eval_groups)(variables, x, train=True, rngs=rngs)
   a = np.asarray(acts['d0'])
   kept = a != 0
   assert 0 < kept.mean() < 1
@@ -117,7 +120,6 @@ def test_capture_under_vmap_and_jit_with_groups_found_on_a_batch():
   np.testing.assert_allclose(acts['l1'], _hand(p, x), rtol=1e-6)
 
 
-
 def test_capture_inside_shard_map_with_groups_found_outside():
   # The device count is fixed when JAX starts, so the mesh is whatever this process has
   # (one device in a plain run); the trace inside shard_map is what the site must survive.
@@ -127,11 +129,13 @@ def test_capture_inside_shard_map_with_groups_found_outside():
   capture = snr_jax.with_preactivations(_mlp, groups)
   mesh = jax.sharding.Mesh(np.array(jax.devices()), ('d',))
   P = jax.sharding.PartitionSpec
-  sharded = jax.jit(jax.shard_map(capture, mesh=mesh, in_specs=(P(), P('d')),
-                                  out_specs=(P('d'), P('d'))))
+  sharded = jax.jit(
+      jax.shard_map(capture, mesh=mesh, in_specs=(P(), P('d')), out_specs=(P('d'), P('d')))
+  )
   out, acts = sharded(p, x)
   np.testing.assert_allclose(acts['l1'], _hand(p, x), rtol=1e-6)
   np.testing.assert_allclose(out, _mlp(p, x), rtol=1e-6)
+
 
 def test_a_layer_really_gone_is_a_capture_error_naming_it():
   p = _weak_params()
@@ -144,7 +148,9 @@ def test_a_layer_really_gone_is_a_capture_error_naming_it():
 
 # --- the same clear errors as discover_groups -----------------------------------------
 
+
 class Flagged(nn.Module):
+
   @nn.compact
   def __call__(self, x, train=False):
     x = nn.Dense(4, name='d0')(x)
@@ -168,6 +174,7 @@ def test_array_flag_and_batchnorm_without_mutable_are_clear_capture_errors():
 
 # --- haiku ---------------------------------------------------------------------------
 
+
 def _snr_steps(loss_of, params, groups, capture_args, steps=12):
   """``steps`` jitted SNR steps (plain SGD, a forced-dead unit in every group, short
   thresholds): returns the params and the number of resets per group."""
@@ -178,8 +185,11 @@ def _snr_steps(loss_of, params, groups, capture_args, steps=12):
   def step(params, state, args):
     (loss, acts), grads = jax.value_and_grad(loss_of, has_aux=True)(params, *args)
     u, state = opt.update(grads, state, params, activations=acts)
-    return (optax.apply_updates(params, u), state,
-            snr_jax.reset_metrics(state, nested=True)['resets'])
+    return (
+        optax.apply_updates(params, u),
+        state,
+        snr_jax.reset_metrics(state, nested=True)['resets'],
+    )
 
   total = {g.name: 0 for g in groups}
   for t in range(steps):
@@ -202,10 +212,18 @@ def _hk_mlp(x, train):
 
 
 HK_MLP_TRUTH = [
-    truth('mlp/~/linear_0', 16, {'mlp/~/linear_0/w': 1, 'mlp/~/linear_0/b': 0},
-          {'mlp/~/linear_1/w': 0}),
-    truth('mlp/~/linear_1', 12, {'mlp/~/linear_1/w': 1, 'mlp/~/linear_1/b': 0},
-          {'mlp/~/linear_2/w': 0}),
+    truth(
+        'mlp/~/linear_0',
+        16,
+        {'mlp/~/linear_0/w': 1, 'mlp/~/linear_0/b': 0},
+        {'mlp/~/linear_1/w': 0},
+    ),
+    truth(
+        'mlp/~/linear_1',
+        12,
+        {'mlp/~/linear_1/w': 1, 'mlp/~/linear_1/b': 0},
+        {'mlp/~/linear_2/w': 0},
+    ),
 ]
 
 
@@ -220,8 +238,7 @@ def test_haiku_mlp_with_dropout():
   evaluated = snr_jax.discover_groups(lambda p, x: t.apply(p, None, x, False), params, x)
   assert sorted(as_truth(g) for g in evaluated) == HK_MLP_TRUTH
   # eval-mode capture with the train-mode groups equals the hand computation
-  _, acts = snr_jax.with_preactivations(lambda p, x: t.apply(p, None, x, False),
-                                        groups)(params, x)
+  _, acts = snr_jax.with_preactivations(lambda p, x: t.apply(p, None, x, False), groups)(params, x)
   h0 = x @ params['mlp/~/linear_0']['w'] + params['mlp/~/linear_0']['b']
   np.testing.assert_allclose(acts['mlp/~/linear_0'], h0, rtol=1e-5)
 
@@ -234,8 +251,7 @@ def test_haiku_mlp_with_dropout():
 
   params = _kill(params, 'mlp/~/linear_0', 2, 'b')
   params = _kill(params, 'mlp/~/linear_1', 1, 'b')
-  params, resets = _snr_steps(loss_of, params, groups,
-                              lambda t: (jax.random.PRNGKey(100 + t), x))
+  params, resets = _snr_steps(loss_of, params, groups, lambda t: (jax.random.PRNGKey(100 + t), x))
   assert all(n > 0 for n in resets.values()), resets
   apply = lambda p: t.apply(p, None, x, False)
   for g in groups:
@@ -251,10 +267,10 @@ def _hk_resnetish(x, train):
 
 
 HK_CNN_TRUTH = [
-    truth('conv0', 4, {'conv0/w': 3, 'conv0/b': 0, 'bn0/scale': 3, 'bn0/offset': 3},
-          {'conv1/w': 2}),
-    truth('conv1', 6, {'conv1/w': 3, 'conv1/b': 0, 'bn1/scale': 3, 'bn1/offset': 3},
-          {'head/w': 0}),
+    truth(
+        'conv0', 4, {'conv0/w': 3, 'conv0/b': 0, 'bn0/scale': 3, 'bn0/offset': 3}, {'conv1/w': 2}
+    ),
+    truth('conv1', 6, {'conv1/w': 3, 'conv1/b': 0, 'bn1/scale': 3, 'bn1/offset': 3}, {'head/w': 0}),
 ]
 
 
@@ -287,8 +303,12 @@ def test_haiku_conv_batchnorm_with_its_state_passed_in(train):
   def step(params, state, opt_state):
     (_, (acts, state)), grads = jax.value_and_grad(loss_of, has_aux=True)(params, state, x)
     u, opt_state = opt.update(grads, opt_state, params, activations=acts)
-    return optax.apply_updates(params, u), state, opt_state, snr_jax.reset_metrics(
-        opt_state, nested=True)['resets']
+    return (
+        optax.apply_updates(params, u),
+        state,
+        opt_state,
+        snr_jax.reset_metrics(opt_state, nested=True)['resets'],
+    )
 
   total = 0
   for _ in range(12):
@@ -296,8 +316,9 @@ def test_haiku_conv_batchnorm_with_its_state_passed_in(train):
     total += int(np.sum(resets['conv0']))
     states.append(state)
   assert total > 0
-  assert not np.array_equal(states[0]['bn0/~/mean_ema']['average'],
-                            states[-1]['bn0/~/mean_ema']['average'])
+  assert not np.array_equal(
+      states[0]['bn0/~/mean_ema']['average'], states[-1]['bn0/~/mean_ema']['average']
+  )
   apply = lambda p: t.apply(p, state, None, x, False)[0]
   assert_reset_unit_is_cut_off(apply, params, groups, 'conv0', 2)
 
@@ -310,14 +331,14 @@ def test_haiku_resnet18_with_its_state_passed_in_discovers_as_with_it_closed_ove
   t = hk.transform_with_state(fwd)
   x = jnp.ones((2, 32, 32, 3))
   params, state = t.init(KEY, x, True)
-  passed = snr_jax.discover_groups(lambda p, s, x: t.apply(p, s, None, x, True), params,
-                                   state, x)
+  passed = snr_jax.discover_groups(lambda p, s, x: t.apply(p, s, None, x, True), params, state, x)
   closed = snr_jax.discover_groups(lambda p, x: t.apply(p, state, None, x, True), params, x)
   assert sorted(as_truth(g) for g in passed) == sorted(as_truth(g) for g in closed)
   assert len(passed) >= 8
 
 
 # --- weight-standardised convs and GroupNorm ------------------------------------------
+
 
 class StdConv(nn.Conv):
   """big_transfer's StdConv: the kernel standardised per output channel."""
@@ -326,11 +347,13 @@ class StdConv(nn.Conv):
     w = super().param(name, *args, **kwargs)
     if name == 'kernel':
       w = (w - jnp.mean(w, (0, 1, 2), keepdims=True)) / jnp.sqrt(
-          jnp.var(w, (0, 1, 2), keepdims=True) + 1e-5)
+          jnp.var(w, (0, 1, 2), keepdims=True) + 1e-5
+      )
     return w
 
 
 class BiTish(nn.Module):
+
   @nn.compact
   def __call__(self, x):
     x = nn.relu(nn.GroupNorm(2, name='gn0')(StdConv(8, (3, 3), name='c0')(x)))
@@ -347,8 +370,9 @@ def test_weight_standardised_convs_and_groupnorm():
   variables = model.init(KEY, x)
   groups = snr_jax.discover_groups(model, variables, x)
   assert sorted(as_truth(g) for g in groups) == [
-      truth('c0', 8, {'c0/kernel': 3, 'c0/bias': 0, 'gn0/scale': 0, 'gn0/bias': 0},
-            {'c1/kernel': 2}),
+      truth(
+          'c0', 8, {'c0/kernel': 3, 'c0/bias': 0, 'gn0/scale': 0, 'gn0/bias': 0}, {'c1/kernel': 2}
+      ),
       truth('c3', 6, {'c3/kernel': 3, 'c3/bias': 0}, {'out/kernel': 0}),
   ]
   reasons = {x.layer: x.reason for x in groups.left_out}
@@ -358,8 +382,9 @@ def test_weight_standardised_convs_and_groupnorm():
   assert set(reasons) == {'c1', 'c2', 'out'}
   _, acts = snr_jax.with_preactivations(model, groups)(variables, x)
   _, inter = model.apply(variables, x, capture_intermediates=True)
-  np.testing.assert_allclose(acts['c0'], inter['intermediates']['gn0']['__call__'][0],
-                             rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(
+      acts['c0'], inter['intermediates']['gn0']['__call__'][0], rtol=1e-5, atol=1e-6
+  )
   # c3 (a StdConv): noise on a reset unit's raw kernel slice changes nothing downstream.
   # (c0's GroupNorm couples the units of a group, as a LayerNorm does, so its kernel
   # noise moves the other units' statistics: that check does not apply there.)
@@ -379,13 +404,15 @@ def test_a_kernel_made_of_several_parameters_is_left_out_with_a_reason():
 
 # --- output heads left out for the true reason -----------------------------------------
 
+
 class Heads(nn.Module):
+
   @nn.compact
   def __call__(self, x):
     x = nn.relu(nn.Dense(8, name='torso')(x))
     adv, value = nn.Dense(4, name='advantage')(x), nn.Dense(1, name='value')(x)
-    q = value + (adv - jnp.mean(adv, axis=-1, keepdims=True))   # dopamine's dueling head
-    return q, nn.Dense(1, name='critic')(x).squeeze(-1)        # purejaxrl's critic
+    q = value + (adv - jnp.mean(adv, axis=-1, keepdims=True))  # dopamine's dueling head
+    return q, nn.Dense(1, name='critic')(x).squeeze(-1)  # purejaxrl's critic
 
 
 def test_dueling_and_squeezed_critic_heads_are_output_layers():

@@ -22,21 +22,50 @@ NONE = {'case': 0, 'while': 0, 'if': 0}
 METHODS = {
     # name: (groups, control_flow, **kw) -> optimizer; small thresholds so resets happen
     'snr-histogram': lambda groups, cf, **kw: snr_jax.snr(
-        optax.adam(1e-2), groups, estimator='histogram', tau_min=8, tau_init=16, tau_max=64,
-        schedule=snr_jax.every_n_steps(25), control_flow=cf, **kw),
+        optax.adam(1e-2),
+        groups,
+        estimator='histogram',
+        tau_min=8,
+        tau_init=16,
+        tau_max=64,
+        schedule=snr_jax.every_n_steps(25),
+        control_flow=cf,
+        **kw,
+    ),
     'snr-geometric': lambda groups, cf, **kw: snr_jax.snr(
-        optax.adam(1e-2), groups, estimator='geometric', tau_min=8, tau_init=16, tau_max=64,
-        schedule=snr_jax.every_n_steps(25), control_flow=cf, **kw),
+        optax.adam(1e-2),
+        groups,
+        estimator='geometric',
+        tau_min=8,
+        tau_init=16,
+        tau_max=64,
+        schedule=snr_jax.every_n_steps(25),
+        control_flow=cf,
+        **kw,
+    ),
     'snr-per_token': lambda groups, cf, **kw: snr_jax.snr(
-        optax.adam(1e-2), groups, estimator='per_token', schedule=snr_jax.at_random(0.05),
-        control_flow=cf, **kw),
-    'redo': lambda groups, cf, **kw: snr_jax.redo(optax.adam(1e-2), groups, period=10,
-                                                  threshold=0.3, control_flow=cf, **kw),
+        optax.adam(1e-2),
+        groups,
+        estimator='per_token',
+        schedule=snr_jax.at_random(0.05),
+        control_flow=cf,
+        **kw,
+    ),
+    'redo': lambda groups, cf, **kw: snr_jax.redo(
+        optax.adam(1e-2), groups, period=10, threshold=0.3, control_flow=cf, **kw
+    ),
     'cbp': lambda groups, cf, **kw: snr_jax.continual_backprop(
-        optax.adam(1e-2), groups, replacement_rate=0.05, maturity=5, control_flow=cf, **kw),
+        optax.adam(1e-2), groups, replacement_rate=0.05, maturity=5, control_flow=cf, **kw
+    ),
     'cbp-stochastic': lambda groups, cf, **kw: snr_jax.continual_backprop(
-        optax.adam(1e-2), groups, replacement_rate=0.05, maturity=5, rounding='stochastic',
-        control_flow=cf, **kw),
+        optax.adam(1e-2),
+        groups,
+        replacement_rate=0.05,
+        maturity=5,
+        rounding='stochastic',
+        control_flow=cf,
+        **kw,
+    ),
 }
 
 
@@ -57,9 +86,15 @@ def test_select_update_lowers_with_no_control_flow(method):
       text = lower(update, *args, platforms=(platform,))
       assert control_flow_ops(text) == NONE, (method, cap, platform, control_flow_ops(text))
   branch = METHODS[method](groups, 'branch')
-  text = lower(lambda g, s, p, a: branch.update(g, s, p, activations=a), params,
-               jax.eval_shape(branch.init, params), params, acts, platforms=('cuda',))
-  assert sum(control_flow_ops(text).values()) > 0   # the check sees the branching step's
+  text = lower(
+      lambda g, s, p, a: branch.update(g, s, p, activations=a),
+      params,
+      jax.eval_shape(branch.init, params),
+      params,
+      acts,
+      platforms=('cuda',),
+  )
+  assert sum(control_flow_ops(text).values()) > 0  # the check sees the branching step's
 
 
 def test_select_train_step_of_a_cnn_lowers_with_no_control_flow():
@@ -70,6 +105,7 @@ def test_select_train_step_of_a_cnn_lowers_with_no_control_flow():
     def loss_fn(p):
       logits, acts = forward({'params': p}, x)
       return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), acts
+
     (_, acts), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     updates, state = opt.update(grads, state, params, activations=acts, end_of_task=True)
     return optax.apply_updates(params, updates), state
@@ -86,21 +122,24 @@ def test_select_train_step_of_a_cnn_lowers_with_no_control_flow():
 @pytest.mark.parametrize('bad', ['Select', 'cond', None, 1])
 def test_control_flow_is_checked_by_every_constructor(bad, mlp_step):
   groups = mlp_step[3]
-  builders = [lambda: snr_jax.snr(optax.sgd(0.1), groups, control_flow=bad),
-              lambda: snr_jax.snr_l2(optax.sgd(0.1), groups, control_flow=bad),
-              lambda: snr_jax.redo(optax.sgd(0.1), groups, control_flow=bad),
-              lambda: snr_jax.continual_backprop(optax.sgd(0.1), groups, control_flow=bad),
-              lambda: snr_jax.make_method('snr', optax.sgd(0.1), groups=groups,
-                                          control_flow=bad),
-              lambda: snr_jax.NeuronResets(groups, snr_jax.ReDoRule(), control_flow=bad)]
+  builders = [
+      lambda: snr_jax.snr(optax.sgd(0.1), groups, control_flow=bad),
+      lambda: snr_jax.snr_l2(optax.sgd(0.1), groups, control_flow=bad),
+      lambda: snr_jax.redo(optax.sgd(0.1), groups, control_flow=bad),
+      lambda: snr_jax.continual_backprop(optax.sgd(0.1), groups, control_flow=bad),
+      lambda: snr_jax.make_method('snr', optax.sgd(0.1), groups=groups, control_flow=bad),
+      lambda: snr_jax.NeuronResets(groups, snr_jax.ReDoRule(), control_flow=bad),
+  ]
   for build in builders:
-    with pytest.raises(ValueError, match=r"control_flow must be one of \['auto', 'branch', "
-                                         r"'select'\]"):
+    with pytest.raises(
+        ValueError, match=r"control_flow must be one of \['auto', 'branch', " r"'select'\]"
+    ):
       build()
 
 
 def test_auto_is_branch_on_cpu():
   from snr_jax._src.util import control_flow_for  # pylint: disable=import-outside-toplevel
+
   assert jax.default_backend() == 'cpu'
   assert control_flow_for('auto') == 'branch'
   assert control_flow_for('select') == 'select' and control_flow_for('branch') == 'branch'
@@ -108,7 +147,9 @@ def test_auto_is_branch_on_cpu():
 
 # --- the same results ------------------------------------------------------------------------
 
+
 class SmallCNN(nn.Module):
+
   @nn.compact
   def __call__(self, x):
     x = nn.relu(nn.Conv(6, (3, 3), padding='VALID')(x))
@@ -118,6 +159,7 @@ class SmallCNN(nn.Module):
 
 
 class SmallMLP(nn.Module):
+
   @nn.compact
   def __call__(self, x):
     for h in (24, 20):
@@ -147,12 +189,15 @@ def _run(name, opt):
     def loss_fn(p):
       logits, acts = forward({'params': p}, x)
       return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), acts
+
     (_, acts), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-    updates, state = opt.update(grads, state, params, activations=acts,
-                                end_of_task=(i + 1) % 50 == 0)
+    updates, state = opt.update(
+        grads, state, params, activations=acts, end_of_task=(i + 1) % 50 == 0
+    )
     masks = snr_jax._src.transform.find_reset_state(state).last_resets
     return (optax.apply_updates(params, updates), state), jnp.concatenate(
-        [masks[g.name] for g in groups])
+        [masks[g.name] for g in groups]
+    )
 
   run = jax.jit(lambda p: jax.lax.scan(step, (p, opt.init(p)), ((xs, ys), jnp.arange(300))))
   (params, _), masks = run(params)
@@ -160,18 +205,21 @@ def _run(name, opt):
 
 
 # the exact path (max_resets_per_step=None) is compared in both modes by the reference trace
-CASES = [('mlp', 'snr-histogram', 'auto'), ('mlp', 'snr-geometric', 2), ('mlp', 'redo', 3),
-         ('mlp', 'cbp', 1), ('cnn', 'snr-histogram', 2)]
+CASES = [
+    ('mlp', 'snr-histogram', 'auto'),
+    ('mlp', 'snr-geometric', 2),
+    ('mlp', 'redo', 3),
+    ('mlp', 'cbp', 1),
+    ('cnn', 'snr-histogram', 2),
+]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize('model_name, method, cap', CASES)
 def test_select_and_branch_give_the_same_run(model_name, method, cap):
   groups = _model(model_name)[4]
-  p_branch, m_branch = _run(model_name, METHODS[method](groups, 'branch',
-                                                        max_resets_per_step=cap))
-  p_select, m_select = _run(model_name, METHODS[method](groups, 'select',
-                                                        max_resets_per_step=cap))
+  p_branch, m_branch = _run(model_name, METHODS[method](groups, 'branch', max_resets_per_step=cap))
+  p_select, m_select = _run(model_name, METHODS[method](groups, 'select', max_resets_per_step=cap))
   assert m_branch.sum() > 0, 'no reset in 300 steps: the comparison would be vacuous'
   np.testing.assert_array_equal(m_branch, m_select)
   for a, b in zip(jax.tree.leaves(p_branch), jax.tree.leaves(p_select)):

@@ -22,8 +22,14 @@ HERE = pathlib.Path(__file__).resolve().parent
 @pytest.mark.slow
 def test_every_parallel_form_matches_one_device():
   env = dict(os.environ, PYTHONPATH=str(HERE.parent))
-  proc = subprocess.run([sys.executable, str(HERE / 'data_parallel_run.py'), '200'], env=env,
-                        capture_output=True, text=True, timeout=900, check=False)
+  proc = subprocess.run(
+      [sys.executable, str(HERE / 'data_parallel_run.py'), '200'],
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=900,
+      check=False,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   results = json.loads(proc.stdout.strip().splitlines()[-1])
   assert sorted(results) == ['cbp', 'redo', 'snr', 'snr_per_token']
@@ -37,17 +43,23 @@ def test_every_parallel_form_matches_one_device():
 
 def test_axis_names_without_an_enclosing_axis_are_clear_errors():
   group = snr_jax.dense_group('h', 3, layer='a', consumer='b')
-  params = {'a': {'kernel': jax.numpy.ones((2, 3)), 'bias': jax.numpy.zeros(3)},
-            'b': {'kernel': jax.numpy.ones((3, 1)), 'bias': jax.numpy.zeros(1)}}
+  params = {
+      'a': {'kernel': jax.numpy.ones((2, 3)), 'bias': jax.numpy.zeros(3)},
+      'b': {'kernel': jax.numpy.ones((3, 1)), 'bias': jax.numpy.zeros(1)},
+  }
   for kw in (dict(data_axis='data'), dict(axis_name='seeds')):
     tx = snr_jax.snr(optax.sgd(0.1), [group], **kw)
     name = next(iter(kw))
     with pytest.raises(ValueError, match=f"{name}='{kw[name]}' names no enclosing mapped axis"):
-      tx.update(jax.tree.map(jax.numpy.zeros_like, params), tx.init(params), params,
-                activations={'h': jax.numpy.ones((4, 3))})
+      tx.update(
+          jax.tree.map(jax.numpy.zeros_like, params),
+          tx.init(params),
+          params,
+          activations={'h': jax.numpy.ones((4, 3))},
+      )
 
 
-COLLECTIVES = '''
+COLLECTIVES = """
 import os, re
 os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=2'
 import jax, numpy as np, optax
@@ -75,7 +87,7 @@ print(*all_reduces(sgd), *all_reduces(snr_jax.snr(sgd, groups, data_axis='d')),
       *all_reduces(snr_jax.snr(sgd, groups, estimator='per_token', data_axis='d')),
       *all_reduces(snr_jax.redo(sgd, groups, data_axis='d')),
       *all_reduces(snr_jax.continual_backprop(sgd, groups, data_axis='d')))
-'''
+"""
 
 
 @pytest.mark.slow
@@ -85,13 +97,20 @@ def test_data_parallel_resets_add_no_collective_and_one_buffer_to_the_step():
   all-reduces as the plain one, and every group's statistics travel in one buffer of it
   (XLA's CPU runtime runs one rendezvous of all devices per buffer)."""
   env = dict(os.environ, PYTHONPATH=f'{HERE}{os.pathsep}{HERE.parent}')
-  proc = subprocess.run([sys.executable, '-c', COLLECTIVES], env=env, capture_output=True,
-                        text=True, timeout=300, check=False)
+  proc = subprocess.run(
+      [sys.executable, '-c', COLLECTIVES],
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=300,
+      check=False,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
-  (plain, plain_buffers), *methods = (tuple(map(int, p)) for p in
-                                       zip(*[iter(proc.stdout.split())] * 2))
+  (plain, plain_buffers), *methods = (
+      tuple(map(int, p)) for p in zip(*[iter(proc.stdout.split())] * 2)
+  )
   assert plain >= 1 and len(methods) == 4, proc.stdout
-  for ops, buffers in methods:   # snr histogram, snr per-token, redo, cbp
+  for ops, buffers in methods:  # snr histogram, snr per-token, redo, cbp
     assert ops == plain and buffers == plain_buffers + 1, (plain, plain_buffers, methods)
 
 
@@ -99,12 +118,18 @@ def test_psum_packed_sums_each_vector_in_its_dtype():
   """Vectors of several sizes and dtypes come back summed over the axis, each whole, in
   its own name and dtype (one buffer per dtype, split back in order)."""
   members = 3
-  vectors = {'a': np.arange(members * 2).reshape(members, 2).astype(np.float32),
-             'b': np.arange(members * 5).reshape(members, 5).astype(np.int32),
-             'c': np.ones((members, 1), bool),
-             'd': np.arange(members * 4).reshape(members, 4).astype(np.float32) * 10}
-  dtypes = {'a': jax.numpy.float32, 'b': jax.numpy.int32, 'c': jax.numpy.float32,
-            'd': jax.numpy.float32}
+  vectors = {
+      'a': np.arange(members * 2).reshape(members, 2).astype(np.float32),
+      'b': np.arange(members * 5).reshape(members, 5).astype(np.int32),
+      'c': np.ones((members, 1), bool),
+      'd': np.arange(members * 4).reshape(members, 4).astype(np.float32) * 10,
+  }
+  dtypes = {
+      'a': jax.numpy.float32,
+      'b': jax.numpy.int32,
+      'c': jax.numpy.float32,
+      'd': jax.numpy.float32,
+  }
   out = jax.vmap(lambda v: psum_packed(v, dtypes, 'd'), axis_name='d')(vectors)
   assert sorted(out) == ['a', 'b', 'c', 'd']
   for k, v in vectors.items():
@@ -119,8 +144,10 @@ def test_ages_grow_by_the_global_batch_however_it_is_given(batch_size):
   ``batch_size`` is the global batch's: both age a silent unit by the 16 examples of
   the global batch, as on one device."""
   group = snr_jax.dense_group('h', 4, layer='a', consumer='b')
-  params = {'a': {'kernel': jax.numpy.ones((5, 4)), 'bias': jax.numpy.zeros(4)},
-            'b': {'kernel': jax.numpy.ones((4, 2)), 'bias': jax.numpy.zeros(2)}}
+  params = {
+      'a': {'kernel': jax.numpy.ones((5, 4)), 'bias': jax.numpy.zeros(4)},
+      'b': {'kernel': jax.numpy.ones((4, 2)), 'bias': jax.numpy.zeros(2)},
+  }
   silent = -jax.numpy.ones((16, 4))
   grads = jax.tree.map(jax.numpy.zeros_like, params)
 

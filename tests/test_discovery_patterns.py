@@ -31,9 +31,13 @@ def dense(name, units, consumer):
 def conv(name, units, consumer, unit_of=None):
   """A conv group read by a conv (input-channel slice) or, through a flatten, a Dense."""
   axis = 0 if unit_of is not None else 2
-  return truth(name, units, {f'{name}/kernel': 3, f'{name}/bias': 0},
-               {f'{consumer}/kernel': axis},
-               unit_of=None if unit_of is None else {f'{consumer}/kernel': unit_of})
+  return truth(
+      name,
+      units,
+      {f'{name}/kernel': 3, f'{name}/bias': 0},
+      {f'{consumer}/kernel': axis},
+      unit_of=None if unit_of is None else {f'{consumer}/kernel': unit_of},
+  )
 
 
 def assert_reset_unit_is_cut_off(apply, params, groups, name, unit):
@@ -58,6 +62,7 @@ def assert_reset_unit_is_cut_off(apply, params, groups, name, unit):
 
 # --- the benchmark CNN: im2col or XLA conv, hand-written or XLA pooling ---------------------
 
+
 @pytest.mark.parametrize('pool_impl', ['reshape', 'xla'])
 @pytest.mark.parametrize('conv_impl', ['im2col', 'xla'])
 def test_benchmark_cnn_has_all_four_groups(conv_impl, pool_impl):
@@ -65,21 +70,25 @@ def test_benchmark_cnn_has_all_four_groups(conv_impl, pool_impl):
   x = jax.random.normal(jax.random.PRNGKey(1), (2, 32, 32, 3))
   variables = model.init(KEY, x)
   groups = snr_jax.discover_groups(model, variables, x)
-  assert sorted(as_truth(g) for g in groups) == sorted([
-      conv('Conv_0', 16, 'Conv_1'),
-      conv('Conv_1', 16, 'Dense_0', unit_of=_flatten_rows(5, 5, 16, False)),
-      dense('Dense_0', 100, 'Dense_1'),
-      dense('Dense_1', 100, 'Dense_2'),
-  ])
-  assert sorted((g.name, g.outgoing[0].path[0]) for g in groups) == \
-      sorted((a[0], b[0]) for a, b in model.neuron_group_paths())
+  assert sorted(as_truth(g) for g in groups) == sorted(
+      [
+          conv('Conv_0', 16, 'Conv_1'),
+          conv('Conv_1', 16, 'Dense_0', unit_of=_flatten_rows(5, 5, 16, False)),
+          dense('Dense_0', 100, 'Dense_1'),
+          dense('Dense_1', 100, 'Dense_2'),
+      ]
+  )
+  assert sorted((g.name, g.outgoing[0].path[0]) for g in groups) == sorted(
+      (a[0], b[0]) for a, b in model.neuron_group_paths()
+  )
   # the captured pre-activations are the layers' outputs
   out, acts = jax.jit(snr_jax.with_preactivations(model, groups))(variables, x)
   np.testing.assert_array_equal(out, jax.jit(model.apply)(variables, x))
   _, inter = model.apply(variables, x, capture_intermediates=True)
   for name in ('Conv_0', 'Conv_1', 'Dense_0'):
-    np.testing.assert_allclose(acts[name], inter['intermediates'][name]['__call__'][0],
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        acts[name], inter['intermediates'][name]['__call__'][0], rtol=1e-5, atol=1e-5
+    )
   apply = jax.jit(lambda p: model.apply({'params': p}, x))
   assert_reset_unit_is_cut_off(apply, variables['params'], groups, 'Conv_0', 3)
   assert_reset_unit_is_cut_off(apply, variables['params'], groups, 'Conv_1', 5)
@@ -118,11 +127,13 @@ def test_hand_pooled_conv_keeps_its_groups():
   variables = model.init(KEY, x)
   groups = snr_jax.discover_groups(model, variables, x)
   # 12x12 -> pool 6x6 -> conv 4x4 -> pool rows 2x4 -> sum columns 2x2
-  assert sorted(as_truth(g) for g in groups) == sorted([
-      conv('Conv_0', 4, 'Conv_1'),
-      conv('Conv_1', 5, 'Dense_0', unit_of=_flatten_rows(2, 2, 5, False)),
-      dense('Dense_0', 6, 'Dense_1'),
-  ])
+  assert sorted(as_truth(g) for g in groups) == sorted(
+      [
+          conv('Conv_0', 4, 'Conv_1'),
+          conv('Conv_1', 5, 'Dense_0', unit_of=_flatten_rows(2, 2, 5, False)),
+          dense('Dense_0', 6, 'Dense_1'),
+      ]
+  )
   # Conv_1's firing is read on the pooled value, the ReLU's input
   _, acts = snr_jax.with_preactivations(model, groups)(variables, x)
   _, inter = model.apply(variables, x, capture_intermediates=True)
@@ -157,6 +168,7 @@ class ConstrainedBlock(nn.Module):
 
 
 class ConstrainedLoop(nn.Module):
+
   @nn.compact
   def __call__(self, x):
     for i in range(2):
@@ -165,10 +177,12 @@ class ConstrainedLoop(nn.Module):
 
 
 class ConstrainedScan(nn.Module):
+
   @nn.compact
   def __call__(self, x):
-    stack = nn.scan(ConstrainedBlock, variable_axes={'params': 0},
-                    split_rngs={'params': True}, length=3)
+    stack = nn.scan(
+        ConstrainedBlock, variable_axes={'params': 0}, split_rngs={'params': True}, length=3
+    )
     x, _ = stack(name='stack')(x, None)
     return nn.Dense(2, name='head')(x)
 
@@ -182,8 +196,15 @@ def test_sharding_constraints_and_casts_are_transparent(scanned):
     variables = model.init(KEY, x)
     groups = snr_jax.discover_groups(model, variables, x)
     if scanned:
-      want = [truth('stack/fc1', 8, {'stack/fc1/kernel': 2, 'stack/fc1/bias': 1},
-                    {'stack/fc2/kernel': 1}, layers=3)]
+      want = [
+          truth(
+              'stack/fc1',
+              8,
+              {'stack/fc1/kernel': 2, 'stack/fc1/bias': 1},
+              {'stack/fc2/kernel': 1},
+              layers=3,
+          )
+      ]
     else:
       want = [dense(f'block_{i}/fc1', 8, f'block_{i}/fc2') for i in range(2)]
     assert sorted(as_truth(g) for g in groups) == sorted(want)
@@ -192,12 +213,10 @@ def test_sharding_constraints_and_casts_are_transparent(scanned):
     p = variables['params']
     if scanned:
       fc1 = jax.tree.map(lambda a: a[0], p['stack']['fc1'])
-      np.testing.assert_allclose(acts['stack/fc1'][0], x @ fc1['kernel'] + fc1['bias'],
-                                 rtol=1e-5)
+      np.testing.assert_allclose(acts['stack/fc1'][0], x @ fc1['kernel'] + fc1['bias'], rtol=1e-5)
     else:
       fc1 = p['block_0']['fc1']
-      np.testing.assert_allclose(acts['block_0/fc1'], x @ fc1['kernel'] + fc1['bias'],
-                                 rtol=1e-5)
+      np.testing.assert_allclose(acts['block_0/fc1'], x @ fc1['kernel'] + fc1['bias'], rtol=1e-5)
     # a unit that fires most, (layer, unit) flattened for the stack
     name = groups[-1].name
     fires = (acts[name] > 0).sum(-2)
@@ -206,6 +225,7 @@ def test_sharding_constraints_and_casts_are_transparent(scanned):
 
 
 # --- dropout ----------------------------------------------------------------------------------
+
 
 class DropoutMLP(nn.Module):
   """nn.Dropout before the first ReLU and after the second."""
@@ -254,13 +274,19 @@ def test_dropout_as_a_product_with_a_mask_keeps_the_groups():
     h = _hk_dropout(k2, jax.nn.relu(h @ params['w2']['w']))
     return h @ params['w3']['w']
 
-  params = {'w1': {'w': jnp.ones((5, 6)), 'b': jnp.zeros(6)}, 'w2': {'w': jnp.ones((6, 4))},
-            'w3': {'w': jnp.ones((4, 2))}}
+  params = {
+      'w1': {'w': jnp.ones((5, 6)), 'b': jnp.zeros(6)},
+      'w2': {'w': jnp.ones((6, 4))},
+      'w3': {'w': jnp.ones((4, 2))},
+  }
   x, key = jnp.ones((3, 5)), jax.random.PRNGKey(3)
   groups = snr_jax.discover_groups(f, params, x, key)
-  assert sorted(as_truth(g) for g in groups) == sorted([
-      truth('w1', 6, {'w1/w': 1, 'w1/b': 0}, {'w2/w': 0}),
-      truth('w2', 4, {'w2/w': 1}, {'w3/w': 0})])
+  assert sorted(as_truth(g) for g in groups) == sorted(
+      [
+          truth('w1', 6, {'w1/w': 1, 'w1/b': 0}, {'w2/w': 0}),
+          truth('w2', 4, {'w2/w': 1}, {'w3/w': 0}),
+      ]
+  )
 
   # a product with data that is not a mask (a gate) still mixes in another value
   def gated(params, x, key):
@@ -268,9 +294,12 @@ def test_dropout_as_a_product_with_a_mask_keeps_the_groups():
     h = jax.nn.relu(h * jax.nn.sigmoid(x @ params['w2']['w']))
     return h @ params['w3']['w']
 
-  params = {'w1': {'w': jnp.ones((5, 4))}, 'w2': {'w': jnp.ones((5, 4))},
-            'w3': {'w': jnp.ones((4, 2))}}
-  with pytest.raises(snr_jax.GroupError, match="w1: its pre-activation is combined"):
+  params = {
+      'w1': {'w': jnp.ones((5, 4))},
+      'w2': {'w': jnp.ones((5, 4))},
+      'w3': {'w': jnp.ones((4, 2))},
+  }
+  with pytest.raises(snr_jax.GroupError, match='w1: its pre-activation is combined'):
     snr_jax.discover_groups(gated, params, x, key)
 
 
@@ -296,11 +325,19 @@ class NNXDropoutCNN(nnx.Module):
 def test_nnx_dropout_cnn_has_the_same_groups_in_train_and_eval_mode():
   model = NNXDropoutCNN(nnx.Rngs(0))
   x = jax.random.normal(jax.random.PRNGKey(1), (3, 8, 8, 2))
-  want = sorted([
-      truth('conv0', 4, {'conv0/kernel': 3, 'conv0/bias': 0}, {'conv1/kernel': 2}),
-      truth('conv1', 3, {'conv1/kernel': 3, 'conv1/bias': 0}, {'fc/kernel': 0},
-            unit_of={'fc/kernel': _flatten_rows(2, 2, 3, False)}),
-      dense('fc', 5, 'out')])
+  want = sorted(
+      [
+          truth('conv0', 4, {'conv0/kernel': 3, 'conv0/bias': 0}, {'conv1/kernel': 2}),
+          truth(
+              'conv1',
+              3,
+              {'conv1/kernel': 3, 'conv1/bias': 0},
+              {'fc/kernel': 0},
+              unit_of={'fc/kernel': _flatten_rows(2, 2, 3, False)},
+          ),
+          dense('fc', 5, 'out'),
+      ]
+  )
   model.train()
   train = snr_jax.discover_groups(model, x)
   assert sorted(as_truth(g) for g in train) == want
@@ -317,10 +354,10 @@ def test_nnx_dropout_cnn_has_the_same_groups_in_train_and_eval_mode():
 # --- a deep stack --------------------------------------------------------------------------
 # (its discovery time is measured by experiments/bench_capture.py, not asserted here)
 
+
 @pytest.mark.slow
 def test_discovery_of_a_12_block_gpt_finds_every_ffn():
-  model = GPT(vocab_size=40, context_length=32, width=64, num_heads=2, ffn_width=256,
-              num_layers=12)
+  model = GPT(vocab_size=40, context_length=32, width=64, num_heads=2, ffn_width=256, num_layers=12)
   x = jnp.zeros((2, 32), jnp.int32)
   groups = snr_jax.discover_groups(model, model.init(KEY, x), x)
   assert len(groups) == 12 and {g.size for g in groups} == {256}

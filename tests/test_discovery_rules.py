@@ -50,14 +50,17 @@ smooth_p = _primitive('snr_test_smooth')
 
 def _params():
   k1, k2 = jax.random.split(jax.random.PRNGKey(0))
-  return {'hidden': {'kernel': jax.random.normal(k1, (5, 8)), 'bias': jnp.zeros(8)},
-          'out': {'kernel': jax.random.normal(k2, (8, 3))}}
+  return {
+      'hidden': {'kernel': jax.random.normal(k1, (5, 8)), 'bias': jnp.zeros(8)},
+      'out': {'kernel': jax.random.normal(k2, (8, 3))},
+  }
 
 
 def _model(activation):
   def f(p, x):
     h = activation(x @ p['hidden']['kernel'] + p['hidden']['bias'])
     return h @ p['out']['kernel']
+
   return f
 
 
@@ -68,7 +71,7 @@ def _left_out_reason(f):
   """The reason 'hidden' is left out (discovery then finds no group at all)."""
   with pytest.raises(snr_jax.GroupError) as err:
     snr_jax.discover_groups(f, _params(), X)
-  assert "hidden:" in str(err.value)
+  assert 'hidden:' in str(err.value)
   return str(err.value)
 
 
@@ -89,8 +92,9 @@ def test_custom_jvp_activation_is_left_out_until_registered_relu_like():
     groups = _assert_hidden_group(f)
     out, acts = snr_jax.with_preactivations(f, groups)(_params(), X)
     p = _params()
-    np.testing.assert_allclose(acts['hidden'], X @ p['hidden']['kernel'] + p['hidden']['bias'],
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        acts['hidden'], X @ p['hidden']['kernel'] + p['hidden']['bias'], rtol=1e-6
+    )
     np.testing.assert_allclose(out, f(p, X), rtol=1e-6)
   assert 'clipped_relu' in _left_out_reason(f)  # the scope undid the registration
 
@@ -215,8 +219,9 @@ def test_a_plain_python_function_is_refused_with_the_way_out():
       snr_jax.register_activation(my_relu)
 
 
-@pytest.mark.parametrize('name', ['dot_general', 'tanh', 'add', 'relu', 'gelu', 'pjit', 'jit',
-                                  'scan'])
+@pytest.mark.parametrize(
+    'name', ['dot_general', 'tanh', 'add', 'relu', 'gelu', 'pjit', 'jit', 'scan']
+)
 def test_built_in_names_cannot_be_registered(name):
   with snr_jax.registration_scope():
     with pytest.raises(ValueError, match=f"'{name}' is built into discovery"):

@@ -15,16 +15,26 @@ pytestmark = pytest.mark.filterwarnings('error::DeprecationWarning')
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PAGES = [ROOT / 'README.md', *sorted((ROOT / 'docs').rglob('*.md'))]
-BLOCKS = [(page.relative_to(ROOT).as_posix(), block)
-          for page in PAGES for block in re.findall(r'```python\n(.*?)```', page.read_text(), re.S)]
+BLOCKS = [
+    (page.relative_to(ROOT).as_posix(), block)
+    for page in PAGES
+    for block in re.findall(r'```python\n(.*?)```', page.read_text(), re.S)
+]
 SELF_CONTAINED = [(page, b) for page, b in BLOCKS if 'import snr_jax' in b]
 FRAGMENTS = [(page, b) for page, b in BLOCKS if 'import ' not in b]
 README = (ROOT / 'README.md').read_text()
 # blocks the tests below run and check by name; every other self-contained block just runs
-CHECKED = [('README.md', '@nn.compact'), ('README.md', 'nnx.Optimizer'),
-           ('docs/guides/models.md', 'import equinox'), ('docs/guides/models.md', 'import haiku')]
-UNCHECKED = [(page, b) for page, b in SELF_CONTAINED
-             if not any(page == p and marker in b for p, marker in CHECKED)]
+CHECKED = [
+    ('README.md', '@nn.compact'),
+    ('README.md', 'nnx.Optimizer'),
+    ('docs/guides/models.md', 'import equinox'),
+    ('docs/guides/models.md', 'import haiku'),
+]
+UNCHECKED = [
+    (page, b)
+    for page, b in SELF_CONTAINED
+    if not any(page == p and marker in b for p, marker in CHECKED)
+]
 
 
 def _block(marker: str, page: str = 'README.md') -> str:
@@ -64,32 +74,36 @@ def test_readme_nnx_example_runs():
   namespace = _run(_block('nnx.Optimizer'), {})
   ages = namespace['optimizer'].opt_state.resets.rule.ages
   assert sorted(ages) == ['layers/0', 'layers/1']
-  assert int(ages['layers/0'][...].max()) <= 16   # one batch of examples at most
+  assert int(ages['layers/0'][...].max()) <= 16  # one batch of examples at most
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('library,groups', [
-    ('equinox', ['layers/0', 'layers/1']), ('haiku', ['mlp/~/linear_0', 'mlp/~/linear_1'])])
+@pytest.mark.parametrize(
+    'library,groups',
+    [('equinox', ['layers/0', 'layers/1']), ('haiku', ['mlp/~/linear_0', 'mlp/~/linear_1'])],
+)
 def test_guide_equinox_and_haiku_examples_run(library, groups, capsys):
   namespace = _run(_block(f'import {library}', 'docs/guides/models.md'), {})
-  assert f"/{groups[0]}'" in capsys.readouterr().out   # per-group figures printed
+  assert f"/{groups[0]}'" in capsys.readouterr().out  # per-group figures printed
   assert sorted(namespace['opt_state'].resets.rule.ages) == groups
   assert float(namespace['loss']) > 0
 
 
-@pytest.mark.parametrize('page,block', UNCHECKED,
-                         ids=[f'{p}:{i}' for i, (p, _) in enumerate(UNCHECKED)])
+@pytest.mark.parametrize(
+    'page,block', UNCHECKED, ids=[f'{p}:{i}' for i, (p, _) in enumerate(UNCHECKED)]
+)
 def test_every_other_self_contained_block_runs(page, block, capsys):
   _run(block, {}, page)
   capsys.readouterr()
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('page,block', FRAGMENTS,
-                         ids=[f'{p}:{i}' for i, (p, _) in enumerate(FRAGMENTS)])
+@pytest.mark.parametrize(
+    'page,block', FRAGMENTS, ids=[f'{p}:{i}' for i, (p, _) in enumerate(FRAGMENTS)]
+)
 def test_fragments_run_after_the_linen_example(page, block, linen_namespace, capsys):
   capsys.readouterr()
-  _run(block, dict(linen_namespace), page)   # a copy: a fragment never sees another's names
+  _run(block, dict(linen_namespace), page)  # a copy: a fragment never sees another's names
 
 
 def test_readme_links_work_on_a_package_index():

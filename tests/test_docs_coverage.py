@@ -11,8 +11,11 @@ import re
 import snr_jax
 
 DOCS = pathlib.Path(__file__).resolve().parents[1] / 'docs'
-RENDERED = {m for page in DOCS.rglob('*.md')
-            for m in re.findall(r'^::: snr_jax\.(\w+)\s*$', page.read_text(), re.M)}
+RENDERED = {
+    m
+    for page in DOCS.rglob('*.md')
+    for m in re.findall(r'^::: snr_jax\.(\w+)\s*$', page.read_text(), re.M)
+}
 
 
 def test_every_public_name_is_documented():

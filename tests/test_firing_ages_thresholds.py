@@ -14,8 +14,10 @@ from snr_jax._src.thresholds import BatchFiring
 
 
 def _groups(*sizes):
-  return tuple(NeuronGroup(f'g{i}', n, (ParamSlice(('w',), -1, jax.nn.initializers.zeros),))
-               for i, n in enumerate(sizes))
+  return tuple(
+      NeuronGroup(f'g{i}', n, (ParamSlice(('w',), -1, jax.nn.initializers.zeros),))
+      for i, n in enumerate(sizes)
+  )
 
 
 def _acts(fired_rows, batch=4):
@@ -38,8 +40,9 @@ def _run(resets, state, acts_seq, end_of_task=None):
 
 # --- firing -----------------------------------------------------------------------
 
+
 def test_fires_if_positive_anywhere_in_batch():
-  a = jnp.array([[-1., 0., 0.5], [-2., 0., -1.]])
+  a = jnp.array([[-1.0, 0.0, 0.5], [-2.0, 0.0, -1.0]])
   np.testing.assert_array_equal(snr_jax.fired(a), [False, False, True])
 
 
@@ -57,12 +60,14 @@ def test_fires_over_tokens():
 
 # --- ages -------------------------------------------------------------------------
 
+
 @pytest.mark.slow
 def test_ages_grow_by_batch_size_in_examples():
   r = snr_jax.self_normalized_resets(_groups(3), tau_max=1000, tau_min=10)
   s = r.init({'w': jnp.zeros((1, 3))})
-  states = _run(r, s, [_acts([1, 0, 0], batch=8), _acts([1, 0, 1], batch=8),
-                       _acts([0, 0, 0], batch=8)])
+  states = _run(
+      r, s, [_acts([1, 0, 0], batch=8), _acts([1, 0, 1], batch=8), _acts([0, 0, 0], batch=8)]
+  )
   np.testing.assert_array_equal(states[0].rule.ages['g0'], [0, 8, 8])
   np.testing.assert_array_equal(states[1].rule.ages['g0'], [0, 16, 0])
   np.testing.assert_array_equal(states[2].rule.ages['g0'], [8, 24, 8])
@@ -102,8 +107,10 @@ def test_ages_saturate_inside_the_rule():
   s = r.init({'w': jnp.zeros((1, 2))})
   # A huge age must saturate at the maximum (and so reach a maximal threshold), not
   # wrap to a negative age that would never be reset.
-  rule = s.rule._replace(ages={'g0': jnp.array([top - 2, 0], jnp.int32)},
-                         thresholds={'g0': jnp.array([top, top], jnp.int32)})
+  rule = s.rule._replace(
+      ages={'g0': jnp.array([top - 2, 0], jnp.int32)},
+      thresholds={'g0': jnp.array([top, top], jnp.int32)},
+  )
   s = s._replace(rule=rule)
   (s,) = _run(r, s, [_acts([0, 0], batch=16)])
   np.testing.assert_array_equal(s.last_resets['g0'], [True, False])
@@ -111,6 +118,7 @@ def test_ages_saturate_inside_the_rule():
 
 
 # --- gap records ------------------------------------------------------------------
+
 
 def test_histogram_records_completed_and_censored_gaps():
   r = snr_jax.self_normalized_resets(_groups(2), tau_init=12, tau_min=1, tau_max=20)
@@ -126,18 +134,24 @@ def test_histogram_records_completed_and_censored_gaps():
   np.testing.assert_array_equal(states[2].rule.ages['g0'], [0, 0])
   (s4,) = _run(r, states[-1], [_acts([0, 0])])
   np.testing.assert_array_equal(s4.rule.ages['g0'], [4, 4])
-  assert int(s4.rule.estimator['g0'].counts.sum()) == 3   # nothing new recorded
+  assert int(s4.rule.estimator['g0'].counts.sum()) == 3  # nothing new recorded
 
 
 def test_gap_above_tau_max_goes_to_last_bin():
   est = HistogramEstimator(eta=0.1, tau_min=1, tau_max=10)
   st = est.init(2)
-  st = est.record(st, BatchFiring(jnp.array([True, True]), 1), age_before=jnp.array([50, 3]),
-                  reset=jnp.array([False, False]), age_at_reset=jnp.array([0, 0]))
+  st = est.record(
+      st,
+      BatchFiring(jnp.array([True, True]), 1),
+      age_before=jnp.array([50, 3]),
+      reset=jnp.array([False, False]),
+      age_at_reset=jnp.array([0, 0]),
+  )
   assert int(st.counts[0, 10]) == 1 and int(st.counts[1, 3]) == 1
 
 
 # --- histogram quantile and refresh -------------------------------------------------
+
 
 def _hist(rows, tau_max=10):
   counts = np.zeros((len(rows), tau_max + 1), np.int32)
@@ -184,19 +198,21 @@ def test_refresh_only_touches_masked_neurons():
 
 @pytest.mark.slow
 def test_refresh_happens_every_k_task_boundaries():
-  r = snr_jax.self_normalized_resets(_groups(1), tau_init=50, tau_min=1, tau_max=100,
-                                     schedule=snr_jax.every_n_tasks(2), eta=0.5)
+  r = snr_jax.self_normalized_resets(
+      _groups(1), tau_init=50, tau_min=1, tau_max=100, schedule=snr_jax.every_n_tasks(2), eta=0.5
+  )
   s = r.init({'w': jnp.zeros((1, 1))})
-  seq = [_acts([1]), _acts([0]), _acts([1])] * 2     # gaps 4 recorded
+  seq = [_acts([1]), _acts([0]), _acts([1])] * 2  # gaps 4 recorded
   eot = [False, False, True, False, False, True]
   states = _run(r, s, seq, eot)
-  assert int(states[2].rule.thresholds['g0'][0]) == 50   # first boundary: K=2, no refresh
-  assert int(states[5].rule.thresholds['g0'][0]) == 4    # second boundary: contract to q
+  assert int(states[2].rule.thresholds['g0'][0]) == 50  # first boundary: K=2, no refresh
+  assert int(states[5].rule.thresholds['g0'][0]) == 4  # second boundary: contract to q
 
 
 def test_refresh_every_n_steps():
-  r = snr_jax.self_normalized_resets(_groups(1), tau_init=50, tau_min=1, tau_max=100,
-                                     schedule=snr_jax.every_n_steps(3), eta=0.5)
+  r = snr_jax.self_normalized_resets(
+      _groups(1), tau_init=50, tau_min=1, tau_max=100, schedule=snr_jax.every_n_steps(3), eta=0.5
+  )
   s = r.init({'w': jnp.zeros((1, 1))})
   states = _run(r, s, [_acts([1]), _acts([0]), _acts([1])])
   assert int(states[1].rule.thresholds['g0'][0]) == 50
@@ -216,19 +232,24 @@ def test_random_refresh_rate():
 
 # --- geometric estimator ----------------------------------------------------------
 
+
 def test_geometric_records_gaps_including_the_firing_batch():
   est = GeometricEstimator(eta=0.05, tau_min=1, tau_max=10_000)
   st = est.init(3)
-  st = est.record(st, BatchFiring(jnp.array([True, False, False]), 4),
-                  age_before=jnp.array([8, 0, 0]), reset=jnp.array([False, True, False]),
-                  age_at_reset=jnp.array([0, 40, 4]))
+  st = est.record(
+      st,
+      BatchFiring(jnp.array([True, False, False]), 4),
+      age_before=jnp.array([8, 0, 0]),
+      reset=jnp.array([False, True, False]),
+      age_at_reset=jnp.array([0, 40, 4]),
+  )
   np.testing.assert_allclose(st.gap_sum, [12, 40, 0])
   np.testing.assert_allclose(st.gap_count, [1, 1, 0])
 
 
 def test_geometric_refresh():
   est = GeometricEstimator(eta=0.05, tau_min=2, tau_max=1000, expansion=2)
-  st = snr_jax.GeometricState(jnp.array([3 * 4.0, 100 * 4.0, 0.0]), jnp.array([3., 4., 0.]))
+  st = snr_jax.GeometricState(jnp.array([3 * 4.0, 100 * 4.0, 0.0]), jnp.array([3.0, 4.0, 0.0]))
   # means with the pseudo-count of one batch (4): (12+4)/4=4, (400+4)/5=80.8, 4/1=4.
   tau_p = [math.ceil(-math.log(0.05) * m) for m in (4.0, 80.8, 4.0)]
   assert list(np.asarray(est.quantile(st, 4))) == tau_p
@@ -242,9 +263,15 @@ def test_geometric_refresh():
 
 @pytest.mark.slow
 def test_neuron_firing_every_batch_has_one_batch_mean_gap():
-  r = snr_jax.self_normalized_resets(_groups(1), estimator='geometric', eta=0.05,
-                                     tau_init=500, tau_min=1, tau_max=1000,
-                                     schedule=snr_jax.every_n_steps(10))
+  r = snr_jax.self_normalized_resets(
+      _groups(1),
+      estimator='geometric',
+      eta=0.05,
+      tau_init=500,
+      tau_min=1,
+      tau_max=1000,
+      schedule=snr_jax.every_n_steps(10),
+  )
   s = r.init({'w': jnp.zeros((1, 1))})
   states = _run(r, s, [_acts([1])] * 10)
   # mean gap = 4 examples -> tau_p = ceil(3.0 * 4) = 12 < 500 -> contract.
@@ -255,19 +282,23 @@ def test_one_threshold_rule_for_both_estimators():
   # design §3a (contract if q < τ) and §3b (expand if τ ≤ τ_p) are one comparison: at a tie
   # both expand, below τ both contract; both go through update_thresholds.
   from snr_jax._src.thresholds import update_thresholds
+
   thr = jnp.array([8, 8, 8], jnp.int32)
   est = jnp.array([5, 8, 11], jnp.int32)
   new = update_thresholds(thr, est, jnp.ones(3, bool), tau_min=1, tau_max=100, expansion=2.0)
   np.testing.assert_array_equal(new, [5, 16, 16])
   hist = HistogramEstimator(eta=0.1, tau_min=1, tau_max=20)
   geo = GeometricEstimator(eta=0.1, tau_min=1, tau_max=20)
-  for e, st in ((hist, _hist([{5: 1}, {8: 1}, {11: 1}], tau_max=20)),
-                (geo, snr_jax.GeometricState(jnp.zeros(3), jnp.zeros(3)))):
+  for e, st in (
+      (hist, _hist([{5: 1}, {8: 1}, {11: 1}], tau_max=20)),
+      (geo, snr_jax.GeometricState(jnp.zeros(3), jnp.zeros(3))),
+  ):
     q = e.quantile(st, 1)
     got, _ = e.refresh(st, thr, jnp.ones(3, bool), 1)
     np.testing.assert_array_equal(got, jnp.where(q < thr, q, 16))
   np.testing.assert_array_equal(hist.quantile(_hist([{5: 1}, {8: 1}, {11: 1}], 20)), est)
   # expansion=None: the estimate itself, clamped; unmasked neurons keep their τ
-  new = update_thresholds(thr, est, jnp.array([True, True, False]), tau_min=6, tau_max=100,
-                          expansion=None)
+  new = update_thresholds(
+      thr, est, jnp.array([True, True, False]), tau_min=6, tau_max=100, expansion=None
+  )
   np.testing.assert_array_equal(new, [6, 8, 8])

@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 
-_SCRIPT = textwrap.dedent('''
+_SCRIPT = textwrap.dedent("""
     import importlib.abc, sys
 
     class NoFlax(importlib.abc.MetaPathFinder):
@@ -56,7 +56,7 @@ _SCRIPT = textwrap.dedent('''
     assert int(sum(v for k, v in metrics.items() if k.startswith('resets/'))) == 8, metrics
     assert not any(m == 'flax' or m.startswith('flax.') for m in sys.modules)
     print('ok without flax')
-''')
+""")
 
 
 @pytest.mark.slow
@@ -64,7 +64,13 @@ def test_snr_trains_a_plain_function_with_flax_imports_blocked(tmp_path):
   env = dict(os.environ, JAX_PLATFORMS='cpu')
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   env['PYTHONPATH'] = os.pathsep.join(filter(None, [root, env.get('PYTHONPATH')]))
-  out = subprocess.run([sys.executable, '-c', _SCRIPT], env=env, cwd=tmp_path,
-                       capture_output=True, text=True, timeout=300)
+  out = subprocess.run(
+      [sys.executable, '-c', _SCRIPT],
+      env=env,
+      cwd=tmp_path,
+      capture_output=True,
+      text=True,
+      timeout=300,
+  )
   assert out.returncode == 0, out.stdout + out.stderr
   assert 'ok without flax' in out.stdout

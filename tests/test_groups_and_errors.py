@@ -16,7 +16,7 @@ def test_discovers_mlp_groups(mlp):
   groups = snr_jax.discover_groups(model, params, x)
   assert [(g.name, g.size) for g in groups] == [('Dense_0', 6), ('Dense_1', 5)]
   assert groups[0].outgoing[0].path == ('Dense_1', 'kernel')
-  assert groups[1].outgoing[0].path == ('Dense_2', 'kernel')   # output layer: outgoing only
+  assert groups[1].outgoing[0].path == ('Dense_2', 'kernel')  # output layer: outgoing only
 
 
 @pytest.mark.slow
@@ -47,6 +47,7 @@ def test_preactivations_come_from_the_same_forward_pass(mlp):
 
 def test_declared_groups_from_a_sown_activation():
   class Sowing(nn.Module):
+
     @nn.compact
     def __call__(self, x):
       h = nn.Dense(4, name='hidden')(x)
@@ -65,36 +66,45 @@ def test_declared_groups_from_a_sown_activation():
 
 # --- bad input: each raises a clear error naming the problem --------------------------
 
+
 def _groups_params():
   groups = (snr_jax.dense_group('h', 5, layer='l1', consumer='l2'),)
-  params = {'l1': {'kernel': jnp.ones((3, 5)), 'bias': jnp.zeros(5)},
-            'l2': {'kernel': jnp.ones((5, 2)), 'bias': jnp.zeros(2)}}
+  params = {
+      'l1': {'kernel': jnp.ones((3, 5)), 'bias': jnp.zeros(5)},
+      'l2': {'kernel': jnp.ones((5, 2)), 'bias': jnp.zeros(2)},
+  }
   return groups, params
 
 
-@pytest.mark.parametrize('kwargs, match', [
-    (dict(eta=0.0), 'eta .* must be a number in'),
-    (dict(eta=1.5), 'eta .* must be a number in'),
-    (dict(tau_min=50, tau_max=10), 'tau_min .* must not exceed tau_max'),
-    (dict(estimator='median'), "unknown estimator 'median'.*geometric.*histogram"),
-    (dict(age_unit='epochs'), "unknown age_unit 'epochs'"),
-    (dict(tau_init=5, tau_min=10, tau_max=20), 'tau_init must be an int in'),
-    (dict(expansion=0.5), 'expansion must be a number >= 1'),
-    (dict(tau_min=0), 'tau_min must be a positive int'),
-    (dict(batch_size=0), 'batch_size must be a positive int'),
-    (dict(schedule='tasks'), 'schedule must be built with'),
-])
+@pytest.mark.parametrize(
+    'kwargs, match',
+    [
+        (dict(eta=0.0), 'eta .* must be a number in'),
+        (dict(eta=1.5), 'eta .* must be a number in'),
+        (dict(tau_min=50, tau_max=10), 'tau_min .* must not exceed tau_max'),
+        (dict(estimator='median'), "unknown estimator 'median'.*geometric.*histogram"),
+        (dict(age_unit='epochs'), "unknown age_unit 'epochs'"),
+        (dict(tau_init=5, tau_min=10, tau_max=20), 'tau_init must be an int in'),
+        (dict(expansion=0.5), 'expansion must be a number >= 1'),
+        (dict(tau_min=0), 'tau_min must be a positive int'),
+        (dict(batch_size=0), 'batch_size must be a positive int'),
+        (dict(schedule='tasks'), 'schedule must be built with'),
+    ],
+)
 def test_bad_hyperparameters(kwargs, match):
   groups, _ = _groups_params()
   with pytest.raises(ValueError, match=match):
     snr_jax.snr(optax.sgd(0.1), groups, **kwargs)
 
 
-@pytest.mark.parametrize('make, match', [
-    (lambda: snr_jax.every_n_tasks(0), 'refresh period must be a positive int'),
-    (lambda: snr_jax.every_n_steps(True), 'refresh period must be a positive int, got True'),
-    (lambda: snr_jax.at_random(2.0), r'refresh probability must be a number in \(0.0, 1.0\]'),
-])
+@pytest.mark.parametrize(
+    'make, match',
+    [
+        (lambda: snr_jax.every_n_tasks(0), 'refresh period must be a positive int'),
+        (lambda: snr_jax.every_n_steps(True), 'refresh period must be a positive int, got True'),
+        (lambda: snr_jax.at_random(2.0), r'refresh probability must be a number in \(0.0, 1.0\]'),
+    ],
+)
 def test_bad_schedules(make, match):
   with pytest.raises(ValueError, match=match):
     make()
@@ -104,16 +114,24 @@ def test_numpy_ints_are_schedule_periods():
   assert snr_jax.every_n_tasks(np.int64(4)) == snr_jax.every_n_tasks(4)
 
 
-@pytest.mark.parametrize('group, match', [
-    (snr_jax.dense_group('h', 5, layer='l9'), "unknown parameter path 'l9/kernel'"),
-    (snr_jax.dense_group('h', 4, layer='l1'), 'has 5 entries on axis -1 .* group has 4'),
-    (snr_jax.dense_group('h', 5, layer='l1', consumer='l1'),
-     "outgoing parameter 'l1/kernel' has 3 entries .* not a multiple of the group size 5"),
-    (snr_jax.NeuronGroup('h', 5, (snr_jax.ParamSlice(('l1', 'bias'), 2,
-                                                     jax.nn.initializers.zeros),)),
-     'has no axis 2'),
-    (snr_jax.NeuronGroup('h', 0, ()), 'size must be a positive int'),
-])
+@pytest.mark.parametrize(
+    'group, match',
+    [
+        (snr_jax.dense_group('h', 5, layer='l9'), "unknown parameter path 'l9/kernel'"),
+        (snr_jax.dense_group('h', 4, layer='l1'), 'has 5 entries on axis -1 .* group has 4'),
+        (
+            snr_jax.dense_group('h', 5, layer='l1', consumer='l1'),
+            "outgoing parameter 'l1/kernel' has 3 entries .* not a multiple of the group size 5",
+        ),
+        (
+            snr_jax.NeuronGroup(
+                'h', 5, (snr_jax.ParamSlice(('l1', 'bias'), 2, jax.nn.initializers.zeros),)
+            ),
+            'has no axis 2',
+        ),
+        (snr_jax.NeuronGroup('h', 0, ()), 'size must be a positive int'),
+    ],
+)
 def test_groups_that_do_not_match_params_fail_at_init(group, match):
   _, params = _groups_params()
   opt = snr_jax.snr(optax.sgd(0.1), [group])
@@ -161,6 +179,7 @@ def test_update_without_params():
 
 def test_discovery_without_relu_layers_names_the_fix():
   class Linear(nn.Module):
+
     @nn.compact
     def __call__(self, x):
       return nn.Dense(2)(nn.tanh(nn.Dense(3)(x)))

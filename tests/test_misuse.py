@@ -25,12 +25,17 @@ def _step(opt, setup, **kwargs):
 @pytest.mark.slow
 def test_numpy_scalar_hyperparameters_work_like_python_ones(setup):
   groups = setup[0]
-  kw = dict(tau_min=np.int32(4), tau_max=np.int64(400), expansion=np.float32(2),
-            eta=np.float64(0.08), batch_size=np.int64(4))
-  with_numpy = snr_jax.snr(optax.sgd(0.1), groups, tau_init=np.int64(400), key=np.int64(3),
-                           **kw)
-  with_python = snr_jax.snr(optax.sgd(0.1), groups, tau_init=400, key=3,
-                            **{k: v.item() for k, v in kw.items()})
+  kw = dict(
+      tau_min=np.int32(4),
+      tau_max=np.int64(400),
+      expansion=np.float32(2),
+      eta=np.float64(0.08),
+      batch_size=np.int64(4),
+  )
+  with_numpy = snr_jax.snr(optax.sgd(0.1), groups, tau_init=np.int64(400), key=np.int64(3), **kw)
+  with_python = snr_jax.snr(
+      optax.sgd(0.1), groups, tau_init=400, key=3, **{k: v.item() for k, v in kw.items()}
+  )
   a, b = _step(with_numpy, setup), _step(with_python, setup)
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_array_equal(x, y)
@@ -53,10 +58,13 @@ def test_a_prng_key_is_accepted_as_key(setup):
     _step(snr_jax.snr(optax.sgd(0.1), setup[0], key=key), setup)
 
 
-@pytest.mark.parametrize('inner, match', [
-    (0.01, r'inner must be an optax transformation such as optax.sgd\(1e-2\).* got float'),
-    (optax.sgd, r'got the function sgd itself: call it with its hyperparameters'),
-])
+@pytest.mark.parametrize(
+    'inner, match',
+    [
+        (0.01, r'inner must be an optax transformation such as optax.sgd\(1e-2\).* got float'),
+        (optax.sgd, r'got the function sgd itself: call it with its hyperparameters'),
+    ],
+)
 def test_non_optax_inner_names_the_fix(setup, inner, match):
   with pytest.raises(ValueError, match=match):
     snr_jax.snr(inner, setup[0])
@@ -73,8 +81,9 @@ def test_a_single_group_is_accepted(setup):
 
 @pytest.mark.parametrize('bad', [['Dense_0'], 'Dense_0', None])
 def test_group_names_instead_of_groups_name_the_fix(bad):
-  with pytest.raises(snr_jax.GroupError, match='pass NeuronGroup objects, e.g. '
-                                              r'snr_jax.discover_groups'):
+  with pytest.raises(
+      snr_jax.GroupError, match='pass NeuronGroup objects, e.g. ' r'snr_jax.discover_groups'
+  ):
     snr_jax.snr(optax.sgd(0.1), bad)
 
 
@@ -125,24 +134,31 @@ def test_update_with_params_of_another_model_is_a_clear_error():
   tx = snr_jax.snr(optax.sgd(0.1), groups)
   state = tx.init(params)
   with pytest.raises(snr_jax.GroupError, match="'hidden'.*6 entries.*8 units"):
-    tx.update(jax.tree.map(jnp.zeros_like, other), state, other,
-              activations={'hidden': -jnp.ones((3, 8))})
+    tx.update(
+        jax.tree.map(jnp.zeros_like, other), state, other, activations={'hidden': -jnp.ones((3, 8))}
+    )
 
 
 @pytest.mark.slow
 def test_nan_activations_count_as_silent_and_an_opt_in_check_names_the_group():
   from jax.experimental import checkify
+
   group = snr_jax.dense_group('h', 3, layer='Dense_0', consumer='Dense_1')
-  params = {'Dense_0': {'kernel': jnp.ones((2, 3)), 'bias': jnp.zeros(3)},
-            'Dense_1': {'kernel': jnp.ones((3, 1)), 'bias': jnp.zeros(1)}}
+  params = {
+      'Dense_0': {'kernel': jnp.ones((2, 3)), 'bias': jnp.zeros(3)},
+      'Dense_1': {'kernel': jnp.ones((3, 1)), 'bias': jnp.zeros(1)},
+  }
   acts = {'h': jnp.array([[jnp.nan, 1.0, -1.0]] * 4)}
   grads = jax.tree.map(jnp.zeros_like, params)
   tx = snr_jax.snr(optax.sgd(0.1), [group], tau_init=100, tau_min=100, tau_max=100)
   _, state = tx.update(grads, tx.init(params), params, activations=acts)
-  np.testing.assert_array_equal(state.resets.rule.ages['h'], [4, 0, 4])   # NaN: silent
+  np.testing.assert_array_equal(state.resets.rule.ages['h'], [4, 0, 4])  # NaN: silent
   checked = snr_jax.snr(optax.sgd(0.1), [group], check_finite=True)
-  step = jax.jit(checkify.checkify(lambda a: checked.update(grads, checked.init(params), params,
-                                                            activations=a)))
+  step = jax.jit(
+      checkify.checkify(
+          lambda a: checked.update(grads, checked.init(params), params, activations=a)
+      )
+  )
   err, _ = step(acts)
   with pytest.raises(Exception, match="group 'h': non-finite pre-activations"):
     err.throw()
@@ -152,16 +168,17 @@ def test_nan_activations_count_as_silent_and_an_opt_in_check_names_the_group():
 
 def test_state_size_is_checked_before_anything_is_allocated():
   from snr_jax._src.snr import state_bytes_per_unit
+
   group = snr_jax.dense_group('h', 100, layer='a')
   hist = snr_jax.self_normalized_resets([group], tau_max=20_000)
   assert state_bytes_per_unit(hist.rule.estimator) == 4 * 20_001 + 8
   geo = snr_jax.self_normalized_resets([group], estimator='geometric')
   assert state_bytes_per_unit(geo.rule.estimator) == 16
   with pytest.raises(ValueError, match=r"'h': 100 units.*estimator='geometric'"):
-    snr_jax.self_normalized_resets([group], tau_max=10 ** 9)   # 400 GB of histograms
+    snr_jax.self_normalized_resets([group], tau_max=10**9)  # 400 GB of histograms
   with pytest.raises(ValueError, match='over state_budget=1,000,000'):
-    snr_jax.snr(optax.sgd(0.1), [group], state_budget=10 ** 6)   # 8 MB > 1 MB
-  snr_jax.snr(optax.sgd(0.1), [group], estimator='geometric', state_budget=10 ** 6)
+    snr_jax.snr(optax.sgd(0.1), [group], state_budget=10**6)  # 8 MB > 1 MB
+  snr_jax.snr(optax.sgd(0.1), [group], estimator='geometric', state_budget=10**6)
 
 
 def test_reset_masks_must_match_the_groups(setup):
@@ -208,9 +225,14 @@ def test_a_state_that_is_not_the_methods_is_named(setup):
   for wrong in (optax.sgd(0.1).init(params), state._asdict()):
     with pytest.raises(TypeError, match='must be the WithResetsState returned by tx.init'):
       opt.update(grads, wrong, params, activations=acts)
-  for name, cls, hp in [('l2_init', 'L2InitState', {}),
-                        ('shrink_perturb', 'ShrinkPerturbState',
-                         dict(init_fn=lambda k: jax.tree.map(jnp.zeros_like, params)))]:
+  for name, cls, hp in [
+      ('l2_init', 'L2InitState', {}),
+      (
+          'shrink_perturb',
+          'ShrinkPerturbState',
+          dict(init_fn=lambda k: jax.tree.map(jnp.zeros_like, params)),
+      ),
+  ]:
     tx = snr_jax.make_method(name, optax.sgd(0.1), groups=groups, **hp)
     with pytest.raises(TypeError, match=f'must be the {cls} returned by tx.init'):
       tx.update(grads, optax.sgd(0.1).init(params), params)

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.slow   # two processes against one with eight devices
+pytestmark = pytest.mark.slow  # two processes against one with eight devices
 
 HERE = pathlib.Path(__file__).resolve().parent
 STEPS = 200
@@ -25,10 +25,24 @@ def _free_port() -> int:
 
 def _launch(num_processes, out, port=0):
   env = dict(os.environ, PYTHONPATH=str(HERE.parent))
-  return [subprocess.Popen([sys.executable, str(HERE / 'multihost_run.py'), str(num_processes),
-                            str(pid), str(port), str(STEPS), str(out)], env=env,
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-          for pid in range(num_processes)]
+  return [
+      subprocess.Popen(
+          [
+              sys.executable,
+              str(HERE / 'multihost_run.py'),
+              str(num_processes),
+              str(pid),
+              str(port),
+              str(STEPS),
+              str(out),
+          ],
+          env=env,
+          stdout=subprocess.PIPE,
+          stderr=subprocess.PIPE,
+          text=True,
+      )
+      for pid in range(num_processes)
+  ]
 
 
 def _wait(procs):

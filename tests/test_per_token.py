@@ -43,8 +43,9 @@ TOP = np.iinfo(np.int32).max
 
 
 def _groups(n):
-  return (snr_jax.NeuronGroup('g0', n, (snr_jax.ParamSlice(('w',), -1,
-                                                           jax.nn.initializers.zeros),)),)
+  return (
+      snr_jax.NeuronGroup('g0', n, (snr_jax.ParamSlice(('w',), -1, jax.nn.initializers.zeros),)),
+  )
 
 
 def _run(resets, acts_seq, end_of_task=None):
@@ -72,14 +73,15 @@ def _tokens(counts, batch=2, tokens=3):
 
 # --- counting ----------------------------------------------------------------------
 
+
 def test_fire_counts_over_tokens_and_space():
   a = -jnp.ones((2, 3, 4))
-  a = a.at[0, 0, 1].set(1.).at[1, 2, 1].set(.5).at[:, :, 3].set(2.).at[1, 1, 2].set(0.)
+  a = a.at[0, 0, 1].set(1.0).at[1, 2, 1].set(0.5).at[:, :, 3].set(2.0).at[1, 1, 2].set(0.0)
   positions, counts = snr_jax.fire_counts(a)
   assert positions == 6
-  np.testing.assert_array_equal(counts, [0, 2, 0, 6])   # 0 is not firing
+  np.testing.assert_array_equal(counts, [0, 2, 0, 6])  # 0 is not firing
   np.testing.assert_array_equal(counts > 0, snr_jax.fired(a))
-  img = (-jnp.ones((2, 4, 5, 3))).at[1, 3, 0, 2].set(1.).at[0, :, :, 0].set(1.)
+  img = (-jnp.ones((2, 4, 5, 3))).at[1, 3, 0, 2].set(1.0).at[0, :, :, 0].set(1.0)
   positions, counts = snr_jax.fire_counts(img)
   assert positions == 40
   np.testing.assert_array_equal(counts, [20, 0, 1])
@@ -94,18 +96,23 @@ def test_position_ages_hand_checked():
 
 # --- the estimator alone -----------------------------------------------------------
 
+
 def test_estimator_counts_pseudo_counts_quantile_and_refresh():
   est = PerTokenEstimator(eta=0.5, tau_min=2, tau_max=100)
   st = est.init(3)
-  np.testing.assert_array_equal(st.count, [1, 1, 1])      # pseudo-counts
+  np.testing.assert_array_equal(st.count, [1, 1, 1])  # pseudo-counts
   np.testing.assert_array_equal(st.total, [1, 1, 1])
   # at the pseudo-counts alone λ̂ = 1: τ = ⌈ln 2⌉ = 1
   np.testing.assert_array_equal(est.quantile(st), [1, 1, 1])
-  st = est.record(st, PositionFiring(12, jnp.array([0, 3, 12])),
-                  age_before=jnp.zeros(3, jnp.int32), reset=jnp.array([True, False, False]),
-                  age_at_reset=jnp.zeros(3, jnp.int32))
-  np.testing.assert_array_equal(st.count, [2, 4, 13])      # +c, +1 for the reset
-  np.testing.assert_array_equal(st.total, [13, 13, 13])    # +BT every step
+  st = est.record(
+      st,
+      PositionFiring(12, jnp.array([0, 3, 12])),
+      age_before=jnp.zeros(3, jnp.int32),
+      reset=jnp.array([True, False, False]),
+      age_at_reset=jnp.zeros(3, jnp.int32),
+  )
+  np.testing.assert_array_equal(st.count, [2, 4, 13])  # +c, +1 for the reset
+  np.testing.assert_array_equal(st.total, [13, 13, 13])  # +BT every step
   np.testing.assert_allclose(est.rate(st), [2 / 13, 4 / 13, 1.0], rtol=1e-6)
   # ⌈0.693·6.5⌉ = ⌈4.51⌉ = 5, ⌈0.693·3.25⌉ = ⌈2.25⌉ = 3, ⌈0.693·1⌉ = 1
   np.testing.assert_array_equal(est.quantile(st), [5, 3, 1])
@@ -113,7 +120,7 @@ def test_estimator_counts_pseudo_counts_quantile_and_refresh():
   new, st2 = est.refresh(st, thr, jnp.array([True, True, False]), 1)
   # no doubling: 2 -> 5 (the estimate, not 4); 10 -> 3; the unmasked unit keeps 10
   np.testing.assert_array_equal(new, [5, 3, 10])
-  np.testing.assert_array_equal(st2.count, [1, 1, 13])     # refreshed: back to 1
+  np.testing.assert_array_equal(st2.count, [1, 1, 13])  # refreshed: back to 1
   np.testing.assert_array_equal(st2.total, [1, 1, 13])
   # clamp into [tau_min, tau_max]: the estimate 1 goes up to 2
   new, _ = est.refresh(st, thr, jnp.ones(3, bool), 1)
@@ -121,24 +128,32 @@ def test_estimator_counts_pseudo_counts_quantile_and_refresh():
 
 
 def test_counters_never_overflow():
-  est = PerTokenEstimator(eta=0.1, tau_min=1, tau_max=2 ** 30)
+  est = PerTokenEstimator(eta=0.1, tau_min=1, tau_max=2**30)
   cap = snr_jax._src.thresholds.RATE_CAP
   st = RateState(jnp.array([cap // 4, 1001], jnp.int32), jnp.array([cap - 5, cap - 5], jnp.int32))
   before = est.rate(st)
-  st = est.record(st, PositionFiring(1000, jnp.array([250, 0])), age_before=jnp.zeros(2),
-                  reset=jnp.zeros(2, bool), age_at_reset=jnp.zeros(2))
+  st = est.record(
+      st,
+      PositionFiring(1000, jnp.array([250, 0])),
+      age_before=jnp.zeros(2),
+      reset=jnp.zeros(2, bool),
+      age_at_reset=jnp.zeros(2),
+  )
   assert int(st.total.max()) <= cap and int(st.total.min()) > 0
   np.testing.assert_allclose(est.rate(st), before, rtol=1e-3)
 
 
 # --- the full rule on tiny arrays ----------------------------------------------------
 
+
 def test_rule_hand_checked_ages_counts_resets_and_refresh():
-  r = snr_jax.self_normalized_resets(_groups(3), estimator='per_token', eta=0.5,
-                                     schedule=snr_jax.every_n_steps(3))
+  r = snr_jax.self_normalized_resets(
+      _groups(3), estimator='per_token', eta=0.5, schedule=snr_jax.every_n_steps(3)
+  )
   # BT = 2 × 3 = 6 positions; τ_0 = 10 positions, τ_min = 1
-  s1, s2, s3, s4 = _run(r, [_tokens([0, 2, 6]), _tokens([0, 0, 3]), _tokens([1, 0, 6]),
-                            _tokens([0, 0, 6])])
+  s1, s2, s3, s4 = _run(
+      r, [_tokens([0, 2, 6]), _tokens([0, 0, 3]), _tokens([1, 0, 6]), _tokens([0, 0, 6])]
+  )
   np.testing.assert_array_equal(s1.rule.thresholds['g0'], [10, 10, 10])
   np.testing.assert_array_equal(s1.rule.ages['g0'], [6, 3, 1])
   np.testing.assert_array_equal(s1.last_resets['g0'], [False, False, False])
@@ -163,8 +178,9 @@ def test_rule_hand_checked_ages_counts_resets_and_refresh():
 
 @pytest.mark.slow
 def test_random_refresh_draws_per_unit():
-  r = snr_jax.self_normalized_resets(_groups(200), estimator='per_token', eta=0.1,
-                                     schedule=snr_jax.at_random(0.5))
+  r = snr_jax.self_normalized_resets(
+      _groups(200), estimator='per_token', eta=0.1, schedule=snr_jax.at_random(0.5)
+  )
   (s,) = _run(r, [_tokens([3] * 200)])
   refreshed = np.asarray(s.rule.estimator['g0'].total) == 1
   assert 60 < refreshed.sum() < 140
@@ -177,17 +193,22 @@ def test_random_refresh_draws_per_unit():
 @pytest.mark.slow
 def test_silent_unit_is_reset_after_expected_positions_then_fires():
   n, d = 4, 3
-  group = snr_jax.NeuronGroup('g0', n, (
-      snr_jax.ParamSlice(('w',), -1, jax.nn.initializers.normal(1.0)),
-      snr_jax.ParamSlice(('b',), -1, jax.nn.initializers.zeros)))
-  x = jax.random.normal(jax.random.PRNGKey(3), (2, 4, d))      # BT = 8 positions
+  group = snr_jax.NeuronGroup(
+      'g0',
+      n,
+      (
+          snr_jax.ParamSlice(('w',), -1, jax.nn.initializers.normal(1.0)),
+          snr_jax.ParamSlice(('b',), -1, jax.nn.initializers.zeros),
+      ),
+  )
+  x = jax.random.normal(jax.random.PRNGKey(3), (2, 4, d))  # BT = 8 positions
   params = {'w': jax.random.normal(jax.random.PRNGKey(4), (d, n)), 'b': jnp.zeros((n,))}
   params['w'] = params['w'].at[:, 0].set(0.0)
-  params['b'] = params['b'].at[0].set(-1.0)                    # unit 0: silent everywhere
+  params['b'] = params['b'].at[0].set(-1.0)  # unit 0: silent everywhere
   tau = 20
   r = snr_jax.self_normalized_resets((group,), estimator='per_token', tau_init=tau)
   state = r.init(params)
-  expected_steps = math.ceil(tau / 8)                          # ages 8, 16, 24 -> reset
+  expected_steps = math.ceil(tau / 8)  # ages 8, 16, 24 -> reset
   for step in range(1, expected_steps + 2):
     acts = {'g0': x @ params['w'] + params['b']}
     positions, counts = snr_jax.fire_counts(acts['g0'])
@@ -198,7 +219,7 @@ def test_silent_unit_is_reset_after_expected_positions_then_fires():
       assert int(state.rule.ages['g0'][0]) == 8 * step
     elif step == expected_steps:
       assert reset0 and int(state.rule.ages['g0'][0]) == 0
-      assert int(state.rule.estimator['g0'].count[0]) == 2          # pseudo-count + reset
+      assert int(state.rule.estimator['g0'].count[0]) == 2  # pseudo-count + reset
       assert float(params['b'][0]) == 0.0 and float(jnp.abs(params['w'][:, 0]).sum()) > 0
     else:  # re-drawn: it fires, and its age is the within-batch gap
       assert 0 < int(counts[0]) and not reset0
@@ -208,10 +229,13 @@ def test_silent_unit_is_reset_after_expected_positions_then_fires():
 
 # --- relation to the geometric estimator (see the module docstring) -------------------
 
+
 def _pair(n_units, schedule, **kw):
   common = dict(eta=0.05, tau_min=1, schedule=schedule, **kw)
-  return (snr_jax.self_normalized_resets(_groups(n_units), estimator='per_token', **common),
-          snr_jax.self_normalized_resets(_groups(n_units), estimator='geometric', **common))
+  return (
+      snr_jax.self_normalized_resets(_groups(n_units), estimator='per_token', **common),
+      snr_jax.self_normalized_resets(_groups(n_units), estimator='geometric', **common),
+  )
 
 
 def _one_position(fired_rows):
@@ -224,7 +248,7 @@ def test_one_position_per_step_matches_geometric_estimate():
   rng = np.random.default_rng(0)
   p = rng.uniform(0.2, 1.0, n_units)
   fired = rng.uniform(size=(steps, n_units)) < p
-  fired[-1] = True                      # every unit fires on the refresh step
+  fired[-1] = True  # every unit fires on the refresh step
   pt, geo = _pair(n_units, snr_jax.every_n_steps(steps), tau_init=10_000, tau_max=10_000)
   acts = _one_position(fired)
   s_pt, s_geo = _run(pt, acts), _run(geo, acts)
@@ -234,7 +258,7 @@ def test_one_position_per_step_matches_geometric_estimate():
     assert not np.asarray(s_pt[t].last_resets['g0']).any()
     assert not np.asarray(s_geo[t].last_resets['g0']).any()
     a_pt, a_geo = np.asarray(s_pt[t].rule.ages['g0']), np.asarray(s_geo[t].rule.ages['g0'])
-    np.testing.assert_array_equal(a_pt, a_geo + ever)        # +1 once the unit has fired
+    np.testing.assert_array_equal(a_pt, a_geo + ever)  # +1 once the unit has fired
   thr_pt = np.asarray(s_pt[-1].rule.thresholds['g0'])
   thr_geo = np.asarray(s_geo[-1].rule.thresholds['g0'])
   np.testing.assert_array_equal(thr_pt, thr_geo)
@@ -268,19 +292,24 @@ def test_several_positions_per_step_count_examples_not_batches():
   pt, geo = _pair(1, snr_jax.every_n_steps(steps), tau_init=1000, tau_max=1000)
   s_pt, s_geo = _run(pt, [a] * steps), _run(geo, [a] * steps)
   assert int(s_pt[-1].rule.thresholds['g0'][0]) == math.ceil(
-      -math.log(0.05) * (1 + 4 * steps) / (1 + 2 * steps))
+      -math.log(0.05) * (1 + 4 * steps) / (1 + 2 * steps)
+  )
   assert int(s_geo[-1].rule.thresholds['g0'][0]) == math.ceil(-math.log(0.05) * 4)
   assert int(s_pt[-1].rule.ages['g0'][0]) == 2 and int(s_geo[-1].rule.ages['g0'][0]) == 0
 
 
 # --- construction errors -------------------------------------------------------------
 
-@pytest.mark.parametrize('kw, match', [
-    (dict(expansion=2.0), 'no expansion'),
-    (dict(batch_size=8), 'leave batch_size unset'),
-    (dict(age_unit='examples'), "age_unit 'examples' does not apply"),
-    (dict(tau_max=2 ** 31 - 1), 'tau_max must be at most'),
-])
+
+@pytest.mark.parametrize(
+    'kw, match',
+    [
+        (dict(expansion=2.0), 'no expansion'),
+        (dict(batch_size=8), 'leave batch_size unset'),
+        (dict(age_unit='examples'), "age_unit 'examples' does not apply"),
+        (dict(tau_max=2**31 - 1), 'tau_max must be at most'),
+    ],
+)
 def test_per_token_rejects_arguments_it_does_not_take(kw, match):
   with pytest.raises(ValueError, match=match):
     snr_jax.self_normalized_resets(_groups(2), estimator='per_token', **kw)
@@ -299,10 +328,11 @@ def test_per_token_defaults():
 
 # --- the GPT's FFN group, under jit, lax.scan and vmap over seeds ---------------------
 
+
 @pytest.fixture(scope='module')
 def gpt_setup():
   model = GPT(vocab_size=40, context_length=8)
-  tokens = jax.random.randint(jax.random.PRNGKey(0), (6, 2, 8), 0, 40)   # 6 steps, BT = 16
+  tokens = jax.random.randint(jax.random.PRNGKey(0), (6, 2, 8), 0, 40)  # 6 steps, BT = 16
   params = model.init(jax.random.PRNGKey(1), tokens[0])['params']
   groups = snr_jax.discover_groups(model, params, tokens[0])
   return model, params, groups, tokens
@@ -313,8 +343,9 @@ def _gpt_run(model, params, groups, tokens, key, inner=None, **hp):
   opt = snr_jax.snr(inner, groups, estimator='per_token', key=key, **hp)
 
   def loss_fn(p, toks):
-    logits, acts = snr_jax.apply_with_preactivations(model, {'params': p}, toks[:, :-1],
-                                                     groups=groups)
+    logits, acts = snr_jax.apply_with_preactivations(
+        model, {'params': p}, toks[:, :-1], groups=groups
+    )
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, toks[:, 1:]).mean()
     return loss, acts
 
@@ -323,9 +354,11 @@ def _gpt_run(model, params, groups, tokens, key, inner=None, **hp):
     (_, acts), g = jax.value_and_grad(loss_fn, has_aux=True)(p, toks)
     u, s = opt.update(g, s, p, activations=acts)
     name = groups[0].name
-    return (optax.apply_updates(p, u), s), (snr_jax.fire_counts(acts[name])[1],
-                                            s.resets.rule.ages[name],
-                                            s.resets.last_resets[name])
+    return (optax.apply_updates(p, u), s), (
+        snr_jax.fire_counts(acts[name])[1],
+        s.resets.rule.ages[name],
+        s.resets.last_resets[name],
+    )
 
   (p, s), trace = jax.lax.scan(step, (params, opt.init(params)), tokens)
   return p, s, trace
@@ -337,7 +370,7 @@ def test_gpt_ffn_group_counts_and_ages(gpt_setup):
   assert len(groups) == 1 and groups[0].size == 256
   run = jax.jit(lambda k: _gpt_run(model, params, groups, tokens, k, tau_init=100))
   _, s, (counts, ages, resets) = run(jax.random.PRNGKey(0))
-  bt = 2 * 7                                                     # 2 sequences × 7 tokens
+  bt = 2 * 7  # 2 sequences × 7 tokens
   counts, ages, resets = np.asarray(counts), np.asarray(ages), np.asarray(resets)
   assert counts.max() <= bt and (counts > 0).any() and (counts < bt).any()
   prev = np.zeros(256, np.int64)

@@ -30,8 +30,9 @@ def test_dense_slices(mlp):
   model, params, x = mlp
   params = _nonzero_params(params)
   groups = snr_jax.discover_groups(model, params, x)
-  new = _np(snr_jax.reset_params(params, groups, _mask(groups, 'Dense_0', [1, 4]),
-                                 jax.random.PRNGKey(3)))
+  new = _np(
+      snr_jax.reset_params(params, groups, _mask(groups, 'Dense_0', [1, 4]), jax.random.PRNGKey(3))
+  )
   params = _np(params)
   k0, k0n = params['Dense_0']['kernel'], new['Dense_0']['kernel']
   # incoming columns 1 and 4 re-drawn, with lecun_normal's scale; others untouched
@@ -57,10 +58,12 @@ def test_fresh_incoming_weights_follow_the_layer_initializer():
   import flax.linen as nn
 
   class M(nn.Module):
+
     @nn.compact
     def __call__(self, x):
-      h = nn.Dense(400, kernel_init=nn.initializers.constant(7.0),
-                   bias_init=nn.initializers.constant(-2.0))(x)
+      h = nn.Dense(
+          400, kernel_init=nn.initializers.constant(7.0), bias_init=nn.initializers.constant(-2.0)
+      )(x)
       return nn.Dense(1)(nn.relu(h))
 
   m = M()
@@ -68,8 +71,7 @@ def test_fresh_incoming_weights_follow_the_layer_initializer():
   params = m.init(jax.random.PRNGKey(0), x)['params']
   params = jax.tree.map(lambda p: p * 0 + 1.0, params)
   (g,) = snr_jax.discover_groups(m, params, x)
-  new = snr_jax.reset_params(params, (g,), {g.name: jnp.arange(400) < 3},
-                             jax.random.PRNGKey(0))
+  new = snr_jax.reset_params(params, (g,), {g.name: jnp.arange(400) < 3}, jax.random.PRNGKey(0))
   np.testing.assert_array_equal(new['Dense_0']['kernel'][:, :3], 7.0)
   np.testing.assert_array_equal(new['Dense_0']['bias'][:3], -2.0)
 
@@ -78,9 +80,11 @@ def test_nnx_layers_take_their_initializers_from_the_override():
   from flax import nnx
 
   class M(nnx.Module):
+
     def __init__(self, rngs):
-      self.layers = nnx.List([nnx.Linear(3, 400, rngs=rngs,
-                                         kernel_init=nnx.initializers.constant(7.0))])
+      self.layers = nnx.List(
+          [nnx.Linear(3, 400, rngs=rngs, kernel_init=nnx.initializers.constant(7.0))]
+      )
       self.head = nnx.Linear(400, 1, rngs=rngs)
 
     def __call__(self, x):
@@ -91,25 +95,26 @@ def test_nnx_layers_take_their_initializers_from_the_override():
   reset = jnp.arange(400) < 3
 
   def redrawn(groups):
-    new = snr_jax.reset_params(params, groups, {groups[0].name: reset},
-                               jax.random.PRNGKey(0))
+    new = snr_jax.reset_params(params, groups, {groups[0].name: reset}, jax.random.PRNGKey(0))
     return np.asarray(new['layers'][0]['kernel'][...])[:, :3]
 
   # NNX forgets kernel_init once the kernel is drawn: without an override the reset
   # draws from Flax's default (LeCun normal), with one from the given initializer.
   assert not np.allclose(redrawn(snr_jax.discover_groups(m, x)), 7.0)
   groups = snr_jax.discover_groups(
-      m, x, initializers={'layers/0/kernel': nnx.initializers.constant(7.0)})
+      m, x, initializers={'layers/0/kernel': nnx.initializers.constant(7.0)}
+  )
   np.testing.assert_array_equal(redrawn(groups), 7.0)
 
 
 def test_initializer_overrides_are_checked():
   from flax import nnx
 
-  m = nnx.Sequential(nnx.Linear(3, 4, rngs=nnx.Rngs(0)), nnx.relu,
-                     nnx.Linear(4, 1, rngs=nnx.Rngs(1)))
+  m = nnx.Sequential(
+      nnx.Linear(3, 4, rngs=nnx.Rngs(0)), nnx.relu, nnx.Linear(4, 1, rngs=nnx.Rngs(1))
+  )
   x = jnp.ones((2, 3))
-  with pytest.raises(snr_jax.GroupError, match=r"not parameters of the model.*layers/0/kernel"):
+  with pytest.raises(snr_jax.GroupError, match=r'not parameters of the model.*layers/0/kernel'):
     snr_jax.discover_groups(m, x, initializers={'layer/0/kernel': nnx.initializers.ones})
   with pytest.raises(snr_jax.GroupError, match='not an initializer'):
     snr_jax.discover_groups(m, x, initializers={'layers/0/kernel': 7.0})
@@ -151,19 +156,25 @@ def test_ffn_slices(gpt):
   params = _nonzero_params(params)
   groups = snr_jax.discover_groups(model, params, x)
   assert [g.name for g in groups] == ['Block_0/fc1']
-  new = _np(snr_jax.reset_params(params, groups, _mask(groups, 'Block_0/fc1', [0, 5]),
-                                 jax.random.PRNGKey(1)))
+  new = _np(
+      snr_jax.reset_params(
+          params, groups, _mask(groups, 'Block_0/fc1', [0, 5]), jax.random.PRNGKey(1)
+      )
+  )
   params = _np(params)
   b0 = params['Block_0']
   n0 = new['Block_0']
   assert not np.allclose(n0['fc1']['kernel'][:, 0], b0['fc1']['kernel'][:, 0])
   np.testing.assert_array_equal(n0['fc1']['bias'][[0, 5]], 0)
   np.testing.assert_array_equal(n0['Dense_0']['kernel'][[0, 5]], 0)
-  np.testing.assert_array_equal(np.delete(n0['Dense_0']['kernel'], [0, 5], 0),
-                                np.delete(b0['Dense_0']['kernel'], [0, 5], 0))
+  np.testing.assert_array_equal(
+      np.delete(n0['Dense_0']['kernel'], [0, 5], 0), np.delete(b0['Dense_0']['kernel'], [0, 5], 0)
+  )
   # attention, embeddings, norms and the output layer are untouched
-  for a, b in zip(jax.tree.leaves(new['Block_0']['MultiHeadDotProductAttention_0']),
-                  jax.tree.leaves(b0['MultiHeadDotProductAttention_0'])):
+  for a, b in zip(
+      jax.tree.leaves(new['Block_0']['MultiHeadDotProductAttention_0']),
+      jax.tree.leaves(b0['MultiHeadDotProductAttention_0']),
+  ):
     np.testing.assert_array_equal(a, b)
   np.testing.assert_array_equal(new['Embed_0']['embedding'], params['Embed_0']['embedding'])
   np.testing.assert_array_equal(new['Dense_0']['kernel'], params['Dense_0']['kernel'])
@@ -177,8 +188,9 @@ def test_reset_draws_nothing_when_no_unit_is_reset(mlp):
   for a, b in zip(jax.tree.leaves(new), jax.tree.leaves(params)):
     np.testing.assert_array_equal(a, b)
   # and the draw is under lax.cond: the jaxpr holds a cond whose false branch is empty
-  jaxpr = jax.make_jaxpr(lambda p: snr_jax.reset_neurons(p, None, groups, masks,
-                                                         jax.random.PRNGKey(0)))(params)
+  jaxpr = jax.make_jaxpr(
+      lambda p: snr_jax.reset_neurons(p, None, groups, masks, jax.random.PRNGKey(0))
+  )(params)
   assert 'cond' in str(jaxpr)
 
 
@@ -200,8 +212,9 @@ def test_optimizer_state_zeroed_on_exactly_the_reset_slices(name, mlp):
   for _ in range(2):
     _, state = opt.update(grads, state, params)
   masks = _mask(groups, 'Dense_1', [2])
-  _, new_state = snr_jax.reset_neurons(params, state, groups, masks,
-                                       jax.random.PRNGKey(0), optimizer=opt)
+  _, new_state = snr_jax.reset_neurons(
+      params, state, groups, masks, jax.random.PRNGKey(0), optimizer=opt
+  )
   keep = keep_masks(params, groups, masks)
   keep = {(layer, name): np.asarray(v) for layer in keep for name, v in keep[layer].items()}
   touched = {('Dense_1', 'kernel'), ('Dense_1', 'bias'), ('Dense_2', 'kernel')}
@@ -210,7 +223,7 @@ def test_optimizer_state_zeroed_on_exactly_the_reset_slices(name, mlp):
   checked = set()
   for (kp, old), new in zip(old_leaves, new_leaves):
     old, new = np.asarray(old), np.asarray(new)
-    if old.ndim == 0:                      # step counts untouched
+    if old.ndim == 0:  # step counts untouched
       assert old == new
       continue
     path = tuple(getattr(k, 'key', None) for k in kp[-2:])
@@ -223,7 +236,7 @@ def test_optimizer_state_zeroed_on_exactly_the_reset_slices(name, mlp):
     assert not full.all()
     np.testing.assert_array_equal(new[~full], 0)
     np.testing.assert_array_equal(new[full], old[full])
-    assert np.any(old[~full] != 0)         # there was something to zero
+    assert np.any(old[~full] != 0)  # there was something to zero
     checked.add((str(kp[:-2]), path))
   moments = {'sgd': 0, 'sgd_momentum': 1, 'adam': 2, 'adamw': 2}[name]
   assert len(checked) == 3 * moments
@@ -239,15 +252,17 @@ def test_factored_optimizer_state_keeps_its_shapes(mlp):
   grads = jax.tree.map(jnp.ones_like, params)
   state = opt.update(grads, opt.init(params), params)[1]
   masks = _mask(groups, 'Dense_1', [2])
-  _, new_state = snr_jax.reset_neurons(params, state, groups, masks, jax.random.PRNGKey(0),
-                                       optimizer=opt)
+  _, new_state = snr_jax.reset_neurons(
+      params, state, groups, masks, jax.random.PRNGKey(0), optimizer=opt
+  )
   assert jax.tree.map(jnp.shape, new_state) == jax.tree.map(jnp.shape, state)
   factored = state[0]
   v_bias = np.asarray(new_state[0].v['Dense_1']['bias'])
   assert np.asarray(factored.v['Dense_1']['bias'])[2] != 0
   assert v_bias[2] == 0
-  np.testing.assert_array_equal(np.delete(v_bias, 2),
-                                np.delete(np.asarray(factored.v['Dense_1']['bias']), 2))
+  np.testing.assert_array_equal(
+      np.delete(v_bias, 2), np.delete(np.asarray(factored.v['Dense_1']['bias']), 2)
+  )
   # the same leaves, placeholders included, through a scanned SNR step
   tx = snr_jax.snr(opt, groups, tau_init=100, tau_min=100, tau_max=100)
   silent = {g.name: -jnp.ones((x.shape[0], g.size)) for g in groups}
@@ -284,18 +299,21 @@ def test_forced_dead_neuron_is_reset_after_expected_examples_and_fires_again(mlp
     if bool(state.resets.last_resets['Dense_0'][3]):
       reset_at = t
       break
-  assert reset_at == 40 // batch - 1      # ages 4, 8, ..., 40 = tau -> reset on step 9
+  assert reset_at == 40 // batch - 1  # ages 4, 8, ..., 40 = tau -> reset on step 9
   assert float(params['Dense_0']['bias'][3]) == 0.0
   _, _, acts = step(params, state)
-  assert bool(snr_jax.fired(acts['Dense_0'])[3])     # fires again after the reset
+  assert bool(snr_jax.fired(acts['Dense_0'])[3])  # fires again after the reset
 
 
 def test_network_whose_neurons_all_fire_is_never_reset():
   groups = (snr_jax.dense_group('h', 5, layer='l1', consumer='l2'),)
-  params = {'l1': {'kernel': jnp.ones((3, 5)), 'bias': jnp.zeros(5)},
-            'l2': {'kernel': jnp.ones((5, 2)), 'bias': jnp.zeros(2)}}
-  r = snr_jax.self_normalized_resets(groups, tau_init=100, tau_min=100, tau_max=100,
-                                     schedule=snr_jax.every_n_steps(7))
+  params = {
+      'l1': {'kernel': jnp.ones((3, 5)), 'bias': jnp.zeros(5)},
+      'l2': {'kernel': jnp.ones((5, 2)), 'bias': jnp.zeros(2)},
+  }
+  r = snr_jax.self_normalized_resets(
+      groups, tau_init=100, tau_min=100, tau_max=100, schedule=snr_jax.every_n_steps(7)
+  )
   state = r.init(params)
   x = jnp.ones((4, 3))
   apply = jax.jit(lambda s, a: r.apply(params, None, s, a))

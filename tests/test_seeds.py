@@ -12,18 +12,18 @@ import snr_jax
 
 
 class Net(nn.Module):
+
   @nn.compact
   def __call__(self, x):
     return nn.Dense(2, name='out')(nn.relu(nn.Dense(4, name='h')(x)))
 
 
 X = jnp.ones((3, 5))
-SILENT = {'h': -jnp.ones((3, 4))}     # every unit silent: all are reset at the first step
+SILENT = {'h': -jnp.ones((3, 4))}  # every unit silent: all are reset at the first step
 
 
 def _fresh_kernel(tx, state, params):
-  updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), state, params,
-                         activations=SILENT)
+  updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), state, params, activations=SILENT)
   return optax.apply_updates(params, updates)['h']['kernel']
 
 
@@ -51,7 +51,7 @@ def test_vmapped_init_over_members_params_gives_independent_streams():
 
 def test_optimizers_built_per_member_with_their_own_seed_are_independent():
   keys, params, groups = _members()
-  same = jax.tree.map(lambda a: jnp.stack([a[0], a[0]]), params)   # even with equal params
+  same = jax.tree.map(lambda a: jnp.stack([a[0], a[0]]), params)  # even with equal params
 
   def member(k, p):
     tx = _tx(groups, seed=k)

@@ -14,6 +14,7 @@ from snr_jax._src.training import apply_gradients, reset_metrics
 
 
 class MLP(nn.Module):
+
   @nn.compact
   def __call__(self, x):
     return nn.Dense(2, name='out')(nn.relu(nn.Dense(4, name='hidden')(x)))
@@ -35,31 +36,32 @@ def test_train_state_step_passes_activations():
 
   def loss_fn(p):
     out, acts = forward({'params': p}, x)
-    return jnp.sum(out ** 2), acts
+    return jnp.sum(out**2), acts
 
   (_, acts), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   with pytest.raises(Exception, match='activations'):
-    state.apply_gradients(grads=grads)      # Flax's own step cannot pass them
+    state.apply_gradients(grads=grads)  # Flax's own step cannot pass them
   new = jax.jit(apply_gradients)(state, grads, activations=acts)
   assert int(new.step) == 1
   fired = np.asarray(snr_jax.fired(acts['hidden']))
-  np.testing.assert_array_equal(new.opt_state.resets.rule.ages['hidden'],
-                                np.where(fired, 0, x.shape[0]))
+  np.testing.assert_array_equal(
+      new.opt_state.resets.rule.ages['hidden'], np.where(fired, 0, x.shape[0])
+  )
   assert not jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.all(a == b)), new.params, params))
 
 
 @pytest.mark.parametrize('name', sorted(snr_jax.METHODS))
 def test_reset_metrics_on_every_method(name):
   model, x, params, groups = _setup()
-  tx = snr_jax.make_method(name, optax.sgd(0.1), groups=groups,
-                           init_fn=lambda k: model.init(k, x)['params'])
+  tx = snr_jax.make_method(
+      name, optax.sgd(0.1), groups=groups, init_fn=lambda k: model.init(k, x)['params']
+  )
   state = tx.init(params)
   acts = {'hidden': jnp.ones((3, 4))}
   _, state = tx.update(jax.tree.map(jnp.zeros_like, params), state, params, activations=acts)
   metrics = jax.jit(reset_metrics)(state)
   if name in ('snr', 'snr_l2'):
-    assert sorted(metrics) == ['dead_fraction/hidden', 'mean_threshold/hidden',
-                               'resets/hidden']
+    assert sorted(metrics) == ['dead_fraction/hidden', 'mean_threshold/hidden', 'resets/hidden']
   elif name in ('redo', 'cbp'):
     assert sorted(metrics) == ['resets/hidden']
   else:
@@ -80,10 +82,10 @@ def test_gradient_accumulation_inside_snr_counts_every_micro_batch():
   state = tx.init(params)
   grads = jax.tree.map(jnp.ones_like, params)
   silent = {'hidden': -jnp.ones((3, 4))}
-  _, state = tx.update(grads, state, params, activations=silent)   # micro-batch 1: age 3
+  _, state = tx.update(grads, state, params, activations=silent)  # micro-batch 1: age 3
   np.testing.assert_array_equal(state.resets.rule.ages['hidden'], 3)
   acc = state.inner_state.acc_grads['hidden']['kernel']
   assert np.all(np.asarray(acc) != 0)
-  _, state = tx.update(grads, state, params, activations=silent)   # micro-batch 2: age 6: reset
+  _, state = tx.update(grads, state, params, activations=silent)  # micro-batch 2: age 6: reset
   assert bool(state.resets.last_resets['hidden'].all())
   np.testing.assert_array_equal(state.resets.rule.ages['hidden'], 0)

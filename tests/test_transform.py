@@ -16,7 +16,7 @@ def _setup(mlp, inner=None):
   groups = snr_jax.discover_groups(model, params, x)
   # make some units die, so resets happen within a few steps
   params = dict(params)
-  params['Dense_0'] = dict(params['Dense_0'], bias=params['Dense_0']['bias'].at[:3].set(-50.))
+  params['Dense_0'] = dict(params['Dense_0'], bias=params['Dense_0']['bias'].at[:3].set(-50.0))
   inner = inner or optax.sgd(0.05, momentum=0.9)
   return model, params, groups, inner
 
@@ -31,6 +31,7 @@ def _loss_fn(model, groups):
   def loss(p, x, y):
     out, acts = snr_jax.apply_with_preactivations(model, {'params': p}, x, groups=groups)
     return optax.softmax_cross_entropy_with_integer_labels(out, y).mean(), acts
+
   return loss
 
 
@@ -155,20 +156,33 @@ def test_scan_equals_python_loop(mlp):
 def test_end_of_task_signal_inside_jit_refreshes_thresholds():
   groups = (snr_jax.dense_group('h', 2, layer='l1'),)
   params = {'l1': {'kernel': jnp.ones((1, 2)), 'bias': jnp.zeros(2)}}
-  opt = snr_jax.snr(optax.sgd(0.0), groups, tau_init=64, tau_min=1, tau_max=64, eta=0.5,
-                    schedule=snr_jax.every_n_tasks(1))
+  opt = snr_jax.snr(
+      optax.sgd(0.0),
+      groups,
+      tau_init=64,
+      tau_min=1,
+      tau_max=64,
+      eta=0.5,
+      schedule=snr_jax.every_n_tasks(1),
+  )
   acts_on = {'h': jnp.ones((4, 2))}
   acts_off = {'h': -jnp.ones((4, 2))}
 
   @jax.jit
   def step(s, acts, eot):
-    _, s = opt.update(jax.tree.map(jnp.zeros_like, params), s, params, activations=acts,
-                      end_of_task=eot)
+    _, s = opt.update(
+        jax.tree.map(jnp.zeros_like, params), s, params, activations=acts, end_of_task=eot
+    )
     return s
 
   s = opt.init(params)
-  for acts, eot in ((acts_on, False), (acts_off, False), (acts_on, False),
-                    (acts_off, False), (acts_on, jnp.array(False))):
+  for acts, eot in (
+      (acts_on, False),
+      (acts_off, False),
+      (acts_on, False),
+      (acts_off, False),
+      (acts_on, jnp.array(False)),
+  ):
     s = step(s, acts, eot)
   np.testing.assert_array_equal(s.resets.rule.thresholds['h'], [64, 64])
   s = step(s, acts_on, jnp.array(True))
@@ -218,6 +232,7 @@ def test_named_vmap_axis_gives_the_same_results(mlp):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
   # with the shared predicate the reset stays a real branch; without, vmap turns it into
   # a select that computes both branches on every step
-  count = lambda name: str(jax.make_jaxpr(
-      jax.vmap(lambda k: run(k, name), axis_name='seeds'))(keys)).count('cond[')
+  count = lambda name: str(
+      jax.make_jaxpr(jax.vmap(lambda k: run(k, name), axis_name='seeds'))(keys)
+  ).count('cond[')
   assert count('seeds') > count(None)

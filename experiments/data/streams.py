@@ -32,8 +32,9 @@ def to_float(images: Array) -> Array:
 
 def _check_count(what: str, requested: int, available: int) -> None:
   if not isinstance(requested, int):
-    raise TypeError(f'{what} must be a Python int (mark it static under jit), '
-                    f'got {type(requested)}')
+    raise TypeError(
+        f'{what} must be a Python int (mark it static under jit), ' f'got {type(requested)}'
+    )
   if requested < 1 or requested > available:
     raise ValueError(f'{what}={requested} must be in [1, {available}]')
 
@@ -66,18 +67,21 @@ def shuffle_prefix(key: Array, n: int, k: int, axis_name=None) -> Array:
   capacity = k + 2 * margin
   if capacity >= n // 2:
     return shuffle(key, n)[:k]
-  bits = jax.random.bits(key, (n,), jnp.uint32)   # the keys shuffle() sorts
+  bits = jax.random.bits(key, (n,), jnp.uint32)  # the keys shuffle() sorts
   below = bits < np.uint32((k + margin) / n * 2**32)
-  slot = jnp.where(below, jnp.cumsum(below) - 1, capacity)   # capacity: dropped
-  candidates = jnp.full((capacity,), n, jnp.int32).at[slot].set(
-      jnp.arange(n, dtype=jnp.int32), mode='drop')
-  candidate_bits = jnp.full((capacity,), np.iinfo(np.uint32).max, jnp.uint32).at[slot].set(
-      bits, mode='drop')   # padding sorts after every candidate (all are below the threshold)
+  slot = jnp.where(below, jnp.cumsum(below) - 1, capacity)  # capacity: dropped
+  candidates = (
+      jnp.full((capacity,), n, jnp.int32).at[slot].set(jnp.arange(n, dtype=jnp.int32), mode='drop')
+  )
+  candidate_bits = (
+      jnp.full((capacity,), np.iinfo(np.uint32).max, jnp.uint32).at[slot].set(bits, mode='drop')
+  )  # padding sorts after every candidate (all are below the threshold)
   fast = candidates[jnp.argsort(candidate_bits, stable=True)[:k]]
   count = jnp.sum(below)
   ok = (count >= k) & (count <= capacity)
-  return jax.lax.cond(_any_member(~ok, axis_name),
-                      lambda: jnp.where(ok, fast, shuffle(key, n)[:k]), lambda: fast)
+  return jax.lax.cond(
+      _any_member(~ok, axis_name), lambda: jnp.where(ok, fast, shuffle(key, n)[:k]), lambda: fast
+  )
 
 
 def _any_member(pred: Array, axis_name) -> Array:
@@ -93,8 +97,9 @@ def pixel_permutation(key: Array, num_pixels: int) -> Array:
   return jax.random.permutation(perm_key, num_pixels)
 
 
-def permuted_task(images: Array, labels: Array, key: Array,
-                  num_examples: int) -> tuple[Array, Array]:
+def permuted_task(
+    images: Array, labels: Array, key: Array, num_examples: int
+) -> tuple[Array, Array]:
   """One Permuted-MNIST task.
 
   A new pixel permutation (one for all images of the task) and a fresh shuffle of the
@@ -120,8 +125,9 @@ def permuted_task(images: Array, labels: Array, key: Array,
   return x, y
 
 
-def permuted_task_indices(key: Array, num_images: int, num_pixels: int,
-                          num_examples: int, axis_name=None) -> tuple[Array, Array]:
+def permuted_task_indices(
+    key: Array, num_images: int, num_pixels: int, num_examples: int, axis_name=None
+) -> tuple[Array, Array]:
   """The images and the pixel permutation of :func:`permuted_task`, as indices.
 
   ``permuted_task(...)`` is ``flatten(images)[idx][:, perm]`` with ``labels[idx]``; a
@@ -139,8 +145,14 @@ def permuted_task_indices(key: Array, num_images: int, num_pixels: int,
   return idx, perm
 
 
-def random_label_task(images: Array, labels: Array, key: Array, num_examples: int,
-                      num_classes: int = 10, flatten: bool = False) -> tuple[Array, Array]:
+def random_label_task(
+    images: Array,
+    labels: Array,
+    key: Array,
+    num_examples: int,
+    num_classes: int = 10,
+    flatten: bool = False,
+) -> tuple[Array, Array]:
   """One random-label task (Random-label MNIST / CIFAR).
 
   The images are a fixed subset: always ``images[:num_examples]`` (1,200 for MNIST, 128
@@ -196,8 +208,14 @@ def class_pair(key: Array, task_index: Array | int, num_classes: int = 1000) -> 
   return jax.lax.dynamic_slice(order, (2 * j,), (2,)).astype(jnp.int32)
 
 
-def class_pair_task(images: Array, labels: Array, key: Array, task_index: Array | int,
-                    per_class: int = 600, num_classes: int = 1000) -> tuple[Array, Array]:
+def class_pair_task(
+    images: Array,
+    labels: Array,
+    key: Array,
+    task_index: Array | int,
+    per_class: int = 600,
+    num_classes: int = 1000,
+) -> tuple[Array, Array]:
   """One Continual-ImageNet task: binary classification between a new pair of classes.
 
   The pair is :func:`class_pair` (key, task_index). The task holds the first ``per_class``
@@ -223,14 +241,17 @@ def class_pair_task(images: Array, labels: Array, key: Array, task_index: Array 
   if not isinstance(labels, jax.core.Tracer):
     counts = np.bincount(np.asarray(labels).reshape(-1), minlength=num_classes)
     if counts.min() < per_class:
-      raise ValueError(f'class {int(counts.argmin())} has {int(counts.min())} images, '
-                       f'fewer than per_class={per_class}')
+      raise ValueError(
+          f'class {int(counts.argmin())} has {int(counts.min())} images, '
+          f'fewer than per_class={per_class}'
+      )
   idx, y = class_pair_indices(labels, key, task_index, per_class, num_classes)
   return to_float(jnp.asarray(images)[idx]), y
 
 
-def class_pair_indices(labels: Array, key: Array, task_index: Array | int, per_class: int,
-                       num_classes: int = 1000) -> tuple[Array, Array]:
+def class_pair_indices(
+    labels: Array, key: Array, task_index: Array | int, per_class: int, num_classes: int = 1000
+) -> tuple[Array, Array]:
   """The images (as indices) and binary labels of :func:`class_pair_task`.
 
   Returns:
@@ -254,8 +275,9 @@ def vocab_permutation(key: Array, vocab_size: int) -> Array:
   return jax.random.permutation(perm_key, vocab_size)
 
 
-def permuted_vocab_task(tokens: Array, vocab_size: int, key: Array, seq_len: int,
-                        num_sequences: int) -> tuple[Array, Array]:
+def permuted_vocab_task(
+    tokens: Array, vocab_size: int, key: Array, seq_len: int, num_sequences: int
+) -> tuple[Array, Array]:
   """One Permuted-Shakespeare task: next-token prediction under a fresh word bijection.
 
   Every word id w (``<unk>`` included) becomes ``perm[w]`` for a random permutation

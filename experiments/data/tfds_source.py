@@ -69,9 +69,13 @@ def find_prepared(tfds_name: str, dirs: Iterable[Path]) -> Optional[Path]:
   return None
 
 
-def _read_records(builder: Any, split: str, keys: tuple[str, ...],
-                  keep: Optional[Callable[[dict], bool]] = None,
-                  chunk: int = 4096) -> dict[str, list]:
+def _read_records(
+    builder: Any,
+    split: str,
+    keys: tuple[str, ...],
+    keep: Optional[Callable[[dict], bool]] = None,
+    chunk: int = 4096,
+) -> dict[str, list]:
   """Read ``keys`` of every record of ``split`` from an array_record builder."""
   source = builder.as_data_source(split=split)
   out: dict[str, list] = {k: [] for k in keys}
@@ -87,10 +91,14 @@ def _read_records(builder: Any, split: str, keys: tuple[str, ...],
   return out
 
 
-def load_tfds(tfds_name: str, split: str, keys: tuple[str, ...],
-              data_dir: Optional[os.PathLike | str],
-              allow_download: bool = False,
-              keep: Optional[Callable[[dict], bool]] = None) -> tuple[dict[str, Any], str]:
+def load_tfds(
+    tfds_name: str,
+    split: str,
+    keys: tuple[str, ...],
+    data_dir: Optional[os.PathLike | str],
+    allow_download: bool = False,
+    keep: Optional[Callable[[dict], bool]] = None,
+) -> tuple[dict[str, Any], str]:
   """Load ``keys`` of a TFDS dataset split as numpy, without network unless allowed.
 
   Args:
@@ -118,15 +126,18 @@ def load_tfds(tfds_name: str, split: str, keys: tuple[str, ...],
   if prepared is None:
     where = ', '.join(str(d / tfds_name) for d in dirs)
     if not allow_download:
-      raise TfdsUnavailable(f'no prepared copy of {tfds_name!r} at {where} '
-                            '(downloading is disabled; pass allow_download=True to let TFDS '
-                            'fetch it)')
+      raise TfdsUnavailable(
+          f'no prepared copy of {tfds_name!r} at {where} '
+          '(downloading is disabled; pass allow_download=True to let TFDS '
+          'fetch it)'
+      )
     try:
       builder = tfds.builder(tfds_name, data_dir=str(dirs[0]))
       builder.download_and_prepare()
     except Exception as e:  # network, missing TensorFlow, manual download needed, ...
-      raise TfdsUnavailable(f'download of {tfds_name!r} into {dirs[0]} failed: '
-                            f'{type(e).__name__}: {e}') from e
+      raise TfdsUnavailable(
+          f'download of {tfds_name!r} into {dirs[0]} failed: ' f'{type(e).__name__}: {e}'
+      ) from e
     prepared = find_prepared(tfds_name, dirs[:1])
     if prepared is None:
       raise TfdsUnavailable(f'TFDS reported success but no prepared {tfds_name!r} is in {dirs[0]}')
@@ -140,11 +151,15 @@ def load_tfds(tfds_name: str, split: str, keys: tuple[str, ...],
         data = _read_records(builder, split, keys, keep)
         return data, f'{desc} (array_record)'
       except ModuleNotFoundError as e:
-        raise TfdsUnavailable(f'prepared copy at {prepared} needs {e.name!r} to decode '
-                              '(pip install tensorflow-cpu)') from e
+        raise TfdsUnavailable(
+            f'prepared copy at {prepared} needs {e.name!r} to decode '
+            '(pip install tensorflow-cpu)'
+        ) from e
     if importlib.util.find_spec('tensorflow') is None:
-      raise TfdsUnavailable(f"prepared copy at {prepared} is in {fmt or 'tfrecord'} format, "
-                            'which needs TensorFlow to read (pip install tensorflow-cpu)')
+      raise TfdsUnavailable(
+          f"prepared copy at {prepared} is in {fmt or 'tfrecord'} format, "
+          'which needs TensorFlow to read (pip install tensorflow-cpu)'
+      )
     ds = builder.as_dataset(split=split, batch_size=-1)
     arrays = tfds.as_numpy(ds)
     data = {k: np.asarray(arrays[k]) for k in keys}
@@ -156,5 +171,6 @@ def load_tfds(tfds_name: str, split: str, keys: tuple[str, ...],
   except TfdsUnavailable:
     raise
   except Exception as e:
-    raise TfdsUnavailable(f'prepared copy at {prepared} could not be read: '
-                          f'{type(e).__name__}: {e}') from e
+    raise TfdsUnavailable(
+        f'prepared copy at {prepared} could not be read: ' f'{type(e).__name__}: {e}'
+    ) from e

@@ -8,6 +8,7 @@ forward pass; its own output is the pre-activation (visible through
 directly into the next such layer.  Each model's ``neuron_group_paths()`` lists the
 expected (producer, consumer) module paths, for cross-checking.
 """
+
 from __future__ import annotations
 
 from .cnn import CNN
@@ -29,5 +30,17 @@ def model_for(name: str, **kwargs):
   return MODELS[key](**kwargs)
 
 
-__all__ = ['MLP', 'CNN', 'ViT', 'GPT', 'Block', 'FFN', 'Im2colConv', 'max_pool_2x2',
-           'gpt_widths', 'model_for', 'vit_for', 'MODELS']
+__all__ = [
+    'MLP',
+    'CNN',
+    'ViT',
+    'GPT',
+    'Block',
+    'FFN',
+    'Im2colConv',
+    'max_pool_2x2',
+    'gpt_widths',
+    'model_for',
+    'vit_for',
+    'MODELS',
+]

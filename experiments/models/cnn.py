@@ -1,4 +1,5 @@
 """Convolutional network of Kumar et al. 2023 (Random-label CIFAR, Continual ImageNet)."""
+
 from __future__ import annotations
 
 from typing import Sequence

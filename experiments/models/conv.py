@@ -8,6 +8,7 @@ well in every context.  :func:`max_pool_2x2` does 2x2 / stride-2 max pooling wit
 reshape and elementwise maxima instead of ``lax.reduce_window`` (whose gradient,
 ``select_and_scatter_add``, is also slow on CPU inside scan).
 """
+
 from __future__ import annotations
 
 from typing import Any, Sequence, Union
@@ -29,8 +30,9 @@ def _pair(v: Union[int, Sequence[int]], what: str) -> tuple[int, int]:
   return v  # type: ignore[return-value]
 
 
-def _resolve_padding(padding: PaddingLike, in_hw: Sequence[int], kernel: Sequence[int],
-                     strides: Sequence[int]) -> list[tuple[int, int]]:
+def _resolve_padding(
+    padding: PaddingLike, in_hw: Sequence[int], kernel: Sequence[int], strides: Sequence[int]
+) -> list[tuple[int, int]]:
   """Explicit (low, high) pads per spatial dim, with nn.Conv / lax semantics."""
   if isinstance(padding, str):
     p = padding.upper()
@@ -43,8 +45,10 @@ def _resolve_padding(padding: PaddingLike, in_hw: Sequence[int], kernel: Sequenc
         total = max((out - 1) * s + k - n, 0)
         pads.append((total // 2, total - total // 2))
       return pads
-    raise ValueError(f"Im2colConv supports padding 'VALID', 'SAME', an int or explicit "
-                     f'pairs; got {padding!r}')
+    raise ValueError(
+        f"Im2colConv supports padding 'VALID', 'SAME', an int or explicit "
+        f'pairs; got {padding!r}'
+    )
   if isinstance(padding, int):
     return [(padding, padding)] * 2
   padding = list(padding)
@@ -100,10 +104,14 @@ class Im2colConv(nn.Module):
     x = inputs.reshape((-1,) + inputs.shape[-3:])
     in_features = x.shape[-1]
 
-    kernel = self.param('kernel', self.kernel_init, (kh, kw, in_features, self.features),
-                        self.param_dtype)
-    bias = (self.param('bias', self.bias_init, (self.features,), self.param_dtype)
-            if self.use_bias else None)
+    kernel = self.param(
+        'kernel', self.kernel_init, (kh, kw, in_features, self.features), self.param_dtype
+    )
+    bias = (
+        self.param('bias', self.bias_init, (self.features,), self.param_dtype)
+        if self.use_bias
+        else None
+    )
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
 
     pads = _resolve_padding(self.padding, x.shape[1:3], (kh, kw), (sh, sw))
@@ -115,13 +123,19 @@ class Im2colConv(nn.Module):
       raise ValueError(f'Im2colConv: kernel {(kh, kw)} larger than padded input {(h, w)}')
 
     cols = [
-        lax.slice(x, (0, i, j, 0), (x.shape[0], i + (ho - 1) * sh + 1, j + (wo - 1) * sw + 1,
-                                    in_features), (1, sh, sw, 1))
-        for i in range(kh) for j in range(kw)
+        lax.slice(
+            x,
+            (0, i, j, 0),
+            (x.shape[0], i + (ho - 1) * sh + 1, j + (wo - 1) * sw + 1, in_features),
+            (1, sh, sw, 1),
+        )
+        for i in range(kh)
+        for j in range(kw)
     ]
     patches = cols[0] if len(cols) == 1 else jnp.concatenate(cols, axis=-1)
-    y = jnp.matmul(patches, kernel.reshape(kh * kw * in_features, self.features),
-                   precision=self.precision)
+    y = jnp.matmul(
+        patches, kernel.reshape(kh * kw * in_features, self.features), precision=self.precision
+    )
     if bias is not None:
       y = y + bias
     return y.reshape(batch_shape + y.shape[1:])

@@ -1,4 +1,5 @@
 """Multi-layer perceptron (Permuted / Random-label MNIST, design §7)."""
+
 from __future__ import annotations
 
 from typing import Sequence

@@ -6,6 +6,7 @@ Both use the same block: ``x + MHA(LN(x))`` then ``x + FFN(LN(x))`` with
 is ``(..., 'block_{i}', 'ffn', 'Dense_1')``.  Attention, embeddings, LayerNorms and the
 output head are never neurons (design §1).  No dropout.
 """
+
 from __future__ import annotations
 
 import math
@@ -38,8 +39,9 @@ class Block(nn.Module):
   @nn.compact
   def __call__(self, x, mask: Optional[Any] = None):
     h = nn.LayerNorm(name='ln_attn')(x)
-    h = nn.MultiHeadDotProductAttention(num_heads=self.num_heads, qkv_features=self.width,
-                                        out_features=self.width, name='attn')(h, mask=mask)
+    h = nn.MultiHeadDotProductAttention(
+        num_heads=self.num_heads, qkv_features=self.width, out_features=self.width, name='attn'
+    )(h, mask=mask)
     x = x + h
     h = nn.LayerNorm(name='ln_ffn')(x)
     return x + FFN(self.ffn_width, self.width, name='ffn')(h)
@@ -92,8 +94,10 @@ class ViT(nn.Module):
 
   def neuron_group_paths(self):
     """(producer module path, consumer module path) per neuron group, for cross-checks."""
-    return [((f'block_{i}', 'ffn', 'Dense_0'), (f'block_{i}', 'ffn', 'Dense_1'))
-            for i in range(self.num_blocks)]
+    return [
+        ((f'block_{i}', 'ffn', 'Dense_0'), (f'block_{i}', 'ffn', 'Dense_1'))
+        for i in range(self.num_blocks)
+    ]
 
 
 def vit_for(image_shape, num_outputs: int) -> ViT:
@@ -104,8 +108,15 @@ def vit_for(image_shape, num_outputs: int) -> ViT:
   patch = next((p for p in (7, 4) if h % p == 0 and w % p == 0), None)
   if patch is None:
     raise ValueError(f'vit_for: no patch size (7 or 4) divides images of {h}x{w}.')
-  return ViT(num_outputs=num_outputs, patch_size=patch, width=64, num_blocks=3, num_heads=4,
-             mlp_width=256, pool='mean')
+  return ViT(
+      num_outputs=num_outputs,
+      patch_size=patch,
+      width=64,
+      num_blocks=3,
+      num_heads=4,
+      mlp_width=256,
+      pool='mean',
+  )
 
 
 def gpt_widths(width: int, ffn_width: int, num_heads: int, scale: float) -> tuple[int, int]:
@@ -175,5 +186,7 @@ class GPT(nn.Module):
 
   def neuron_group_paths(self):
     """(producer module path, consumer module path) per neuron group, for cross-checks."""
-    return [((f'block_{i}', 'ffn', 'Dense_0'), (f'block_{i}', 'ffn', 'Dense_1'))
-            for i in range(self.num_layers)]
+    return [
+        ((f'block_{i}', 'ffn', 'Dense_0'), (f'block_{i}', 'ffn', 'Dense_1'))
+        for i in range(self.num_layers)
+    ]

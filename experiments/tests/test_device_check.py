@@ -7,7 +7,7 @@ import pytest
 
 from experiments import device_check
 
-pytestmark = pytest.mark.slow   # the device check's every section, on CPU
+pytestmark = pytest.mark.slow  # the device check's every section, on CPU
 
 
 def _numbers(tree):
@@ -46,7 +46,6 @@ def test_smoke_run_reports_every_section(tmp_path, capsys):
   memory = report['memory']
   assert memory['host_peak_rss_bytes'] > 0
   peak = memory['device_peak_bytes_in_use']
-  assert peak is None or peak > 0   # None where the backend reports nothing (CPU)
-  assert all(_numbers(report[s]) for s in ('tests', 'step_ratios', 'permuted_throughput',
-                                           'memory'))
+  assert peak is None or peak > 0  # None where the backend reports nothing (CPU)
+  assert all(_numbers(report[s]) for s in ('tests', 'step_ratios', 'permuted_throughput', 'memory'))
   assert '| model | batch | run |' in capsys.readouterr().out

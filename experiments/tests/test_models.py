@@ -1,4 +1,5 @@
 """Tests for experiments.models: shapes, Im2colConv == nn.Conv, GPT causality and scaling."""
+
 import math
 
 import flax.linen as nn
@@ -7,8 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments.models import (CNN, GPT, MLP, ViT, Im2colConv, gpt_widths, max_pool_2x2,
-                            model_for)
+from experiments.models import (CNN, GPT, MLP, ViT, Im2colConv, gpt_widths, max_pool_2x2, model_for)
 
 KEY = jax.random.key(0)
 
@@ -68,8 +68,7 @@ def test_cnn_impls_agree():
   ref = CNN(conv_impl='xla', pool_impl='xla')
   p = _init(ref, x)
   assert _shapes(fast, x) == jax.tree_util.tree_map(jnp.shape, p)
-  np.testing.assert_allclose(_apply(fast, p, x), _apply(ref, p, x),
-                             rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(_apply(fast, p, x), _apply(ref, p, x), rtol=1e-4, atol=1e-5)
   with pytest.raises(ValueError, match='conv_impl'):
     jax.eval_shape(CNN(conv_impl='bogus').init, KEY, x)
 
@@ -108,13 +107,16 @@ def test_gpt_shapes():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('kernel_size,strides,in_ch,padding', [
-    ((5, 5), 1, 3, 'VALID'),
-    ((5, 5), 1, 3, 'SAME'),
-    ((3, 2), 1, 4, ((2, 1), (0, 3))),
-    ((3, 3), 2, 2, 'SAME'),
-    ((3, 3), 2, 2, 1),
-])
+@pytest.mark.parametrize(
+    'kernel_size,strides,in_ch,padding',
+    [
+        ((5, 5), 1, 3, 'VALID'),
+        ((5, 5), 1, 3, 'SAME'),
+        ((3, 2), 1, 4, ((2, 1), (0, 3))),
+        ((3, 3), 2, 2, 'SAME'),
+        ((3, 3), 2, 2, 1),
+    ],
+)
 def test_im2col_matches_conv(padding, kernel_size, strides, in_ch):
   x = jax.random.normal(jax.random.key(1), (2, 11, 10, in_ch))
   ref = nn.Conv(7, kernel_size, strides=strides, padding=padding)
@@ -133,6 +135,7 @@ def test_im2col_matches_conv(padding, kernel_size, strides, in_ch):
     def loss(p, x):
       y = mod.apply({'params': p}, x)
       return jnp.sum(jnp.tanh(y) * w[: y.shape[-1]] * jnp.cos(y.sum(-1, keepdims=True))), y
+
     return jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))(p, x)
 
   (_, y_ref), g_ref = out_and_grads(ref)
@@ -192,8 +195,9 @@ def test_gpt_is_causal():
   assert np.abs(np.asarray(out[:, t:] - base[:, t:])).max() > 1e-4
 
 
-@pytest.mark.parametrize('scale,width,ffn', [(1, 32, 256), (4, 64, 512), (16, 128, 1024),
-                                             (2, 46, 362)])
+@pytest.mark.parametrize(
+    'scale,width,ffn', [(1, 32, 256), (4, 64, 512), (16, 128, 1024), (2, 46, 362)]
+)
 def test_gpt_scale(scale, width, ffn):
   assert gpt_widths(32, 256, 2, scale) == (width, ffn)
   m = GPT(vocab_size=11, context_length=8, scale=scale)
@@ -206,7 +210,7 @@ def test_gpt_scale(scale, width, ffn):
 
 
 def test_gpt_widths_rules():
-# width * sqrt(scale) rounded to a multiple of num_heads
+  # width * sqrt(scale) rounded to a multiple of num_heads
   assert gpt_widths(30, 100, 4, 1) == (32, 100)
   assert gpt_widths(32, 256, 3, 2) == (45, 362)  # 45.25 -> 45 (15 heads dims of 3)
   assert gpt_widths(32, 256, 2, 2)[0] == 2 * round(32 * math.sqrt(2) / 2)
@@ -223,13 +227,16 @@ def test_gpt_num_layers():
 # ------------------------------------------------------- neuron-group conventions
 
 
-@pytest.mark.parametrize('name,kw,x', [
-    ('mlp', {}, jnp.ones((2, 784))),
-    ('cnn', {}, jnp.ones((2, 32, 32, 3))),
-    ('cnn', {'conv_impl': 'xla'}, jnp.ones((2, 32, 32, 3))),
-    ('vit', {}, jnp.ones((2, 32, 32, 3))),
-    ('gpt', {'vocab_size': 13, 'context_length': 8}, jnp.ones((2, 8), jnp.int32)),
-])
+@pytest.mark.parametrize(
+    'name,kw,x',
+    [
+        ('mlp', {}, jnp.ones((2, 784))),
+        ('cnn', {}, jnp.ones((2, 32, 32, 3))),
+        ('cnn', {'conv_impl': 'xla'}, jnp.ones((2, 32, 32, 3))),
+        ('vit', {}, jnp.ones((2, 32, 32, 3))),
+        ('gpt', {'vocab_size': 13, 'context_length': 8}, jnp.ones((2, 8), jnp.int32)),
+    ],
+)
 def test_neuron_group_conventions(name, kw, x):
   """Each declared producer has kernel/bias with units on the last axis; its output,
   captured by capture_intermediates, is the pre-activation; the consumer reads it."""
@@ -267,18 +274,25 @@ def test_model_for():
     model_for('resnet')
 
 
-@pytest.mark.parametrize('name,kw,x', [
-    ('mlp', {}, jnp.ones((2, 784))),
-    *[('cnn', {'conv_impl': c, 'pool_impl': p}, jnp.ones((2, 28, 28, 1)))
-      for c in ('im2col', 'xla') for p in ('reshape', 'xla')],
-    ('vit', {}, jnp.ones((2, 32, 32, 3))),
-    ('gpt', {'vocab_size': 13, 'context_length': 8}, jnp.ones((2, 8), jnp.int32)),
-])
+@pytest.mark.parametrize(
+    'name,kw,x',
+    [
+        ('mlp', {}, jnp.ones((2, 784))),
+        *[
+            ('cnn', {'conv_impl': c, 'pool_impl': p}, jnp.ones((2, 28, 28, 1)))
+            for c in ('im2col', 'xla')
+            for p in ('reshape', 'xla')
+        ],
+        ('vit', {}, jnp.ones((2, 32, 32, 3))),
+        ('gpt', {'vocab_size': 13, 'context_length': 8}, jnp.ones((2, 8), jnp.int32)),
+    ],
+)
 def test_discovery_finds_exactly_the_declared_groups(name, kw, x):
   """Every harness model's neuron groups, as discovery finds them, are the ones it
   declares: the runner refuses to start otherwise."""
   from experiments.runner import check_discovered_groups  # pylint: disable=import-outside-toplevel
   import snr_jax  # pylint: disable=import-outside-toplevel
+
   m = model_for(name, **kw)
   params = m.init(KEY, x)['params']
   groups = snr_jax.discover_groups(m, params, x)
@@ -290,6 +304,7 @@ def test_runner_refuses_groups_that_differ_from_the_declaration():
   import snr_jax  # pylint: disable=import-outside-toplevel
 
   class Declares3(MLP):
+
     def neuron_group_paths(self):
       return [*super().neuron_group_paths(), (('Dense_2',), ('Dense_3',))]
 

@@ -6,7 +6,7 @@ import pathlib
 import matplotlib
 import pytest
 
-pytestmark = pytest.mark.slow   # executes the walkthrough notebook
+pytestmark = pytest.mark.slow  # executes the walkthrough notebook
 
 NOTEBOOK = pathlib.Path(__file__).resolve().parents[2] / 'docs' / 'tutorials' / 'walkthrough.ipynb'
 

@@ -16,7 +16,7 @@ import snr_jax
 from experiments import data as snr_data
 from experiments.models import ViT
 
-pytestmark = pytest.mark.slow   # trains the ViT with every method
+pytestmark = pytest.mark.slow  # trains the ViT with every method
 
 IMAGES, CLASSES, PER_CLASS, BATCH = 8, 4, 6, 4
 
@@ -38,11 +38,12 @@ def setup():
   return model, params, groups, images, labels
 
 
-@pytest.mark.parametrize('method, hp', CASES, ids=[f'{m}-{h.get("estimator", "")}'
-                                                   for m, h in CASES])
+@pytest.mark.parametrize(
+    'method, hp', CASES, ids=[f'{m}-{h.get("estimator", "")}' for m, h in CASES]
+)
 def test_vit_class_pair_stream_runs_with_every_method(setup, method, hp):
   model, params, groups, images, labels = setup
-  assert [g.size for g in groups] == [32, 32]     # one FFN group per block
+  assert [g.size for g in groups] == [32, 32]  # one FFN group per block
   init_fn = lambda k: model.init(k, images[:BATCH])['params']
   tx = snr_jax.make_method(method, optax.adam(1e-3), groups=groups, init_fn=init_fn, **hp)
   steps = 2 * PER_CLASS // BATCH
@@ -52,8 +53,7 @@ def test_vit_class_pair_stream_runs_with_every_method(setup, method, hp):
     return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), acts
 
   def task(carry, t):
-    idx, y = snr_data.class_pair_indices(labels, jax.random.PRNGKey(1), t, PER_CLASS,
-                                         CLASSES)
+    idx, y = snr_data.class_pair_indices(labels, jax.random.PRNGKey(1), t, PER_CLASS, CLASSES)
 
     def step(c, i):
       p, s = c

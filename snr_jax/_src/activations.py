@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 import jax
 import jax.numpy as jnp
 
-if TYPE_CHECKING:   # flax is optional (annotations only here)
+if TYPE_CHECKING:  # flax is optional (annotations only here)
   from flax import linen as nn
 
 from snr_jax._src.util import psum_packed
@@ -76,22 +76,24 @@ def check_activations(groups: Sequence[NeuronGroup], activations: Any) -> None:
   if activations is None:
     raise ActivationError(
         'missing activations: call update(grads, state, params, activations=...) with '
-        "each group's pre-activations, e.g. from snr_jax.apply_with_preactivations(...).")
+        "each group's pre-activations, e.g. from snr_jax.apply_with_preactivations(...)."
+    )
   if not isinstance(activations, Mapping):
     raise ActivationError(
         f'activations must be a mapping from group name to array, got '
-        f'{type(activations).__name__}.')
+        f'{type(activations).__name__}.'
+    )
   missing = [g.name for g in groups if g.name not in activations]
   if missing:
     raise ActivationError(
         f'activations are missing groups {missing} (given {sorted(activations)}); '
-        'pass one pre-activation array per neuron group.')
+        'pass one pre-activation array per neuron group.'
+    )
   for g in groups:
     a = activations[g.name]
     shape = getattr(a, 'shape', None)
     if g.layers > 1:
-      ok = shape is not None and len(shape) >= 3 and shape[0] == g.layers and \
-          shape[-1] == g.units
+      ok = shape is not None and len(shape) >= 3 and shape[0] == g.layers and shape[-1] == g.units
       want = f'({g.layers} layers, batch, ..., {g.units})'
     else:
       ok = shape is not None and len(shape) >= 2 and shape[-1] == g.size
@@ -99,7 +101,8 @@ def check_activations(groups: Sequence[NeuronGroup], activations: Any) -> None:
     if not ok:
       raise ActivationError(
           f"activation of group '{g.name}' has shape {shape}; expected {want} with the "
-          'units on the last axis.')
+          'units on the last axis.'
+      )
     dtype = getattr(a, 'dtype', None)
     # firing is "pre-activation > 0": a complex value has no sign, and an integer or bool
     # array is a count or a mask passed by mistake (ReLU inputs are real floats)
@@ -107,11 +110,13 @@ def check_activations(groups: Sequence[NeuronGroup], activations: Any) -> None:
       raise ActivationError(
           f"activation of group '{g.name}' has dtype {dtype}; pre-activations must be real "
           'floating point (firing is pre-activation > 0): pass the ReLU inputs themselves, '
-          'e.g. from snr_jax.with_preactivations or apply_with_preactivations.')
+          'e.g. from snr_jax.with_preactivations or apply_with_preactivations.'
+      )
 
 
-def preactivations_from_intermediates(intermediates: Mapping[str, Any],
-                                      groups: Sequence[NeuronGroup]) -> dict[str, jax.Array]:
+def preactivations_from_intermediates(
+    intermediates: Mapping[str, Any], groups: Sequence[NeuronGroup]
+) -> dict[str, jax.Array]:
   """Picks each group's pre-activation out of a Flax ``intermediates`` collection.
 
   Args:
@@ -132,21 +137,28 @@ def preactivations_from_intermediates(intermediates: Mapping[str, Any],
         raise ActivationError(
             f"no intermediate at '{path_str(g.activation)}' for group '{g.name}' "
             f'(stopped at key {key!r}). Sow the pre-activation there, or use '
-            'apply_with_preactivations, which captures module outputs.')
+            'apply_with_preactivations, which captures module outputs.'
+        )
       node = node[key]
     if isinstance(node, (tuple, list)):
       if len(node) != 1:
         raise ActivationError(
             f"intermediate '{path_str(g.activation)}' holds {len(node)} values; the "
-            "layer must run once per forward pass for its units' firing to be defined.")
+            "layer must run once per forward pass for its units' firing to be defined."
+        )
       node = node[0]
     out[g.name] = node
   return out
 
 
-def apply_with_preactivations(model: nn.Module, variables: Any, *args,
-                              groups: Sequence[NeuronGroup], mutable: Any = False,
-                              **kwargs):
+def apply_with_preactivations(
+    model: nn.Module,
+    variables: Any,
+    *args,
+    groups: Sequence[NeuronGroup],
+    mutable: Any = False,
+    **kwargs,
+):
   """``model.apply`` that also returns each group's pre-activation, in one pass.
 
   Linen sugar over [`with_preactivations`][snr_jax.with_preactivations] for discovered groups.
@@ -184,8 +196,9 @@ def apply_with_preactivations(model: nn.Module, variables: Any, *args,
     return method_name == '__call__' and tuple(mdl.path) in wanted
 
   extra = [] if mutable is False else ([mutable] if isinstance(mutable, str) else list(mutable))
-  out, state = model.apply(variables, *args, capture_intermediates=capture,
-                           mutable=['intermediates', *extra], **kwargs)
+  out, state = model.apply(
+      variables, *args, capture_intermediates=capture, mutable=['intermediates', *extra], **kwargs
+  )
   state = dict(state)
   inter = state.pop('intermediates', {})
   acts = preactivations_from_intermediates(inter, groups)

@@ -35,7 +35,7 @@ class CaptureError(ValueError):
 def _bind(eqn, invals):
   params = eqn.primitive.get_bind_params(eqn.params)
   subfuns = ()
-  if isinstance(params, tuple):   # jax < 0.9.2 returns (subfuns, params)
+  if isinstance(params, tuple):  # jax < 0.9.2 returns (subfuns, params)
     subfuns, params = params
   with eqn.ctx.manager:
     out = eqn.primitive.bind(*subfuns, *invals, **params)
@@ -48,7 +48,8 @@ def _check_site(eqn, operand: int, name: str):
     raise CaptureError(
         f"group '{name}': the forward pass differs from the one discover_groups traced (no "
         f"ReLU where it found one, found '{eqn.primitive.name}'). Discover the groups again "
-        'for this model and call signature.')
+        'for this model and call signature.'
+    )
 
 
 def _eval(jaxpr, consts, args, targets: Targets):
@@ -94,24 +95,32 @@ def _descend(eqn, invals, targets: Targets):
     inner, consts = (sub.jaxpr, sub.consts) if hasattr(sub, 'consts') else (sub, ())
     fn = lambda *a: _eval(inner, consts, a, targets)
     if name in _compat.CHECKPOINT:
-      fn = jax.checkpoint(fn, prevent_cse=eqn.params.get('prevent_cse', True),
-                          policy=eqn.params.get('policy'))
+      fn = jax.checkpoint(
+          fn, prevent_cse=eqn.params.get('prevent_cse', True), policy=eqn.params.get('policy')
+      )
     outs, cap = fn(*invals)
     return list(outs), cap
   if name == _compat.SCAN:
     p = eqn.params
     closed, nc, ncar = p['jaxpr'], p['num_consts'], p['num_carry']
-    consts, carry, xs = invals[:nc], invals[nc:nc + ncar], invals[nc + ncar:]
+    consts, carry, xs = invals[:nc], invals[nc : nc + ncar], invals[nc + ncar :]
 
     def body(c, x):
       outs, cap = _eval(closed.jaxpr, closed.consts, [*consts, *c, *x], targets)
       return outs[:ncar], (outs[ncar:], cap)
 
-    carry, (ys, cap) = jax.lax.scan(body, list(carry), list(xs), length=p['length'],
-                                    reverse=p['reverse'], unroll=p.get('unroll', 1))
+    carry, (ys, cap) = jax.lax.scan(
+        body,
+        list(carry),
+        list(xs),
+        length=p['length'],
+        reverse=p['reverse'],
+        unroll=p.get('unroll', 1),
+    )
     return [*carry, *ys], cap
-  raise CaptureError(f"cannot read a pre-activation inside '{name}'; discover the groups "
-                     'again for this model.')
+  raise CaptureError(
+      f"cannot read a pre-activation inside '{name}'; discover the groups " 'again for this model.'
+  )
 
 
 def _check_discovered(groups: Sequence[NeuronGroup]) -> None:
@@ -120,7 +129,8 @@ def _check_discovered(groups: Sequence[NeuronGroup]) -> None:
     raise GroupError(
         f'groups {bad} have no discovered site (declared groups): capture their '
         "pre-activations with apply_with_preactivations / a Flax 'intermediates' sow, or "
-        'discover the groups with snr_jax.discover_groups.')
+        'discover the groups with snr_jax.discover_groups.'
+    )
 
 
 def _sites(closed, tr, groups: Sequence[NeuronGroup]) -> tuple[Targets, dict[str, int]]:
@@ -131,9 +141,12 @@ def _sites(closed, tr, groups: Sequence[NeuronGroup]) -> tuple[Targets, dict[str
     raise CaptureError(
         'the forward pass has lost the layer of group(s) '
         + '; '.join(f"'{n}' ({r})" for n, r in gone.items())
-        + '. Discover the groups again for this model and call signature.')
-  return ({n: (loc, operand) for n, (loc, operand, _) in found.items()},
-          {n: axis for n, (_, _, axis) in found.items()})
+        + '. Discover the groups again for this model and call signature.'
+    )
+  return (
+      {n: (loc, operand) for n, (loc, operand, _) in found.items()},
+      {n: axis for n, (_, _, axis) in found.items()},
+  )
 
 
 def with_preactivations(f: Any, groups: Sequence[NeuronGroup]) -> Callable[..., Any]:

@@ -70,6 +70,7 @@ class CBPState(NamedTuple):
       latest step, 0 elsewhere: what `CBPRule.adjust` folds into the biases.
     steps: int32 scalar, steps taken (mixed into the rounding's random stream).
   """
+
   utility: dict[str, jax.Array]
   mean_act: dict[str, jax.Array]
   ages: dict[str, jax.Array]
@@ -93,8 +94,10 @@ def _unit_sums(w: jax.Array, group: NeuronGroup, s: ParamSlice):
   nd = w.ndim
   axis = s.axis % nd
   if axis == nd - 1:
-    raise ValueError(f"outgoing slice '{'/'.join(s.path)}' indexes units on its last axis; "
-                     'continual backprop reads the consumer\'s outputs there.')
+    raise ValueError(
+        f"outgoing slice '{'/'.join(s.path)}' indexes units on its last axis; "
+        "continual backprop reads the consumer's outputs there."
+    )
   lead = (axis,) if s.layer_axis is None else (s.layer_axis % nd, axis)
   w = jnp.moveaxis(w.astype(jnp.float32), lead, tuple(range(len(lead))))
   if s.layer_axis is None:
@@ -102,7 +105,7 @@ def _unit_sums(w: jax.Array, group: NeuronGroup, s: ParamSlice):
   n, out = w.shape[1], w.shape[-1]
   w = w.reshape(w.shape[0], n, -1, out)
   taps = w.shape[2]
-  w = w.sum(axis=2)                                              # (layers, n, out)
+  w = w.sum(axis=2)  # (layers, n, out)
   ids = _unit_ids(group, s, n)
   keep = ids >= 0
   sums = jnp.zeros((w.shape[0], group.units, out), jnp.float32).at[:, ids[keep]].add(w[:, keep])
@@ -136,8 +139,9 @@ def consumer_bias_path(params: Any, s: ParamSlice) -> Optional[tuple[str, ...]]:
   return path
 
 
-def transfer_to_biases(params: Any, groups: Sequence[NeuronGroup],
-                       amounts: Mapping[str, jax.Array]) -> Any:
+def transfer_to_biases(
+    params: Any, groups: Sequence[NeuronGroup], amounts: Mapping[str, jax.Array]
+) -> Any:
   """Adds ``Σ_i amounts_i · Σ_{entries of i} w_out[·, k]`` to each consumer's bias ``k``.
 
   Args:
@@ -154,7 +158,7 @@ def transfer_to_biases(params: Any, groups: Sequence[NeuronGroup],
       path = consumer_bias_path(params, s)
       if path is None:
         continue
-      w, _ = _unit_sums(get_path(params, s.path), g, s)            # (layers, units, out)
+      w, _ = _unit_sums(get_path(params, s.path), g, s)  # (layers, units, out)
       a = amounts[g.name].astype(jnp.float32).reshape(g.layers, g.units)
       d = jnp.einsum('lu,luk->lk', a, w)
       deltas[path] = deltas[path] + d if path in deltas else d
@@ -186,24 +190,43 @@ class CBPRule(ResetRule):
     put('decay', number_in('decay', self.decay, 0.0, 1.0, hi_open=True))
 
   def init(self, groups: Sequence[NeuronGroup], params: Any) -> CBPState:
-    alone = sorted({'/'.join(s.path) for g in groups for s in g.outgoing
-                    if consumer_bias_path(params, s) is None})
+    alone = sorted(
+        {
+            '/'.join(s.path)
+            for g in groups
+            for s in g.outgoing
+            if consumer_bias_path(params, s) is None
+        }
+    )
     if alone:
       warnings.warn(
           f'continual_backprop: no consumer bias beside the outgoing weights {alone}, so '
           "replaced units' mean contributions are not transferred there (the reference "
           "folds them into the consumer's bias). The bias is the parameter 'bias' next to "
           "a 'kernel': name a plain function's parameters so; a consumer without a bias "
-          'has nothing to transfer into.', stacklevel=2)
+          'has nothing to transfer into.',
+          stacklevel=2,
+      )
     zeros = lambda g, dt=jnp.float32: jnp.zeros((g.size,), dt)
-    return CBPState({g.name: zeros(g) for g in groups}, {g.name: zeros(g) for g in groups},
-                    {g.name: zeros(g, jnp.int32) for g in groups},
-                    {g.name: jnp.zeros(() if g.layers == 1 else (g.layers,), jnp.float32)
-                     for g in groups},
-                    {g.name: zeros(g) for g in groups}, jnp.zeros((), jnp.int32))
+    return CBPState(
+        {g.name: zeros(g) for g in groups},
+        {g.name: zeros(g) for g in groups},
+        {g.name: zeros(g, jnp.int32) for g in groups},
+        {g.name: jnp.zeros(() if g.layers == 1 else (g.layers,), jnp.float32) for g in groups},
+        {g.name: zeros(g) for g in groups},
+        jnp.zeros((), jnp.int32),
+    )
 
-  def select(self, state: CBPState, groups: Sequence[NeuronGroup],
-             activations: Mapping[str, jax.Array], params: Any, *, end_of_task, key):
+  def select(
+      self,
+      state: CBPState,
+      groups: Sequence[NeuronGroup],
+      activations: Mapping[str, jax.Array],
+      params: Any,
+      *,
+      end_of_task,
+      key,
+  ):
     del end_of_task
     d = self.decay
     steps = state.steps + 1
@@ -229,15 +252,18 @@ class CBPRule(ResetRule):
         owed = state.to_replace[g.name] + owed
         k = jnp.floor(owed)
       else:
-        draw = jax.random.uniform(jax.random.fold_in(jax.random.fold_in(key, steps), gi),
-                                  shape)
+        draw = jax.random.uniform(jax.random.fold_in(jax.random.fold_in(key, steps), gi), shape)
         k = jnp.floor(owed) + (draw < owed - jnp.floor(owed))
       k = jnp.minimum(k, n_eligible).astype(jnp.int32)
       rank = lowest_k if g.layers == 1 else jax.vmap(lowest_k)
       # the sort runs only on steps that replace something (most steps replace nothing)
-      mask = cond(jnp.any(k > 0), lambda a, rank=rank: rank(*a).reshape(-1),
-                  lambda a: jnp.zeros_like(a[1]).reshape(-1),
-                  (per_layer(u_hat), per_layer(eligible), k), self.control_flow)
+      mask = cond(
+          jnp.any(k > 0),
+          lambda a, rank=rank: rank(*a).reshape(-1),
+          lambda a: jnp.zeros_like(a[1]).reshape(-1),
+          (per_layer(u_hat), per_layer(eligible), k),
+          self.control_flow,
+      )
       # over the cap, the lowest utilities go now; the rest stay owed ('accumulate')
       mask = cap_mask(mask, resets_cap(self.max_resets_per_step, g.size), -u_hat)
       k = jnp.sum(per_layer(mask), axis=-1).astype(jnp.int32)
@@ -245,28 +271,46 @@ class CBPRule(ResetRule):
       out.utility[g.name] = jnp.where(mask, 0.0, u)
       out.mean_act[g.name] = jnp.where(mask, 0.0, f)
       out.ages[g.name] = jnp.where(mask, 0, age)
-      out.to_replace[g.name] = (owed - k if self.rounding == 'accumulate'
-                                else jnp.zeros(shape, jnp.float32))
+      out.to_replace[g.name] = (
+          owed - k if self.rounding == 'accumulate' else jnp.zeros(shape, jnp.float32)
+      )
       out.transfer[g.name] = jnp.where(mask, f_hat, 0.0)
     return masks, out
 
-  def adjust(self, params: Any, masks: Mapping[str, jax.Array], state: CBPState,
-             groups: Sequence[NeuronGroup]) -> Any:
+  def adjust(
+      self,
+      params: Any,
+      masks: Mapping[str, jax.Array],
+      state: CBPState,
+      groups: Sequence[NeuronGroup],
+  ) -> Any:
     """Folds the replaced units' mean contributions into the consumers' biases
     ([`ResetRule.adjust`][snr_jax.ResetRule.adjust], run before the shared reset)."""
     any_replaced = jnp.any(jnp.stack([jnp.any(masks[g.name]) for g in groups]))
     # state.transfer is 0 off the masks; run_if skips the work (and any copy) otherwise
-    return run_if(any_replaced, lambda p: transfer_to_biases(p, groups, state.transfer), params,
-                  self.control_flow)
+    return run_if(
+        any_replaced,
+        lambda p: transfer_to_biases(p, groups, state.transfer),
+        params,
+        self.control_flow,
+    )
 
 
-def continual_backprop(inner: optax.GradientTransformation, groups: Sequence[NeuronGroup],
-                       *, replacement_rate: float = 1e-4, maturity: int = 100,
-                       decay: float = 0.99, rounding: str = 'accumulate',
-                       key: Any = DEFAULT_KEY, axis_name: Optional[str] = None,
-                       data_axis: Optional[str] = None, control_flow: str = 'auto',
-                       max_resets_per_step: Any = None, seed: Any = None
-                       ) -> optax.GradientTransformationExtraArgs:
+def continual_backprop(
+    inner: optax.GradientTransformation,
+    groups: Sequence[NeuronGroup],
+    *,
+    replacement_rate: float = 1e-4,
+    maturity: int = 100,
+    decay: float = 0.99,
+    rounding: str = 'accumulate',
+    key: Any = DEFAULT_KEY,
+    axis_name: Optional[str] = None,
+    data_axis: Optional[str] = None,
+    control_flow: str = 'auto',
+    max_resets_per_step: Any = None,
+    seed: Any = None,
+) -> optax.GradientTransformationExtraArgs:
   """Wraps ``inner`` with continual backprop (selective reinitialisation).
 
   Args:
@@ -308,8 +352,17 @@ def continual_backprop(inner: optax.GradientTransformation, groups: Sequence[Neu
   if rounding not in ROUNDINGS:
     raise ValueError(f'rounding must be one of {ROUNDINGS}, got {rounding!r}.')
   control_flow = control_flow_arg(control_flow)
-  rule = CBPRule(replacement_rate, maturity, decay, rounding,
-                 axis_name_or_none('data_axis', data_axis), control_flow,
-                 max_resets_arg(max_resets_per_step))
-  return with_resets(inner, NeuronResets(groups, rule, axis_name, control_flow=control_flow),
-                     key_or_seed('continual_backprop', key, seed))
+  rule = CBPRule(
+      replacement_rate,
+      maturity,
+      decay,
+      rounding,
+      axis_name_or_none('data_axis', data_axis),
+      control_flow,
+      max_resets_arg(max_resets_per_step),
+  )
+  return with_resets(
+      inner,
+      NeuronResets(groups, rule, axis_name, control_flow=control_flow),
+      key_or_seed('continual_backprop', key, seed),
+  )

@@ -36,8 +36,16 @@ def _interval(lo: float, hi: float, lo_open: bool, hi_open: bool) -> str:
   return f"{'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
 
 
-def number_in(name: str, value: Any, lo: float, hi: float, *, lo_open: bool = False,
-              hi_open: bool = False, error: type = ValueError) -> Any:
+def number_in(
+    name: str,
+    value: Any,
+    lo: float,
+    hi: float,
+    *,
+    lo_open: bool = False,
+    hi_open: bool = False,
+    error: type = ValueError,
+) -> Any:
   """Checks ``lo <(=) value <(=) hi`` and returns the value as a float.
 
   A traced value (a hyperparameter swept with vmap) cannot be checked before it runs:
@@ -72,8 +80,15 @@ def positive_number(name: str, value: Any, *, error: type = ValueError) -> float
   return number_in(name, value, 0.0, math.inf, lo_open=True, error=error)
 
 
-def integer_in(name: str, value: Any, lo: Optional[int] = None, hi: Optional[int] = None, *,
-               what: str = '', error: type = ValueError) -> int:
+def integer_in(
+    name: str,
+    value: Any,
+    lo: Optional[int] = None,
+    hi: Optional[int] = None,
+    *,
+    what: str = '',
+    error: type = ValueError,
+) -> int:
   """Checks that ``value`` is an int (Python or NumPy, not a bool) in ``[lo, hi]``.
 
   Returns it as a Python int. ``lo=None`` (or ``hi=None``) leaves that side open.
@@ -84,8 +99,12 @@ def integer_in(name: str, value: Any, lo: Optional[int] = None, hi: Optional[int
     kind = 'a positive int' if lo == 1 else f'an int >= {lo}'
   else:
     kind = 'an int' if hi is None else f'an int <= {hi}'
-  if (isinstance(value, _BOOLS) or not isinstance(value, (int, np.integer))
-      or (lo is not None and value < lo) or (hi is not None and value > hi)):
+  if (
+      isinstance(value, _BOOLS)
+      or not isinstance(value, (int, np.integer))
+      or (lo is not None and value < lo)
+      or (hi is not None and value > hi)
+  ):
     raise error(f'{name} must be {kind}{what}, got {_got(value)}.')
   return int(value)
 
@@ -120,11 +139,15 @@ def key_or_seed(where: str, key: Any, seed: Any) -> Any:
   if seed is None:
     return 0 if key is DEFAULT_KEY else key
   if key is not DEFAULT_KEY:
-    raise TypeError(f'{where}() got both key= and seed=: pass key= only (seed= is its '
-                    'deprecated name).')
-  warnings.warn(f'{where}(seed=...) is deprecated and will be removed in the next release: '
-                'pass key= (an int seed or a PRNG key, as seed= took).', DeprecationWarning,
-                stacklevel=3)
+    raise TypeError(
+        f'{where}() got both key= and seed=: pass key= only (seed= is its ' 'deprecated name).'
+    )
+  warnings.warn(
+      f'{where}(seed=...) is deprecated and will be removed in the next release: '
+      'pass key= (an int seed or a PRNG key, as seed= took).',
+      DeprecationWarning,
+      stacklevel=3,
+  )
   return seed
 
 
@@ -141,18 +164,25 @@ def prng_key(name: str, value: Any) -> jax.Array:
       return jnp.asarray(value)
     if value.shape == () and jnp.issubdtype(value.dtype, jnp.integer):
       return jax.random.PRNGKey(int(value))
-  raise ValueError(f'{name} must be an int seed or a PRNG key (jax.random.key(0) or '
-                   f'jax.random.PRNGKey(0)), got {value!r}.')
+  raise ValueError(
+      f'{name} must be an int seed or a PRNG key (jax.random.key(0) or '
+      f'jax.random.PRNGKey(0)), got {value!r}.'
+  )
 
 
 def state_type(name: str, value: Any, state_type: type, made_by: str) -> None:
   """Checks that a method's state is the NamedTuple its ``init`` returns."""
   if not isinstance(value, state_type):
-    hint = (' (plain containers come from, e.g., the inner optimizer\'s state or a '
-            f'checkpoint restored without a target: restore with {made_by} as the target)'
-            if isinstance(value, (dict, list, tuple)) else '')
-    raise TypeError(f'{name} must be the {state_type.__name__} returned by {made_by}, got '
-                    f'{type(value).__name__}{hint}.')
+    hint = (
+        " (plain containers come from, e.g., the inner optimizer's state or a "
+        f'checkpoint restored without a target: restore with {made_by} as the target)'
+        if isinstance(value, (dict, list, tuple))
+        else ''
+    )
+    raise TypeError(
+        f'{name} must be the {state_type.__name__} returned by {made_by}, got '
+        f'{type(value).__name__}{hint}.'
+    )
 
 
 def optax_transformation(name: str, value: Any) -> Any:
@@ -161,10 +191,14 @@ def optax_transformation(name: str, value: Any) -> Any:
     return value
   if callable(value):
     fn = getattr(value, '__qualname__', None) or repr(value)
-    raise ValueError(f'{name} must be an optax transformation, got the function {fn} itself: '
-                     f'call it with its hyperparameters, e.g. optax.sgd(1e-2).')
-  raise ValueError(f'{name} must be an optax transformation such as optax.sgd(1e-2) or '
-                   f'optax.adam(1e-3), got {type(value).__name__} {value!r}.')
+    raise ValueError(
+        f'{name} must be an optax transformation, got the function {fn} itself: '
+        f'call it with its hyperparameters, e.g. optax.sgd(1e-2).'
+    )
+  raise ValueError(
+      f'{name} must be an optax transformation such as optax.sgd(1e-2) or '
+      f'optax.adam(1e-3), got {type(value).__name__} {value!r}.'
+  )
 
 
 def optax_transformation_or_none(name: str, value: Any) -> Any:
@@ -179,7 +213,8 @@ def no_extra_positional(args: tuple, what: str = 'update') -> None:
     raise TypeError(
         f'{what} takes (grads, state, params) positionally, got {len(args)} more ({kinds}): '
         'pass the pre-activations by keyword, update(grads, state, params, '
-        'activations=acts), and likewise end_of_task= and key=.')
+        'activations=acts), and likewise end_of_task= and key=.'
+    )
 
 
 def rule_state(value: Any, rule: Any) -> None:
@@ -190,7 +225,8 @@ def rule_state(value: Any, rule: Any) -> None:
     raise TypeError(
         f'the optimizer state holds a {type(value).__name__}, but this optimizer resets with '
         f'{type(rule).__name__}, whose state is of type {want.__name__}: the state was made by '
-        "another method's init. Initialise it with this optimizer: tx.init(params).")
+        "another method's init. Initialise it with this optimizer: tx.init(params)."
+    )
 
 
 # Set on the update of a method that accepts the reset arguments and ignores them (none,
@@ -208,14 +244,18 @@ def neuron_groups(value: Any, group_type: type, error: type = ValueError) -> tup
   """Groups as a tuple: a single group is accepted; names or other objects are errors."""
   if isinstance(value, group_type):
     return (value,)
-  hint = ('pass NeuronGroup objects, e.g. snr_jax.discover_groups(model, params, x) or '
-          'snr_jax.dense_group(...)')
+  hint = (
+      'pass NeuronGroup objects, e.g. snr_jax.discover_groups(model, params, x) or '
+      'snr_jax.dense_group(...)'
+  )
   if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
     raise error(f'groups must be a list of NeuronGroup; got {value!r}: {hint}.')
   wrong = [g for g in value if not isinstance(g, group_type)]
   if wrong:
-    raise error(f'groups must be NeuronGroup objects, got {wrong!r}'
-                     f'{" (names)" if all(isinstance(g, str) for g in wrong) else ""}: {hint}.')
+    raise error(
+        f'groups must be NeuronGroup objects, got {wrong!r}'
+        f'{" (names)" if all(isinstance(g, str) for g in wrong) else ""}: {hint}.'
+    )
   return tuple(value)
 
 
@@ -224,17 +264,22 @@ def model_variables(kind: str, args: tuple, what: str, error: type = ValueError)
   array there means they were forgotten (Flax's own error does not say so)."""
   if kind != 'linen' or (args and isinstance(args[0], Mapping)):
     return
-  got = (f'{type(args[0]).__name__} of shape {tuple(np.shape(args[0]))}'
-         if args and hasattr(args[0], 'shape') else
-         (type(args[0]).__name__ if args else 'nothing'))
-  raise error(f'{what}(module, variables, *sample_inputs) takes the module\'s variables (or '
-              f'its params) before the sample inputs, got {got} first: pass them, e.g. '
-              f"{what}(model, params, x) with params = model.init(key, x)['params'].")
+  got = (
+      f'{type(args[0]).__name__} of shape {tuple(np.shape(args[0]))}'
+      if args and hasattr(args[0], 'shape')
+      else (type(args[0]).__name__ if args else 'nothing')
+  )
+  raise error(
+      f"{what}(module, variables, *sample_inputs) takes the module's variables (or "
+      f'its params) before the sample inputs, got {got} first: pass them, e.g. '
+      f"{what}(model, params, x) with params = model.init(key, x)['params']."
+  )
 
 
 @contextlib.contextmanager
-def tracing_model(what: str, args: tuple, kwargs: Mapping[str, Any],
-                  error: type = ValueError) -> Iterator[None]:
+def tracing_model(
+    what: str, args: tuple, kwargs: Mapping[str, Any], error: type = ValueError
+) -> Iterator[None]:
   """Turns two errors of tracing a model's forward pass into ones that name the fix: a
   flag given as an array (a Python ``if`` on a traced value), and a collection the call
   updates but was not made mutable (BatchNorm in training mode)."""
@@ -245,30 +290,39 @@ def tracing_model(what: str, args: tuple, kwargs: Mapping[str, Any],
     scalar = lambda v: isinstance(v, (jax.Array, np.ndarray, np.generic)) and np.ndim(v) == 0
     named = [f'{k}={v!r}' for k, v in kwargs.items() if scalar(v)]
     named += [f'argument {i} ({v!r})' for i, v in enumerate(args) if scalar(v)]
-    which = f' ({", ".join(named)} {"is an array" if len(named) == 1 else "are arrays"})' \
-        if named else ''
+    which = (
+        f' ({", ".join(named)} {"is an array" if len(named) == 1 else "are arrays"})'
+        if named
+        else ''
+    )
     raise error(
         f'{what} traces every array argument, and the forward pass needs the value of one '
         f'in Python, e.g. an `if` on a flag{which}: pass flags and other settings as Python '
-        'values (a bool, int or str), e.g. train=True rather than jnp.array(True).') from e
+        'values (a bool, int or str), e.g. train=True rather than jnp.array(True).'
+    ) from e
   except modify_scope_error as e:
     col = re.search(r'collection "([^"]+)"', str(e))
     col = col.group(1) if col else 'batch_stats'
     raise error(
         f"the forward pass updates the '{col}' collection (BatchNorm in training mode, "
         f"say), which this call does not make mutable: pass mutable=['{col}'] to {what}, "
-        'as to model.apply in training (or call the model in evaluation mode).') from e
+        'as to model.apply in training (or call the model in evaluation mode).'
+    ) from e
 
 
 def flag(name: str, value: Any) -> Any:
   """A bool, or a bool/int scalar array (possibly traced); strings and others are errors."""
   if isinstance(value, _BOOLS) or (type(value) is int and value in (0, 1)):
     return value
-  if isinstance(value, (jax.Array, np.ndarray)) and value.shape == () and (
-      value.dtype == bool or jnp.issubdtype(value.dtype, jnp.integer)):
+  if (
+      isinstance(value, (jax.Array, np.ndarray))
+      and value.shape == ()
+      and (value.dtype == bool or jnp.issubdtype(value.dtype, jnp.integer))
+  ):
     return value
-  raise ValueError(f'{name} must be a bool (or a bool scalar array), got {value!r} '
-                   f'({type(value).__name__}).')
+  raise ValueError(
+      f'{name} must be a bool (or a bool scalar array), got {value!r} ' f'({type(value).__name__}).'
+  )
 
 
 def activation_keys(groups: Sequence[Any], activations: Any, error: type = ValueError) -> None:
@@ -278,13 +332,17 @@ def activation_keys(groups: Sequence[Any], activations: Any, error: type = Value
   names = {g.name for g in groups}
   unknown = sorted(str(k) for k in activations if k not in names)
   if unknown:
-    raise error(f'activations have keys {unknown} that match no neuron group (the groups '
-                     f'are {sorted(names)}): fix the names, or drop the extra keys.')
+    raise error(
+        f'activations have keys {unknown} that match no neuron group (the groups '
+        f'are {sorted(names)}): fix the names, or drop the extra keys.'
+    )
   for k, a in activations.items():
     shape = getattr(a, 'shape', None)
     if shape and any(d == 0 for d in shape[:-1]):
-      raise error(f"activation of group '{k}' has shape {tuple(shape)}: an empty batch. "
-                       'Call update only with at least one example.')
+      raise error(
+          f"activation of group '{k}' has shape {tuple(shape)}: an empty batch. "
+          'Call update only with at least one example.'
+      )
 
 
 def axis_name_or_none(name: str, value: Any) -> Any:
@@ -303,10 +361,12 @@ def bound_axis(name: str, axis: Any) -> None:
   if axis is None:
     return
   import jax  # pylint: disable=import-outside-toplevel
+
   try:
     jax.lax.axis_size(axis)
   except NameError:
     raise ValueError(
         f'{name}={axis!r} names no enclosing mapped axis: call the update inside '
         f'shard_map, pmap or vmap over an axis of that name, or leave {name} unset (jit '
-        'with sharded inputs needs none).') from None
+        'with sharded inputs needs none).'
+    ) from None

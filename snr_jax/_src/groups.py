@@ -113,6 +113,7 @@ class Site:
     unit_axis: the axis of the pre-activation that indexes units.
     layers: the length of the enclosing scan (1 outside one).
   """
+
   loc: tuple[int, ...]
   operand: int
   unit_axis: int
@@ -152,8 +153,7 @@ def _children(node: Any) -> list[tuple[str, Any]]:
   them (no children for a leaf, a box or an NNX variable, whose value is the leaf)."""
   if _is_box(node):
     return []
-  flat = jax.tree_util.tree_flatten_with_path(
-      node, is_leaf=lambda x: x is not node or x is None)[0]
+  flat = jax.tree_util.tree_flatten_with_path(node, is_leaf=lambda x: x is not node or x is None)[0]
   out = []
   for kp, child in flat:
     p = key_path_to_path(kp)
@@ -199,19 +199,24 @@ def get_path(tree: Mapping[str, Any], path: Path) -> Any:
     ok, child = _child(node, key)
     if not ok:
       # the walk above is a shortcut; the params' own key paths are the authority
-      flat = {key_path_to_path(kp): leaf
-              for kp, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+      flat = {
+          key_path_to_path(kp): leaf for kp, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+      }
       if tuple(path) in flat:
         return leaf_value(flat[tuple(path)])
       where = path_str(path[:i]) or '<root>'
-      have = (sorted(map(str, node.keys())) if isinstance(node, Mapping)
-              else [k for k, _ in _children(node)] or type(node).__name__)
+      have = (
+          sorted(map(str, node.keys()))
+          if isinstance(node, Mapping)
+          else [k for k, _ in _children(node)] or type(node).__name__
+      )
       some = [path_str(p) for p in flat][:12]
       raise GroupError(
           f"unknown parameter path '{path_str(path)}': the params given have no such "
           f"leaf (no key '{key}' under '{where}', which holds {have}). The params' leaves "
           f"are {some}{' ...' if len(flat) > 12 else ''}. Check the group declaration, "
-          'or that these are the params the groups were made for.')
+          'or that these are the params the groups were made for.'
+      )
     node = child
   return leaf_value(node)
 
@@ -252,16 +257,18 @@ def dense_group(
     is the wrong layer of the right shape.
   """
   layer = _as_path(layer)
-  incoming = [ParamSlice(layer + ('kernel',), -1,
-                         kernel_init or jax.nn.initializers.lecun_normal())]
+  incoming = [
+      ParamSlice(layer + ('kernel',), -1, kernel_init or jax.nn.initializers.lecun_normal())
+  ]
   if use_bias:
     incoming.append(ParamSlice(layer + ('bias',), -1, bias_init or jax.nn.initializers.zeros))
   outgoing = ()
   if consumer is not None:
     outgoing = (ParamSlice(_as_path(consumer) + ('kernel',), -2),)
   act = _as_path(activation) if activation is not None else layer + ('__call__',)
-  return NeuronGroup(name, _checks.positive_int('size', size, error=GroupError),
-                     tuple(incoming), outgoing, act)
+  return NeuronGroup(
+      name, _checks.positive_int('size', size, error=GroupError), tuple(incoming), outgoing, act
+  )
 
 
 def validate_groups(groups: Sequence[NeuronGroup], params: Any) -> tuple[NeuronGroup, ...]:
@@ -277,8 +284,10 @@ def validate_groups(groups: Sequence[NeuronGroup], params: Any) -> tuple[NeuronG
     groups = (groups,)
   groups = tuple(groups)
   if not groups:
-    raise GroupError('no neuron groups given: pass groups=discover_groups(model, params, '
-                     'sample_input) or declare them with dense_group(...).')
+    raise GroupError(
+        'no neuron groups given: pass groups=discover_groups(model, params, '
+        'sample_input) or declare them with dense_group(...).'
+    )
   names = [g.name for g in groups]
   dupes = sorted({n for n in names if names.count(n) > 1})
   if dupes:
@@ -288,52 +297,68 @@ def validate_groups(groups: Sequence[NeuronGroup], params: Any) -> tuple[NeuronG
       raise GroupError(f'expected NeuronGroup objects, got {type(g).__name__}.')
     _checks.positive_int(f"group '{g.name}': size", g.size, error=GroupError)
     if not g.incoming:
-      raise GroupError(f"group '{g.name}' has no incoming slices: a reset needs at least "
-                       'the kernel that produces the units.')
+      raise GroupError(
+          f"group '{g.name}' has no incoming slices: a reset needs at least "
+          'the kernel that produces the units.'
+      )
     _checks.positive_int(f"group '{g.name}': layers", g.layers, error=GroupError)
     if g.size % g.layers:
-      raise GroupError(f"group '{g.name}': layers must be a positive int dividing size "
-                       f'({g.size}), got {g.layers!r}.')
+      raise GroupError(
+          f"group '{g.name}': layers must be a positive int dividing size "
+          f'({g.size}), got {g.layers!r}.'
+      )
     units = g.size // g.layers
     for kind, slices in (('incoming', g.incoming), ('outgoing', g.outgoing)):
       for s in slices:
         leaf = get_path(params, s.path)
         shape = np.shape(leaf)
-        _checks.integer_in(f"group '{g.name}': the axis of '{path_str(s.path)}'", s.axis,
-                           error=GroupError)
-        _checks.optional(_checks.integer_in, f"group '{g.name}': the layer_axis of "
-                         f"'{path_str(s.path)}'", s.layer_axis, error=GroupError)
+        _checks.integer_in(
+            f"group '{g.name}': the axis of '{path_str(s.path)}'", s.axis, error=GroupError
+        )
+        _checks.optional(
+            _checks.integer_in,
+            f"group '{g.name}': the layer_axis of " f"'{path_str(s.path)}'",
+            s.layer_axis,
+            error=GroupError,
+        )
         if not -len(shape) <= s.axis < len(shape):
           raise GroupError(
               f"group '{g.name}': {kind} parameter '{path_str(s.path)}' has shape "
-              f'{shape}, which has no axis {s.axis}.')
+              f'{shape}, which has no axis {s.axis}.'
+          )
         if g.layers > 1:
           la = s.layer_axis
           if la is None or not -len(shape) <= la < len(shape) or shape[la] != g.layers:
             raise GroupError(
                 f"group '{g.name}' spans {g.layers} stacked layers, but {kind} parameter "
                 f"'{path_str(s.path)}' (shape {shape}) has no layer axis of that length "
-                f'(layer_axis={la!r}).')
+                f'(layer_axis={la!r}).'
+            )
         n = shape[s.axis]
         if s.unit_of is not None:
           if len(s.unit_of) != n or max(s.unit_of) >= units or min(s.unit_of) < -1:
             raise GroupError(
                 f"group '{g.name}': {kind} slice '{path_str(s.path)}' maps {len(s.unit_of)} "
-                f'elements to units, but axis {s.axis} has {n} (units: {units}).')
+                f'elements to units, but axis {s.axis} has {n} (units: {units}).'
+            )
           continue
         if kind == 'incoming' and n != units:
           raise GroupError(
               f"group '{g.name}': incoming parameter '{path_str(s.path)}' has "
               f'{n} entries on axis {s.axis} (shape {shape}) but the group has '
-              f'{units} units' + (' per layer.' if g.layers > 1 else '.'))
+              f'{units} units' + (' per layer.' if g.layers > 1 else '.')
+          )
         if kind == 'outgoing' and n % units:
           raise GroupError(
               f"group '{g.name}': outgoing parameter '{path_str(s.path)}' has "
               f'{n} entries on axis {s.axis} (shape {shape}), not a multiple of the '
-              f'group size {units}.')
+              f'group size {units}.'
+          )
         if kind == 'incoming' and s.init is None:
-          raise GroupError(f"group '{g.name}': incoming slice '{path_str(s.path)}' needs "
-                           'an initializer to re-draw it.')
+          raise GroupError(
+              f"group '{g.name}': incoming slice '{path_str(s.path)}' needs "
+              'an initializer to re-draw it.'
+          )
   return groups
 
 
@@ -343,16 +368,17 @@ def _params_of(f: Any, args: tuple) -> Any:
     nnx = _optional.loaded('flax.nnx')
     return nnx.state(f, nnx.Param)
   if not args:
-    raise GroupError('check_groups needs the parameters and a sample input: '
-                     'check_groups(model, params, x, groups=groups).')
+    raise GroupError(
+        'check_groups needs the parameters and a sample input: '
+        'check_groups(model, params, x, groups=groups).'
+    )
   first = args[0]
   if _optional.is_linen_module(f) and isinstance(first, Mapping) and 'params' in first:
     return first['params']
   return first
 
 
-def check_groups(f: Any, *args, groups: Sequence[NeuronGroup], **kwargs
-                 ) -> tuple[NeuronGroup, ...]:
+def check_groups(f: Any, *args, groups: Sequence[NeuronGroup], **kwargs) -> tuple[NeuronGroup, ...]:
   """Checks declared groups against the model itself, not only against the params' shapes.
 
   [`validate_groups`][snr_jax.validate_groups] sees shapes alone, so a ``consumer`` that is the
@@ -379,33 +405,43 @@ def check_groups(f: Any, *args, groups: Sequence[NeuronGroup], **kwargs
     GroupError: the first group that does not match the model, with what discovery found.
   """
   from snr_jax._src.discovery import discover_groups  # pylint: disable=import-outside-toplevel
+
   groups = validate_groups(groups, _params_of(f, args))
   found = discover_groups(f, *args, **kwargs)
   by_incoming = {s.path: g for g in found for s in g.incoming}
   for d in groups:
-    kernel = next((s.path for s in d.incoming if s.path[-1:] == ('kernel',)),
-                  d.incoming[0].path)
+    kernel = next((s.path for s in d.incoming if s.path[-1:] == ('kernel',)), d.incoming[0].path)
     g = by_incoming.get(kernel)
     if g is None:
-      why = [f'{x.layer}: {x.reason}' for x in getattr(found, 'left_out', ())
-             if x.layer == path_str(kernel[:-1])]
+      why = [
+          f'{x.layer}: {x.reason}'
+          for x in getattr(found, 'left_out', ())
+          if x.layer == path_str(kernel[:-1])
+      ]
       raise GroupError(
           f"group '{d.name}': discovery found no neuron group produced by "
-          f"'{path_str(kernel)}'" + (f' ({"; ".join(why)})' if why else '')
-          + f'. Discovered groups: {[path_str(s.path) for h in found for s in h.incoming[:1]]}.')
+          f"'{path_str(kernel)}'"
+          + (f' ({"; ".join(why)})' if why else '')
+          + f'. Discovered groups: {[path_str(s.path) for h in found for s in h.incoming[:1]]}.'
+      )
     paths = lambda slices: sorted(path_str(s.path) for s in slices)
     problems = []
     if d.size != g.size:
       problems.append(f'its size is {d.size}, the layer has {g.size} units')
     wrong_in = sorted(set(paths(d.incoming)) - set(paths(g.incoming)))
     if wrong_in:
-      problems.append(f'incoming {wrong_in} do not produce its units (discovered incoming: '
-                      f'{paths(g.incoming)})')
+      problems.append(
+          f'incoming {wrong_in} do not produce its units (discovered incoming: '
+          f'{paths(g.incoming)})'
+      )
     if paths(d.outgoing) != paths(g.outgoing):
-      problems.append(f'outgoing {paths(d.outgoing)}, but its ReLU output is read by '
-                      f'{paths(g.outgoing)}')
+      problems.append(
+          f'outgoing {paths(d.outgoing)}, but its ReLU output is read by ' f'{paths(g.outgoing)}'
+      )
     if problems:
-      raise GroupError(f"group '{d.name}' (layer '{path_str(kernel[:-1])}') does not match the "
-                       f'model: {"; ".join(problems)}. Fix the declaration (e.g. consumer=), or '
-                       'use the discovered group.')
+      raise GroupError(
+          f"group '{d.name}' (layer '{path_str(kernel[:-1])}') does not match the "
+          f'model: {"; ".join(problems)}. Fix the declaration (e.g. consumer=), or '
+          'use the discovered group.'
+      )
   return groups

@@ -72,4 +72,5 @@ def summarize_source(eqn) -> str:
   """Where an eqn was traced from (``file:line (function)``), from JAX's private
   ``source_info_util``, which moves between releases; raises if it is not there."""
   from jax._src import source_info_util  # pylint: disable=import-outside-toplevel
+
   return source_info_util.summarize(eqn.source_info)

@@ -59,6 +59,7 @@ class Op:
     eqn: the eqn itself.
     body: for ``scan``: the body's `Scope`.
   """
+
   prim: str
   params: dict
   ins: list[int]
@@ -82,6 +83,7 @@ class Scope:
     layers: 1 for the top level; a scan body's length for a scan body.
     loc: location of the scan eqn owning this scope (empty for the top level).
   """
+
   ops: list[Op]
   shapes: dict[int, tuple[int, ...]]
   consts: dict[int, Any]
@@ -92,8 +94,13 @@ class Scope:
 
 
 # ops whose output is all zeros when their (first) operand is
-_ZERO_PRESERVING = ('broadcast_in_dim', 'reshape', 'copy', _compat.CONVERT_ELEMENT_TYPE,
-                    _compat.SHARDING_CONSTRAINT)
+_ZERO_PRESERVING = (
+    'broadcast_in_dim',
+    'reshape',
+    'copy',
+    _compat.CONVERT_ELEMENT_TYPE,
+    _compat.SHARDING_CONSTRAINT,
+)
 
 
 def is_zero(x: Any) -> bool:
@@ -145,8 +152,9 @@ class _Builder:
       return i
     return env[atom]
 
-  def flatten(self, scope: Scope, jaxpr, in_ids: list[int], loc: Location,
-              scope_name: str, consts=()) -> list[int]:
+  def flatten(
+      self, scope: Scope, jaxpr, in_ids: list[int], loc: Location, scope_name: str, consts=()
+  ) -> list[int]:
     """Appends ``jaxpr``'s ops to ``scope``; returns the ids of its outputs."""
     env = {}
     for var, val in zip(jaxpr.constvars, consts):
@@ -171,23 +179,36 @@ class _Builder:
       outs = [self.new_id(scope, v.aval.shape) for v in eqn.outvars]
       for var, i in zip(eqn.outvars, outs):
         env[var] = i
-      if name in _ZERO_PRESERVING and ins and ins[0] in scope.consts and \
-          is_zero(scope.consts[ins[0]]):
+      if (
+          name in _ZERO_PRESERVING
+          and ins
+          and ins[0] in scope.consts
+          and is_zero(scope.consts[ins[0]])
+      ):
         # jnp.zeros_like and friends: a broadcast (or cast) literal 0 is still a known
         # zero, e.g. the dropped entries of a dropout's select
         scope.consts[outs[0]] = np.zeros((), eqn.outvars[0].aval.dtype)
       prim, params = name, dict(eqn.params)
       if relu:
         prim, params['relu_operand'] = 'relu', 0
-      elif name == 'max' and len(ins) == 2 and any(
-          i in scope.consts and is_zero(scope.consts[i]) for i in ins):
+      elif (
+          name == 'max'
+          and len(ins) == 2
+          and any(i in scope.consts and is_zero(scope.consts[i]) for i in ins)
+      ):
         # relu ops read ins[0]; the eqn's own operand index is kept for capture
         zero_first = ins[0] in scope.consts and is_zero(scope.consts[ins[0]])
         prim, params['relu_operand'] = 'relu', int(zero_first)
         ins = ins[::-1] if zero_first else ins
-      op = Op(prim, params, ins, outs, here,
-              scope_name or call_name(eqn) if _compat.is_custom_call(name) else scope_name,
-              eqn)
+      op = Op(
+          prim,
+          params,
+          ins,
+          outs,
+          here,
+          scope_name or call_name(eqn) if _compat.is_custom_call(name) else scope_name,
+          eqn,
+      )
       if name == _compat.SCAN:
         op.body = self.scan_body(eqn, here)
       scope.ops.append(op)
@@ -213,8 +234,7 @@ def build_scopes(closed_jaxpr, is_relu: Callable[[Any], bool]) -> Scope:
   builder = _Builder(is_relu)
   top = Scope([], {}, {}, [], [])
   top.inputs = [builder.new_id(top, v.aval.shape) for v in closed_jaxpr.jaxpr.invars]
-  top.outputs = builder.flatten(top, closed_jaxpr.jaxpr, top.inputs, (), '',
-                                closed_jaxpr.consts)
+  top.outputs = builder.flatten(top, closed_jaxpr.jaxpr, top.inputs, (), '', closed_jaxpr.consts)
   return top
 
 

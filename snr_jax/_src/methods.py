@@ -13,8 +13,13 @@ from typing import Any, Callable, Optional, Sequence
 
 import optax
 
-from snr_jax._src.checks import (DEFAULT_KEY, ignores_reset_args, key_or_seed,
-                                 no_extra_positional, optax_transformation)
+from snr_jax._src.checks import (
+    DEFAULT_KEY,
+    ignores_reset_args,
+    key_or_seed,
+    no_extra_positional,
+    optax_transformation,
+)
 from snr_jax._src.cbp import continual_backprop
 from snr_jax._src.groups import NeuronGroup
 from snr_jax._src.penalties import l2, l2_init
@@ -57,7 +62,7 @@ def snr_l2(
     batch_size: Optional[int] = None,
     axis_name: Optional[str] = None,
     check_finite: bool = False,
-    state_budget: int = 2 ** 30,
+    state_budget: int = 2**30,
     data_axis: Optional[str] = None,
     control_flow: str = 'auto',
     max_resets_per_step: Any = None,
@@ -94,12 +99,26 @@ def snr_l2(
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
   """
-  return snr(l2(inner, strength), groups, key=key_or_seed('snr_l2', key, seed), eta=eta,
-             estimator=estimator, tau_init=tau_init, tau_min=tau_min, tau_max=tau_max,
-             expansion=expansion, schedule=schedule, age_unit=age_unit, batch_size=batch_size,
-             axis_name=axis_name, check_finite=check_finite, state_budget=state_budget,
-             data_axis=data_axis, control_flow=control_flow,
-             max_resets_per_step=max_resets_per_step)
+  return snr(
+      l2(inner, strength),
+      groups,
+      key=key_or_seed('snr_l2', key, seed),
+      eta=eta,
+      estimator=estimator,
+      tau_init=tau_init,
+      tau_min=tau_min,
+      tau_max=tau_max,
+      expansion=expansion,
+      schedule=schedule,
+      age_unit=age_unit,
+      batch_size=batch_size,
+      axis_name=axis_name,
+      check_finite=check_finite,
+      state_budget=state_budget,
+      data_axis=data_axis,
+      control_flow=control_flow,
+      max_resets_per_step=max_resets_per_step,
+  )
 
 
 def _none(inner):
@@ -121,8 +140,11 @@ METHODS: dict[str, Callable[..., Any]] = {
 def method_hyperparameters(name: str) -> list[str]:
   """The hyperparameter names ``make_method`` accepts for method ``name``."""
   fn = _lookup(name)
-  params = [p for p in inspect.signature(fn).parameters
-            if p not in ('inner', 'groups', 'init_fn', 'axis_name', 'data_axis', 'seed')]
+  params = [
+      p
+      for p in inspect.signature(fn).parameters
+      if p not in ('inner', 'groups', 'init_fn', 'axis_name', 'data_axis', 'seed')
+  ]
   return params
 
 
@@ -132,11 +154,16 @@ def _lookup(name: str):
   return METHODS[name]
 
 
-def make_method(name: str, inner: optax.GradientTransformation, *,
-                groups: Optional[Sequence[NeuronGroup]] = None,
-                init_fn: Optional[Callable] = None, axis_name: Optional[str] = None,
-                data_axis: Optional[str] = None, **hyperparams
-                ) -> optax.GradientTransformationExtraArgs:
+def make_method(
+    name: str,
+    inner: optax.GradientTransformation,
+    *,
+    groups: Optional[Sequence[NeuronGroup]] = None,
+    init_fn: Optional[Callable] = None,
+    axis_name: Optional[str] = None,
+    data_axis: Optional[str] = None,
+    **hyperparams,
+) -> optax.GradientTransformationExtraArgs:
   """Builds a method by name around an optimizer.
 
   Args:
@@ -165,26 +192,32 @@ def make_method(name: str, inner: optax.GradientTransformation, *,
   fn = _lookup(name)
   inner = optax_transformation('inner', inner)
   valid = method_hyperparameters(name)
-  if 'key' not in valid:      # deterministic methods: a key is accepted and unused
-    key_or_seed(f'make_method({name!r})', hyperparams.pop('key', DEFAULT_KEY),
-                hyperparams.pop('seed', None))
-  elif 'seed' in hyperparams:   # the deprecated name: the method warns
+  if 'key' not in valid:  # deterministic methods: a key is accepted and unused
+    key_or_seed(
+        f'make_method({name!r})', hyperparams.pop('key', DEFAULT_KEY), hyperparams.pop('seed', None)
+    )
+  elif 'seed' in hyperparams:  # the deprecated name: the method warns
     valid = valid + ['seed']
   unknown = sorted(set(hyperparams) - set(valid))
   if unknown:
-    raise ValueError(f'unknown hyperparameter(s) {unknown} for method {name!r}: valid '
-                     f'ones are {valid}.')
+    raise ValueError(
+        f'unknown hyperparameter(s) {unknown} for method {name!r}: valid ' f'ones are {valid}.'
+    )
   sig = inspect.signature(fn).parameters
   args = {}
   if 'groups' in sig:
     if groups is None:
-      raise ValueError(f'method {name!r} resets neurons and needs groups= '
-                       '(snr_jax.discover_groups(model, params, x)).')
+      raise ValueError(
+          f'method {name!r} resets neurons and needs groups= '
+          '(snr_jax.discover_groups(model, params, x)).'
+      )
     args['groups'] = groups
   if 'init_fn' in sig:
     if init_fn is None:
-      raise ValueError(f'method {name!r} needs init_fn= (key -> fresh params, e.g. '
-                       "lambda k: model.init(k, x)['params']).")
+      raise ValueError(
+          f'method {name!r} needs init_fn= (key -> fresh params, e.g. '
+          "lambda k: model.init(k, x)['params'])."
+      )
     args['init_fn'] = init_fn
   if 'groups' in sig:
     args['axis_name'] = axis_name

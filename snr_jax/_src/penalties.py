@@ -67,20 +67,21 @@ def add_l2_init(strength: float) -> optax.GradientTransformation:
     if params is None:
       raise ValueError('add_l2_init needs params: call update(grads, state, params).')
     state_type('state', state, L2InitState, 'tx.init(params)')
-    out = jax.tree.map(lambda g, p, p0: g + 2 * lam * (p - p0), updates, params,
-                       state.initial_params)
+    out = jax.tree.map(
+        lambda g, p, p0: g + 2 * lam * (p - p0), updates, params, state.initial_params
+    )
     return out, state
 
   return optax.GradientTransformation(init_fn, update_fn)
 
 
-def l2(inner: optax.GradientTransformation, strength: float = 1e-4
-       ) -> optax.GradientTransformation:
+def l2(inner: optax.GradientTransformation, strength: float = 1e-4) -> optax.GradientTransformation:
   """``inner`` on ``loss + strength·‖θ‖²``. Kumar et al. sweep λ over powers of 10."""
   return optax.chain(add_l2(strength), optax_transformation('inner', inner))
 
 
-def l2_init(inner: optax.GradientTransformation, strength: float = 1e-4
-            ) -> optax.GradientTransformation:
+def l2_init(
+    inner: optax.GradientTransformation, strength: float = 1e-4
+) -> optax.GradientTransformation:
   """``inner`` on ``loss + strength·‖θ − θ₀‖²`` (Kumar et al.'s L2 Init)."""
   return optax.chain(add_l2_init(strength), optax_transformation('inner', inner))

@@ -61,29 +61,45 @@ class ReDoRule(ResetRule):
 
   def init(self, groups: Sequence[NeuronGroup], params: Any) -> ReDoState:
     del params
-    return ReDoState(jnp.zeros((), jnp.int32), {g.name: jnp.zeros((g.size,), bool)
-                                                 for g in groups})
+    return ReDoState(jnp.zeros((), jnp.int32), {g.name: jnp.zeros((g.size,), bool) for g in groups})
 
-  def select(self, state: ReDoState, groups: Sequence[NeuronGroup],
-             activations: Mapping[str, jax.Array], params: Any, *, end_of_task, key):
+  def select(
+      self,
+      state: ReDoState,
+      groups: Sequence[NeuronGroup],
+      activations: Mapping[str, jax.Array],
+      params: Any,
+      *,
+      end_of_task,
+      key,
+  ):
     del params, end_of_task, key
     steps = state.steps + 1
     now = steps % self.period == 0
     means = mean_activations({g.name: activations[g.name] for g in groups}, self.data_axis)
     masks, pending = {}, {}
     for g in groups:
-      due = state.pending[g.name] | (now & (normalised_scores(means[g.name], g.layers)
-                                            <= self.threshold))
+      due = state.pending[g.name] | (
+          now & (normalised_scores(means[g.name], g.layers) <= self.threshold)
+      )
       masks[g.name] = cap_mask(due, resets_cap(self.max_resets_per_step, g.size))
       pending[g.name] = due & ~masks[g.name]
     return masks, ReDoState(steps, pending)
 
 
-def redo(inner: optax.GradientTransformation, groups: Sequence[NeuronGroup], *,
-         threshold: float = 0.1, period: int = 1000, key: Any = DEFAULT_KEY,
-         axis_name: Optional[str] = None, data_axis: Optional[str] = None,
-         control_flow: str = 'auto', max_resets_per_step: Any = None, seed: Any = None
-         ) -> optax.GradientTransformationExtraArgs:
+def redo(
+    inner: optax.GradientTransformation,
+    groups: Sequence[NeuronGroup],
+    *,
+    threshold: float = 0.1,
+    period: int = 1000,
+    key: Any = DEFAULT_KEY,
+    axis_name: Optional[str] = None,
+    data_axis: Optional[str] = None,
+    control_flow: str = 'auto',
+    max_resets_per_step: Any = None,
+    seed: Any = None,
+) -> optax.GradientTransformationExtraArgs:
   """Wraps ``inner`` with ReDo.
 
   Args:
@@ -115,8 +131,14 @@ def redo(inner: optax.GradientTransformation, groups: Sequence[NeuronGroup], *,
   """
   threshold = number_in('threshold', threshold, 0.0, float('inf'))
   period = integer_in('period', period, 1, what=' (steps)')
-  rule = ReDoRule(threshold, period, axis_name_or_none('data_axis', data_axis),
-                  max_resets_arg(max_resets_per_step))
-  return with_resets(inner, NeuronResets(groups, rule, axis_name,
-                                         control_flow=control_flow_arg(control_flow)),
-                     key_or_seed('redo', key, seed))
+  rule = ReDoRule(
+      threshold,
+      period,
+      axis_name_or_none('data_axis', data_axis),
+      max_resets_arg(max_resets_per_step),
+  )
+  return with_resets(
+      inner,
+      NeuronResets(groups, rule, axis_name, control_flow=control_flow_arg(control_flow)),
+      key_or_seed('redo', key, seed),
+  )

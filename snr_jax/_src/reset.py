@@ -36,8 +36,9 @@ def _unit_ids(group: NeuronGroup, s: ParamSlice, n: int) -> np.ndarray:
   return np.arange(n, dtype=np.int32) % group.units
 
 
-def _unit_mask(mask: jax.Array, group: NeuronGroup, s: ParamSlice,
-               shape: tuple[int, ...]) -> jax.Array:
+def _unit_mask(
+    mask: jax.Array, group: NeuronGroup, s: ParamSlice, shape: tuple[int, ...]
+) -> jax.Array:
   """Broadcasts a per-unit mask (size,) onto the parameter's unit (and layer) axes."""
   nd = len(shape)
   axis = s.axis % nd
@@ -82,21 +83,28 @@ def check_masks(groups: Sequence[NeuronGroup], masks: Masks) -> None:
   or a count passed by mistake would reset every nonzero unit). Static: it costs nothing
   inside ``jit``."""
   names = [g.name for g in groups]
-  problems = ([f'missing {[n for n in names if n not in masks]}']
-              if not set(names) <= set(masks) else [])
+  problems = (
+      [f'missing {[n for n in names if n not in masks]}'] if not set(names) <= set(masks) else []
+  )
   if set(masks) - set(names):
     problems.append(f'no group is named {sorted(set(masks) - set(names))}')
   if problems:
-    raise ValueError(f'reset masks must have one entry per neuron group {names}: '
-                     + '; '.join(problems) + '.')
+    raise ValueError(
+        f'reset masks must have one entry per neuron group {names}: ' + '; '.join(problems) + '.'
+    )
   for g in groups:
     m = masks[g.name]
     if np.shape(m) != (g.size,) or jnp.result_type(m) != jnp.bool_:
       raise ValueError(
           f"reset mask of group '{g.name}' has shape {np.shape(m)} and dtype "
           f'{jnp.result_type(m)}; expected bool ({g.size},): True for each unit to reset'
-          + (f' (units indexed (layer, unit), layer-major, for its {g.layers} layers)'
-             if g.layers > 1 else '') + '.')
+          + (
+              f' (units indexed (layer, unit), layer-major, for its {g.layers} layers)'
+              if g.layers > 1
+              else ''
+          )
+          + '.'
+      )
 
 
 def _slices_by_path(groups: Sequence[NeuronGroup], masks: Masks):
@@ -119,32 +127,35 @@ def _draw(s: ParamSlice, key: jax.Array, shape: tuple[int, ...], dtype) -> jax.A
   if s.layer_axis is None:
     return sample(key, shape)
   la = s.layer_axis % len(shape)
-  one = shape[:la] + shape[la + 1:]
+  one = shape[:la] + shape[la + 1 :]
   keys = jax.random.split(key, shape[la])
   return jax.vmap(lambda k: sample(k, one), out_axes=la)(keys)
 
 
-def draw_fresh(params: Any, groups: Sequence[NeuronGroup], key: jax.Array
-               ) -> dict[Path, jax.Array]:
+def draw_fresh(params: Any, groups: Sequence[NeuronGroup], key: jax.Array) -> dict[Path, jax.Array]:
   """Fresh values for every incoming parameter, from each slice's own initializer.
 
   Returns:
     ``{param path: array of the parameter's shape and dtype}``. Keys are split in
     declaration order, so the draws do not depend on Python's hash seed.
   """
-  leaves = {key_path_to_path(kp): leaf
-            for kp, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
+  leaves = {
+      key_path_to_path(kp): leaf for kp, leaf in jax.tree_util.tree_flatten_with_path(params)[0]
+  }
   slices: dict[Path, ParamSlice] = {}
   for g in groups:
     for s in g.incoming:
       slices.setdefault(s.path, s)
   keys = jax.random.split(key, max(len(slices), 1))
-  return {path: _draw(s, k, leaves[path].shape, leaves[path].dtype)
-          for k, (path, s) in zip(keys, slices.items())}
+  return {
+      path: _draw(s, k, leaves[path].shape, leaves[path].dtype)
+      for k, (path, s) in zip(keys, slices.items())
+  }
 
 
-def apply_reset(params: Any, groups: Sequence[NeuronGroup], masks: Masks,
-                fresh: Mapping[Path, jax.Array]) -> Any:
+def apply_reset(
+    params: Any, groups: Sequence[NeuronGroup], masks: Masks, fresh: Mapping[Path, jax.Array]
+) -> Any:
   """Puts ``fresh`` values on the masked units' incoming slices and zeroes their
   outgoing slices; every other weight is unchanged."""
   table = _slices_by_path(groups, masks)
@@ -184,8 +195,7 @@ def resets_cap(setting: Any, size: int) -> Optional[int]:
   return None if k >= size else k
 
 
-def cap_mask(mask: jax.Array, k: Optional[int], priority: Optional[jax.Array] = None
-             ) -> jax.Array:
+def cap_mask(mask: jax.Array, k: Optional[int], priority: Optional[jax.Array] = None) -> jax.Array:
   """``mask`` with at most ``k`` True entries (None: unchanged).
 
   Keeps the ``k`` masked entries of highest ``priority`` (ties: the lower index), or the
@@ -210,12 +220,13 @@ def _entries(group: NeuronGroup, s: ParamSlice, n: int) -> np.ndarray:
   rows = [np.nonzero(ids == u)[0] for u in range(group.units)]
   table = np.full((group.units, max(1, max(len(r) for r in rows))), n, np.int32)
   for u, r in enumerate(rows):
-    table[u, :len(r)] = r
+    table[u, : len(r)] = r
   return table
 
 
-def _slice_index(group: NeuronGroup, s: ParamSlice, shape: tuple[int, ...],
-                 idx: jax.Array) -> tuple[tuple, int, int]:
+def _slice_index(
+    group: NeuronGroup, s: ParamSlice, shape: tuple[int, ...], idx: jax.Array
+) -> tuple[tuple, int, int]:
   """``leaf.at[index]`` selecting the slices of units ``idx`` (``(k,)`` group indices, ``size``
   for an empty slot); returns ``(index, pos, m)``: the indexed array holds ``(k, m)`` at
   axes ``pos, pos + 1`` (``m`` elements per unit), the leaf's other axes around them."""
@@ -240,19 +251,28 @@ def _fan_free(init: Any, axis: int, nd: int) -> bool:
   batch axis; False for orthogonal; True for anything else (normal, uniform, constants)."""
   names = getattr(getattr(init, '__code__', None), 'co_freevars', ())
   cells = dict(zip(names, (c.cell_contents for c in (init.__closure__ or ())))) if names else {}
-  if 'column_axis' in cells:           # orthogonal: not elementwise
+  if 'column_axis' in cells:  # orthogonal: not elementwise
     return False
   if 'mode' not in cells:
     return True
   ax = lambda a: a % nd
   if axis in {ax(a) for a in np.atleast_1d(cells.get('batch_axis', ()))}:
     return True
-  return ((cells['mode'] == 'fan_in' and axis == ax(cells['out_axis']))
-          or (cells['mode'] == 'fan_out' and axis == ax(cells['in_axis'])))
+  return (cells['mode'] == 'fan_in' and axis == ax(cells['out_axis'])) or (
+      cells['mode'] == 'fan_out' and axis == ax(cells['in_axis'])
+  )
 
 
-def _draw_slices(s: ParamSlice, key: jax.Array, shape: tuple[int, ...], dtype, k: int,
-                 m: int, pos: int, index: tuple) -> jax.Array:
+def _draw_slices(
+    s: ParamSlice,
+    key: jax.Array,
+    shape: tuple[int, ...],
+    dtype,
+    k: int,
+    m: int,
+    pos: int,
+    index: tuple,
+) -> jax.Array:
   """Fresh values for ``k`` units' incoming slices, shaped as ``leaf[index]``: one layer's
   shape with ``k·m`` elements along the unit axis, from the slice's initializer. An
   initializer whose scale depends on that axis' length draws one whole layer instead and
@@ -264,22 +284,27 @@ def _draw_slices(s: ParamSlice, key: jax.Array, shape: tuple[int, ...], dtype, k
   ax1 = axis - (la is not None and la < axis)
   sample = lambda shp: jnp.asarray(leaf_value(s.init(key, shp, dtype))).astype(dtype)
   if _fan_free(s.init, ax1, len(one)):
-    x = sample(one[:ax1] + (k * m,) + one[ax1 + 1:])
-    x = x.reshape(one[:ax1] + (k, m) + one[ax1 + 1:])
+    x = sample(one[:ax1] + (k * m,) + one[ax1 + 1 :])
+    x = x.reshape(one[:ax1] + (k, m) + one[ax1 + 1 :])
   else:
-    rows = index[axis]                     # (k, m), out of range on empty slots
+    rows = index[axis]  # (k, m), out of range on empty slots
     x = jnp.take(sample(one), jnp.minimum(rows, one[ax1] - 1), axis=ax1)  # (.., k, m, ..)
   return jnp.moveaxis(x, (ax1, ax1 + 1), (pos, pos + 1))
 
 
-def _capped_plan(params: Any, groups: Sequence[NeuronGroup], masks: Masks,
-                 caps: Mapping[str, Optional[int]]):
+def _capped_plan(
+    params: Any, groups: Sequence[NeuronGroup], masks: Masks, caps: Mapping[str, Optional[int]]
+):
   """``{param path: [(group, slice, mask, incoming, index or None, k, m, pos)]}``: a capped
   group's slices as scatter indices of its up-to-``k`` masked units; others as masks."""
-  leaves = {key_path_to_path(kp): leaf
-            for kp, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
-  idx = {g.name: jnp.nonzero(masks[g.name], size=caps[g.name], fill_value=g.size)[0]
-         for g in groups if caps.get(g.name) is not None}
+  leaves = {
+      key_path_to_path(kp): leaf for kp, leaf in jax.tree_util.tree_flatten_with_path(params)[0]
+  }
+  idx = {
+      g.name: jnp.nonzero(masks[g.name], size=caps[g.name], fill_value=g.size)[0]
+      for g in groups
+      if caps.get(g.name) is not None
+  }
   plan: dict[Path, list] = {}
   for path, entries in _slices_by_path(groups, masks).items():
     for g, s, mask, incoming in entries:
@@ -294,12 +319,16 @@ def _capped_plan(params: Any, groups: Sequence[NeuronGroup], masks: Masks,
 def _draw_plan(params: Any, groups: Sequence[NeuronGroup], plan, key: jax.Array) -> dict:
   """Fresh values: ``{path: whole parameter}`` for uncapped incoming slices (as
   `draw_fresh`) and ``{(path, group): k slices}`` for capped ones."""
-  full = [g for g in groups
-          if any(e[0] is g and e[3] and e[4] is None for es in plan.values() for e in es)]
+  full = [
+      g
+      for g in groups
+      if any(e[0] is g and e[3] and e[4] is None for es in plan.values() for e in es)
+  ]
   full_key, key = jax.random.split(key)
   fresh: dict = draw_fresh(params, full, full_key) if full else {}
-  leaves = {key_path_to_path(kp): leaf
-            for kp, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
+  leaves = {
+      key_path_to_path(kp): leaf for kp, leaf in jax.tree_util.tree_flatten_with_path(params)[0]
+  }
   capped = [(path, e) for path, es in plan.items() for e in es if e[3] and e[4] is not None]
   keys = jax.random.split(key, max(len(capped), 1))
   for k, (path, (g, s, _, _, index, cap, m, pos)) in zip(keys, capped):
@@ -312,6 +341,7 @@ def _apply_plan(tree: Any, plan, fresh: Optional[dict]) -> Any:
   """Applies ``plan`` to ``tree`` (params, or with ``fresh=None`` a copy of them in an
   optimizer state: every reset slice zeroed). Capped groups scatter into their slices
   (empty slots are out of range and dropped); others select with their masks."""
+
   def one(key_path, leaf):
     path = key_path_to_path(key_path)
     for g, s, mask, incoming, index, _, _, _ in plan.get(path, ()):
@@ -320,8 +350,9 @@ def _apply_plan(tree: Any, plan, fresh: Optional[dict]) -> Any:
         m = _unit_mask(mask, g, s, leaf.shape)
         leaf = jnp.where(m, jnp.zeros_like(leaf) if value is None else value, leaf)
       else:
-        leaf = leaf.at[index].set(jnp.zeros((), leaf.dtype) if value is None else value,
-                                  mode='drop')
+        leaf = leaf.at[index].set(
+            jnp.zeros((), leaf.dtype) if value is None else value, mode='drop'
+        )
     return leaf
 
   return jax.tree_util.tree_map_with_path(one, tree)
@@ -331,8 +362,7 @@ def _zero_state_plan(optimizer: Any, opt_state: Any, params: Any, plan) -> Any:
   """`reset_optimizer_state` for a plan: every param-shaped leaf's reset slices zeroed.
 
   Capped groups are zeroed by scatter."""
-  names = jax.tree_util.tree_map_with_path(lambda kp, _: '/'.join(key_path_to_path(kp)),
-                                           params)
+  names = jax.tree_util.tree_map_with_path(lambda kp, _: '/'.join(key_path_to_path(kp)), params)
   by_name = {'/'.join(path): entries for path, entries in plan.items()}
 
   def zero(state_leaf, name, param):
@@ -341,22 +371,27 @@ def _zero_state_plan(optimizer: Any, opt_state: Any, params: Any, plan) -> Any:
       return state_leaf
     for g, s, mask, _, index, _, _, _ in entries:
       if index is None:
-        state_leaf = jnp.where(_unit_mask(mask, g, s, state_leaf.shape),
-                               jnp.zeros_like(state_leaf), state_leaf)
+        state_leaf = jnp.where(
+            _unit_mask(mask, g, s, state_leaf.shape), jnp.zeros_like(state_leaf), state_leaf
+        )
       else:
         state_leaf = state_leaf.at[index].set(jnp.zeros((), state_leaf.dtype), mode='drop')
     return state_leaf
 
   try:
     return optax.tree_utils.tree_map_params(
-        optimizer, zero, opt_state, names, params,
-        is_leaf=lambda x: x is None or isinstance(x, optax.MaskedNode))
+        optimizer,
+        zero,
+        opt_state,
+        names,
+        params,
+        is_leaf=lambda x: x is None or isinstance(x, optax.MaskedNode),
+    )
   except Exception:  # pylint: disable=broad-except; as in reset_optimizer_state
     return _map_params_copies(zero, opt_state, names, params)
 
 
-def reset_params(params: Any, groups: Sequence[NeuronGroup], masks: Masks,
-                 key: jax.Array) -> Any:
+def reset_params(params: Any, groups: Sequence[NeuronGroup], masks: Masks, key: jax.Array) -> Any:
   """Re-initialises the masked units' incoming slices and zeroes their outgoing slices.
 
   Args:
@@ -390,8 +425,9 @@ def keep_masks(params: Any, groups: Sequence[NeuronGroup], masks: Masks) -> Any:
   return jax.tree_util.tree_map_with_path(one, params)
 
 
-def reset_optimizer_state(optimizer: Any, opt_state: Any, params: Any,
-                          groups: Sequence[NeuronGroup], masks: Masks) -> Any:
+def reset_optimizer_state(
+    optimizer: Any, opt_state: Any, params: Any, groups: Sequence[NeuronGroup], masks: Masks
+) -> Any:
   """Zeroes the parameter-shaped optimizer state on the reset slices.
 
   Uses ``optax.tree_utils.tree_map_params`` to find every copy of the params tree in
@@ -415,8 +451,13 @@ def reset_optimizer_state(optimizer: Any, opt_state: Any, params: Any,
 
   try:
     return optax.tree_utils.tree_map_params(
-        optimizer, zero, opt_state, keep, params,
-        is_leaf=lambda x: x is None or isinstance(x, optax.MaskedNode))
+        optimizer,
+        zero,
+        opt_state,
+        keep,
+        params,
+        is_leaf=lambda x: x is None or isinstance(x, optax.MaskedNode),
+    )
   except Exception:  # pylint: disable=broad-except; any failure of init on the placeholder
     return _map_params_copies(zero, opt_state, keep, params)
 
@@ -427,13 +468,20 @@ def _map_params_copies(f, opt_state: Any, keep: Any, params: Any) -> Any:
   e.g. L-BFGS's ``(memory, *shape)`` histories); the rest is returned as is."""
   treedef = jax.tree.structure(params)
   is_copy = lambda x: jax.tree.structure(x) == treedef
-  return jax.tree.map(lambda s: jax.tree.map(f, s, keep, params) if is_copy(s) else s,
-                      opt_state, is_leaf=is_copy)
+  return jax.tree.map(
+      lambda s: jax.tree.map(f, s, keep, params) if is_copy(s) else s, opt_state, is_leaf=is_copy
+  )
 
 
-def reset_neurons(params: Any, opt_state: Any, groups: Sequence[NeuronGroup],
-                  masks: Masks, key: jax.Array, optimizer: Optional[Any] = None,
-                  axis_name: Optional[str] = None) -> tuple[Any, Any]:
+def reset_neurons(
+    params: Any,
+    opt_state: Any,
+    groups: Sequence[NeuronGroup],
+    masks: Masks,
+    key: jax.Array,
+    optimizer: Optional[Any] = None,
+    axis_name: Optional[str] = None,
+) -> tuple[Any, Any]:
   """Resets the masked units of params and optimizer state (design §4), if any.
 
   Fresh weights are drawn (under ``lax.cond``) only when at least one unit is masked.
@@ -452,18 +500,23 @@ def reset_neurons(params: Any, opt_state: Any, groups: Sequence[NeuronGroup],
     ``(params, opt_state)`` after the reset.
   """
   optimizer = _checks.optax_transformation_or_none('optimizer', optimizer)
-  params, opt_state, _ = reset_neurons_and_advance_key(params, opt_state, groups, masks, key,
-                                                       optimizer, axis_name)
+  params, opt_state, _ = reset_neurons_and_advance_key(
+      params, opt_state, groups, masks, key, optimizer, axis_name
+  )
   return params, opt_state
 
 
-def reset_neurons_and_advance_key(params: Any, opt_state: Any, groups: Sequence[NeuronGroup],
-                                  masks: Masks, key: jax.Array,
-                                  optimizer: Optional[Any] = None,
-                                  axis_name: Optional[str] = None,
-                                  caps: Optional[Mapping[str, Optional[int]]] = None,
-                                  control_flow: str = 'branch'
-                                  ) -> tuple[Any, Any, jax.Array]:
+def reset_neurons_and_advance_key(
+    params: Any,
+    opt_state: Any,
+    groups: Sequence[NeuronGroup],
+    masks: Masks,
+    key: jax.Array,
+    optimizer: Optional[Any] = None,
+    axis_name: Optional[str] = None,
+    caps: Optional[Mapping[str, Optional[int]]] = None,
+    control_flow: str = 'branch',
+) -> tuple[Any, Any, jax.Array]:
   """[`reset_neurons`][snr_jax.reset_neurons] that also returns the key to use next time.
 
   The key is split only when something is reset (inside the ``lax.cond``), so steps
@@ -481,8 +534,9 @@ def reset_neurons_and_advance_key(params: Any, opt_state: Any, groups: Sequence[
   any_reset = jnp.any(jnp.stack([jnp.any(masks[g.name]) for g in groups]))
   caps = {g.name: (caps or {}).get(g.name) for g in groups}
   if any(k is not None for k in caps.values()):
-    return _reset_capped(params, opt_state, groups, masks, key, optimizer, axis_name, caps,
-                         control_flow, any_reset)
+    return _reset_capped(
+        params, opt_state, groups, masks, key, optimizer, axis_name, caps, control_flow, any_reset
+    )
 
   # Only the random draw sits under the cond. Its operand is just the key: a cond that
   # carried the parameters would make XLA copy them on every step, taken or not (it cost
@@ -504,8 +558,9 @@ def reset_neurons_and_advance_key(params: Any, opt_state: Any, groups: Sequence[
   return params_out, opt_state, next_key
 
 
-def _reset_capped(params, opt_state, groups, masks, key, optimizer, axis_name, caps,
-                  control_flow, any_reset):
+def _reset_capped(
+    params, opt_state, groups, masks, key, optimizer, axis_name, caps, control_flow, any_reset
+):
   """`reset_neurons_and_advance_key` with some groups capped (see there)."""
   plan = _capped_plan(params, groups, masks, caps)
 
@@ -546,14 +601,16 @@ def reset_model_state(state: Any, groups: Sequence[NeuronGroup], masks: Masks) -
   stated = [NeuronGroup(g.name, g.size, g.state, (), layers=g.layers) for g in groups if g.state]
   if not stated:
     return state
-  leaves = {key_path_to_path(kp): leaf
-            for kp, leaf in jax.tree_util.tree_flatten_with_path(state)[0]}
+  leaves = {
+      key_path_to_path(kp): leaf for kp, leaf in jax.tree_util.tree_flatten_with_path(state)[0]
+  }
   fresh = {}
   for g in stated:
     for s in g.incoming:
       if s.path not in leaves:
-        raise ValueError(f"model state has no leaf '{'/'.join(s.path)}' (group '{g.name}'); "
-                         'pass the whole variables dict (linen) or nnx.state(model).')
-      fresh[s.path] = _draw(s, jax.random.PRNGKey(0), leaves[s.path].shape,
-                            leaves[s.path].dtype)
+        raise ValueError(
+            f"model state has no leaf '{'/'.join(s.path)}' (group '{g.name}'); "
+            'pass the whole variables dict (linen) or nnx.state(model).'
+        )
+      fresh[s.path] = _draw(s, jax.random.PRNGKey(0), leaves[s.path].shape, leaves[s.path].dtype)
   return apply_reset(state, stated, masks, fresh)

@@ -13,7 +13,7 @@ from snr_jax._src.checks import integer_in, number_in
 
 class ScheduleState(NamedTuple):
   tasks_seen: jax.Array  # task boundaries signalled so far (int32)
-  steps: jax.Array       # steps taken so far (int32)
+  steps: jax.Array  # steps taken so far (int32)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,20 +33,24 @@ class RefreshSchedule:
 
   def __post_init__(self):
     if self.kind not in ('tasks', 'steps', 'random'):
-      raise ValueError(f"unknown refresh schedule {self.kind!r}: use 'tasks', 'steps' or "
-                       "'random' (every_n_tasks, every_n_steps, at_random).")
+      raise ValueError(
+          f"unknown refresh schedule {self.kind!r}: use 'tasks', 'steps' or "
+          "'random' (every_n_tasks, every_n_steps, at_random)."
+      )
     # the library's one integer and number checks (NumPy ints are ints, bools are not)
     if self.kind in ('tasks', 'steps'):
       object.__setattr__(self, 'every', integer_in('refresh period', self.every, 1))
     if self.kind == 'random':
-      object.__setattr__(self, 'prob', number_in('refresh probability', self.prob, 0.0, 1.0,
-                                                 lo_open=True))
+      object.__setattr__(
+          self, 'prob', number_in('refresh probability', self.prob, 0.0, 1.0, lo_open=True)
+      )
 
   def init(self) -> ScheduleState:
     return ScheduleState(jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
 
-  def due(self, state: ScheduleState, end_of_task: jax.Array, key: jax.Array,
-          sizes: Mapping[str, int]) -> tuple[dict[str, jax.Array], ScheduleState]:
+  def due(
+      self, state: ScheduleState, end_of_task: jax.Array, key: jax.Array, sizes: Mapping[str, int]
+  ) -> tuple[dict[str, jax.Array], ScheduleState]:
     """Advances the counters by one step; returns which neurons refresh now.
 
     Args:
@@ -63,8 +67,10 @@ class RefreshSchedule:
     new = ScheduleState(tasks, steps)
     if self.kind == 'random':
       keys = jax.random.split(key, len(sizes))
-      return {name: jax.random.bernoulli(k, self.prob, (n,))
-              for k, (name, n) in zip(keys, sizes.items())}, new
+      return {
+          name: jax.random.bernoulli(k, self.prob, (n,))
+          for k, (name, n) in zip(keys, sizes.items())
+      }, new
     if self.kind == 'tasks':
       now = end_of_task & (tasks % self.every == 0)
     else:

@@ -25,9 +25,16 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from snr_jax._src.checks import (DEFAULT_KEY, ignores_reset_args, key_or_seed,
-                                 no_extra_positional, number_in, optax_transformation, prng_key,
-                                 state_type)
+from snr_jax._src.checks import (
+    DEFAULT_KEY,
+    ignores_reset_args,
+    key_or_seed,
+    no_extra_positional,
+    number_in,
+    optax_transformation,
+    prng_key,
+    state_type,
+)
 from snr_jax._src.util import key_path_to_path, member_key
 
 NOISES = ('fast', 'init')
@@ -42,6 +49,7 @@ class ShrinkPerturbState(NamedTuple):
     moments: ``noise='fast'``: ``(mean, std)`` float32 scalars per params leaf, read
       from one ``init_fn`` draw; ``noise='init'``: None.
   """
+
   inner_state: Any
   key: jax.Array
   moments: Any = None
@@ -63,24 +71,30 @@ def hash_uniform(word: jax.Array, shape: tuple[int, ...]) -> jax.Array:
   for d in shape:
     n *= d
   x = _mix(jax.lax.iota(jnp.uint32, n) * jnp.uint32(0x9E3779B9) ^ word)
-  u = (x >> 8).astype(jnp.float32) * (1.0 / (1 << 24))      # [0, 1), 24 bits
+  u = (x >> 8).astype(jnp.float32) * (1.0 / (1 << 24))  # [0, 1), 24 bits
   return ((u - 0.5) * 3.4641016).reshape(shape)
 
 
 def leaf_moments(params: Any) -> Any:
   """``(mean, std)`` float32 scalars of every leaf of ``params``."""
+
   def one(p):
     p = jnp.asarray(p, jnp.float32)
     return jnp.mean(p), jnp.std(p)
+
   return jax.tree.map(one, params)
 
 
 def _check_like_params(drawn: Any, params: Any) -> None:
   """Refuses an ``init_fn`` whose draw differs from ``params`` in leaves or shapes (another
   model's): its noise would not fit, or would perturb the wrong parameters."""
+
   def shapes(tree):
-    return {'/'.join(key_path_to_path(kp)): tuple(jnp.shape(x))
-            for kp, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+    return {
+        '/'.join(key_path_to_path(kp)): tuple(jnp.shape(x))
+        for kp, x in jax.tree_util.tree_flatten_with_path(tree)[0]
+    }
+
   got, want = shapes(drawn), shapes(params)
   if got == want:
     return
@@ -89,11 +103,16 @@ def _check_like_params(drawn: Any, params: Any) -> None:
     problems.append(f'leaves not in params {sorted(set(got) - set(want))}')
   if set(want) - set(got):
     problems.append(f'params leaves it lacks {sorted(set(want) - set(got))}')
-  problems += [f"'{k}' of shape {got[k]} (params: {want[k]})"
-               for k in sorted(set(got) & set(want)) if got[k] != want[k]]
-  raise ValueError('init_fn(key) must return a tree shaped like params (the same model\'s '
-                   f'fresh parameters), but it returns {"; ".join(problems)}. Pass the '
-                   "model's own initializer, e.g. lambda k: model.init(k, x)['params'].")
+  problems += [
+      f"'{k}' of shape {got[k]} (params: {want[k]})"
+      for k in sorted(set(got) & set(want))
+      if got[k] != want[k]
+  ]
+  raise ValueError(
+      "init_fn(key) must return a tree shaped like params (the same model's "
+      f'fresh parameters), but it returns {"; ".join(problems)}. Pass the '
+      "model's own initializer, e.g. lambda k: model.init(k, x)['params']."
+  )
 
 
 def _as_params_tree(drawn: Any, params: Any) -> Any:
@@ -102,11 +121,16 @@ def _as_params_tree(drawn: Any, params: Any) -> Any:
   return jax.tree.unflatten(jax.tree.structure(params), jax.tree.leaves(drawn))
 
 
-def shrink_perturb(inner: optax.GradientTransformation,
-                   init_fn: Callable[[jax.Array], Any], *, shrink: float = 1.0 - 1e-4,
-                   sigma: float = 1e-4, noise: str = 'fast',
-                   key: Any = DEFAULT_KEY, seed: Any = None
-                   ) -> optax.GradientTransformationExtraArgs:
+def shrink_perturb(
+    inner: optax.GradientTransformation,
+    init_fn: Callable[[jax.Array], Any],
+    *,
+    shrink: float = 1.0 - 1e-4,
+    sigma: float = 1e-4,
+    noise: str = 'fast',
+    key: Any = DEFAULT_KEY,
+    seed: Any = None,
+) -> optax.GradientTransformationExtraArgs:
   """Wraps ``inner``: after its update, ``θ ← shrink·θ + sigma·ε``.
 
   Args:
@@ -132,11 +156,14 @@ def shrink_perturb(inner: optax.GradientTransformation,
   shrink = number_in('shrink', shrink, 0.0, 1.0, lo_open=True)
   sigma = number_in('sigma', sigma, 0.0, float('inf'))
   if not callable(init_fn):
-    raise ValueError('shrink_perturb needs init_fn(key) -> params, e.g. '
-                     "lambda k: model.init(k, x)['params'].")
+    raise ValueError(
+        'shrink_perturb needs init_fn(key) -> params, e.g. ' "lambda k: model.init(k, x)['params']."
+    )
   if noise not in NOISES:
-    raise ValueError(f"noise must be one of {NOISES} ('fast': cheap noise with each "
-                     f"leaf's initial mean and std; 'init': init_fn draws), got {noise!r}.")
+    raise ValueError(
+        f"noise must be one of {NOISES} ('fast': cheap noise with each "
+        f"leaf's initial mean and std; 'init': init_fn draws), got {noise!r}."
+    )
   inner = optax.with_extra_args_support(optax_transformation('inner', inner))
   key0 = prng_key('key', key_or_seed('shrink_perturb', key, seed))
 
@@ -147,7 +174,7 @@ def shrink_perturb(inner: optax.GradientTransformation,
       drawn = init_fn(key)
       _check_like_params(drawn, params)
       moments = leaf_moments(_as_params_tree(drawn, params))
-    else:   # checked from shapes alone: this mode draws at every step, not here
+    else:  # checked from shapes alone: this mode draws at every step, not here
       _check_like_params(jax.eval_shape(init_fn, key), params)
     # the noise stream is folded with the initial params, so members initialised
     # together (jax.vmap(tx.init)(stacked_params)) never share it
@@ -159,12 +186,24 @@ def shrink_perturb(inner: optax.GradientTransformation,
     leaves, treedef = jax.tree.flatten(params)
     stats = treedef.flatten_up_to(moments)
     words = jax.random.bits(sub, (max(len(leaves), 1),), jnp.uint32)
-    return treedef.unflatten([m + s * hash_uniform(words[i], jnp.shape(p))
-                              for i, (p, (m, s)) in enumerate(zip(leaves, stats))])
+    return treedef.unflatten(
+        [
+            m + s * hash_uniform(words[i], jnp.shape(p))
+            for i, (p, (m, s)) in enumerate(zip(leaves, stats))
+        ]
+    )
 
   @ignores_reset_args
-  def update(updates, state, params=None, *args, key: Optional[jax.Array] = None,
-             activations=None, end_of_task=None, **extra):
+  def update(
+      updates,
+      state,
+      params=None,
+      *args,
+      key: Optional[jax.Array] = None,
+      activations=None,
+      end_of_task=None,
+      **extra,
+  ):
     del activations, end_of_task
     no_extra_positional(args)
     if params is None:

@@ -33,6 +33,7 @@ from snr_jax._src.transform import NeuronResets, ResetRule, with_resets
 
 AGE_UNITS = ('examples', 'steps', 'positions')
 
+
 class SNRState(NamedTuple):
   """Per-group SNR statistics (all dicts keyed by group name).
 
@@ -43,6 +44,7 @@ class SNRState(NamedTuple):
     estimator: the threshold estimator's state per group.
     schedule: refresh counters.
   """
+
   ages: dict[str, jax.Array]
   thresholds: dict[str, jax.Array]
   estimator: dict[str, Any]
@@ -74,11 +76,12 @@ class SNRRule(ResetRule):
     # differs from their leading axis would age units by examples they never saw.
     if self.data_axis is None and activation.shape[0] != self.batch_size:
       raise ActivationError(
-          f'batch_size={self.batch_size}, but the activation of group \'{group.name}\' has '
+          f"batch_size={self.batch_size}, but the activation of group '{group.name}' has "
           f'{activation.shape[0]} examples on its leading axis (shape {activation.shape}): '
           'leave batch_size unset (ages then grow by the leading axis), or, when each '
           'replica holds a shard of the batch (shard_map or pmap), pass data_axis= '
-          '(batch_size is then the global batch).')
+          '(batch_size is then the global batch).'
+      )
     return self.batch_size
 
   def init(self, groups: Sequence[NeuronGroup], params: Any) -> SNRState:
@@ -87,22 +90,33 @@ class SNRRule(ResetRule):
         ages={g.name: jnp.zeros((g.size,), jnp.int32) for g in groups},
         thresholds={g.name: jnp.full((g.size,), self.tau_init, jnp.int32) for g in groups},
         estimator={g.name: self.estimator.init(g.size) for g in groups},
-        schedule=self.schedule.init())
+        schedule=self.schedule.init(),
+    )
 
-  def select(self, state: SNRState, groups: Sequence[NeuronGroup],
-             activations: Mapping[str, jax.Array], params: Any, *,
-             end_of_task: jax.Array, key: jax.Array):
+  def select(
+      self,
+      state: SNRState,
+      groups: Sequence[NeuronGroup],
+      activations: Mapping[str, jax.Array],
+      params: Any,
+      *,
+      end_of_task: jax.Array,
+      key: jax.Array,
+  ):
     del params
     ages, est, masks = {}, {}, {}
     increments = {g.name: self._increment(g, activations[g.name]) for g in groups}
     # The estimator says what this batch's firing is and how it moves the ages
     # (batch-level: back to 0 if fired anywhere; per-token: the gap in positions).
-    firings = {g.name: self.estimator.observe(activations[g.name], increments[g.name],
-                                              g.firing) for g in groups}
-    if self.data_axis is not None:   # the global batch: one all-reduce for all groups
+    firings = {
+        g.name: self.estimator.observe(activations[g.name], increments[g.name], g.firing)
+        for g in groups
+    }
+    if self.data_axis is not None:  # the global batch: one all-reduce for all groups
       # a given batch_size is already the global batch's; a measured one is a shard's
-      firings = global_firing(firings, self.data_axis,
-                              self.age_unit != 'steps' and self.batch_size is None)
+      firings = global_firing(
+          firings, self.data_axis, self.age_unit != 'steps' and self.batch_size is None
+      )
       increments = {k: getattr(f, 'increment', increments[k]) for k, f in firings.items()}
     for g in groups:
       firing = firings[g.name]
@@ -110,27 +124,34 @@ class SNRRule(ResetRule):
       age = self.estimator.advance_ages(before, firing)
       # over the cap, the most overdue units reset now; the others stay over their
       # threshold (nothing recorded, ages kept) and reset on a later step
-      reset = cap_mask(age >= state.thresholds[g.name],
-                       resets_cap(self.max_resets_per_step, g.size),
-                       age - state.thresholds[g.name])
-      est[g.name] = self.estimator.record(state.estimator[g.name], firing, age_before=before,
-                                          reset=reset, age_at_reset=age)
+      reset = cap_mask(
+          age >= state.thresholds[g.name],
+          resets_cap(self.max_resets_per_step, g.size),
+          age - state.thresholds[g.name],
+      )
+      est[g.name] = self.estimator.record(
+          state.estimator[g.name], firing, age_before=before, reset=reset, age_at_reset=age
+      )
       ages[g.name] = jnp.where(reset, 0, age)
       masks[g.name] = reset
 
     # Refresh thresholds after this step's resets (design §5 step 5), all groups in one
     # conditional: the quantiles (a cumsum over every bin for the histogram) cost
     # nothing on the other steps.
-    due, schedule = self.schedule.due(state.schedule, end_of_task,
-                                      jax.random.fold_in(key, state.schedule.steps),
-                                      {g.name: g.size for g in groups})
+    due, schedule = self.schedule.due(
+        state.schedule,
+        end_of_task,
+        jax.random.fold_in(key, state.schedule.steps),
+        {g.name: g.size for g in groups},
+    )
 
     def refresh(operands):
       thr, est = operands
       out_thr, out_est = {}, {}
       for g in groups:
         out_thr[g.name], out_est[g.name] = self.estimator.refresh(
-            est[g.name], thr[g.name], due[g.name], increments[g.name])
+            est[g.name], thr[g.name], due[g.name], increments[g.name]
+        )
       return out_thr, out_est
 
     if control_flow_for(self.control_flow) == 'select':
@@ -138,8 +159,9 @@ class SNRRule(ResetRule):
       thresholds, est = refresh((state.thresholds, est))
     else:
       any_due = jnp.any(jnp.stack([jnp.any(d) for d in due.values()]))
-      thresholds, est = run_if(any_in_batch(any_due, self.axis_name), refresh,
-                               (state.thresholds, est))
+      thresholds, est = run_if(
+          any_in_batch(any_due, self.axis_name), refresh, (state.thresholds, est)
+      )
     return masks, SNRState(ages, thresholds, est, schedule)
 
 
@@ -157,7 +179,7 @@ def self_normalized_resets(
     batch_size: Optional[int] = None,
     axis_name: Optional[str] = None,
     check_finite: bool = False,
-    state_budget: int = 2 ** 30,
+    state_budget: int = 2**30,
     data_axis: Optional[str] = None,
     control_flow: str = 'auto',
     max_resets_per_step: Any = None,
@@ -257,16 +279,22 @@ def self_normalized_resets(
   if age_unit not in AGE_UNITS:
     raise ValueError(f'unknown age_unit {age_unit!r}: choose one of {list(AGE_UNITS)}.')
   if age_unit not in est_cls.age_units:
-    raise ValueError(f'age_unit {age_unit!r} does not apply to estimator {estimator!r}, '
-                     f'whose ages count {" or ".join(est_cls.age_units)}; leave age_unit '
-                     'unset or choose another estimator.')
+    raise ValueError(
+        f'age_unit {age_unit!r} does not apply to estimator {estimator!r}, '
+        f'whose ages count {" or ".join(est_cls.age_units)}; leave age_unit '
+        'unset or choose another estimator.'
+    )
   per_token = estimator == 'per_token'
   if per_token and expansion is not None:
-    raise ValueError("estimator='per_token' sets τ to its estimate at a refresh, with no "
-                     'expansion (design §3c); leave expansion unset.')
+    raise ValueError(
+        "estimator='per_token' sets τ to its estimate at a refresh, with no "
+        'expansion (design §3c); leave expansion unset.'
+    )
   if per_token and batch_size is not None:
-    raise ValueError("estimator='per_token' counts the positions of each pre-activation "
-                     '(all axes but the last); leave batch_size unset.')
+    raise ValueError(
+        "estimator='per_token' counts the positions of each pre-activation "
+        '(all axes but the last); leave batch_size unset.'
+    )
   # the defaults are the estimator class's (Estimator.default_tau_*)
   default_min, default_max = est_cls.default_tau_min, est_cls.default_tau_max
   default_init = est_cls.default_tau_init
@@ -280,28 +308,43 @@ def self_normalized_resets(
   tau_init = integer_in('tau_init', tau_init, tau_min, tau_max, what=' (= [tau_min, tau_max])')
   if per_token:
     if tau_max > RATE_CAP:
-      raise ValueError(f'tau_max must be at most {RATE_CAP} positions for per_token, got '
-                       f'{tau_max}.')
+      raise ValueError(
+          f'tau_max must be at most {RATE_CAP} positions for per_token, got ' f'{tau_max}.'
+      )
     est = est_cls(eta=eta, tau_min=tau_min, tau_max=tau_max)
   else:
     # unset, the expansion is the estimator class's default (2)
-    given = ({} if expansion is None
-             else {'expansion': float(number_at_least('expansion', expansion, 1))})
+    given = (
+        {}
+        if expansion is None
+        else {'expansion': float(number_at_least('expansion', expansion, 1))}
+    )
     est = est_cls(eta=eta, tau_min=tau_min, tau_max=tau_max, **given)
     if tau_max * est.expansion >= INT_MAX:
-      raise ValueError(f'tau_max * expansion = {tau_max * est.expansion} overflows int32; '
-                       'lower tau_max.')
+      raise ValueError(
+          f'tau_max * expansion = {tau_max * est.expansion} overflows int32; ' 'lower tau_max.'
+      )
   if batch_size is not None:
     batch_size = integer_in('batch_size', batch_size, 1, what=' or None')
   if schedule is None:
     schedule = every_n_tasks(16)
   if not isinstance(schedule, RefreshSchedule):
-    raise ValueError('schedule must be built with snr_jax.every_n_tasks, every_n_steps or '
-                     f'at_random, got {type(schedule).__name__}.')
+    raise ValueError(
+        'schedule must be built with snr_jax.every_n_tasks, every_n_steps or '
+        f'at_random, got {type(schedule).__name__}.'
+    )
   control_flow = control_flow_arg(control_flow)
-  rule = SNRRule(est, tau_init, schedule, age_unit, batch_size, axis_name,
-                 _checks.axis_name_or_none('data_axis', data_axis), control_flow,
-                 max_resets_arg(max_resets_per_step))
+  rule = SNRRule(
+      est,
+      tau_init,
+      schedule,
+      age_unit,
+      batch_size,
+      axis_name,
+      _checks.axis_name_or_none('data_axis', data_axis),
+      control_flow,
+      max_resets_arg(max_resets_per_step),
+  )
   resets = NeuronResets(groups, rule, axis_name, bool(check_finite), control_flow)
   _check_state_budget(resets.groups, est, estimator, integer_in('state_budget', state_budget, 1))
   return resets
@@ -321,9 +364,10 @@ def _check_state_budget(groups, estimator, name: str, budget: int) -> None:
     sizes = ', '.join(f"'{g.name}': {g.size} units" for g in groups)
     raise ValueError(
         f"SNR's state would take {total / 2 ** 20:,.1f} MiB ({per_unit:,} bytes per unit with "
-        f"estimator={name!r}; groups {sizes}), over state_budget={budget:,} bytes. Use "
+        f'estimator={name!r}; groups {sizes}), over state_budget={budget:,} bytes. Use '
         "estimator='geometric' (16 bytes per unit), a smaller tau_max, or raise "
-        'state_budget.')
+        'state_budget.'
+    )
 
 
 def snr(
@@ -342,7 +386,7 @@ def snr(
     batch_size: Optional[int] = None,
     axis_name: Optional[str] = None,
     check_finite: bool = False,
-    state_budget: int = 2 ** 30,
+    state_budget: int = 2**30,
     data_axis: Optional[str] = None,
     control_flow: str = 'auto',
     max_resets_per_step: Any = None,
@@ -407,11 +451,23 @@ def snr(
     >>> params = optax.apply_updates(params, updates)
   """
   resets = self_normalized_resets(
-      groups, eta=eta, estimator=estimator, tau_init=tau_init, tau_min=tau_min,
-      tau_max=tau_max, expansion=expansion, schedule=schedule, age_unit=age_unit,
-      batch_size=batch_size, axis_name=axis_name, check_finite=check_finite,
-      state_budget=state_budget, data_axis=data_axis, control_flow=control_flow,
-      max_resets_per_step=max_resets_per_step)
+      groups,
+      eta=eta,
+      estimator=estimator,
+      tau_init=tau_init,
+      tau_min=tau_min,
+      tau_max=tau_max,
+      expansion=expansion,
+      schedule=schedule,
+      age_unit=age_unit,
+      batch_size=batch_size,
+      axis_name=axis_name,
+      check_finite=check_finite,
+      state_budget=state_budget,
+      data_axis=data_axis,
+      control_flow=control_flow,
+      max_resets_per_step=max_resets_per_step,
+  )
   return with_resets(inner, resets, _checks.key_or_seed('snr', key, seed))
 
 

@@ -55,8 +55,15 @@ def _expand(tau: jax.Array, expansion: float) -> jax.Array:
   return jnp.floor(tau.astype(jnp.float32) * expansion).astype(tau.dtype)
 
 
-def update_thresholds(thresholds: jax.Array, estimate: jax.Array, mask: jax.Array, *,
-                      tau_min: int, tau_max: int, expansion: Optional[float]) -> jax.Array:
+def update_thresholds(
+    thresholds: jax.Array,
+    estimate: jax.Array,
+    mask: jax.Array,
+    *,
+    tau_min: int,
+    tau_max: int,
+    expansion: Optional[float],
+) -> jax.Array:
   """The threshold rule shared by every estimator (design §3a–§3c).
 
   On the neurons selected by ``mask``: if the estimate lies below the threshold
@@ -133,8 +140,15 @@ class Estimator(Protocol):
   def advance_ages(self, ages: jax.Array, firing: Any) -> jax.Array:
     """The ages after a batch with ``firing`` (from ``observe``)."""
 
-  def record(self, state: Any, firing: Any, *, age_before: jax.Array, reset: jax.Array,
-             age_at_reset: jax.Array) -> Any:
+  def record(
+      self,
+      state: Any,
+      firing: Any,
+      *,
+      age_before: jax.Array,
+      reset: jax.Array,
+      age_at_reset: jax.Array,
+  ) -> Any:
     """Adds this step's gaps to the statistics.
 
     Args:
@@ -153,8 +167,9 @@ class Estimator(Protocol):
   def clear(self, state: Any, mask: jax.Array) -> Any:
     """The statistics with those of the ``mask``ed units restarted."""
 
-  def refresh(self, state: Any, thresholds: jax.Array, mask: jax.Array, increment: int
-              ) -> tuple[jax.Array, Any]:
+  def refresh(
+      self, state: Any, thresholds: jax.Array, mask: jax.Array, increment: int
+  ) -> tuple[jax.Array, Any]:
     """``(thresholds, state)``: new thresholds on the ``mask``ed units (see
     `update_thresholds`), their statistics cleared."""
 
@@ -168,7 +183,7 @@ class _RefreshMixin:
     put('eta', _checks.number_in('eta', self.eta, 0.0, 1.0, lo_open=True, hi_open=True))
     put('tau_min', _checks.positive_int('tau_min', self.tau_min))
     put('tau_max', _checks.positive_int('tau_max', self.tau_max))
-    if self.expansion is not None:   # per_token has none
+    if self.expansion is not None:  # per_token has none
       put('expansion', _checks.number_at_least('expansion', self.expansion, 1))
 
   def refresh(self, state, thresholds: jax.Array, mask: jax.Array, increment: int):
@@ -183,9 +198,14 @@ class _RefreshMixin:
     Returns:
       ``(thresholds, state)``.
     """
-    new = update_thresholds(thresholds, self.quantile(state, increment), mask,
-                            tau_min=self.tau_min, tau_max=self.tau_max,
-                            expansion=self.expansion)
+    new = update_thresholds(
+        thresholds,
+        self.quantile(state, increment),
+        mask,
+        tau_min=self.tau_min,
+        tau_max=self.tau_max,
+        expansion=self.expansion,
+    )
     return new, self.clear(state, mask)
 
 
@@ -196,6 +216,7 @@ class BatchFiring(NamedTuple):
     fired: bool ``(units,)``, pre-activation > 0 anywhere in the batch.
     increment: the batch's length in the ages' unit (examples, or 1 in steps).
   """
+
   fired: jax.Array
   increment: int
 
@@ -207,6 +228,7 @@ class PositionFiring(NamedTuple):
     positions: the positions in the batch, ``BT`` (a Python int).
     counts: int32 ``(units,)``, the positions at which each unit fired.
   """
+
   positions: int
   counts: jax.Array
 
@@ -230,8 +252,9 @@ def global_firing(firings: dict, axis_name: str, scale_increment: bool) -> dict:
   # a flag sums to at most n, a count to at most the global positions
   exact = lambda f: isinstance(f, BatchFiring) or f.positions * n < 2**24
   local = {k: f.fired if isinstance(f, BatchFiring) else f.counts for k, f in firings.items()}
-  summed = psum_packed(local, {k: jnp.float32 if exact(f) else jnp.int32
-                               for k, f in firings.items()}, axis_name)
+  summed = psum_packed(
+      local, {k: jnp.float32 if exact(f) else jnp.int32 for k, f in firings.items()}, axis_name
+  )
   out = {}
   for k, f in firings.items():
     if isinstance(f, BatchFiring):
@@ -262,12 +285,14 @@ class _BatchLevel(_RefreshMixin):
 
 class HistogramState(NamedTuple):
   """Per-neuron gap counts; ``counts[i, g]`` for gap g in 0..τ_max (last bin: ≥ τ_max)."""
+
   counts: jax.Array
 
 
 class GeometricState(NamedTuple):
   """Per-neuron running sum and count of recorded gaps since the last refresh (the
   pseudo-count is added when the mean is taken)."""
+
   gap_sum: jax.Array
   gap_count: jax.Array
 
@@ -291,8 +316,15 @@ class HistogramEstimator(_BatchLevel):
   def init(self, size: int) -> HistogramState:
     return HistogramState(jnp.zeros((size, self.tau_max + 1), jnp.int32))
 
-  def record(self, state: HistogramState, firing: BatchFiring, *, age_before: jax.Array,
-             reset: jax.Array, age_at_reset: jax.Array) -> HistogramState:
+  def record(
+      self,
+      state: HistogramState,
+      firing: BatchFiring,
+      *,
+      age_before: jax.Array,
+      reset: jax.Array,
+      age_at_reset: jax.Array,
+  ) -> HistogramState:
     """Counts the completed gaps (units that fired) and censored gaps (units reset)."""
     fired = firing.fired
     # A neuron that fired has age 0, so it cannot also be reset this step: one scatter.
@@ -336,15 +368,24 @@ class GeometricEstimator(_BatchLevel):
   def init(self, size: int) -> GeometricState:
     return GeometricState(jnp.zeros((size,), jnp.float32), jnp.zeros((size,), jnp.float32))
 
-  def record(self, state: GeometricState, firing: BatchFiring, *, age_before: jax.Array,
-             reset: jax.Array, age_at_reset: jax.Array) -> GeometricState:
+  def record(
+      self,
+      state: GeometricState,
+      firing: BatchFiring,
+      *,
+      age_before: jax.Array,
+      reset: jax.Array,
+      age_at_reset: jax.Array,
+  ) -> GeometricState:
     """Adds the completed gaps (``age + increment``) and censored gaps to the sums."""
     fired = firing.fired
-    gap = jnp.where(fired, age_before.astype(jnp.float32) + firing.increment,
-                    age_at_reset.astype(jnp.float32))
+    gap = jnp.where(
+        fired, age_before.astype(jnp.float32) + firing.increment, age_at_reset.astype(jnp.float32)
+    )
     add = fired | reset
-    return GeometricState(state.gap_sum + jnp.where(add, gap, 0.0),
-                          state.gap_count + add.astype(jnp.float32))
+    return GeometricState(
+        state.gap_sum + jnp.where(add, gap, 0.0), state.gap_count + add.astype(jnp.float32)
+    )
 
   def quantile(self, state: GeometricState, increment: int = 1) -> jax.Array:
     """⌈−ln(η)·mean gap⌉ per neuron, as int32 (saturating)."""
@@ -354,11 +395,12 @@ class GeometricEstimator(_BatchLevel):
 
   def clear(self, state: GeometricState, mask: jax.Array) -> GeometricState:
     """Resets the ``mask``ed neurons' sums (to the pseudo-count, added in ``quantile``)."""
-    return GeometricState(jnp.where(mask, 0.0, state.gap_sum),
-                          jnp.where(mask, 0.0, state.gap_count))
+    return GeometricState(
+        jnp.where(mask, 0.0, state.gap_sum), jnp.where(mask, 0.0, state.gap_count)
+    )
 
 
-RATE_CAP = 2 ** 30
+RATE_CAP = 2**30
 """Largest ``total`` a [`RateState`][snr_jax.RateState] holds before both of its counters are
 halved."""
 
@@ -370,6 +412,7 @@ class RateState(NamedTuple):
     count: int32 ``(size,)``, 1 + positions at which the unit fired + its resets.
     total: int32 ``(size,)``, 1 + positions seen.
   """
+
   count: jax.Array
   total: jax.Array
 
@@ -432,23 +475,33 @@ class PerTokenEstimator(_RefreshMixin):
     del increment
     positions, counts = fire_counts(activation, predicate)
     if positions >= RATE_CAP:
-      raise ValueError(f'a batch of {positions} positions is too many for the per-token '
-                       f'counters (int32); use batches of fewer than {RATE_CAP} positions.')
+      raise ValueError(
+          f'a batch of {positions} positions is too many for the per-token '
+          f'counters (int32); use batches of fewer than {RATE_CAP} positions.'
+      )
     return PositionFiring(positions, counts)
 
   def advance_ages(self, ages: jax.Array, firing: PositionFiring) -> jax.Array:
     """``+BT`` if silent, else ``⌊BT/c⌋`` (`position_ages`)."""
     return position_ages(ages, firing.positions, firing.counts)
 
-  def record(self, state: RateState, firing: PositionFiring, *, age_before: jax.Array,
-             reset: jax.Array, age_at_reset: jax.Array) -> RateState:
+  def record(
+      self,
+      state: RateState,
+      firing: PositionFiring,
+      *,
+      age_before: jax.Array,
+      reset: jax.Array,
+      age_at_reset: jax.Array,
+  ) -> RateState:
     """Adds this batch's firing counts (and one per reset) and its positions."""
     del age_before, age_at_reset
     count = state.count + firing.counts.astype(jnp.int32) + reset.astype(jnp.int32)
     total = state.total + firing.positions
     halve = total > RATE_CAP
-    return RateState(jnp.where(halve, (count + 1) // 2, count),
-                     jnp.where(halve, (total + 1) // 2, total))
+    return RateState(
+        jnp.where(halve, (count + 1) // 2, count), jnp.where(halve, (total + 1) // 2, total)
+    )
 
   def rate(self, state: RateState) -> jax.Array:
     """``λ̂ = count / total`` per unit, float32."""
@@ -466,5 +519,8 @@ class PerTokenEstimator(_RefreshMixin):
     return RateState(jnp.where(mask, 1, state.count), jnp.where(mask, 1, state.total))
 
 
-ESTIMATORS = {'histogram': HistogramEstimator, 'geometric': GeometricEstimator,
-              'per_token': PerTokenEstimator}
+ESTIMATORS = {
+    'histogram': HistogramEstimator,
+    'geometric': GeometricEstimator,
+    'per_token': PerTokenEstimator,
+}

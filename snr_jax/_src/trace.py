@@ -17,7 +17,7 @@ import numpy as np
 from snr_jax._src import jax_compat as _compat, optional as _optional
 from snr_jax._src.util import key_path_to_path
 
-nn = _optional.LazyModule('flax.linen')   # flax is optional: imported for linen/NNX models
+nn = _optional.LazyModule('flax.linen')  # flax is optional: imported for linen/NNX models
 nnx = _optional.LazyModule('flax.nnx')
 
 Path = tuple[str, ...]
@@ -36,6 +36,7 @@ class Leaf:
       statistics and other collections), or None (data).
     kind: ``'param'``, ``'state'`` or ``'data'``.
   """
+
   path: Optional[Path]
   kind: str
   shape: tuple = ()
@@ -43,11 +44,11 @@ class Leaf:
 
 @dataclasses.dataclass
 class Traceable:
-  fn: Callable[..., Any]       # array inputs -> flat outputs
-  inputs: list[Any]            # the array inputs
-  leaves: list[Leaf]           # what each input is
+  fn: Callable[..., Any]  # array inputs -> flat outputs
+  inputs: list[Any]  # the array inputs
+  leaves: list[Leaf]  # what each input is
   finish: Callable[[Any], Any]  # model output (unflattened) -> what the caller gets
-  modules: dict[Path, Any]     # module path -> module object (linen), for initializers
+  modules: dict[Path, Any]  # module path -> module object (linen), for initializers
 
 
 def model_kind(f: Any) -> str:
@@ -57,8 +58,10 @@ def model_kind(f: Any) -> str:
     return 'nnx'
   if callable(f):
     return 'function'
-  raise TypeError(f'expected a flax linen Module, an nnx.Module or a function f(params, *args), '
-                  f'got {type(f).__name__}.')
+  raise TypeError(
+      f'expected a flax linen Module, an nnx.Module or a function f(params, *args), '
+      f'got {type(f).__name__}.'
+  )
 
 
 def _split(tree: Any, kinds: list[Leaf]):
@@ -80,8 +83,9 @@ def _leaf_kinds(tree: Any, classify: Callable[[Path, Any], Leaf]) -> list[Leaf]:
   return [classify(key_path_to_path(kp), x) for kp, x in flat]
 
 
-def as_traceable(f: Any, model: Any, args: tuple, kwargs: dict,
-                 record_modules: bool = False) -> Traceable:
+def as_traceable(
+    f: Any, model: Any, args: tuple, kwargs: dict, record_modules: bool = False
+) -> Traceable:
   """Builds the traced form of ``f``'s forward pass.
 
   Args:
@@ -100,8 +104,7 @@ def as_traceable(f: Any, model: Any, args: tuple, kwargs: dict,
   if kind == 'linen':
     # FrozenDict variables are a Mapping but not a dict: wrapping them again would hand
     # apply {'params': {'params': ...}}
-    variables = (model if isinstance(model, Mapping) and 'params' in model
-                 else {'params': model})
+    variables = model if isinstance(model, Mapping) and 'params' in model else {'params': model}
 
     def classify(path, _):
       if path[0] == 'params':
@@ -123,8 +126,9 @@ def as_traceable(f: Any, model: Any, args: tuple, kwargs: dict,
   elif kind == 'nnx':
     graphdef, state = nnx.split(model)
     params_state = nnx.state(model, nnx.Param)
-    param_paths = {key_path_to_path(kp) for kp, _ in
-                   jax.tree_util.tree_flatten_with_path(params_state)[0]}
+    param_paths = {
+        key_path_to_path(kp) for kp, _ in jax.tree_util.tree_flatten_with_path(params_state)[0]
+    }
 
     def classify(path, _):
       return Leaf(path, 'param' if path in param_paths else 'state')
@@ -141,6 +145,7 @@ def as_traceable(f: Any, model: Any, args: tuple, kwargs: dict,
 
     tree = (state, args, kwargs)
   else:
+
     def classify(path, _):
       return Leaf(path, 'param')
 

@@ -46,21 +46,27 @@ def apply_gradients(state: Any, grads: Any, **extra_args) -> Any:
       holds no resetting method (a plain optax optimizer would drop them silently).
   """
   given = sorted(k for k in RESET_ARGS if k in extra_args)
-  if (given and find_reset_state(state.opt_state) is None
-      and not getattr(state.tx.update, IGNORES_RESET_ARGS, False)):
+  if (
+      given
+      and find_reset_state(state.opt_state) is None
+      and not getattr(state.tx.update, IGNORES_RESET_ARGS, False)
+  ):
     raise ValueError(
         f'{", ".join(g + "=" for g in given)} given, but state.opt_state holds no resetting '
         "method's state: state.tx is a plain optax optimizer, which would drop them, so "
         'nothing would be reset. Create the TrainState with the method as tx, e.g. '
         'tx=snr_jax.snr(optax.adam(1e-3), groups) or snr_jax.make_method(name, inner, ...); '
-        'for a plain optimizer, leave the reset arguments out.')
+        'for a plain optimizer, leave the reset arguments out.'
+    )
   updates, opt_state = state.tx.update(grads, state.opt_state, state.params, **extra_args)
-  return state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                       opt_state=opt_state)
+  return state.replace(
+      step=state.step + 1, params=optax.apply_updates(state.params, updates), opt_state=opt_state
+  )
 
 
-def reset_metrics(opt_state: Any, dead_after: int = 1000, *, nested: bool = False
-                  ) -> dict[str, Any]:
+def reset_metrics(
+    opt_state: Any, dead_after: int = 1000, *, nested: bool = False
+) -> dict[str, Any]:
   """Per-group figures of any method's optimizer state, for logging (jit-friendly).
 
   The figures are the units reset at the latest step (``resets``) for every resetting
@@ -99,10 +105,10 @@ def reset_metrics(opt_state: Any, dead_after: int = 1000, *, nested: bool = Fals
   if rs is not None:
     figures['resets'] = {k: jnp.sum(v) for k, v in rs.last_resets.items()}
     if isinstance(rs.rule, SNRState):
-      figures['dead_fraction'] = {k: dead_fraction(v, dead_after)
-                                  for k, v in rs.rule.ages.items()}
-      figures['mean_threshold'] = {k: jnp.mean(v.astype(jnp.float32))
-                                   for k, v in rs.rule.thresholds.items()}
+      figures['dead_fraction'] = {k: dead_fraction(v, dead_after) for k, v in rs.rule.ages.items()}
+      figures['mean_threshold'] = {
+          k: jnp.mean(v.astype(jnp.float32)) for k, v in rs.rule.thresholds.items()
+      }
   if nested:
     return figures
   return {f'{name}/{k}': v for name, per_group in figures.items() for k, v in per_group.items()}

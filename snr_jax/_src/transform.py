@@ -47,9 +47,16 @@ class ResetRule(Protocol):
   def init(self, groups: Sequence[NeuronGroup], params: Any) -> Any:
     """Returns the rule's initial state."""
 
-  def select(self, state: Any, groups: Sequence[NeuronGroup], activations: Any,
-             params: Any, *, end_of_task: jax.Array, key: jax.Array
-             ) -> tuple[dict[str, jax.Array], Any]:
+  def select(
+      self,
+      state: Any,
+      groups: Sequence[NeuronGroup],
+      activations: Any,
+      params: Any,
+      *,
+      end_of_task: jax.Array,
+      key: jax.Array,
+  ) -> tuple[dict[str, jax.Array], Any]:
     """Returns ``({group: bool (size,) reset mask}, new_state)``.
 
     ``key`` is this step's key (also used, after a split, for fresh weights when
@@ -57,8 +64,9 @@ class ResetRule(Protocol):
     it, e.g. with ``jax.random.fold_in``.
     """
 
-  def adjust(self, params: Any, masks: dict[str, jax.Array], state: Any,
-             groups: Sequence[NeuronGroup]) -> Any:
+  def adjust(
+      self, params: Any, masks: dict[str, jax.Array], state: Any, groups: Sequence[NeuronGroup]
+  ) -> Any:
     """Changes ``params`` after ``select`` and before the shared reset (default: none).
 
     Given the masks and the state ``select`` returned. Continual backprop
@@ -81,6 +89,7 @@ class NeuronResetsState(NamedTuple):
     key: PRNG key used when no key is passed to [`reset_state`][snr_jax.reset_state].
     last_resets: ``{group: bool (size,)}``, the units reset at the latest step.
   """
+
   rule: Any
   key: jax.Array
   last_resets: dict[str, jax.Array]
@@ -91,6 +100,7 @@ class NeuronResetsState(NamedTuple):
 class ParamsLayout:
   """The leaf paths of the params a state was initialised for: static (pytree aux data,
   no leaves), so it costs nothing inside jit and survives scan, vmap and checkpoints."""
+
   paths: tuple[str, ...]
 
   def tree_flatten(self):
@@ -102,10 +112,12 @@ class ParamsLayout:
     return cls(paths)
 
 
-try:   # Flax's own checkpoints (msgpack) store a layout as nothing, restoring the target's
+try:  # Flax's own checkpoints (msgpack) store a layout as nothing, restoring the target's
   from flax import serialization as _flax_serialization
+
   _flax_serialization.register_serialization_state(
-      ParamsLayout, lambda layout: {}, lambda target, state: target)
+      ParamsLayout, lambda layout: {}, lambda target, state: target
+  )
 except ImportError:
   pass
 
@@ -120,6 +132,7 @@ class WithResetsState(NamedTuple):
     resets: the [`NeuronResetsState`][snr_jax.NeuronResetsState] of the rule and groups.
     layout: the leaf paths of the params the state was initialised for.
   """
+
   inner_state: Any
   resets: NeuronResetsState
   layout: Optional[ParamsLayout] = None
@@ -143,7 +156,7 @@ def find_reset_state(state: Any) -> Optional[NeuronResetsState]:
 
 def _variable_values(tree: Any) -> Any:
   """``tree`` with every NNX variable replaced by its array (no-op without variables)."""
-  is_var = _optional.is_nnx_variable   # without importing flax
+  is_var = _optional.is_nnx_variable  # without importing flax
   return jax.tree.map(lambda x: x.get_value() if is_var(x) else x, tree, is_leaf=is_var)
 
 
@@ -195,7 +208,8 @@ class NeuronResets:
       raise TypeError(
           f'rule {type(self.rule).__name__} has no {", ".join(m + "()" for m in missing)}: a '
           'reset rule subclasses snr_jax.ResetRule (which gives it a no-op adjust) and '
-          'defines init and select.')
+          'defines init and select.'
+      )
     control_flow_arg(self.control_flow)
 
   def init(self, params: Any, key: Any = 0) -> NeuronResetsState:
@@ -224,18 +238,41 @@ class NeuronResets:
       return ResetRule.adjust(self.rule, params, masks, rule_state, self.groups)
     return rule_adjust(params, masks, rule_state, self.groups)
 
-  def apply(self, params: Any, opt_state: Any, state: NeuronResetsState, activations: Any,
-            *, optimizer: Optional[Any] = None, key: Optional[jax.Array] = None,
-            end_of_task: Any = False) -> tuple[Any, Any, NeuronResetsState]:
+  def apply(
+      self,
+      params: Any,
+      opt_state: Any,
+      state: NeuronResetsState,
+      activations: Any,
+      *,
+      optimizer: Optional[Any] = None,
+      key: Optional[jax.Array] = None,
+      end_of_task: Any = False,
+  ) -> tuple[Any, Any, NeuronResetsState]:
     """``reset_state(self, ...)``: see [`reset_state`][snr_jax.reset_state]."""
-    return reset_state(self, params, opt_state, state, activations, optimizer=optimizer,
-                       key=key, end_of_task=end_of_task)
+    return reset_state(
+        self,
+        params,
+        opt_state,
+        state,
+        activations,
+        optimizer=optimizer,
+        key=key,
+        end_of_task=end_of_task,
+    )
 
 
-def reset_state(resets: NeuronResets, params: Any, opt_state: Any,
-                state: NeuronResetsState, activations: Any, *, optimizer: Optional[Any] = None,
-                key: Optional[jax.Array] = None, end_of_task: Any = False
-                ) -> tuple[Any, Any, NeuronResetsState]:
+def reset_state(
+    resets: NeuronResets,
+    params: Any,
+    opt_state: Any,
+    state: NeuronResetsState,
+    activations: Any,
+    *,
+    optimizer: Optional[Any] = None,
+    key: Optional[jax.Array] = None,
+    end_of_task: Any = False,
+) -> tuple[Any, Any, NeuronResetsState]:
   """One step of bookkeeping and resets, after the optimizer's update (pure).
 
   The functional form of a resetting method: the optimizer returned by
@@ -266,7 +303,8 @@ def reset_state(resets: NeuronResets, params: Any, opt_state: Any,
   _checks.state_type('state', state, NeuronResetsState, 'resets.init(params)')
   _checks.rule_state(state.rule, resets.rule)
   optimizer = _checks.optax_transformation_or_none(
-      'optimizer (the optax optimizer owning opt_state, or None)', optimizer)
+      'optimizer (the optax optimizer owning opt_state, or None)', optimizer
+  )
   check_activations(resets.groups, activations)
   _checks.activation_keys(resets.groups, activations, ActivationError)
   _checks.bound_axis('axis_name', resets.axis_name)
@@ -276,30 +314,41 @@ def reset_state(resets: NeuronResets, params: Any, opt_state: Any,
   validate_groups(resets.groups, params)
   if resets.check_finite:
     for g in resets.groups:
-      checkify.check(jnp.all(jnp.isfinite(activations[g.name])),
-                     f"group '{g.name}': non-finite pre-activations (NaN or inf); they count "
-                     'as silent, so these units age towards a reset.')
+      checkify.check(
+          jnp.all(jnp.isfinite(activations[g.name])),
+          f"group '{g.name}': non-finite pre-activations (NaN or inf); they count "
+          'as silent, so these units age towards a reset.',
+      )
   given = key is not None
   key = _checks.prng_key('key', key) if given else state.key
   end_of_task = jnp.asarray(_checks.flag('end_of_task', end_of_task), bool)
   activations = merge_layers(resets.groups, activations)
-  masks, rule_state = resets.rule.select(state.rule, resets.groups, activations, params,
-                                         end_of_task=end_of_task, key=key)
+  masks, rule_state = resets.rule.select(
+      state.rule, resets.groups, activations, params, end_of_task=end_of_task, key=key
+  )
   # e.g. continual backprop's bias transfer, before the reset (a no-op for most rules)
   params = resets.adjust(params, masks, rule_state)
   setting = getattr(resets.rule, 'max_resets_per_step', None)
   caps = {g.name: resets_cap(setting, g.size) for g in resets.groups}
   params, opt_state, next_key = reset_neurons_and_advance_key(
-      params, opt_state, resets.groups, masks, key, optimizer, resets.axis_name, caps,
-      resets.control_flow)
+      params,
+      opt_state,
+      resets.groups,
+      masks,
+      key,
+      optimizer,
+      resets.axis_name,
+      caps,
+      resets.control_flow,
+  )
   # The carried key moves on only when it was used to draw fresh weights.
-  return params, opt_state, NeuronResetsState(rule_state, state.key if given else next_key,
-                                              masks)
+  return params, opt_state, NeuronResetsState(rule_state, state.key if given else next_key, masks)
 
 
 def _leaf_paths(tree: Any) -> tuple[str, ...]:
-  return tuple('/'.join(key_path_to_path(kp))
-               for kp, _ in jax.tree_util.tree_flatten_with_path(tree)[0])
+  return tuple(
+      '/'.join(key_path_to_path(kp)) for kp, _ in jax.tree_util.tree_flatten_with_path(tree)[0]
+  )
 
 
 def _check_same_tree(params: Any, layout: Optional[ParamsLayout]) -> None:
@@ -311,15 +360,20 @@ def _check_same_tree(params: Any, layout: Optional[ParamsLayout]) -> None:
   extra = sorted(set(paths) - set(known))
   missing = sorted(set(known) - set(paths))
   raise ValueError(
-      "the params given to update differ from those the optimizer state was initialised "
+      'the params given to update differ from those the optimizer state was initialised '
       f'with (tx.init(params)): extra leaves {extra}, missing leaves {missing}. Call update '
       "with the state's own params, or initialise a state for the new params with "
-      'tx.init(new_params).')
+      'tx.init(new_params).'
+  )
 
 
-def with_resets(inner: optax.GradientTransformation, resets: NeuronResets,
-                key: Any = _checks.DEFAULT_KEY, *, seed: Any = None
-                ) -> optax.GradientTransformationExtraArgs:
+def with_resets(
+    inner: optax.GradientTransformation,
+    resets: NeuronResets,
+    key: Any = _checks.DEFAULT_KEY,
+    *,
+    seed: Any = None,
+) -> optax.GradientTransformationExtraArgs:
   """Optax wrapper for any rule: ``inner`` whose updates also reset the units a rule chooses.
 
   ``update(grads, state, params, activations=..., end_of_task=False, key=None,
@@ -360,28 +414,45 @@ def with_resets(inner: optax.GradientTransformation, resets: NeuronResets,
   def init_fn(params):
     # the layout lets update tell params of another model from the state's own (an
     # SGD state holds no copy of the params to compare with)
-    return WithResetsState(inner.init(params), resets.init(params, init_key),
-                           ParamsLayout(_leaf_paths(params)))
+    return WithResetsState(
+        inner.init(params), resets.init(params, init_key), ParamsLayout(_leaf_paths(params))
+    )
 
-  def update_fn(updates, state, params=None, *args, activations=None, end_of_task=False,
-                key=None, **extra_args):
+  def update_fn(
+      updates,
+      state,
+      params=None,
+      *args,
+      activations=None,
+      end_of_task=False,
+      key=None,
+      **extra_args,
+  ):
     _checks.no_extra_positional(args)
     if params is None:
-      raise ValueError('resets need the current params: call '
-                       'update(grads, state, params, activations=...).')
+      raise ValueError(
+          'resets need the current params: call ' 'update(grads, state, params, activations=...).'
+      )
     _checks.state_type('state', state, WithResetsState, 'tx.init(params)')
     _checks.rule_state(state.resets.rule, resets.rule)
     _check_same_tree(params, state.layout)
     check_activations(resets.groups, activations)  # before the inner update runs
     _checks.activation_keys(resets.groups, activations, ActivationError)
-    inner_updates, inner_state = inner.update(updates, state.inner_state, params,
-                                              **extra_args)
+    inner_updates, inner_state = inner.update(updates, state.inner_state, params, **extra_args)
     new_params = optax.apply_updates(params, inner_updates)
     new_params, inner_state, resets_state = reset_state(
-        resets, new_params, inner_state, state.resets, activations, optimizer=inner, key=key,
-        end_of_task=end_of_task)
-    out = jax.tree.map(lambda n, p: (n - p).astype(p.dtype) if hasattr(p, 'dtype') else n - p,
-                       new_params, params)
+        resets,
+        new_params,
+        inner_state,
+        state.resets,
+        activations,
+        optimizer=inner,
+        key=key,
+        end_of_task=end_of_task,
+    )
+    out = jax.tree.map(
+        lambda n, p: (n - p).astype(p.dtype) if hasattr(p, 'dtype') else n - p, new_params, params
+    )
     return out, WithResetsState(inner_state, resets_state, state.layout)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

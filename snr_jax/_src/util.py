@@ -68,11 +68,13 @@ CONTROL_FLOWS = ('auto', 'branch', 'select')
 def control_flow_arg(value: Any) -> str:
   """``value`` if it is one of `CONTROL_FLOWS`, else a ValueError naming them."""
   if not isinstance(value, str) or value not in CONTROL_FLOWS:
-    raise ValueError(f'control_flow must be one of {list(CONTROL_FLOWS)}, got {value!r}: '
-                     "'branch' runs the reset draw, threshold refresh and ranking under "
-                     "lax.cond/while_loop (only on steps that need them), 'select' computes "
-                     'them every step and keeps the results with jnp.where (no conditional '
-                     "in the step), 'auto' picks by backend.")
+    raise ValueError(
+        f'control_flow must be one of {list(CONTROL_FLOWS)}, got {value!r}: '
+        "'branch' runs the reset draw, threshold refresh and ranking under "
+        "lax.cond/while_loop (only on steps that need them), 'select' computes "
+        'them every step and keeps the results with jnp.where (no conditional '
+        "in the step), 'auto' picks by backend."
+    )
   return value
 
 
@@ -91,8 +93,9 @@ def control_flow_for(value: str) -> str:
   return 'select' if jax.default_backend() in ('gpu', 'cuda', 'rocm') else 'branch'
 
 
-def run_if(pred: jax.Array, fn: Callable[[Any], Any], operand: Any,
-           control_flow: str = 'branch') -> Any:
+def run_if(
+    pred: jax.Array, fn: Callable[[Any], Any], operand: Any, control_flow: str = 'branch'
+) -> Any:
   """``fn(operand)`` if ``pred`` else ``operand``, updating ``operand`` in place.
 
   ``lax.cond`` whose false branch returns its operand makes XLA copy the operand on
@@ -114,8 +117,13 @@ def run_if(pred: jax.Array, fn: Callable[[Any], Any], operand: Any,
   return jax.lax.while_loop(lambda carry: carry[0], body, (pred, operand))[1]
 
 
-def cond(pred: jax.Array, true_fn: Callable[[Any], Any], false_fn: Callable[[Any], Any],
-         operand: Any, control_flow: str = 'branch') -> Any:
+def cond(
+    pred: jax.Array,
+    true_fn: Callable[[Any], Any],
+    false_fn: Callable[[Any], Any],
+    operand: Any,
+    control_flow: str = 'branch',
+) -> Any:
   """``lax.cond(pred, true_fn, false_fn, operand)``, or with ``control_flow='select'`` both
   branches evaluated and their results selected with ``jnp.where`` (no conditional)."""
   if control_flow_for(control_flow) == 'select':
@@ -124,8 +132,9 @@ def cond(pred: jax.Array, true_fn: Callable[[Any], Any], false_fn: Callable[[Any
   return jax.lax.cond(pred, true_fn, false_fn, operand)
 
 
-def psum_packed(vectors: Mapping[str, jax.Array], dtypes: Mapping[str, Any],
-                axis_name: str) -> dict:
+def psum_packed(
+    vectors: Mapping[str, jax.Array], dtypes: Mapping[str, Any], axis_name: str
+) -> dict:
   """``psum`` of ``{name: (size,) vector}`` over ``axis_name``, cast to ``dtypes[name]``.
 
   The vectors travel packed, one buffer per dtype, whatever their number. XLA merges

@@ -64,8 +64,12 @@ package's modules, in the order a reader meets them:
 
 from snr_jax._src.discovery.api import discover_groups
 from snr_jax._src.discovery.report import DiscoveredGroups, LeftOut, describe_groups
-from snr_jax._src.discovery.rules import (register_activation, register_unit_preserving,
-                                          registration_scope, unregister_op)
+from snr_jax._src.discovery.rules import (
+    register_activation,
+    register_unit_preserving,
+    registration_scope,
+    unregister_op,
+)
 from snr_jax._src.discovery.sites import locate_sites
 
 __all__ = [

@@ -16,8 +16,13 @@ from snr_jax._src.groups import GroupError, NeuronGroup, path_str
 from snr_jax._src.trace import as_traceable, model_kind
 
 
-def discover_groups(f: Any, *args, initializers: Optional[Mapping[str, Any]] = None,
-                    axis_env: Sequence[tuple[str, int]] = (), **kwargs) -> DiscoveredGroups:
+def discover_groups(
+    f: Any,
+    *args,
+    initializers: Optional[Mapping[str, Any]] = None,
+    axis_env: Sequence[tuple[str, int]] = (),
+    **kwargs,
+) -> DiscoveredGroups:
   """Finds the neuron groups of a model from its traced forward pass.
 
   Call it as ``discover_groups(module, variables, *sample_args, **kwargs)`` for a linen
@@ -89,8 +94,10 @@ def discover_groups(f: Any, *args, initializers: Optional[Mapping[str, Any]] = N
     model, sample = f, args
   else:
     if not args:
-      raise GroupError('discover_groups needs the parameters and a sample input: '
-                       'discover_groups(model, params, x).')
+      raise GroupError(
+          'discover_groups needs the parameters and a sample input: '
+          'discover_groups(model, params, x).'
+      )
     _checks.model_variables(kind, args, 'discover_groups', GroupError)
     model, sample = args[0], args[1:]
   tr = as_traceable(f, model, tuple(sample), kwargs, record_modules=True)
@@ -102,21 +109,25 @@ def discover_groups(f: Any, *args, initializers: Optional[Mapping[str, Any]] = N
   left_out: list[LeftOut] = []
   refused: list[str] = []
   modules = Modules(tr.modules, lambda: concrete_modules(f, model, sample, kwargs, axis_env))
-  analyse(top, org, leaves, modules, overrides, kernel_uses(top, org, leaves),
-           groups, left_out, refused)
+  analyse(
+      top, org, leaves, modules, overrides, kernel_uses(top, org, leaves), groups, left_out, refused
+  )
   if refused:
     raise GroupError(
         f'layer(s) {sorted(set(refused))} reach a ReLU but their kernel is applied more than '
         'once (shared weights), so each unit has several pre-activations and its firing is '
         'not defined. Declare the groups you want by hand (snr_jax.NeuronGroup) or give the '
-        'layers separate weights.')
+        'layers separate weights.'
+    )
   redrawn = {path_str(s.path) for g in groups for s in g.incoming}
   unused = sorted(set(overrides) - redrawn)
   if unused:
     warnings.warn(
         f'initializers for {unused} have no effect: no neuron group re-draws them (only a '
         "group's incoming parameters are re-drawn on a reset; outgoing ones are zeroed). "
-        f'Re-drawn parameters: {sorted(redrawn)}.', stacklevel=2)
+        f'Re-drawn parameters: {sorted(redrawn)}.',
+        stacklevel=2,
+    )
   names = [g.name for g in groups]
   for g in groups:
     if names.count(g.name) > 1:
@@ -124,7 +135,11 @@ def discover_groups(f: Any, *args, initializers: Optional[Mapping[str, Any]] = N
   if not groups:
     raise GroupError(
         f'discover_groups found no neuron group in {type(f).__name__}. Layers looked at: '
-        + ('; '.join(f'{x.layer}: {x.reason}' for x in left_out) or 'none (no kernel '
-           'contraction with a parameter)') + '. Declare the groups with '
-        'snr_jax.dense_group(...) or snr_jax.NeuronGroup(...).')
+        + (
+            '; '.join(f'{x.layer}: {x.reason}' for x in left_out)
+            or 'none (no kernel ' 'contraction with a parameter)'
+        )
+        + '. Declare the groups with '
+        'snr_jax.dense_group(...) or snr_jax.NeuronGroup(...).'
+    )
   return DiscoveredGroups(groups, left_out)

@@ -15,6 +15,7 @@ from snr_jax._src.groups import Path
 from snr_jax._src.jaxpr import Scope
 from snr_jax._src.trace import Leaf
 
+
 def kernel_uses(scope: Scope, org, leaves) -> dict[Path, int]:
   """How many contractions each parameter leaf takes part in (shared weights: more than
   one), scan bodies included."""
@@ -46,7 +47,8 @@ def _direct_inputs(scope: Scope, data: Sequence[int]) -> set[int]:
   for op in scope.ops:
     ins = [src.get(i, empty) for i in op.ins]
     nested = op.body is not None or any(
-        hasattr(v, 'eqns') or hasattr(v, 'jaxpr') for v in op.params.values())
+        hasattr(v, 'eqns') or hasattr(v, 'jaxpr') for v in op.params.values()
+    )
     if _rules.rule_for(op.prim).kind == _rules.CONTRACTION or nested:
       direct.update(k for x in ins if x for k in x)
       out = None
@@ -75,6 +77,11 @@ def graph(closed, leaves: Sequence[Leaf], inputs) -> tuple[Scope, dict, list[Lea
       kind = 'aux'
     path = leaf.path if leaf.path is not None else (f'<argument {k}>',)
     out.append(Leaf(path, kind, tuple(np.shape(x))))
-  org = origins(top, [Origin('param', k, tuple(range(len(leaf.shape))))
-                       if leaf.kind != 'data' else DATA for k, leaf in enumerate(out)])
+  org = origins(
+      top,
+      [
+          Origin('param', k, tuple(range(len(leaf.shape)))) if leaf.kind != 'data' else DATA
+          for k, leaf in enumerate(out)
+      ],
+  )
   return top, org, out

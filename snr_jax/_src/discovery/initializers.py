@@ -29,8 +29,12 @@ def _holds_tracer(obj: Any, depth: int = 0, seen: Optional[set] = None) -> bool:
   if isinstance(obj, _compat.Tracer):
     return True
   seen = set() if seen is None else seen
-  if (depth > 8 or id(obj) in seen or _optional.is_linen_module(obj)
-      or isinstance(obj, (type, str, bytes))):
+  if (
+      depth > 8
+      or id(obj) in seen
+      or _optional.is_linen_module(obj)
+      or isinstance(obj, (type, str, bytes))
+  ):
     return False
   seen.add(id(obj))
   if isinstance(obj, functools.partial):
@@ -64,8 +68,9 @@ def _unboxed(init: Callable, leaf: Leaf) -> Callable:
   ``nn.with_logical_partitioning`` (it returns a box), the same initializer returning the
   box's array."""
   try:
-    out = jax.eval_shape(lambda k: init(k, tuple(leaf.shape), jax.numpy.float32),
-                         jax.random.PRNGKey(0))
+    out = jax.eval_shape(
+        lambda k: init(k, tuple(leaf.shape), jax.numpy.float32), jax.random.PRNGKey(0)
+    )
   except Exception:  # pylint: disable=broad-except; the reset unwraps a box anyway
     return init
   if not _optional.is_axis_metadata(out):
@@ -115,13 +120,21 @@ def _own_initializer(leaf: Leaf, module: Any, attr: str, modules: Mapping[Path, 
       "model's __call__ from a value that depends on the traced inputs, so it cannot be "
       "called outside the model's trace; a reset re-draws this parameter from Flax's "
       f"default for it instead. To choose: discover_groups(..., initializers={{'{key}': "
-      'init}).', stacklevel=5)
+      'init}).',
+      stacklevel=5,
+  )
   return None
 
 
-def initializer(leaf: Leaf, role: str, modules: Mapping[Path, Any],
-                 overrides: Mapping[str, Any], in_axis: Optional[int], out_axis: int,
-                 layer_axis: Optional[int]):
+def initializer(
+    leaf: Leaf,
+    role: str,
+    modules: Mapping[Path, Any],
+    overrides: Mapping[str, Any],
+    in_axis: Optional[int],
+    out_axis: int,
+    layer_axis: Optional[int],
+):
   """The initializer that re-draws ``leaf``, in the layer's own convention."""
   key = path_str(leaf.path)
   if key in overrides:
@@ -134,9 +147,14 @@ def initializer(leaf: Leaf, role: str, modules: Mapping[Path, Any],
     if own is not None:
       return own
   if role == 'kernel':
+
     def per_layer(axis):
-      return None if axis is None else axis - (1 if layer_axis is not None and axis > layer_axis
-                                               else 0)
+      return (
+          None
+          if axis is None
+          else axis - (1 if layer_axis is not None and axis > layer_axis else 0)
+      )
+
     out_a, in_a = per_layer(out_axis), per_layer(in_axis)
     return jax.nn.initializers.lecun_normal(in_axis=-2 if in_a is None else in_a, out_axis=out_a)
   if name.lower() in _ONES_NAMES or 'scale' in name.lower() or name == 'var':
@@ -144,8 +162,9 @@ def initializer(leaf: Leaf, role: str, modules: Mapping[Path, Any],
   return jax.nn.initializers.zeros
 
 
-def checked_overrides(initializers: Optional[Mapping[str, Any]],
-                       leaves: Sequence[Leaf]) -> dict[str, Any]:
+def checked_overrides(
+    initializers: Optional[Mapping[str, Any]], leaves: Sequence[Leaf]
+) -> dict[str, Any]:
   """``initializers`` as a dict, refused when a path names no parameter or a value
   is not an initializer."""
   overrides = dict(initializers or {})
@@ -154,12 +173,15 @@ def checked_overrides(initializers: Optional[Mapping[str, Any]],
   if unknown:
     raise GroupError(
         f'initializers names {unknown}, which are not parameters of the model. Parameter '
-        f"paths are joined by '/': {params}.")
+        f"paths are joined by '/': {params}."
+    )
   for k, init in overrides.items():
     if not callable(init):
-      raise GroupError(f"initializers['{k}'] is {init!r}, not an initializer: give a "
-                       'function (key, shape, dtype) -> array, e.g. '
-                       'flax.nnx.initializers.orthogonal().')
+      raise GroupError(
+          f"initializers['{k}'] is {init!r}, not an initializer: give a "
+          'function (key, shape, dtype) -> array, e.g. '
+          'flax.nnx.initializers.orthogonal().'
+      )
   return overrides
 
 

@@ -53,6 +53,7 @@ def reshape_axes(params, in_shape, out_shape) -> AxisMap:
 
 def _same_axes(in_shape, out_shape) -> dict[int, int]:
   """Output axis -> input axis for the axes a reshape leaves intact (same size, stride)."""
+
   def strides(shape):
     out, acc = [], 1
     for d in reversed(shape):
@@ -76,15 +77,22 @@ def splits_axis(in_shape, out_shape, axis: int) -> bool:
   in_shape, out_shape = tuple(in_shape), tuple(out_shape)
   rest = len(in_shape) - axis - 1
   k = len(out_shape) - len(in_shape) + 1
-  return k > 1 and in_shape[:axis] == out_shape[:axis] and \
-      in_shape[axis + 1:] == out_shape[axis + k:] and \
-      int(np.prod(out_shape[axis:axis + k])) == in_shape[axis] and rest >= 0
+  return (
+      k > 1
+      and in_shape[:axis] == out_shape[:axis]
+      and in_shape[axis + 1 :] == out_shape[axis + k :]
+      and int(np.prod(out_shape[axis : axis + k])) == in_shape[axis]
+      and rest >= 0
+  )
 
 
 def whole(params, axis: int, in_shape) -> bool:
   """Whether a slice keeps all of ``axis``."""
-  return params['start_indices'][axis] == 0 and params['limit_indices'][axis] == \
-      in_shape[axis] and (params.get('strides') or [1] * len(in_shape))[axis] == 1
+  return (
+      params['start_indices'][axis] == 0
+      and params['limit_indices'][axis] == in_shape[axis]
+      and (params.get('strides') or [1] * len(in_shape))[axis] == 1
+  )
 
 
 def reshape_units(in_shape, axis, vec, out_shape):
@@ -92,14 +100,17 @@ def reshape_units(in_shape, axis, vec, out_shape):
   in_shape, out_shape = list(in_shape), list(out_shape)
   # drop the leading and trailing axes the reshape leaves alone (the batch, say)
   lead = 0
-  while lead < min(len(in_shape), len(out_shape)) - 1 and lead < axis and \
-      in_shape[lead] == out_shape[lead]:
+  while (
+      lead < min(len(in_shape), len(out_shape)) - 1
+      and lead < axis
+      and in_shape[lead] == out_shape[lead]
+  ):
     lead += 1
   ins, outs, ax = in_shape[lead:], out_shape[lead:], axis - lead
-  idx = np.broadcast_to(np.asarray(vec).reshape([-1 if j == ax else 1 for j in range(len(ins))]),
-                        ins).reshape(outs)
-  varying = [j for j in range(len(outs)) if outs[j] > 1
-             and np.any(np.diff(idx, axis=j) != 0)]
+  idx = np.broadcast_to(
+      np.asarray(vec).reshape([-1 if j == ax else 1 for j in range(len(ins))]), ins
+  ).reshape(outs)
+  varying = [j for j in range(len(outs)) if outs[j] > 1 and np.any(np.diff(idx, axis=j) != 0)]
   if len(varying) != 1:
     return None
   j = varying[0]

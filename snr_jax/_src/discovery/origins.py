@@ -41,8 +41,12 @@ def _param_origin(op: Op, rule: _rules.Rule, scope: Scope, ins: list[Origin]):
   if rule.axis_map is not None:
     m = rule.axis_map(op.params, scope.shapes[op.ins[srcs[0]]], out_shape)
     if m is not None and len(srcs) == 1:
-      return from_parts(tuple((leaf, tuple(None if a is None else axes[a] for a in m), la, mx)
-                              for leaf, axes, la, mx in parts(ins[srcs[0]])))
+      return from_parts(
+          tuple(
+              (leaf, tuple(None if a is None else axes[a] for a in m), la, mx)
+              for leaf, axes, la, mx in parts(ins[srcs[0]])
+          )
+      )
     return None
   if rule.elementwise:
     ps = []
@@ -50,18 +54,31 @@ def _param_origin(op: Op, rule: _rules.Rule, scope: Scope, ins: list[Origin]):
       in_shape = scope.shapes[op.ins[k]]
       if len(in_shape) != len(out_shape):
         return None
-      ps.extend((leaf, tuple(a if in_shape[j] == out_shape[j] else None
-                             for j, a in enumerate(axes)), la, mx)
-                for leaf, axes, la, mx in parts(ins[k]))
+      ps.extend(
+          (
+              leaf,
+              tuple(a if in_shape[j] == out_shape[j] else None for j, a in enumerate(axes)),
+              la,
+              mx,
+          )
+          for leaf, axes, la, mx in parts(ins[k])
+      )
     return from_parts(tuple(ps)) if ps else None
   if rule.param_stat and len(srcs) == 1:
     # statistics of a parameter (a weight standardisation's mean and variance): the
     # same leaf, its reduced axes gone and marked mixed
     red = set(op.params['axes'])
-    return from_parts(tuple(
-        (leaf, tuple(a for j, a in enumerate(axes) if j not in red), la,
-         mx | {a for j, a in enumerate(axes) if j in red and a is not None})
-        for leaf, axes, la, mx in parts(ins[srcs[0]])))
+    return from_parts(
+        tuple(
+            (
+                leaf,
+                tuple(a for j, a in enumerate(axes) if j not in red),
+                la,
+                mx | {a for j, a in enumerate(axes) if j in red and a is not None},
+            )
+            for leaf, axes, la, mx in parts(ins[srcs[0]])
+        )
+    )
   return None
 
 
@@ -69,6 +86,7 @@ def masks(scope: Scope) -> set[int]:
   """Values >= 0 everywhere made from booleans: dropout masks (Flax's bernoulli draw,
   haiku's ``keep / keep_rate`` factor). A product with one zeroes or scales each entry on
   its own, so it keeps units apart and a silent unit stays silent."""
+
   def const_sign(i, positive):
     try:
       v = np.asarray(scope.consts[i])
@@ -83,14 +101,16 @@ def masks(scope: Scope) -> set[int]:
     how = rule.mask
     if rule.kind == _rules.PER_OPERAND:
       out.update(o for i, o in zip(ins, op.outs) if i in out)
-    elif rule.kind != _rules.RELU and all(str(getattr(v.aval, 'dtype', '')) == 'bool'
-                                          for v in op.eqn.outvars):
+    elif rule.kind != _rules.RELU and all(
+        str(getattr(v.aval, 'dtype', '')) == 'bool' for v in op.eqn.outvars
+    ):
       out.update(op.outs)
-    elif (how == 'first' and ins and ins[0] in out) or \
-        (how == 'all' and all(i in out for i in ins)) or \
-        (how == 'div' and ins[0] in out and ins[1] in scope.consts
-         and const_sign(ins[1], True)) or \
-        (how == 'select' and all(i in out for i in ins[1:])):
+    elif (
+        (how == 'first' and ins and ins[0] in out)
+        or (how == 'all' and all(i in out for i in ins))
+        or (how == 'div' and ins[0] in out and ins[1] in scope.consts and const_sign(ins[1], True))
+        or (how == 'select' and all(i in out for i in ins[1:]))
+    ):
       out.update(op.outs)
   return out
 

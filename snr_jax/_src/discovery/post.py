@@ -28,8 +28,9 @@ def same(wk, op, ts, w):
 
 def other(wk, op, ts, w):
   del wk, ts
-  w.reasons.append(f"its ReLU output reaches '{op.prim}'"
-                   + (f" (in '{op.scope_name}')" if op.scope_name else ''))
+  w.reasons.append(
+      f"its ReLU output reaches '{op.prim}'" + (f" (in '{op.scope_name}')" if op.scope_name else '')
+  )
   return STOP
 
 
@@ -64,7 +65,7 @@ def slice_(wk, op, ts, w):
   in_shape = wk.scope.shapes[op.ins[k]]
   start, limit = op.params['start_indices'], op.params['limit_indices']
   stride = (op.params.get('strides') or [1] * len(in_shape))[t.axis]
-  return dataclasses.replace(t, vec=t.vec[start[t.axis]:limit[t.axis]:stride])
+  return dataclasses.replace(t, vec=t.vec[start[t.axis] : limit[t.axis] : stride])
 
 
 def rev(wk, op, ts, w):
@@ -115,8 +116,11 @@ def pool(wk, op, ts, w):
   del wk
   t = _tracked(ts)[1]
   p = op.params
-  if p['window_dimensions'][t.axis] == 1 and p['window_strides'][t.axis] == 1 and \
-      tuple(p['padding'][t.axis]) == (0, 0):
+  if (
+      p['window_dimensions'][t.axis] == 1
+      and p['window_strides'][t.axis] == 1
+      and tuple(p['padding'][t.axis]) == (0, 0)
+  ):
     return t
   w.reasons.append('its ReLU output is pooled across its units')
   return STOP
@@ -147,9 +151,12 @@ def combine(wk, op, ts, w):
     # hand-written pooling: the same unit at each position on both sides
     return t
   if op.prim in ('add', 'sub', 'add_any') and all(
-      wk.org.get(i, DATA).kind != 'data' for i in others):
-    w.reasons.append('its ReLU output is shifted by a parameter or model state (a '
-                     'normalisation after the ReLU?), so a silent unit does not output 0')
+      wk.org.get(i, DATA).kind != 'data' for i in others
+  ):
+    w.reasons.append(
+        'its ReLU output is shifted by a parameter or model state (a '
+        'normalisation after the ReLU?), so a silent unit does not output 0'
+    )
   elif op.prim in ('add', 'sub', 'add_any'):
     w.reasons.append('its ReLU output feeds a sum with another branch (a residual add)')
   else:
@@ -160,8 +167,10 @@ def combine(wk, op, ts, w):
 def select(wk, op, ts, w):
   """``where(mask, x, 0)`` (dropout after the ReLU) keeps the units."""
   t = _tracked(ts)[1]
-  if ts[0] is None and all((x.axis, x.vec) == (t.axis, t.vec) if x is not None
-                           else wk.is_zero(i) for i, x in zip(op.ins[1:], ts[1:])):
+  if ts[0] is None and all(
+      (x.axis, x.vec) == (t.axis, t.vec) if x is not None else wk.is_zero(i)
+      for i, x in zip(op.ins[1:], ts[1:])
+  ):
     return t
   w.reasons.append('its ReLU output is selected against other values')
   return STOP
@@ -185,9 +194,15 @@ def conv(wk, op, ts, w):
   """A convolution of the units with a kernel: a consumer, if it sums over them."""
   k, t = _tracked(ts)
   dn = op.params['dimension_numbers']
-  if k != 0 or t.axis != dn.lhs_spec[1] or op.params['feature_group_count'] != 1 \
-      or op.params['batch_group_count'] != 1:
-    w.reasons.append('its ReLU output reaches a convolution that does not sum over its '
-                     'units (grouped or depthwise, or units on a spatial axis)')
+  if (
+      k != 0
+      or t.axis != dn.lhs_spec[1]
+      or op.params['feature_group_count'] != 1
+      or op.params['batch_group_count'] != 1
+  ):
+    w.reasons.append(
+        'its ReLU output reaches a convolution that does not sum over its '
+        'units (grouped or depthwise, or units on a spatial axis)'
+    )
     return STOP
   return wk.consumer(op, op.ins[1], dn.rhs_spec[1], t, w)

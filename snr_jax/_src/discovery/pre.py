@@ -63,8 +63,10 @@ def custom_call(wk, op, ts, units, w):
 
 
 def _reaches(op, w):
-  w.reasons.append(f"its pre-activation reaches '{op.prim}'"
-                   + (f" (in '{op.scope_name}')" if op.scope_name else ''))
+  w.reasons.append(
+      f"its pre-activation reaches '{op.prim}'"
+      + (f" (in '{op.scope_name}')" if op.scope_name else '')
+  )
   return STOP
 
 
@@ -93,8 +95,9 @@ def _statistics(wk, op, ts, w):
   if t.kind == 'stat' or wk.rule(op).kind == 'collective':
     return t
   if any(x is not None and x.axis != t.axis for x in ts):
-    w.reasons.append(f"statistics of its pre-activation are combined across its units "
-                     f"('{op.prim}')")
+    w.reasons.append(
+        f'statistics of its pre-activation are combined across its units ' f"('{op.prim}')"
+    )
     return STOP
   if op.prim == 'stack':
     return dataclasses.replace(t, axis=t.axis + (op.params['axis'] <= t.axis))
@@ -103,8 +106,7 @@ def _statistics(wk, op, ts, w):
   if op.prim == 'slice' and _layout.whole(op.params, t.axis, wk.scope.shapes[op.ins[0]]):
     return t
   how = 'cut' if op.prim == 'slice' else 'combined'
-  w.reasons.append(f"statistics of its pre-activation are {how} across its units "
-                   f"('{op.prim}')")
+  w.reasons.append(f'statistics of its pre-activation are {how} across its units ' f"('{op.prim}')")
   return STOP
 
 
@@ -112,9 +114,13 @@ def select(wk, op, ts, units, w):
   """``where(mask, x, 0)`` chosen by something other than x: dropout before the ReLU;
   any other selection is a piecewise nonlinearity."""
   t = first(ts)
-  if ts[0] is None and kinds(ts) == {'main'} and all(
-      (x is not None and x.axis == t.axis) or wk.is_zero(i)
-      for i, x in zip(op.ins[1:], ts[1:])):
+  if (
+      ts[0] is None
+      and kinds(ts) == {'main'}
+      and all(
+          (x is not None and x.axis == t.axis) or wk.is_zero(i) for i, x in zip(op.ins[1:], ts[1:])
+      )
+  ):
     return Track('main', t.axis, None, frozenset().union(*(x.params for x in ts if x is not None)))
   return nonlinear(wk, op, ts, units, w)
 
@@ -135,8 +141,7 @@ def layout(wk, op, ts, units, w):
   t = first(ts)
   if t.kind == 'stat':
     return t
-  return _moved(t, wk.axis_map(op, wk.scope.shapes[op.ins[0]], wk.scope.shapes[op.outs[0]]),
-                op, w)
+  return _moved(t, wk.axis_map(op, wk.scope.shapes[op.ins[0]], wk.scope.shapes[op.outs[0]]), op, w)
 
 
 def reshape(wk, op, ts, units, w):
@@ -148,8 +153,11 @@ def reshape(wk, op, ts, units, w):
     return t
   in_shape, out_shape = wk.scope.shapes[op.ins[0]], wk.scope.shapes[op.outs[0]]
   m = wk.axis_map(op, in_shape, out_shape)
-  if (m is None or t.axis not in m) and t.kind == 'main' and \
-      _layout.splits_axis(in_shape, out_shape, t.axis):
+  if (
+      (m is None or t.axis not in m)
+      and t.kind == 'main'
+      and _layout.splits_axis(in_shape, out_shape, t.axis)
+  ):
     return Track('grouped', None, params=t.params)
   return _moved(t, m, op, w)
 
@@ -179,8 +187,11 @@ def pool(wk, op, ts, units, w):
   """Window pooling of other axes than the units (before the ReLU)."""
   del wk, units
   t = first(ts)
-  if t.kind in ('main', 'nonlin') and op.params['window_dimensions'][t.axis] == 1 and \
-      op.params['window_strides'][t.axis] == 1:
+  if (
+      t.kind in ('main', 'nonlin')
+      and op.params['window_dimensions'][t.axis] == 1
+      and op.params['window_strides'][t.axis] == 1
+  ):
     return t
   return _reaches(op, w)
 
@@ -221,8 +232,12 @@ def binary(wk, op, ts, units, w):
       continue
     if o.kind in ('param', 'params'):
       if axis is None:  # only statistics so far: a per-unit factor (LayerNorm's scale)
-        cand = {j for leaf, axes, _, _ in parts(o) for j, a in enumerate(axes)
-                if a is not None and wk.leaves[leaf].shape[a] == units and shape[j] == units}
+        cand = {
+            j
+            for leaf, axes, _, _ in parts(o)
+            for j, a in enumerate(axes)
+            if a is not None and wk.leaves[leaf].shape[a] == units and shape[j] == units
+        }
         if len(cand) != 1:
           w.reasons.append('statistics of its pre-activation are mixed with other values')
           return STOP
@@ -233,8 +248,10 @@ def binary(wk, op, ts, units, w):
         if u == 'bcast':
           continue
         if u is None or op.prim not in ('add', 'sub', 'mul', 'div', 'add_any'):
-          w.reasons.append(f"its pre-activation is combined ('{op.prim}') with parameter "
-                           f"'{path_str(wk.leaves[leaf].path)}' across its units")
+          w.reasons.append(
+              f"its pre-activation is combined ('{op.prim}') with parameter "
+              f"'{path_str(wk.leaves[leaf].path)}' across its units"
+          )
           return STOP
         if wk.leaves[leaf].kind == 'state':
           w.state.add(u)
@@ -263,17 +280,23 @@ def binary(wk, op, ts, units, w):
 
 def _combined(wk, op, ts, tracked, ks, axis, params):
   """The track of an elementwise combination that keeps the layer."""
-  if op.prim in ('max', 'min') and ks == {'main'} and len(tracked) == len(ts) and \
-      all(t.axis == axis for t in tracked):
+  if (
+      op.prim in ('max', 'min')
+      and ks == {'main'}
+      and len(tracked) == len(ts)
+      and all(t.axis == axis for t in tracked)
+  ):
     return Track('main', axis, None, params)  # hand-written max pooling before the ReLU
   if 'nonlin' in ks:
     main = next(t for t in tracked if t.kind == 'nonlin')
     return Track('nonlin', axis, None, params, wk.nonlin_name(main.name, op))
   if 'main' in ks:
     n_main = sum(1 for t in tracked if t.kind == 'main')
-    if op.prim in ('add', 'sub', 'add_any') or (n_main == 1 and op.prim in ('mul', 'div')
-                                                and (op.prim == 'mul' or ts[0] is not None
-                                                     and ts[0].kind == 'main')):
+    if op.prim in ('add', 'sub', 'add_any') or (
+        n_main == 1
+        and op.prim in ('mul', 'div')
+        and (op.prim == 'mul' or ts[0] is not None and ts[0].kind == 'main')
+    ):
       return Track('main', axis, None, params)
     return Track('nonlin', axis, None, params, wk.nonlin_name('', op))
   if 'pstat' in ks:
@@ -282,6 +305,7 @@ def _combined(wk, op, ts, tracked, ks, axis, params):
 
 
 # -- the pre-activation cut into groups of units (a GroupNorm) -------------------------
+
 
 def _refuse_grouped(op, w):
   del op
@@ -306,8 +330,12 @@ def grouped_reduce(wk, op, ts, w):
 
 def grouped_elementwise(wk, op, ts, w):
   """Elementwise arithmetic of the grouped value with constants (squares, scaling)."""
-  ok = all(t is None and (wk.org.get(i, DATA).kind == 'const' or len(wk.scope.shapes[i]) == 0)
-           or (t is not None and t.kind == 'grouped') for i, t in zip(op.ins, ts))
+  ok = all(
+      t is None
+      and (wk.org.get(i, DATA).kind == 'const' or len(wk.scope.shapes[i]) == 0)
+      or (t is not None and t.kind == 'grouped')
+      for i, t in zip(op.ins, ts)
+  )
   return _grouped(ts) if ok else _refuse_grouped(op, w)
 
 

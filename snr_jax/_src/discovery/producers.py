@@ -11,9 +11,11 @@ from __future__ import annotations
 from snr_jax._src.discovery.values import DATA, parts
 from snr_jax._src.groups import Path, path_str
 
-_SEVERAL_PARAMS = ('its kernel is computed from several parameters (a weight-normalised or '
-                   "factored kernel), so no one parameter slice is a unit's incoming weights; "
-                   'declare the group by hand if it is one')
+_SEVERAL_PARAMS = (
+    'its kernel is computed from several parameters (a weight-normalised or '
+    "factored kernel), so no one parameter slice is a unit's incoming weights; "
+    'declare the group by hand if it is one'
+)
 
 
 def layer_name(path: Path) -> str:
@@ -40,8 +42,11 @@ def dot(op, scope, org, leaves):
   contract, batch = (lc, lb) if k == 0 else (rc, rb)
   free = [d for d in range(ndim[k]) if d not in contract and d not in batch]
   if len(free) != 1 or batch:
-    return ('it has several output axes (a DenseGeneral, Einsum or attention projection)'
-            if len(free) > 1 else 'it is a contraction without an output feature axis')
+    return (
+        'it has several output axes (a DenseGeneral, Einsum or attention projection)'
+        if len(free) > 1
+        else 'it is a contraction without an output feature axis'
+    )
   # output axes: batch, lhs free, rhs free
   lhs_free = ndim[0] - len(lc) - len(lb)
   out_axis = len(lb) + (0 if k == 0 else lhs_free)
@@ -59,8 +64,7 @@ def conv(op, scope, org, leaves):
   del scope
   dn = op.params['dimension_numbers']
   o = org.get(op.ins[1], DATA)
-  if o.kind == 'params' and org.get(op.ins[0], DATA).kind == 'data' and \
-      _has_param([o], leaves):
+  if o.kind == 'params' and org.get(op.ins[0], DATA).kind == 'data' and _has_param([o], leaves):
     return _SEVERAL_PARAMS
   if o.kind != 'param' or leaves[o.leaf].kind != 'param':
     return None

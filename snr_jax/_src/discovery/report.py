@@ -11,10 +11,16 @@ from snr_jax._src.groups import NeuronGroup, path_str
 
 def describe_nonlin(name: str) -> str:
   """The reason for a layer whose pre-activation passes through a nonlinearity ``name``."""
-  known = {'tanh': 'tanh (or a tanh-approximated GELU)', 'erf': 'an erf (exact GELU)',
-           'logistic': 'a sigmoid (or SiLU)', 'select_n': 'a piecewise function (leaky ReLU, '
-           'ELU, ...)', 'exp': 'an exponential', 'expm1': 'an exponential (ELU?)',
-           'log1p': 'log1p (softplus?)', 'logaddexp': 'softplus (logaddexp)'}
+  known = {
+      'tanh': 'tanh (or a tanh-approximated GELU)',
+      'erf': 'an erf (exact GELU)',
+      'logistic': 'a sigmoid (or SiLU)',
+      'select_n': 'a piecewise function (leaky ReLU, ' 'ELU, ...)',
+      'exp': 'an exponential',
+      'expm1': 'an exponential (ELU?)',
+      'log1p': 'log1p (softplus?)',
+      'logaddexp': 'softplus (logaddexp)',
+  }
   what = known.get(name, f"'{name}'")
   return f'its output passes through {what}, which has no silent state (not a ReLU)'
 
@@ -27,6 +33,7 @@ class LeftOut:
     layer: the layer's name (its kernel's path without the leaf name).
     reason: why it is not a group.
   """
+
   layer: str
   reason: str
 
@@ -65,13 +72,18 @@ def describe_groups(groups: Sequence[NeuronGroup]) -> str:
     if g.firing is not None:
       lines.append('    firing predicate: user-declared (outside the paper)')
     for s in g.incoming:
-      lines.append(f'    incoming: {path_str(s.path)} [axis {s.axis}'
-                   + (f', layer axis {s.layer_axis}' if s.layer_axis is not None else '') + ']')
+      lines.append(
+          f'    incoming: {path_str(s.path)} [axis {s.axis}'
+          + (f', layer axis {s.layer_axis}' if s.layer_axis is not None else '')
+          + ']'
+      )
     for s in g.outgoing:
       how = '' if s.unit_of is None else ' (rows mapped to units by the layout between)'
-      lines.append(f'    outgoing: {path_str(s.path)} [axis {s.axis}'
-                   + (f', layer axis {s.layer_axis}' if s.layer_axis is not None else '')
-                   + f']{how}')
+      lines.append(
+          f'    outgoing: {path_str(s.path)} [axis {s.axis}'
+          + (f', layer axis {s.layer_axis}' if s.layer_axis is not None else '')
+          + f']{how}'
+      )
     for s in g.state:
       lines.append(f'    model state: {path_str(s.path)} [axis {s.axis}]')
   left_out = getattr(groups, 'left_out', ())

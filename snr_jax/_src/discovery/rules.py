@@ -28,18 +28,18 @@ from snr_jax._src.discovery import producers as _producers
 
 # families of primitives
 UNIT_PRESERVING = 'unit_preserving'  # casts, copies, layout no-ops: value passes through
-PER_OPERAND = 'per_operand'          # result k is operand k (optimization_barrier)
-LAYOUT = 'layout'                    # moves axes: reshape, transpose, broadcast, ...
-ELEMENTWISE = 'elementwise'          # arithmetic of values: bias adds, scales, masks
-NONLINEAR = 'nonlinear'              # elementwise nonlinearities (exp, tanh, ...)
+PER_OPERAND = 'per_operand'  # result k is operand k (optimization_barrier)
+LAYOUT = 'layout'  # moves axes: reshape, transpose, broadcast, ...
+ELEMENTWISE = 'elementwise'  # arithmetic of values: bias adds, scales, masks
+NONLINEAR = 'nonlinear'  # elementwise nonlinearities (exp, tanh, ...)
 COMPARE = 'compare'
 SELECT = 'select'
 REDUCE = 'reduce'
 POOL = 'pool'
-CONTRACTION = 'contraction'          # producers and consumers of units
+CONTRACTION = 'contraction'  # producers and consumers of units
 COLLECTIVE = 'collective'
-MOVE = 'move'                        # slice, concatenate, stack, rev, pad
-RELU = 'relu'                        # the ReLU sites the graph builder makes
+MOVE = 'move'  # slice, concatenate, stack, rev, pad
+RELU = 'relu'  # the ReLU sites the graph builder makes
 SCAN = 'scan'
 RANDOM = 'random'
 CUSTOM_CALL = 'custom_call'
@@ -70,6 +70,7 @@ class Rule:
       constant), ``'select'`` (a choice between masks), or None.
     producer: for a contraction, finds its kernel and unit axes (`.producers`).
   """
+
   kind: str
   pre: Callable = _pre.other
   post: Callable = _post.other
@@ -83,8 +84,14 @@ class Rule:
 
 
 def _unit_preserving(mask: Optional[str] = 'first') -> Rule:
-  return Rule(UNIT_PRESERVING, _pre.same, _post.same, _pre.grouped_elementwise,
-              _layout.identity_axes, mask=mask)
+  return Rule(
+      UNIT_PRESERVING,
+      _pre.same,
+      _post.same,
+      _pre.grouped_elementwise,
+      _layout.identity_axes,
+      mask=mask,
+  )
 
 
 def _layout_rule(axis_map, pre=_pre.layout, post=_post.layout, regroups=False) -> Rule:
@@ -122,26 +129,64 @@ RULES: dict[str, Rule] = {
     **{name: _ARITHMETIC for name in ('pow', 'atan2', 'rem', 'nextafter')},
     'select_n': Rule(SELECT, _pre.select, _post.select, elementwise=True, mask='select'),
     # nonlinearities: no silent state
-    **{name: _NONLINEAR for name in (
-        'exp', 'exp2', 'log', 'log1p', 'expm1', 'tanh', 'logistic', 'sqrt', 'rsqrt', 'cbrt',
-        'abs', 'sign', 'sin', 'cos', 'tan', 'atan', 'asin', 'acos', 'sinh', 'cosh', 'asinh',
-        'acosh', 'atanh', 'erf', 'erfc', 'erf_inv', 'integer_pow', 'square', 'floor', 'ceil',
-        'round', 'is_finite', 'lgamma', 'digamma')},
+    **{
+        name: _NONLINEAR
+        for name in (
+            'exp',
+            'exp2',
+            'log',
+            'log1p',
+            'expm1',
+            'tanh',
+            'logistic',
+            'sqrt',
+            'rsqrt',
+            'cbrt',
+            'abs',
+            'sign',
+            'sin',
+            'cos',
+            'tan',
+            'atan',
+            'asin',
+            'acos',
+            'sinh',
+            'cosh',
+            'asinh',
+            'acosh',
+            'atanh',
+            'erf',
+            'erfc',
+            'erf_inv',
+            'integer_pow',
+            'square',
+            'floor',
+            'ceil',
+            'round',
+            'is_finite',
+            'lgamma',
+            'digamma',
+        )
+    },
     **{name: Rule(COMPARE, _pre.nonlinear) for name in ('ge', 'gt', 'le', 'lt', 'eq', 'ne')},
     # reductions: statistics (norms) before the ReLU, global pooling after it
     **{name: _REDUCE for name in ('reduce_sum', 'reduce_max', 'reduce_min', 'reduce_prod')},
-    **{name: dataclasses.replace(_REDUCE, param_stat=False)
-       for name in ('reduce_and', 'reduce_or')},
+    **{
+        name: dataclasses.replace(_REDUCE, param_stat=False) for name in ('reduce_and', 'reduce_or')
+    },
     **{name: Rule(REDUCE, _pre.reduce, _post.reduce) for name in ('argmax', 'argmin')},
-    **{name: _POOL for name in ('reduce_window_max', 'reduce_window_sum', 'reduce_window_min',
-                                'reduce_window')},
+    **{
+        name: _POOL
+        for name in ('reduce_window_max', 'reduce_window_sum', 'reduce_window_min', 'reduce_window')
+    },
     # collectives over a mapped axis: elementwise across devices, so per-unit statistics
     # (a synchronised BatchNorm's batch mean) stay per-unit
     **{name: _COLLECTIVE for name in _compat.COLLECTIVES},
     # layers: their kernels' producers and consumers
     'dot_general': Rule(CONTRACTION, _pre.contraction, _post.dot, producer=_producers.dot),
-    'conv_general_dilated': Rule(CONTRACTION, _pre.contraction, _post.conv,
-                                 producer=_producers.conv),
+    'conv_general_dilated': Rule(
+        CONTRACTION, _pre.contraction, _post.conv, producer=_producers.conv
+    ),
     'relu': Rule(RELU, _pre.relu, _post.same),
     _compat.SCAN: Rule(SCAN, _pre.scan),
     **{name: Rule(RANDOM) for name in _compat.RANDOM},
@@ -153,11 +198,31 @@ _OTHER = Rule(OTHER)
 # registered primitive names: 'relu_like' ones are ReLU sites, 'nonlinear' ones name the
 # nonlinearity in reasons
 ACTIVATIONS: dict[str, str] = {
-    'relu': RELU_LIKE, 'relu6': RELU_LIKE,
-    **{name: NONLINEAR for name in (
-        'gelu', 'silu', 'swish', 'softplus', 'elu', 'celu', 'selu', 'leaky_relu', 'sigmoid',
-        'hard_tanh', 'hard_sigmoid', 'hard_silu', 'log_sigmoid', 'mish', 'glu', 'sparse_plus',
-        'squareplus', 'tanh')},
+    'relu': RELU_LIKE,
+    'relu6': RELU_LIKE,
+    **{
+        name: NONLINEAR
+        for name in (
+            'gelu',
+            'silu',
+            'swish',
+            'softplus',
+            'elu',
+            'celu',
+            'selu',
+            'leaky_relu',
+            'sigmoid',
+            'hard_tanh',
+            'hard_sigmoid',
+            'hard_silu',
+            'log_sigmoid',
+            'mish',
+            'glu',
+            'sparse_plus',
+            'squareplus',
+            'tanh',
+        )
+    },
 }
 # the informative nonlinearities, best first, for reports
 NONLIN_RANK = ('tanh', 'erf', 'logistic', 'exp', 'expm1', 'log1p', 'select_n')
@@ -207,11 +272,15 @@ def _primitive_name(primitive: Any, what: str) -> str:
   if isinstance(primitive, _compat.Primitive):
     return primitive.name
   if not isinstance(primitive, str):
-    raise TypeError(f'{what} takes a primitive (jax.extend.core.Primitive) or its name, got '
-                    f'{type(primitive).__name__} {primitive!r}.')
+    raise TypeError(
+        f'{what} takes a primitive (jax.extend.core.Primitive) or its name, got '
+        f'{type(primitive).__name__} {primitive!r}.'
+    )
   if not primitive or any(c.isspace() for c in primitive):
-    raise ValueError(f'{what}: {primitive!r} is not a primitive name (a non-empty name '
-                     "without spaces, as jax.make_jaxpr prints it, e.g. 'my_op').")
+    raise ValueError(
+        f'{what}: {primitive!r} is not a primitive name (a non-empty name '
+        "without spaces, as jax.make_jaxpr prints it, e.g. 'my_op')."
+    )
   return primitive
 
 
@@ -225,16 +294,19 @@ def _activation_name(op: Any) -> str:
         f'register_activation: {getattr(op, "__name__", op)!r} is a plain Python function, '
         'which tracing replaces by the primitives it calls, so it leaves no trace in the '
         'jaxpr to recognise. Wrap it in jax.custom_jvp (as jax.nn.relu is) or jax.jit, or '
-        'register its primitive.')
+        'register its primitive.'
+    )
   return _primitive_name(op, 'register_activation')
 
 
 def _check_free(name: str, what: str) -> None:
-  if name in _STRUCTURAL or (name not in _USER and (name in _BUILTIN_RULES or
-                                                     name in _BUILTIN_ACTIVATIONS)):
+  if name in _STRUCTURAL or (
+      name not in _USER and (name in _BUILTIN_RULES or name in _BUILTIN_ACTIVATIONS)
+  ):
     known = RULES[name].kind if name in RULES else ACTIVATIONS.get(name, 'structural')
-    raise ValueError(f"{what}: '{name}' is built into discovery (as '{known}') and cannot be "
-                     're-registered.')
+    raise ValueError(
+        f"{what}: '{name}' is built into discovery (as '{known}') and cannot be " 're-registered.'
+    )
 
 
 def register_activation(op: Any, kind: str = RELU_LIKE) -> None:
@@ -272,8 +344,9 @@ def register_activation(op: Any, kind: str = RELU_LIKE) -> None:
     ['w1']
   """
   if kind not in ACTIVATION_KINDS:
-    raise ValueError(f'register_activation: unknown kind {kind!r}; expected one of '
-                     f'{list(ACTIVATION_KINDS)}.')
+    raise ValueError(
+        f'register_activation: unknown kind {kind!r}; expected one of ' f'{list(ACTIVATION_KINDS)}.'
+    )
   name = _activation_name(op)
   _check_free(name, 'register_activation')
   _remove(name)
@@ -340,9 +413,10 @@ def unregister_op(op: Any) -> None:
   """
   name = op if isinstance(op, str) else _activation_name(op)
   if name not in _USER:
-    raise ValueError(f"unregister_op: '{name}' was not registered"
-                     + (' (it is built into discovery).' if name in RULES or
-                        name in ACTIVATIONS else '.'))
+    raise ValueError(
+        f"unregister_op: '{name}' was not registered"
+        + (' (it is built into discovery).' if name in RULES or name in ACTIVATIONS else '.')
+    )
   _remove(name)
 
 

@@ -15,8 +15,9 @@ from snr_jax._src.jaxpr import Scope
 from snr_jax._src.trace import Leaf
 
 
-def locate_sites(closed, leaves: Sequence[Leaf], inputs,
-                 groups: Sequence[NeuronGroup]) -> dict[str, Any]:
+def locate_sites(
+    closed, leaves: Sequence[Leaf], inputs, groups: Sequence[NeuronGroup]
+) -> dict[str, Any]:
   """Where each discovered group's pre-activation is in this trace of the forward pass.
 
   Found by structure, as discovery found it: the contraction of data with the group's
@@ -40,13 +41,19 @@ def locate_sites(closed, leaves: Sequence[Leaf], inputs,
       producer = _rules.rule_for(op.prim).producer
       if producer is not None:
         k = producer(op, scope, org, leaves)
-        names = None if k is None or isinstance(k, str) else \
-            wanted.get(tuple(leaves[k[0].leaf].path))
+        names = (
+            None if k is None or isinstance(k, str) else wanted.get(tuple(leaves[k[0].leaf].path))
+        )
         if names:
           o, out_axis, kaxis, _ = k
           walker = walker or Walker(scope, org, leaves, layer_name)
-          pre = walker.pre(n + 1, op.outs[0], out_axis, leaves[o.leaf].shape[kaxis],
-                           (o.leaf, kaxis, o.layer_axis))
+          pre = walker.pre(
+              n + 1,
+              op.outs[0],
+              out_axis,
+              leaves[o.leaf].shape[kaxis],
+              (o.leaf, kaxis, o.layer_axis),
+          )
           for name in names:
             found.setdefault(name, []).append((pre, scope))
       if op.body is not None and depth < 1:
@@ -64,11 +71,17 @@ def locate_sites(closed, leaves: Sequence[Leaf], inputs,
     elif len(hits[0][0].relus) != 1:
       pre = hits[0][0]
       why = pre.reasons[0] if pre.reasons else 'nothing after it is a ReLU'
-      sites[g.name] = (f'its layer reaches {len(pre.relus)} ReLUs' if pre.relus else
-                       f'its layer reaches no ReLU: {why}')
+      sites[g.name] = (
+          f'its layer reaches {len(pre.relus)} ReLUs'
+          if pre.relus
+          else f'its layer reaches no ReLU: {why}'
+      )
     else:
-      (pre, scope), = hits
+      ((pre, scope),) = hits
       op, t = pre.relus[0]
-      sites[g.name] = (op.loc, int(op.params.get('relu_operand', 0)),
-                       t.axis + (1 if scope.layers > 1 else 0))
+      sites[g.name] = (
+          op.loc,
+          int(op.params.get('relu_operand', 0)),
+          t.axis + (1 if scope.layers > 1 else 0),
+      )
   return sites

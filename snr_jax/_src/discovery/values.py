@@ -25,6 +25,7 @@ class Origin:
   runs along (None where it is broadcast), and ``layer_axis`` the leaf's stacked-layer
   axis inside a scan body.
   """
+
   kind: str
   leaf: int = -1
   axes: tuple = ()
@@ -91,6 +92,7 @@ class Track:
   ``vec[r]`` is the unit at index r along ``axis`` (-1: none), ``params`` the per-unit
   leaves met: (leaf, leaf axis, layer axis).
   """
+
   kind: str
   axis: Optional[int]
   vec: Optional[tuple] = None
@@ -101,10 +103,11 @@ class Track:
 @dataclasses.dataclass
 class Walk:
   """What one walk from a layer found."""
-  relus: list = dataclasses.field(default_factory=list)       # (op, track) at ReLU sites
-  consumers: list = dataclasses.field(default_factory=list)   # (leaf, axis, vec, layer_axis, op)
+
+  relus: list = dataclasses.field(default_factory=list)  # (op, track) at ReLU sites
+  consumers: list = dataclasses.field(default_factory=list)  # (leaf, axis, vec, layer_axis, op)
   reasons: list = dataclasses.field(default_factory=list)
-  state: set = dataclasses.field(default_factory=set)         # per-unit model-state leaves
+  state: set = dataclasses.field(default_factory=set)  # per-unit model-state leaves
 
 
 def first(ts) -> Track:

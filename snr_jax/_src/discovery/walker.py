@@ -24,13 +24,21 @@ from snr_jax._src.trace import Leaf
 class Walker:
   """Walks forward from values of one scope (see the package docstring)."""
 
-  def __init__(self, scope: Scope, org: dict[int, Origin], leaves: list[Leaf],
-               layer_names: Callable[[tuple], str]):
+  def __init__(
+      self,
+      scope: Scope,
+      org: dict[int, Origin],
+      leaves: list[Leaf],
+      layer_names: Callable[[tuple], str],
+  ):
     self.scope, self.org, self.leaves = scope, org, leaves
     self.layer_names = layer_names
     self.outputs = set(scope.outputs)
-    self.where_out = ('leaves the scan body (carry or output)' if scope.layers > 1
-                      else 'is an output of the model (an output layer)')
+    self.where_out = (
+        'leaves the scan body (carry or output)'
+        if scope.layers > 1
+        else 'is an output of the model (an output layer)'
+    )
     self.seen_relus: set[int] = set()
     self.producer = {i: op for op in scope.ops for i in op.outs}
     self.masks = masks(scope)
@@ -75,8 +83,11 @@ class Walker:
   def post(self, start: int, src: int, axis: int, units: int) -> Walk:
     """From a ReLU's output ``src`` to every consumer of its units."""
     w = Walk()
-    tr = self.walk(start, {src: Track('main', axis, tuple(range(units)))},
-                   lambda op, rule, ts: rule.post(self, op, ts, w))
+    tr = self.walk(
+        start,
+        {src: Track('main', axis, tuple(range(units)))},
+        lambda op, rule, ts: rule.post(self, op, ts, w),
+    )
     for i in self.outputs:
       if i in tr:
         w.reasons.append(f'its ReLU output {self.where_out}')
@@ -92,8 +103,7 @@ class Walker:
     for op in self.scope.ops[start:]:
       if not any(i in reach for i in op.ins):
         continue
-      if _rules.rule_for(op.prim).kind in (_rules.RELU, _rules.CONTRACTION) or \
-          op.body is not None:
+      if _rules.rule_for(op.prim).kind in (_rules.RELU, _rules.CONTRACTION) or op.body is not None:
         return False
       reach.update(op.outs)
     return any(i in reach for i in self.outputs)
@@ -124,7 +134,8 @@ class Walker:
     if a is None or shape[a] != units or a in o.mixed:
       return None
     if self.leaves[o.leaf].kind == 'aux' and any(
-        d != 1 for j, d in enumerate(operand_shape) if j != axis):
+        d != 1 for j, d in enumerate(operand_shape) if j != axis
+    ):
       return None  # an argument with more than one value per unit is data, not a state
     return (o.leaf, a, o.layer_axis)
 
@@ -138,20 +149,25 @@ class Walker:
     """Records a contraction of the units with kernel value ``other`` as a consumer."""
     o = self.org.get(other, DATA)
     if o.kind != 'param' or self.leaves[o.leaf].kind != 'param':
-      w.reasons.append('its ReLU output reaches a contraction with data (attention or a custom '
-                       'product), not a linear layer')
+      w.reasons.append(
+          'its ReLU output reaches a contraction with data (attention or a custom '
+          'product), not a linear layer'
+      )
       return STOP
     a, vec = self.kernel_rows(other, kernel_axis_in_value, t.vec)
     t = dataclasses.replace(t, vec=vec)
     path = path_str(self.leaves[o.leaf].path)
     if a is not None and a in self.org[other].mixed:
-      w.reasons.append(f"its consumer '{path}' is normalised across the units it reads (a "
-                       'weight-standardised kernel), so zeroing its rows would not cut the '
-                       'unit off')
+      w.reasons.append(
+          f"its consumer '{path}' is normalised across the units it reads (a "
+          'weight-standardised kernel), so zeroing its rows would not cut the '
+          'unit off'
+      )
       return STOP
     if a is None or self.leaves[o.leaf].shape[a] != len(t.vec):
-      w.reasons.append(f"its consumer '{path}' reads the units through a layout the engine "
-                       'does not follow')
+      w.reasons.append(
+          f"its consumer '{path}' reads the units through a layout the engine " 'does not follow'
+      )
       return STOP
     w.consumers.append((o.leaf, a, t.vec, o.layer_axis, op))
     return None
@@ -166,8 +182,7 @@ class Walker:
         return a, vec
       op = self.producer.get(value)
       rule = None if op is None else _rules.rule_for(op.prim)
-      if rule is None or rule.axis_map is None or \
-          self.org.get(op.ins[0], DATA).kind != 'param':
+      if rule is None or rule.axis_map is None or self.org.get(op.ins[0], DATA).kind != 'param':
         return None, vec
       in_shape, out_shape = self.scope.shapes[op.ins[0]], self.scope.shapes[value]
       if rule.regroups:
