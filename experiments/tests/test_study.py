@@ -362,7 +362,7 @@ def test_ctrl_c_stops_the_study_running_cells_checkpoint_queued_cells_never_star
   spec['benchmarks'][0]['num_tasks'] = 400
   path = tmp_path / 'spec.json'
   path.write_text(json.dumps(spec))
-  root = pathlib.Path(study.__file__).resolve().parents[1]
+  root = pathlib.Path(study.__file__).resolve().parents[2]
   # Ctrl-C as in a terminal, though a background job (CI started from a script) ignores it
   as_in_a_terminal = (
       'import runpy, signal; '
