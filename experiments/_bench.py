@@ -9,9 +9,10 @@ from typing import Any, Callable, Mapping
 def pin_cores(cores: int) -> int:
   """Pins this process to its first ``cores`` cores (0: leave as is); returns the count.
 
-  Call it before the first JAX computation, so XLA's threads inherit the affinity. On a
-  2-core machine an unpinned run of the same compiled function takes 1.2 s or 2.2 s
-  from one repetition to the next, which swamps the differences being measured.
+  Call it before the first JAX computation, so XLA's threads inherit the affinity.
+  Unpinned on a small machine, XLA's thread pool makes the same compiled function's time
+  vary from one repetition to the next by more than the differences being measured (the
+  speed page gives the figures).
   """
   if cores > 0:
     os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[:cores]))

@@ -8,7 +8,7 @@
   ratio runner / bare (``--profile`` adds the runner vmapped over its one member and
   the bare step with the runner's batch gather, to split the difference);
 * the wall time of the full 500-task Permuted protocol for one seed with SNR, compile
-  included (the paper's released code runs it at about 290 steps/s here: ~18 minutes);
+  included (the speed page sets it beside the paper's released code on the same machine);
 * the CNN inside the runner on the Random-label CIFAR protocol (batch 16), one seed;
 * with ``--mesh-devices N``: instead of the above, 8 seeds of the Permuted protocol
   vmapped on one device against the same members placed on a mesh of N devices

@@ -42,9 +42,9 @@ def _check_count(what: str, requested: int, available: int) -> None:
 def shuffle(key: Array, n: int) -> Array:
   """A random permutation of ``range(n)`` by one sort of random 32-bit keys.
 
-  About twice as fast as ``jax.random.permutation`` on CPU (which sorts in several
-  rounds): shuffling MNIST's 60,000 images at every task took longer than the task's
-  625 training steps. Equal keys (about 0.4 pairs per 60,000 draws) keep their index
+  ``jax.random.permutation`` sorts in several rounds, and a Permuted task shuffles
+  MNIST's 60,000 images at every task: on CPU one sort is the cheaper shuffle (the speed
+  page gives the figures). Equal keys (about 0.4 pairs per 60,000 draws) keep their index
   order, a bias far below anything a benchmark can see.
   """
   return jnp.argsort(jax.random.bits(key, (n,), jnp.uint32), stable=True).astype(jnp.int32)
@@ -53,8 +53,8 @@ def shuffle(key: Array, n: int) -> Array:
 def shuffle_prefix(key: Array, n: int, k: int, axis_name=None) -> Array:
   """``shuffle(key, n)[:k]``, to the same bits, without sorting all ``n`` keys.
 
-  A Permuted task keeps 10,000 of MNIST's 60,000 shuffled images, and sorting the
-  60,000 random keys took about a third of a task's training time. The ``k`` smallest
+  A Permuted task keeps 10,000 of MNIST's 60,000 shuffled images, and sorting all
+  60,000 random keys is a large share of a task's time on CPU (speed page). The ``k`` smallest
   keys lie below a threshold that about ``k + 8√k`` of the uniform keys fall under;
   only those (at most ``k + 16√k``, compacted in index order) are sorted, so ties
   keep their index order as in :func:`shuffle`. When the count falls outside

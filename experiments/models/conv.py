@@ -1,8 +1,8 @@
 """Convolution and pooling layers that stay fast inside ``lax.scan`` on XLA:CPU.
 
-design §8: XLA:CPU runs the backward pass of ``nn.Conv`` (``lax.conv_general_dilated``)
-inside ``lax.scan`` on a slow path, roughly 10x slower than the same step from a Python
-loop.  :class:`Im2colConv` computes the same 2-D convolution as ``nn.Conv`` by
+XLA:CPU runs the backward pass of ``nn.Conv`` (``lax.conv_general_dilated``) inside
+``lax.scan`` on a slow path, far slower than the same step from a Python loop (design §9
+gives the figure).  :class:`Im2colConv` computes the same 2-D convolution as ``nn.Conv`` by
 extracting patches with plain strided slices and doing one matmul, which XLA:CPU handles
 well in every context.  :func:`max_pool_2x2` does 2x2 / stride-2 max pooling with a
 reshape and elementwise maxima instead of ``lax.reduce_window`` (whose gradient,
