@@ -64,6 +64,13 @@ from snr_jax._src.transform import (
     with_resets,
 )
 
+# Sub-namespaces of building blocks by kind (the same objects as above); imported here so
+# that `import snr_jax` is enough to use `snr_jax.rules.SNRRule`.
+from snr_jax import estimators as estimators
+from snr_jax import reset as reset
+from snr_jax import rules as rules
+from snr_jax import schedules as schedules
+
 try:
   __version__ = _metadata.version('snr_jax')
 except _metadata.PackageNotFoundError:  # imported from a source tree that is not installed

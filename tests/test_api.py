@@ -1,6 +1,7 @@
 """The public namespace and the pure reset_state step."""
 
 import dataclasses
+import importlib
 import inspect
 from importlib import metadata
 
@@ -41,6 +42,17 @@ def test_namespace_exports_exactly_all_and_no_internals():
       'WithResetsState',
   ):
     assert state in snr_jax.__all__ and hasattr(getattr(snr_jax, state), '_fields')
+
+
+@pytest.mark.parametrize('name', ['estimators', 'reset', 'rules', 'schedules'])
+def test_sub_namespaces_re_export_top_level_objects_only(name):
+  module = importlib.import_module(f'snr_jax.{name}')
+  assert module.__all__ == sorted(module.__all__)
+  assert {n for n in vars(module) if not n.startswith('_')} == set(module.__all__)
+  for n in module.__all__:
+    assert n in snr_jax.__all__ and getattr(module, n) is getattr(snr_jax, n), n
+  # a sub-namespace shadows no top-level function: the function stays a function
+  assert callable(snr_jax.snr) and type(snr_jax.snr).__name__ == 'function'
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,9 @@ import pathlib
 import re
 
 import snr_jax
+from snr_jax import estimators, reset, rules, schedules
+
+NAMESPACES = {m.__name__.split('.')[-1]: m for m in (estimators, reset, rules, schedules)}
 
 DOCS = pathlib.Path(__file__).resolve().parents[1] / 'docs'
 RENDERED = {
@@ -24,5 +27,12 @@ def test_every_public_name_is_documented():
 
 
 def test_the_reference_documents_only_public_names():
-  extra = sorted(RENDERED - set(snr_jax.__all__))
+  extra = sorted(RENDERED - set(snr_jax.__all__) - set(NAMESPACES))
   assert not extra, f'docs/ renders names that are not in snr_jax.__all__: {extra}'
+
+
+def test_every_sub_namespace_has_its_page_entry_and_only_documented_names():
+  assert not set(NAMESPACES) - RENDERED, 'a sub-namespace has no "::: snr_jax.<module>" block'
+  for name, module in NAMESPACES.items():
+    undocumented = sorted(set(module.__all__) - RENDERED)
+    assert not undocumented, f'snr_jax.{name} exports names no page documents: {undocumented}'

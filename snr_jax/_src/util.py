@@ -30,9 +30,14 @@ def key_path_to_path(key_path) -> Path:
   return tuple(out)
 
 
+@jax.jit
 def params_fingerprint(params: Any) -> jax.Array:
   """A uint32 that changes with the params' values: a weighted sum of their bits in
-  wrapping integer arithmetic, so it is exact in any order (vmapped, sharded or not)."""
+  wrapping integer arithmetic, so it is exact in any order (vmapped, sharded or not).
+
+  Jitted so that an ``init`` outside jit compiles one function, not a dozen small ones
+  per leaf; inside an outer jit it is inlined.
+  """
   total = jnp.zeros((), jnp.uint32)
   for i, leaf in enumerate(jax.tree.leaves(params)):
     bits = jax.lax.bitcast_convert_type(jnp.asarray(leaf, jnp.float32), jnp.uint32)
@@ -41,6 +46,7 @@ def params_fingerprint(params: Any) -> jax.Array:
   return total
 
 
+@jax.jit
 def member_key(key: jax.Array, params: Any) -> jax.Array:
   """``key`` folded with `params_fingerprint`: the key of a random stream that
   members with different initial params never share, even when one optimizer (one
