@@ -1,0 +1,123 @@
+"""The study CSV: a cell's rows (one per seed) from its run directory, the rows an earlier
+CSV records for it (so a committed CSV resumes a study without the runs), reading and
+writing the file."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import pathlib
+from typing import Sequence
+
+from experiments.study.spec import Cell, cell_config
+
+CSV_FIELDS = (
+    'study',
+    'benchmark',
+    'dataset',
+    'optimizer',
+    'learning_rate',
+    'method',
+    'hparams',
+    'phase',
+    'seed',
+    'tasks_done',
+    'tasks_total',
+    'protocol_tasks',
+    'avg_accuracy',
+    'last10_accuracy',
+    'dead_fraction_last',
+    'wall_s',
+    'run_dir',
+)
+
+
+def cell_rows(study: str, cell: Cell) -> list[dict]:
+  """The study CSV rows of one cell (one per seed), from its metrics.csv; [] if none."""
+  out = pathlib.Path(cell.out)
+  if not (out / 'metrics.csv').exists():
+    return []
+  with open(out / 'metrics.csv', newline='') as f:
+    metrics = list(csv.DictReader(f))
+  config = cell_config(cell)
+  total = config.resolved('num_tasks')
+  info = out / 'study_cell.json'
+  wall = json.loads(info.read_text())['wall_s'] if info.exists() else ''
+  rows = []
+  for seed in cell.seeds:
+    mine = sorted((r for r in metrics if int(r['seed']) == seed), key=lambda r: int(r['task']))
+    if not mine:
+      continue
+    acc = [float(r['accuracy']) for r in mine]
+    k = max(1, math.ceil(total * 0.1))
+    dead = [float(v) for key, v in mine[-1].items() if key.startswith('dead_fraction/')]
+    rows.append(
+        {
+            'study': study,
+            'benchmark': cell.group[0],
+            'dataset': cell.group[1],
+            'optimizer': cell.group[2],
+            'learning_rate': config.resolved('learning_rate'),
+            'method': cell.group[3],
+            'hparams': json.dumps(cell.hparams, sort_keys=True),
+            'phase': cell.phase,
+            'seed': seed,
+            'tasks_done': len(acc),
+            'tasks_total': total,
+            'protocol_tasks': config.protocol.num_tasks,
+            'avg_accuracy': sum(acc) / len(acc),
+            'last10_accuracy': sum(acc[-k:]) / len(acc[-k:]),
+            'dead_fraction_last': sum(dead) / len(dead) if dead else '',
+            'wall_s': wall,
+            'run_dir': str(out),
+        }
+    )
+  return rows
+
+
+def recorded_rows(prior: Sequence[dict], study: str, cell: Cell) -> list[dict]:
+  """The cell's rows in an earlier study CSV, if they record all its seeds complete; else [].
+
+  A committed CSV outlives the runs directory (a new machine has none): a cell whose
+  every seed is recorded there with all its tasks done counts as done, so the study
+  resumes where the committed results stop instead of rerunning them.
+  """
+  config = cell_config(cell)
+  want = {
+      'study': study,
+      'benchmark': cell.group[0],
+      'dataset': cell.group[1],
+      'optimizer': cell.group[2],
+      'method': cell.group[3],
+      'hparams': json.dumps(cell.hparams, sort_keys=True),
+      'phase': cell.phase,
+  }
+  total = config.resolved('num_tasks')
+  mine = {}
+  for r in prior:
+    if all(str(r.get(k)) == str(v) for k, v in want.items()) and float(r['learning_rate']) == float(
+        config.resolved('learning_rate')
+    ):
+      mine[int(r['seed'])] = r
+  if sorted(mine) != sorted(cell.seeds) or any(
+      int(r['tasks_done']) != total or int(r['tasks_total']) != total for r in mine.values()
+  ):
+    return []
+  return [mine[s] for s in cell.seeds]
+
+
+def write_csv(path: pathlib.Path, rows: Sequence[dict]) -> None:
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_suffix(path.suffix + '.tmp')
+  with open(tmp, 'w', newline='') as f:
+    w = csv.DictWriter(f, fieldnames=list(CSV_FIELDS))
+    w.writeheader()
+    w.writerows(rows)
+  os.replace(tmp, path)
+
+
+def read_csv(path: pathlib.Path) -> list[dict]:
+  with open(path, newline='') as f:
+    return list(csv.DictReader(f))
