@@ -12,8 +12,10 @@ one jitted function (NNX: ``nnx.split``/``nnx.merge`` around an ``nnx.Optimizer`
 Widths are tiny where the model allows, since only tracing and lowering are timed.
 
 ``control_flow_ops`` counts the ``stablehlo.case``/``while``/``if`` ops of a module, which
-XLA:GPU evaluates with a device-to-host synchronisation; the last tests report the counts
-in each method's update (the step outside the model) without yet requiring zero.
+XLA:GPU evaluates with a device-to-host synchronisation; the last test reports the counts
+in each method's update (the step outside the model) as traced here, where the default
+``control_flow='auto'`` is the branching step; ``tests/test_control_flow.py`` requires none
+for ``control_flow='select'``.
 """
 
 from __future__ import annotations
@@ -409,8 +411,8 @@ def test_control_flow_in_each_methods_update_is_reported():
   listing = '; '.join(
       f'{name}: ' + ', '.join(f'{op} {n}' for op, n in ops.items()) for name, ops in report.items()
   )
-  # Reported, not yet required to be zero: design §10 asks for a step without host-evaluated
-  # control flow, and a later change can assert that with control_flow_ops.
+  # Reported, not asserted: traced on CPU, 'auto' is the branching step, whose conditionals
+  # are its point; tests/test_control_flow.py asserts that the 'select' step has none.
   warnings.warn(f'control flow in opt.update on cuda (README MLP): {listing}', UserWarning)
   print(listing)
   assert report['adam'] == {'case': 0, 'while': 0, 'if': 0}, listing

@@ -187,8 +187,8 @@ def test_reset_masks_must_match_the_groups(setup):
   name, size = groups[0].name, groups[0].size
   key = jax.random.PRNGKey(0)
   cases = [
-      (dict(ok, Dense_O=ok[name]), r"no group is named \['Dense_O'\]"),  # misspelled (was ignored)
-      ({k: v for k, v in ok.items() if k != name}, rf"missing \['{name}'\]"),  # was a KeyError
+      (dict(ok, Dense_O=ok[name]), r"no group is named \['Dense_O'\]"),  # misspelled
+      ({k: v for k, v in ok.items() if k != name}, rf"missing \['{name}'\]"),  # one group left out
       (dict(ok, **{name: jnp.zeros((size + 1,), bool)}), rf'expected bool \({size},\)'),
       (dict(ok, **{name: jnp.ones((size,), jnp.float32)}), 'dtype float32'),  # a score
   ]

@@ -1,5 +1,5 @@
-"""Bad or unusual inputs found by an audit of the public API: each now works, or is a clear
-error that names the mistake and the fix."""
+"""Bad or unusual inputs to the public API: each works, or is a clear error that names the
+mistake and the fix."""
 
 import flax
 import flax.linen as nn
@@ -26,7 +26,7 @@ def _step(opt, setup, params=None, grads=None, **kwargs):
   )
 
 
-# --- should have worked -------------------------------------------------------------
+# --- unusual inputs that work --------------------------------------------------------
 
 
 @pytest.mark.slow
@@ -92,7 +92,7 @@ def test_lbfgs_inside_snr_runs_and_resets_its_param_shaped_state(setup):
   assert all(np.all(np.isfinite(u)) for u in jax.tree.leaves(updates))
 
 
-# --- cryptic errors made clear --------------------------------------------------------
+# --- mistakes named where they are made, not deep inside optax or the step -----------
 
 
 @pytest.mark.parametrize(
@@ -206,7 +206,7 @@ def test_params_with_an_extra_layer_are_named(setup, inner):
   _step(tx, setup)  # the state's own params still work
 
 
-# --- silently accepted, now refused --------------------------------------------------
+# --- inputs that would run and be wrong, refused --------------------------------------
 
 
 @pytest.mark.slow

@@ -1,6 +1,6 @@
 """The README's commands as a user types them: subprocesses, a fresh working directory,
-relative paths (pytest's absolute ``tmp_path`` once hid a quickstart that failed for
-every new user), and a failed save that must not leave a run claiming success."""
+relative paths (an absolute ``tmp_path`` would hide a command that fails on the relative
+paths a user types), and a failed save that must not leave a run claiming success."""
 
 import json
 import os
