@@ -31,7 +31,28 @@ CSV_FIELDS = (
     'dead_fraction_last',
     'wall_s',
     'run_dir',
+    'layers',
 )
+
+
+def layer_figures(metrics: Sequence[dict], steps_per_task: int) -> dict:
+  """Per neuron group: resets per step over the run and the dead fraction after its last task.
+
+  ``metrics`` are one seed's rows of a run's metrics.csv, in task order; its
+  ``resets/<group>`` columns count a task's resets, its ``dead_fraction/<group>`` columns
+  the fraction of units dead at the task's end. Groups are the model's layers (a conv
+  layer's channels, a Dense layer's units), so conv and dense layers are reported apart.
+  """
+  steps = len(metrics) * steps_per_task
+  out = {}
+  for key in metrics[-1]:
+    if key.startswith('resets/'):
+      group = key[len('resets/') :]
+      out.setdefault(group, {})['resets_per_step'] = sum(float(r[key]) for r in metrics) / steps
+    elif key.startswith('dead_fraction/'):
+      group = key[len('dead_fraction/') :]
+      out.setdefault(group, {})['dead_last'] = float(metrics[-1][key])
+  return out
 
 
 def cell_rows(study: str, cell: Cell) -> list[dict]:
@@ -72,6 +93,7 @@ def cell_rows(study: str, cell: Cell) -> list[dict]:
             'dead_fraction_last': sum(dead) / len(dead) if dead else '',
             'wall_s': wall,
             'run_dir': str(out),
+            'layers': json.dumps(layer_figures(mine, config.steps_per_task), sort_keys=True),
         }
     )
   return rows

@@ -81,7 +81,49 @@ def make_table(rows: Sequence[dict], title: str = 'Study results') -> str:
   ]
   for (bench, ds, opt), m, hp, lr in chosen:
     lines.append(f'| {bench} ({ds}) | {opt} | {m} | {lr} | {hparams_text(hp)} |')
-  return '\n'.join(lines) + '\n' + (f'\n{spread}' if spread else '')
+  layers = layer_table(final)
+  return (
+      '\n'.join(lines)
+      + '\n'
+      + (f'\n{spread}' if spread else '')
+      + (f'\n{layers}' if layers else '')
+  )
+
+
+def layer_table(final: Sequence[dict]) -> str:
+  """Markdown: per final cell and layer, resets per step and the dead fraction at the end,
+  means over seeds ('' when no row records them: rows from before the study kept them)."""
+  from snr_jax._src.methods import METHODS  # pylint: disable=import-outside-toplevel
+
+  by_cell: dict[tuple, list[dict]] = {}
+  for r in final:
+    if r.get('layers'):
+      key = (r['benchmark'], r['dataset'], r['optimizer'], r['method'])
+      by_cell.setdefault(key, []).append(json.loads(r['layers']))
+  if not by_cell:
+    return ''
+  lines = [
+      '## Resets and dead units by layer',
+      '',
+      'Final seeds, means over seeds: resets per step over the whole run, and the fraction '
+      "of the layer's units dead after the last task. Each neuron group is one layer "
+      "(a convolution's channels, a Dense layer's units).",
+      '',
+      '| benchmark | optimizer | method | layer | resets per step | dead at the end | seeds |',
+      '|---|---|---|---|---|---|---|',
+  ]
+  order = {m: i for i, m in enumerate(METHODS)}
+  for key in sorted(by_cell, key=lambda k: (k[:3], order.get(k[3], 99), k[3])):
+    seeds = by_cell[key]
+    for group in sorted({g for s in seeds for g in s}):
+      resets = [s[group]['resets_per_step'] for s in seeds if 'resets_per_step' in s.get(group, {})]
+      dead = [s[group]['dead_last'] for s in seeds if 'dead_last' in s.get(group, {})]
+      fmt = lambda xs, spec: format(sum(xs) / len(xs), spec) if xs else '–'
+      lines.append(
+          f'| {key[0]} ({key[1]}) | {key[2]} | {key[3]} | {group} | {fmt(resets, ".3g")} | '
+          f'{fmt(dead, ".3f")} | {len(seeds)} |'
+      )
+  return '\n'.join(lines) + '\n'
 
 
 def selection_table(rows: Sequence[dict]) -> str:

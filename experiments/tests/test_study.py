@@ -114,6 +114,11 @@ def test_study_end_to_end_selects_runs_final_skips_done_and_resumes(tmp_path):
     assert (out / 'config.json').exists() and (out / 'metrics.csv').exists()
   table = (tmp_path / 'study.md').read_text()
   assert 'reduced; protocol 500' in table and '(n=2)' in table
+  # each row keeps its layers' resets and dead fractions, and the table shows them
+  for r in rows:
+    layers = json.loads(r['layers'])
+    assert layers and all(set(v) == {'resets_per_step', 'dead_last'} for v in layers.values())
+  assert '## Resets and dead units by layer' in table
   # a third run has nothing to do
   mtimes = {p: p.stat().st_mtime_ns for p in (tmp_path / 'runs').rglob('metrics.csv')}
   third = study.run_study(spec, workers=0, log=logs.append)
@@ -405,3 +410,34 @@ def test_ctrl_c_stops_the_study_running_cells_checkpoint_queued_cells_never_star
       ('none', done + 2),
       ('l2', done + 2),
   }
+
+
+def test_layer_figures_and_table_report_each_layer_apart():
+  from experiments.study.rows import layer_figures
+  from experiments.study.tables import layer_table
+
+  metrics = [  # one seed, three tasks of 10 steps: a conv layer and a dense layer
+      {'task': '0', 'resets/Conv_0': '3', 'dead_fraction/Conv_0': '0.5', 'resets/Dense_0': '0',
+       'dead_fraction/Dense_0': '0.0'},
+      {'task': '1', 'resets/Conv_0': '6', 'dead_fraction/Conv_0': '0.25', 'resets/Dense_0': '1',
+       'dead_fraction/Dense_0': '0.0'},
+      {'task': '2', 'resets/Conv_0': '0', 'dead_fraction/Conv_0': '0.125', 'resets/Dense_0': '2',
+       'dead_fraction/Dense_0': '0.75'},
+  ]  # fmt: skip
+  figures = layer_figures(metrics, steps_per_task=10)
+  assert figures == {
+      'Conv_0': {'resets_per_step': 9 / 30, 'dead_last': 0.125},
+      'Dense_0': {'resets_per_step': 3 / 30, 'dead_last': 0.75},
+  }
+  other = {'Conv_0': {'resets_per_step': 0.1, 'dead_last': 0.375}, 'Dense_0': figures['Dense_0']}
+  row = {'benchmark': 'b', 'dataset': 'd', 'optimizer': 'sgd', 'method': 'snr'}
+  table = layer_table(
+      [{**row, 'layers': json.dumps(figures)}, {**row, 'layers': json.dumps(other)}]
+      + [{**row, 'method': 'none', 'layers': ''}]  # a row recorded before layers were kept
+  )
+  lines = [line for line in table.splitlines() if line.startswith('| b (d)')]
+  assert lines == [
+      '| b (d) | sgd | snr | Conv_0 | 0.2 | 0.250 | 2 |',
+      '| b (d) | sgd | snr | Dense_0 | 0.1 | 0.750 | 2 |',
+  ]
+  assert layer_table([{**row, 'layers': ''}]) == ''
