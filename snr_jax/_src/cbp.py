@@ -265,7 +265,7 @@ class CBPRule(ResetRule):
           self.control_flow,
       )
       # over the cap, the lowest utilities go now; the rest stay owed ('accumulate')
-      mask = cap_mask(mask, resets_cap(self.max_resets_per_step, g.size), -u_hat)
+      mask = cap_mask(mask, resets_cap(self.max_resets_per_step, g.size), -u_hat, self.control_flow)
       k = jnp.sum(per_layer(mask), axis=-1).astype(jnp.int32)
       masks[g.name] = mask
       out.utility[g.name] = jnp.where(mask, 0.0, u)

@@ -15,7 +15,7 @@ masks is an elementwise select, a no-op on steps without resets.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Mapping, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -44,7 +44,8 @@ def _unit_mask(
   axis = s.axis % nd
   ids = _unit_ids(group, s, shape[axis])
   m = mask.reshape(group.layers, group.units)
-  m = jnp.concatenate([m, jnp.zeros((group.layers, 1), bool)], axis=1)[:, ids]  # -1 -> False
+  if not np.array_equal(ids, np.arange(group.units)):  # else the mask itself: no gather
+    m = jnp.concatenate([m, jnp.zeros((group.layers, 1), bool)], axis=1)[:, ids]  # -1 -> False
   bshape = [1] * nd
   bshape[axis] = shape[axis]
   if s.layer_axis is None:
@@ -195,11 +196,18 @@ def resets_cap(setting: Any, size: int) -> Optional[int]:
   return None if k >= size else k
 
 
-def cap_mask(mask: jax.Array, k: Optional[int], priority: Optional[jax.Array] = None) -> jax.Array:
+def cap_mask(
+    mask: jax.Array,
+    k: Optional[int],
+    priority: Optional[jax.Array] = None,
+    control_flow: str = 'auto',
+) -> jax.Array:
   """``mask`` with at most ``k`` True entries (None: unchanged).
 
   Keeps the ``k`` masked entries of highest ``priority`` (ties: the lower index), or the
-  first ``k`` without one. The others stay False for this step: a rule defers them.
+  first ``k`` without one. The others stay False for this step: a rule defers them. The
+  ranking (a sort) runs only on steps with more than ``k`` masked entries, under a
+  ``lax.cond``; with ``control_flow='select'`` (see `snr_jax._src.util.cond`) on every step.
   """
   if k is None:
     return mask
@@ -209,39 +217,27 @@ def cap_mask(mask: jax.Array, k: Optional[int], priority: Optional[jax.Array] = 
     lowest = jnp.iinfo(priority.dtype).min
   else:
     lowest = -jnp.inf
-  _, top = jax.lax.top_k(jnp.where(mask, priority, lowest), k)
-  return mask & jnp.zeros_like(mask).at[top].set(True)
+
+  def ranked(operands):
+    m, p = operands
+    _, top = jax.lax.top_k(jnp.where(m, p, lowest), k)
+    return m & jnp.zeros_like(m).at[top].set(True)
+
+  # at most k masked: all of them are kept, no ranking needed
+  over = jnp.sum(mask, dtype=jnp.int32) > k
+  return cond(over, ranked, lambda operands: operands[0], (mask, priority), control_flow)
 
 
-def _entries(group: NeuronGroup, s: ParamSlice, n: int) -> np.ndarray:
-  """``(units, m)``: the elements along ``s.axis`` each unit owns, padded with ``n`` (out of
-  range, so scatters drop it)."""
+def _ranks(group: NeuronGroup, s: ParamSlice, n: int) -> tuple[np.ndarray, int]:
+  """``(rank, m)``: each element's position among its unit's elements along ``s.axis``
+  (0 for elements of no unit), and ``m``, the most elements a unit owns there."""
   ids = _unit_ids(group, s, n)
-  rows = [np.nonzero(ids == u)[0] for u in range(group.units)]
-  table = np.full((group.units, max(1, max(len(r) for r in rows))), n, np.int32)
-  for u, r in enumerate(rows):
-    table[u, : len(r)] = r
-  return table
-
-
-def _slice_index(
-    group: NeuronGroup, s: ParamSlice, shape: tuple[int, ...], idx: jax.Array
-) -> tuple[tuple, int, int]:
-  """``leaf.at[index]`` selecting the slices of units ``idx`` (``(k,)`` group indices, ``size``
-  for an empty slot); returns ``(index, pos, m)``: the indexed array holds ``(k, m)`` at
-  axes ``pos, pos + 1`` (``m`` elements per unit), the leaf's other axes around them."""
-  nd = len(shape)
-  axis = s.axis % nd
-  table = _entries(group, s, shape[axis])
-  valid = idx < (group.size if s.layer_axis is not None else group.units)
-  rows = jnp.where(valid[:, None], jnp.asarray(table)[idx % group.units], shape[axis])
-  index: list[Any] = [slice(None)] * nd
-  index[axis] = rows
-  if s.layer_axis is None:
-    return tuple(index), axis, table.shape[1]
-  la = s.layer_axis % nd
-  index[la] = jnp.where(valid, idx // group.units, shape[la])[:, None]
-  return tuple(index), (min(la, axis) if abs(la - axis) == 1 else 0), table.shape[1]
+  rank = np.zeros(n, np.int32)
+  seen = np.zeros(group.units + 1, np.int32)
+  for e, u in enumerate(ids):
+    rank[e] = seen[u]
+    seen[u] += 1
+  return rank, max(1, int(seen[: group.units].max(initial=0)))
 
 
 def _fan_free(init: Any, axis: int, nd: int) -> bool:
@@ -263,62 +259,102 @@ def _fan_free(init: Any, axis: int, nd: int) -> bool:
   )
 
 
+class _Capped(NamedTuple):
+  """A capped group's slice in a reset plan: ``k`` slots of ``m`` elements each.
+
+  ``select`` is the group's mask restricted to its first ``k`` units (the ones reset),
+  ``slot`` each group index's slot among them (its rank in the mask)."""
+
+  select: jax.Array
+  slot: jax.Array
+  k: int
+  m: int
+
+  def idx(self, size: int) -> jax.Array:
+    """The ``(k,)`` group indices of the slots (``size`` for an empty one)."""
+    return jnp.nonzero(self.select, size=self.k, fill_value=size)[0]
+
+
+def _capped_select(mask: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
+  """``(select, slot)`` of `_Capped` for a group mask and its cap."""
+  count = jnp.cumsum(mask, dtype=jnp.int32)
+  return mask & (count <= k), count - 1
+
+
 def _draw_slices(
-    s: ParamSlice,
-    key: jax.Array,
-    shape: tuple[int, ...],
-    dtype,
-    k: int,
-    m: int,
-    pos: int,
-    index: tuple,
+    group: NeuronGroup, s: ParamSlice, key: jax.Array, shape: tuple[int, ...], dtype, cap: _Capped
 ) -> jax.Array:
-  """Fresh values for ``k`` units' incoming slices, shaped as ``leaf[index]``: one layer's
-  shape with ``k·m`` elements along the unit axis, from the slice's initializer. An
-  initializer whose scale depends on that axis' length draws one whole layer instead and
-  keeps the slices (exact law, cost of one layer)."""
+  """Fresh values for the ``k`` slots' incoming slices: one layer's shape with ``k·m``
+  elements along the unit axis (slot-major), from the slice's initializer. An initializer
+  whose scale depends on that axis' length draws one whole layer instead and keeps the
+  slots' slices (exact law, cost of one layer)."""
   nd = len(shape)
   axis = s.axis % nd
   la = None if s.layer_axis is None else s.layer_axis % nd
   one = tuple(n for i, n in enumerate(shape) if i != la)
   ax1 = axis - (la is not None and la < axis)
+  k, m = cap.k, cap.m
   sample = lambda shp: jnp.asarray(leaf_value(s.init(key, shp, dtype))).astype(dtype)
   if _fan_free(s.init, ax1, len(one)):
-    x = sample(one[:ax1] + (k * m,) + one[ax1 + 1 :])
-    x = x.reshape(one[:ax1] + (k, m) + one[ax1 + 1 :])
-  else:
-    rows = index[axis]  # (k, m), out of range on empty slots
-    x = jnp.take(sample(one), jnp.minimum(rows, one[ax1] - 1), axis=ax1)  # (.., k, m, ..)
-  return jnp.moveaxis(x, (ax1, ax1 + 1), (pos, pos + 1))
+    return sample(one[:ax1] + (k * m,) + one[ax1 + 1 :])
+  # the slots' elements along the unit axis: unit idx % units, its m entries in order
+  ids = _unit_ids(group, s, one[ax1])
+  table = np.full((group.units, m), one[ax1] - 1, np.int32)
+  for u in range(group.units):
+    rows = np.nonzero(ids == u)[0]
+    table[u, : len(rows)] = rows
+  rows = jnp.asarray(table)[cap.idx(group.size) % group.units].reshape(
+      -1
+  )  # empty slots: any element
+  return jnp.take(sample(one), rows, axis=ax1, mode='clip')
+
+
+def _gather_slots(
+    group: NeuronGroup, s: ParamSlice, shape: tuple[int, ...], fresh: jax.Array, cap: _Capped
+) -> jax.Array:
+  """``fresh`` (`_draw_slices`) laid out as the whole leaf: each element of a selected
+  unit gets its slot's value (others some slot's, to be masked off by the caller). A
+  gather fused with the select that applies it: no parameter-sized buffer, no scatter."""
+  nd = len(shape)
+  axis = s.axis % nd
+  la = None if s.layer_axis is None else s.layer_axis % nd
+  ax1 = axis - (la is not None and la < axis)
+  ids = _unit_ids(group, s, shape[axis])
+  rank, _ = _ranks(group, s, shape[axis])
+  slot = jnp.clip(cap.slot, 0, cap.k - 1).reshape(group.layers, group.units)
+  at = slot[:, np.maximum(ids, 0)] * cap.m + jnp.asarray(rank)  # (layers, n) into k·m
+  if la is None:
+    return jnp.take(fresh, at[0], axis=ax1, mode='clip')
+  return jnp.moveaxis(jnp.take(fresh, at, axis=ax1, mode='clip'), (ax1, ax1 + 1), (la, axis))
 
 
 def _capped_plan(
     params: Any, groups: Sequence[NeuronGroup], masks: Masks, caps: Mapping[str, Optional[int]]
 ):
-  """``{param path: [(group, slice, mask, incoming, index or None, k, m, pos)]}``: a capped
-  group's slices as scatter indices of its up-to-``k`` masked units; others as masks."""
+  """``{param path: [(group, slice, mask, incoming, cap)]}``: a capped group's entries carry
+  its `_Capped` (its mask restricted to the first ``k`` units), the others None."""
+  capped = {}
+  for g in groups:
+    if caps.get(g.name) is not None:
+      capped[g.name] = _capped_select(masks[g.name], caps[g.name])
   leaves = {
       key_path_to_path(kp): leaf for kp, leaf in jax.tree_util.tree_flatten_with_path(params)[0]
-  }
-  idx = {
-      g.name: jnp.nonzero(masks[g.name], size=caps[g.name], fill_value=g.size)[0]
-      for g in groups
-      if caps.get(g.name) is not None
   }
   plan: dict[Path, list] = {}
   for path, entries in _slices_by_path(groups, masks).items():
     for g, s, mask, incoming in entries:
-      if g.name in idx:
-        index, pos, m = _slice_index(g, s, np.shape(leaves[path]), idx[g.name])
-        plan.setdefault(path, []).append((g, s, mask, incoming, index, caps[g.name], m, pos))
-      else:
-        plan.setdefault(path, []).append((g, s, mask, incoming, None, None, None, None))
+      cap = None
+      if g.name in capped:
+        n = np.shape(leaves[path])[s.axis % np.ndim(leaves[path])]
+        cap = _Capped(*capped[g.name], caps[g.name], _ranks(g, s, n)[1])
+        mask = cap.select
+      plan.setdefault(path, []).append((g, s, mask, incoming, cap))
   return plan
 
 
 def _draw_plan(params: Any, groups: Sequence[NeuronGroup], plan, key: jax.Array) -> dict:
   """Fresh values: ``{path: whole parameter}`` for uncapped incoming slices (as
-  `draw_fresh`) and ``{(path, group): k slices}`` for capped ones."""
+  `draw_fresh`) and ``{(path, group): k slots' slices}`` for capped ones."""
   full = [
       g
       for g in groups
@@ -331,37 +367,37 @@ def _draw_plan(params: Any, groups: Sequence[NeuronGroup], plan, key: jax.Array)
   }
   capped = [(path, e) for path, es in plan.items() for e in es if e[3] and e[4] is not None]
   keys = jax.random.split(key, max(len(capped), 1))
-  for k, (path, (g, s, _, _, index, cap, m, pos)) in zip(keys, capped):
+  for k, (path, (g, s, _, _, cap)) in zip(keys, capped):
     leaf = leaves[path]
-    fresh[(path, g.name)] = _draw_slices(s, k, leaf.shape, leaf.dtype, cap, m, pos, index)
+    fresh[(path, g.name)] = _draw_slices(g, s, k, leaf.shape, leaf.dtype, cap)
   return fresh
 
 
 def _apply_plan(tree: Any, plan, fresh: Optional[dict]) -> Any:
   """Applies ``plan`` to ``tree`` (params, or with ``fresh=None`` a copy of them in an
-  optimizer state: every reset slice zeroed). Capped groups scatter into their slices
-  (empty slots are out of range and dropped); others select with their masks."""
+  optimizer state: every reset slice zeroed). Every entry is an elementwise select by
+  its unit mask, which XLA fuses with the update; a capped group's fresh values are
+  gathered from its ``k`` slots inside that select."""
 
   def one(key_path, leaf):
     path = key_path_to_path(key_path)
-    for g, s, mask, incoming, index, _, _, _ in plan.get(path, ()):
-      value = fresh.get((path, g.name), fresh.get(path)) if incoming and fresh else None
-      if index is None:
-        m = _unit_mask(mask, g, s, leaf.shape)
-        leaf = jnp.where(m, jnp.zeros_like(leaf) if value is None else value, leaf)
+    for g, s, mask, incoming, cap in plan.get(path, ()):
+      m = _unit_mask(mask, g, s, leaf.shape)
+      if incoming and fresh:
+        value = fresh.get((path, g.name), fresh.get(path))
+        if cap is not None:
+          value = _gather_slots(g, s, leaf.shape, value, cap)
       else:
-        leaf = leaf.at[index].set(
-            jnp.zeros((), leaf.dtype) if value is None else value, mode='drop'
-        )
+        value = jnp.zeros((), leaf.dtype)
+      leaf = jnp.where(m, value, leaf)
     return leaf
 
   return jax.tree_util.tree_map_with_path(one, tree)
 
 
 def _zero_state_plan(optimizer: Any, opt_state: Any, params: Any, plan) -> Any:
-  """`reset_optimizer_state` for a plan: every param-shaped leaf's reset slices zeroed.
-
-  Capped groups are zeroed by scatter."""
+  """`reset_optimizer_state` for a plan: every param-shaped leaf's reset slices zeroed
+  (a capped group's: those of the units it resets)."""
   names = jax.tree_util.tree_map_with_path(lambda kp, _: '/'.join(key_path_to_path(kp)), params)
   by_name = {'/'.join(path): entries for path, entries in plan.items()}
 
@@ -369,13 +405,9 @@ def _zero_state_plan(optimizer: Any, opt_state: Any, params: Any, plan) -> Any:
     entries = by_name.get(name)
     if not entries or not hasattr(state_leaf, 'shape') or state_leaf.shape != param.shape:
       return state_leaf
-    for g, s, mask, _, index, _, _, _ in entries:
-      if index is None:
-        state_leaf = jnp.where(
-            _unit_mask(mask, g, s, state_leaf.shape), jnp.zeros_like(state_leaf), state_leaf
-        )
-      else:
-        state_leaf = state_leaf.at[index].set(jnp.zeros((), state_leaf.dtype), mode='drop')
+    for g, s, mask, _, _ in entries:
+      m = _unit_mask(mask, g, s, state_leaf.shape)
+      state_leaf = jnp.where(m, jnp.zeros((), state_leaf.dtype), state_leaf)
     return state_leaf
 
   try:

@@ -128,6 +128,7 @@ class SNRRule(ResetRule):
           age >= state.thresholds[g.name],
           resets_cap(self.max_resets_per_step, g.size),
           age - state.thresholds[g.name],
+          self.control_flow,
       )
       est[g.name] = self.estimator.record(
           state.estimator[g.name], firing, age_before=before, reset=reset, age_at_reset=age
