@@ -1,6 +1,6 @@
-"""The training problem shared by the data-parallel and multi-host scripts: a small MLP
-whose first layer starts with half its units silent (so resets happen early), its
-discovered groups, a forward pass that captures pre-activations, and a fixed stream of
+"""The training problem shared by the data-parallel tests and the multi-host script: a
+small MLP whose first layer starts with half its units silent (so resets happen early),
+its discovered groups, a forward pass that captures pre-activations, and a fixed stream of
 global batches of 64."""
 
 import flax.linen as nn

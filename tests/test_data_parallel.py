@@ -1,44 +1,138 @@
 """Data parallelism has one global semantics (design §8): jit with a sharded batch, shard_map
 and pmap (with ``data_axis``) make the single-device resets at every step, for every
-resetting method, and pmap replicas never diverge."""
+resetting method, and pmap replicas never diverge. They run in this process, on the
+virtual CPU devices that the repository's conftest.py gives it."""
 
-import json
-import os
-import pathlib
-import subprocess
-import sys
+import re
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 import snr_jax
+from parallel_setup import setup
 from snr_jax._src.util import psum_packed
 
-HERE = pathlib.Path(__file__).resolve().parent
+
+def devices(n: int) -> list:
+  """The default backend's first ``n`` devices; skips the test where it has fewer (on an
+  accelerator: ``jax_num_cpu_devices`` adds CPU devices only)."""
+  if jax.device_count() < n:
+    pytest.skip(f'needs {n} devices; the {jax.default_backend()} backend has {jax.device_count()}')
+  return jax.devices()[:n]
+
+
+STEPS, N = 200, 8
+METHODS = {
+    'snr': lambda groups, ax: snr_jax.snr(
+        optax.sgd(0.05),
+        groups,
+        eta=0.08,
+        tau_min=64,
+        tau_max=640,
+        schedule=snr_jax.every_n_steps(20),
+        key=3,
+        data_axis=ax,
+    ),
+    'snr_per_token': lambda groups, ax: snr_jax.snr(
+        optax.sgd(0.05),
+        groups,
+        estimator='per_token',
+        eta=0.3,
+        tau_init=200,
+        schedule=snr_jax.every_n_steps(20),
+        key=3,
+        data_axis=ax,
+    ),
+    'redo': lambda groups, ax: snr_jax.redo(
+        optax.sgd(0.05), groups, threshold=0.0, period=10, key=3, data_axis=ax
+    ),
+    'cbp': lambda groups, ax: snr_jax.continual_backprop(
+        optax.sgd(0.05), groups, replacement_rate=0.02, maturity=5, key=3, data_axis=ax
+    ),
+}
 
 
 @pytest.mark.slow
-def test_every_parallel_form_matches_one_device():
-  env = dict(os.environ, PYTHONPATH=str(HERE.parent))
-  proc = subprocess.run(
-      [sys.executable, str(HERE / 'data_parallel_run.py'), '200'],
-      env=env,
-      capture_output=True,
-      text=True,
-      timeout=900,
-      check=False,
+@pytest.mark.parametrize('method', sorted(METHODS))
+def test_every_parallel_form_matches_one_device(method):
+  """A small MLP trained for 200 steps on a global batch of 64 four ways: on one device;
+  with ``jit`` and the batch sharded over 8 devices (no argument); inside ``shard_map``
+  (default ``check_vma``) and inside ``pmap``, both with ``data_axis``. Every form makes
+  the one-device reset masks at every step and ends within 1e-6 of its params, and the
+  pmap replicas never differ."""
+  mesh = Mesh(np.array(devices(N)), ('d',))
+  params, groups, loss_sum, xs, ys = setup(STEPS)
+  tx, tx_dp = METHODS[method](groups, None), METHODS[method](groups, 'd')
+
+  def step_global(carry, xy):
+    p, s = carry
+    (_, acts), g = jax.value_and_grad(loss_sum, has_aux=True)(p, *xy)
+    u, s = tx.update(g, s, p, activations=acts)
+    return (optax.apply_updates(p, u), s), s.resets.last_resets
+
+  def make_step(sum_grads):
+    def step_shard(p, s, x, y):
+      (_, acts), g = jax.value_and_grad(loss_sum, has_aux=True)(p, x, y)
+      if sum_grads:  # pmap; under shard_map (check_vma) the gradients of replicated params
+        g = jax.lax.psum(g, 'd')  # come out summed over the axis already (design §9)
+      u, s = tx_dp.update(g, s, p, activations=acts)
+      return optax.apply_updates(p, u), s, s.resets.last_resets
+
+    return step_shard
+
+  def run_global(xs, ys):
+    return jax.lax.scan(step_global, (params, tx.init(params)), (xs, ys))
+
+  ref = jax.jit(run_global)(xs, ys)
+  # jit with a sharded batch: no argument needed
+  sh = NamedSharding(mesh, P(None, 'd'))
+  jit_sh = jax.jit(run_global)(jax.device_put(xs, sh), jax.device_put(ys, sh))
+  # shard_map under the default check_vma
+  sm = jax.jit(
+      jax.shard_map(
+          make_step(False),
+          mesh=mesh,
+          in_specs=(P(), P(), P('d'), P('d')),
+          out_specs=(P(), P(), P()),
+      )
   )
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  results = json.loads(proc.stdout.strip().splitlines()[-1])
-  assert sorted(results) == ['cbp', 'redo', 'snr', 'snr_per_token']
-  for method, r in results.items():
-    assert r['resets'] > 0, f'{method}: the setup must reset something'
-    for form in ('jit_sharded', 'shard_map', 'pmap'):
-      assert r[f'{form}_mask_mismatches'] == 0, (method, form, r)
-      assert r[f'{form}_param_diff'] <= 1e-6, (method, form, r)
-    assert r['pmap_spread'] == 0.0, (method, r)
+  # pmap over 8 replicas
+  pm = jax.pmap(make_step(True), axis_name='d', devices=mesh.devices.tolist())
+  rep = lambda t: jax.tree.map(lambda a: jnp.stack([a] * N), t)
+  p_sm, s_sm = params, tx_dp.init(params)
+  p_pm, s_pm = rep(params), rep(tx_dp.init(params))
+  masks = {'shard_map': [], 'pmap': []}
+  pmap_spread = 0.0
+  for t in range(STEPS):
+    p_sm, s_sm, m = sm(p_sm, s_sm, xs[t], ys[t])
+    masks['shard_map'].append(m)
+    p_pm, s_pm, m = pm(p_pm, s_pm, xs[t].reshape(N, -1, 8), ys[t].reshape(N, -1))
+    masks['pmap'].append(jax.tree.map(lambda a: a[0], m))
+    spread = max(float(jnp.max(jnp.abs(a - a[0]))) for a in jax.tree.leaves(p_pm))
+    pmap_spread = max(pmap_spread, spread)
+
+  ref_masks = ref[1]
+  resets = int(sum(np.asarray(v).sum() for v in ref_masks.values()))
+  assert resets > 0, f'{method}: the setup must reset something'
+  for form, (p, ms) in {
+      'jit_sharded': (jit_sh[0][0], jit_sh[1]),
+      'shard_map': (p_sm, masks['shard_map']),
+      'pmap': (jax.tree.map(lambda a: a[0], p_pm), masks['pmap']),
+  }.items():
+    if isinstance(ms, list):
+      ms = {k: np.stack([np.asarray(m[k]) for m in ms]) for k in ref_masks}
+    mismatches = int(sum((np.asarray(ms[k]) != np.asarray(ref_masks[k])).sum() for k in ref_masks))
+    param_diff = max(
+        float(jnp.max(jnp.abs(a - b)))
+        for a, b in zip(jax.tree.leaves(p), jax.tree.leaves(ref[0][0]))
+    )
+    assert mismatches == 0, (method, form, mismatches, resets)
+    assert param_diff <= 1e-6, (method, form, param_diff)
+  assert pmap_spread == 0.0, (method, pmap_spread)
 
 
 def test_axis_names_without_an_enclosing_axis_are_clear_errors():
@@ -59,35 +153,20 @@ def test_axis_names_without_an_enclosing_axis_are_clear_errors():
       )
 
 
-COLLECTIVES = """
-import os, re
-os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=2'
-import jax, numpy as np, optax
-from jax.sharding import Mesh, PartitionSpec as P
-import snr_jax
-from parallel_setup import setup
+def _all_reduces(tx, mesh, params, loss_sum, x, y):
+  """The all-reduces of a compiled data-parallel step: how many, and their buffers."""
 
-params, groups, loss_sum, xs, ys = setup(1)
-mesh = Mesh(np.array(jax.devices()), ('d',))
-
-def all_reduces(tx):
   def step(p, s, x, y):
     (_, acts), g = jax.value_and_grad(loss_sum, has_aux=True)(p, x, y)
     u, s = tx.update(g, s, p, activations=acts)
     return optax.apply_updates(p, u), s
-  run = jax.jit(jax.shard_map(step, mesh=mesh, in_specs=(P(), P(), P('d'), P('d')),
-                              out_specs=(P(), P())))
-  hlo = run.lower(params, tx.init(params), xs[0], ys[0]).compile().as_text()
-  ops = re.findall(r' all-reduce\\(([^)]*)\\)', hlo)
-  return len(ops), sum(len(o.split(',')) for o in ops)
 
-sgd = optax.sgd(0.05)
-assert len(groups) == 2, groups
-print(*all_reduces(sgd), *all_reduces(snr_jax.snr(sgd, groups, data_axis='d')),
-      *all_reduces(snr_jax.snr(sgd, groups, estimator='per_token', data_axis='d')),
-      *all_reduces(snr_jax.redo(sgd, groups, data_axis='d')),
-      *all_reduces(snr_jax.continual_backprop(sgd, groups, data_axis='d')))
-"""
+  run = jax.jit(
+      jax.shard_map(step, mesh=mesh, in_specs=(P(), P(), P('d'), P('d')), out_specs=(P(), P()))
+  )
+  hlo = run.lower(params, tx.init(params), x, y).compile().as_text()
+  ops = re.findall(r' all-reduce\(([^)]*)\)', hlo)
+  return len(ops), sum(len(o.split(',')) for o in ops)
 
 
 @pytest.mark.slow
@@ -96,22 +175,20 @@ def test_data_parallel_resets_add_no_collective_and_one_buffer_to_the_step():
   merges their all-reduce with the gradients': a data-parallel step has as many
   all-reduces as the plain one, and every group's statistics travel in one buffer of it
   (XLA's CPU runtime runs one rendezvous of all devices per buffer)."""
-  env = dict(os.environ, PYTHONPATH=f'{HERE}{os.pathsep}{HERE.parent}')
-  proc = subprocess.run(
-      [sys.executable, '-c', COLLECTIVES],
-      env=env,
-      capture_output=True,
-      text=True,
-      timeout=300,
-      check=False,
-  )
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  (plain, plain_buffers), *methods = (
-      tuple(map(int, p)) for p in zip(*[iter(proc.stdout.split())] * 2)
-  )
-  assert plain >= 1 and len(methods) == 4, proc.stdout
-  for ops, buffers in methods:  # snr histogram, snr per-token, redo, cbp
-    assert ops == plain and buffers == plain_buffers + 1, (plain, plain_buffers, methods)
+  mesh = Mesh(np.array(devices(2)), ('d',))
+  params, groups, loss_sum, xs, ys = setup(1)
+  assert len(groups) == 2, groups
+  sgd = optax.sgd(0.05)
+  plain, plain_buffers = _all_reduces(sgd, mesh, params, loss_sum, xs[0], ys[0])
+  assert plain >= 1
+  for tx in (  # snr histogram, snr per-token, redo, cbp
+      snr_jax.snr(sgd, groups, data_axis='d'),
+      snr_jax.snr(sgd, groups, estimator='per_token', data_axis='d'),
+      snr_jax.redo(sgd, groups, data_axis='d'),
+      snr_jax.continual_backprop(sgd, groups, data_axis='d'),
+  ):
+    ops, buffers = _all_reduces(tx, mesh, params, loss_sum, xs[0], ys[0])
+    assert ops == plain and buffers == plain_buffers + 1, (plain, plain_buffers, ops, buffers)
 
 
 def test_psum_packed_sums_each_vector_in_its_dtype():

@@ -21,8 +21,6 @@ from experiments.runner import last_fraction_summary, make_run, run_experiment, 
 from snr_jax._src.ages import batch_ages
 from snr_jax._src.transform import find_reset_state
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-
 
 def _images(name, n, shape, classes, seed=0):
   rng = np.random.default_rng(seed)
@@ -422,57 +420,51 @@ def test_text_benchmark_rejects_image_data(mnist):
 
 @pytest.mark.slow
 def test_mesh_mode_equals_vmap_and_resumes_bitwise(tmp_path):
-  """Seeds placed on a mesh of 4 (virtual CPU) devices give the vmapped results, also with
-  each member's batch sharded over 2 devices, and a run stopped after a chunk resumes on
-  the mesh to the uninterrupted run's bits."""
-  import os
-  import subprocess
-  import sys
+  """Seeds placed on a mesh of 4 (virtual CPU devices, the repository's conftest.py) give
+  the vmapped results, also with each member's batch sharded over 2 devices, and a run
+  stopped after a chunk resumes on the mesh to the uninterrupted run's bits."""
+  from experiments.driver import drive  # pylint: disable=import-outside-toplevel
+  from experiments.runner import compile_batched  # pylint: disable=import-outside-toplevel
 
-  script = f"""
-import pathlib
-import numpy as np, jax
-from experiments.benchmarks import ExperimentConfig
-from experiments.data import Dataset
-from experiments.driver import drive
-from experiments.runner import compile_batched, make_run, run_experiment, seed_keys
-assert jax.device_count() == 4
-rng = np.random.default_rng(0)
-ds = Dataset(name='mnist', source='generated', images=rng.integers(0, 256, (128, 28, 28, 1),
-             dtype=np.uint8), labels=rng.integers(0, 10, 128).astype(np.int32), num_classes=10)
-cfg = ExperimentConfig('permuted_mnist', method='snr', num_tasks=4, examples_per_task=32,
-                       hparams=dict(tau_init=32, tau_min=16, tau_max=64))
-a = run_experiment(cfg, ds, seeds=[0, 1, 2, 3], mode='mesh')['metrics']
-b = run_experiment(cfg, ds, seeds=[0, 1, 2, 3], mode='vmap')['metrics']
-for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-  np.testing.assert_allclose(x, y, rtol=2e-5, atol=1e-6)
-# a second mesh axis shards each member's batch over 2 devices: same resets, same numbers
-c = run_experiment(cfg, ds, seeds=[0, 1], mode='mesh', batch_devices=2)
-mesh2d = c['carry'].params['Dense_0']['kernel'].sharding.mesh
-assert dict(mesh2d.shape) == {{'members': 2, 'batch': 2}}
-for x, y in zip(jax.tree.leaves(c['metrics']), jax.tree.leaves(b)):
-  np.testing.assert_allclose(x, y[:2], rtol=2e-5, atol=1e-6)
-for g in c['metrics']['resets']:
-  np.testing.assert_array_equal(c['metrics']['resets'][g], b['resets'][g][:2])
-init, _ = compile_batched(make_run(cfg, ds, axis_name='members'), 'mesh', 2)
-carry = init(seed_keys([0, 1, 2, 3]), np.zeros(4, np.float32))
-assert len(jax.tree.leaves(carry)[0].sharding.device_set) == 4   # one member per device
-out = pathlib.Path({str(tmp_path)!r})
-whole = drive(cfg, ds, [0, 1, 2, 3], out / 'whole', tasks_per_call=2, mode='mesh',
-              progress=False)
-drive(cfg, ds, [0, 1, 2, 3], out / 'resumed', tasks_per_call=2, mode='mesh', progress=False,
-      stop_after=2)
-resumed = drive(cfg, ds, [0, 1, 2, 3], out / 'resumed', tasks_per_call=2, mode='mesh',
-                progress=False)
-assert (out / 'whole' / 'metrics.csv').read_text() == (out / 'resumed' / 'metrics.csv').read_text()
-print('mesh ok')
-"""
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4', JAX_PLATFORMS='cpu')
-  out = subprocess.run(
-      [sys.executable, '-c', script], env=env, capture_output=True, text=True, timeout=600, cwd=ROOT
+  if jax.device_count() < 4:  # on an accelerator jax_num_cpu_devices adds no devices
+    pytest.skip(f'needs 4 devices; the {jax.default_backend()} backend has {jax.device_count()}')
+  rng = np.random.default_rng(0)
+  ds = Dataset(
+      name='mnist',
+      source='generated',
+      images=rng.integers(0, 256, (128, 28, 28, 1), dtype=np.uint8),
+      labels=rng.integers(0, 10, 128).astype(np.int32),
+      num_classes=10,
   )
-  assert out.returncode == 0, out.stderr[-3000:]
-  assert 'mesh ok' in out.stdout
+  cfg = ExperimentConfig(
+      'permuted_mnist',
+      method='snr',
+      num_tasks=4,
+      examples_per_task=32,
+      hparams=dict(tau_init=32, tau_min=16, tau_max=64),
+  )
+  a = run_experiment(cfg, ds, seeds=[0, 1, 2, 3], mode='mesh')
+  assert len(a['carry'].params['Dense_0']['kernel'].sharding.device_set) == 4  # one per member
+  b = run_experiment(cfg, ds, seeds=[0, 1, 2, 3], mode='vmap')['metrics']
+  for x, y in zip(jax.tree.leaves(a['metrics']), jax.tree.leaves(b)):
+    np.testing.assert_allclose(x, y, rtol=2e-5, atol=1e-6)
+  # a second mesh axis shards each member's batch over 2 devices: same resets, same numbers
+  c = run_experiment(cfg, ds, seeds=[0, 1], mode='mesh', batch_devices=2)
+  mesh2d = c['carry'].params['Dense_0']['kernel'].sharding.mesh
+  assert dict(mesh2d.shape) == {'members': 2, 'batch': 2}
+  for x, y in zip(jax.tree.leaves(c['metrics']), jax.tree.leaves(b)):
+    np.testing.assert_allclose(x, y[:2], rtol=2e-5, atol=1e-6)
+  for g in c['metrics']['resets']:
+    np.testing.assert_array_equal(c['metrics']['resets'][g], b['resets'][g][:2])
+  init, _ = compile_batched(make_run(cfg, ds, axis_name='members'), 'mesh', 2)
+  carry = init(seed_keys([0, 1, 2, 3]), np.zeros(4, np.float32))
+  assert len(jax.tree.leaves(carry)[0].sharding.device_set) == 4  # one member per device
+  whole = tmp_path / 'whole'
+  drive(cfg, ds, [0, 1, 2, 3], whole, tasks_per_call=2, mode='mesh', progress=False)
+  resumed = tmp_path / 'resumed'
+  drive(cfg, ds, [0, 1, 2, 3], resumed, tasks_per_call=2, mode='mesh', progress=False, stop_after=2)
+  drive(cfg, ds, [0, 1, 2, 3], resumed, tasks_per_call=2, mode='mesh', progress=False)
+  assert (whole / 'metrics.csv').read_text() == (resumed / 'metrics.csv').read_text()
 
 
 @pytest.mark.parametrize(
@@ -480,14 +472,15 @@ print('mesh ok')
     [
         ('vmap', 2, "shards batches over a mesh; use mode 'mesh'"),
         ('mesh', 3, 'does not divide the batch size 16'),
-        ('mesh', 2, 'this process has 1 device(s)'),
+        ('mesh', 16, 'but this process has {local} device(s); use at most that many'),
     ],
 )
 def test_batch_devices_errors(mode, batch_devices, message, mnist):
-  if batch_devices == 2 and mode == 'mesh' and jax.local_device_count() > 1:
-    pytest.skip('needs a process with one device')
+  local = jax.local_device_count()  # 8 virtual CPU devices (conftest.py)
+  if 'this process has' in message and local >= batch_devices:
+    pytest.skip(f'needs a process with fewer than {batch_devices} devices')
   cfg = ExperimentConfig('permuted_mnist', num_tasks=1, examples_per_task=64)
-  with pytest.raises(ValueError, match=re.escape(message)):
+  with pytest.raises(ValueError, match=re.escape(message.format(local=local))):
     run_experiment(cfg, mnist, seeds=[0, 1], mode=mode, batch_devices=batch_devices)
 
 
