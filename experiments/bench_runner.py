@@ -10,6 +10,9 @@
 * the wall time of the full 500-task Permuted protocol for one seed with SNR, compile
   included (the speed page sets it beside the paper's released code on the same machine);
 * the CNN inside the runner on the Random-label CIFAR protocol (batch 16), one seed;
+* with ``--protocols``: the runner / bare ratio also (or instead) on the class-pair ViT
+  (Fashion-MNIST, batch 100) and the random-label CNN (Fashion-MNIST images, batch 16),
+  the protocols of the CNN and ViT studies (fewer epochs a task, so a timed call is short);
 * with ``--mesh-devices N``: instead of the above, 8 seeds of the Permuted protocol
   vmapped on one device against the same members placed on a mesh of N devices
   (``--mode mesh``; on CPU, N virtual devices), timed interleaved.
@@ -20,7 +23,7 @@ MNIST's shape. CIFAR is generated data of CIFAR-10's shape. Speed does not depen
 pixel values.
 
     python -m experiments.bench_runner [--tasks 8] [--reps 3] [--cores 1] [--skip-full]
-        [--skip-seeds] [--only-ratio] [--profile]
+        [--skip-seeds] [--only-ratio] [--profile] [--protocols permuted,vit,cnn]
     python -m experiments.bench_runner --mesh-devices 8 --cores 0
 """
 
@@ -68,14 +71,32 @@ def runner_call(config, dataset, seeds, tasks, mode='auto'):
   return call
 
 
+def _one_task(config, exp, dataset):
+  """Task 0 of the config's stream, materialised: float inputs and labels on the device."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from experiments import runner  # pylint: disable=import-outside-toplevel
+
+  p = config.protocol
+  classes = (
+      dataset.num_classes if p.task == 'class_pair' else max(dataset.num_classes, p.num_outputs)
+  )
+  n = config.resolved('examples_per_task')
+  lookup, labels = runner._make_task(  # pylint: disable=protected-access
+      config, exp.data, 0, jax.random.PRNGKey(1), classes
+  )
+  return jax.jit(lambda: (lookup(jnp.arange(n)), labels))()
+
+
 def bare_call(config, dataset, tasks, gather=False):
   """The runner's train step alone, for as many steps as ``tasks`` tasks, compiled.
 
-  One seed, no vmap, no task stream: the steps run in ``lax.scan`` on one pre-made
-  Permuted task (float32 images already permuted), its batches read in order with
-  ``dynamic_slice`` as in ``bench_overhead``; ``end_of_task`` marks the same steps as
-  in the runner. With ``gather``, each batch is instead gathered from the dataset and
-  pixel-permuted as the runner does it (uint8 rows, then the permutation, then float).
+  One seed, no vmap, no task stream: the steps run in ``lax.scan`` on one pre-made task
+  of the config's protocol (its inputs already in float, for Permuted already permuted),
+  its batches read in order with ``dynamic_slice`` as in ``bench_overhead``;
+  ``end_of_task`` marks the same steps as in the runner. With ``gather`` (Permuted
+  only), each batch is instead gathered from the dataset and pixel-permuted as the
+  runner does it (uint8 rows, then the permutation, then float).
   """
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
@@ -85,9 +106,14 @@ def bare_call(config, dataset, tasks, gather=False):
   carry = jax.jit(exp.init)(jax.random.PRNGKey(0), 0.0)
   n, batch = config.resolved('examples_per_task'), config.resolved('batch_size')
   steps = config.steps_per_task
-  images, labels = exp.data['images'], exp.data['labels']
-  task_x, task_y = data.permuted_task(images, labels, jax.random.PRNGKey(1), n)
-  idx, perm = data.permuted_task_indices(jax.random.PRNGKey(1), images.shape[0], task_x.shape[1], n)
+  task_x, task_y = _one_task(config, exp, dataset)
+  if gather:
+    if config.protocol.task != 'permuted':
+      raise ValueError("the batch-gather variant is the Permuted protocol's only")
+    images, labels = exp.data['images'], exp.data['labels']
+    idx, perm = data.permuted_task_indices(
+        jax.random.PRNGKey(1), images.shape[0], task_x.shape[1], n
+    )
 
   @jax.jit
   def run(params, opt_state, task_x, task_y):
@@ -143,6 +169,20 @@ def mesh_against_vmap(config, dataset, seeds, tasks, reps):
   return {mode: steps / t for mode, t in median_times(calls, reps).items()}
 
 
+# name -> (what it is, ExperimentConfig fields): the runner/bare ratio's protocols.
+RATIO_PROTOCOLS = {
+    'permuted': ('permuted MLP', dict(benchmark='permuted_mnist')),
+    'vit': (
+        'class-pair ViT',
+        dict(benchmark='continual_imagenet', model='vit', dataset='fashion_mnist', epochs=2),
+    ),
+    'cnn': (
+        'random-label CNN',
+        dict(benchmark='random_label_cifar', dataset='fashion_mnist', epochs=20),
+    ),
+}
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--tasks', type=int, default=8, help='tasks per timed call')
@@ -168,7 +208,18 @@ def main(argv=None):
       help='only compare 8 seeds vmapped on one device with the same on a '
       'mesh of this many devices (virtual CPU devices on CPU)',
   )
+  parser.add_argument(
+      '--protocols',
+      default='permuted',
+      help='comma-separated runner/bare ratio protocols: permuted (the MLP, batch 16), vit '
+      '(class pairs of Fashion-MNIST, the small ViT, batch 100), cnn (random labels on '
+      "Fashion-MNIST images, the paper's CNN, batch 16); vit and cnn need Fashion-MNIST",
+  )
   args = parser.parse_args(argv)
+  protocols = [p.strip() for p in args.protocols.split(',') if p.strip()]
+  unknown = sorted(set(protocols) - set(RATIO_PROTOCOLS))
+  if unknown or not protocols:
+    parser.error(f'--protocols: unknown {unknown}; choose from {sorted(RATIO_PROTOCOLS)}')
   if args.mesh_devices:
     import os  # pylint: disable=import-outside-toplevel
 
@@ -204,21 +255,29 @@ def main(argv=None):
           f"seed-steps/s; mesh / vmap throughput {sps['mesh'] / sps['vmap']:5.2f}"
       )
     return
-  for method in ('none', 'snr'):
-    cfg = ExperimentConfig('permuted_mnist', method=method, dataset=name)
-    sps = runner_against_bare(cfg, mnist, args.tasks, args.reps, args.profile)
-    for what, value in sps.items():
-      label = 'runner, 1 seed' if what == 'runner' else what
-      print(
-          f'permuted MLP  {method:5s} {label:19s}: {value:8.0f} steps/s; time / bare step '
-          f'{sps["bare"] / value:5.2f}'
-      )
-    if not args.skip_seeds:
-      sps = steps_per_second(cfg, mnist, list(range(8)), args.tasks, args.reps)
-      print(
-          f'permuted MLP  {method:5s} 8 seed(s): {sps:8.0f} steps/s '
-          f'({sps * 8:8.0f} seed-steps/s)'
-      )
+  for protocol in protocols:
+    what, fields = RATIO_PROTOCOLS[protocol]
+    if protocol == 'permuted':
+      dataset, fields = mnist, {**fields, 'dataset': name}
+    else:
+      from experiments import data  # pylint: disable=import-outside-toplevel
+
+      dataset = data.load_fashion_mnist()
+    for method in ('none', 'snr'):
+      cfg = ExperimentConfig(method=method, **fields)
+      sps = runner_against_bare(cfg, dataset, args.tasks, args.reps, args.profile)
+      for label, value in sps.items():
+        label = 'runner, 1 seed' if label == 'runner' else label
+        print(
+            f'{what:16s} {method:5s} {label:19s}: {value:8.0f} steps/s; time / bare step '
+            f'{sps["bare"] / value:5.2f}'
+        )
+      if protocol == 'permuted' and not args.skip_seeds:
+        sps = steps_per_second(cfg, dataset, list(range(8)), args.tasks, args.reps)
+        print(
+            f'permuted MLP  {method:5s} 8 seed(s): {sps:8.0f} steps/s '
+            f'({sps * 8:8.0f} seed-steps/s)'
+        )
 
   if not args.skip_full:
     cfg = ExperimentConfig('permuted_mnist', method='snr', dataset=name)
