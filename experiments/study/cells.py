@@ -4,6 +4,7 @@ in this process or in a worker that is pinned to a core and stops with the study
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import pathlib
 import signal
@@ -46,9 +47,18 @@ _STOP = None  # in a worker: the study's stop event
 
 
 def stop_on_sigterm() -> None:
-  """SIGTERM (``kill``, a scheduler's notice) stops the study as Ctrl-C does."""
+  """SIGTERM (``kill``, a scheduler's notice) stops the study as Ctrl-C does.
+
+  Ctrl-C reaches the whole process group; a ``kill`` of the study's process reaches it
+  alone, so the study passes it on to its pool's workers, whose running cells then
+  checkpoint and end. Later SIGTERMs are ignored, so one sent to the group as well
+  cannot interrupt a worker's checkpoint.
+  """
 
   def interrupt(signum, frame):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    for child in multiprocessing.active_children():
+      os.kill(child.pid, signal.SIGTERM)
     raise KeyboardInterrupt
 
   signal.signal(signal.SIGTERM, interrupt)

@@ -349,14 +349,16 @@ def test_benchmark_labels_keep_entries_of_one_benchmark_apart(tmp_path):
     study.build_groups(spec)
 
 
-@pytest.mark.parametrize('signame', ['SIGINT', 'SIGTERM'])
+@pytest.mark.parametrize(
+    'signame, to_group', [('SIGINT', True), ('SIGTERM', True), ('SIGTERM', False)]
+)
 @pytest.mark.slow
 def test_ctrl_c_stops_the_study_running_cells_checkpoint_queued_cells_never_start(
-    tmp_path, signame
+    tmp_path, signame, to_group
 ):
-  """Ctrl-C (SIGINT to the study's process group), or SIGTERM: the running cell
-  checkpoints, the cell the pool had already queued does not start, the study exits with
-  130; run again, it resumes."""
+  """Ctrl-C (SIGINT to the study's process group), or SIGTERM to the group or to the
+  study's process alone (`kill <pid>`): the running cell checkpoints, the cell the pool
+  had already queued does not start, the study exits with 130; run again, it resumes."""
   spec = _spec(
       tmp_path,
       final_seeds=[0],
@@ -390,7 +392,7 @@ def test_ctrl_c_stops_the_study_running_cells_checkpoint_queued_cells_never_star
   while not saved() and time.time() < deadline:
     time.sleep(0.5)
   assert proc.poll() is None, proc.communicate()[0]
-  os.killpg(proc.pid, getattr(signal, signame))
+  (os.killpg if to_group else os.kill)(proc.pid, getattr(signal, signame))
   try:
     out, _ = proc.communicate(timeout=300)
   except subprocess.TimeoutExpired:
