@@ -221,12 +221,9 @@ def main(argv=None):
   if unknown or not protocols:
     parser.error(f'--protocols: unknown {unknown}; choose from {sorted(RATIO_PROTOCOLS)}')
   if args.mesh_devices:
-    import os  # pylint: disable=import-outside-toplevel
+    import jax  # pylint: disable=import-outside-toplevel
 
-    os.environ['XLA_FLAGS'] = (
-        os.environ.get('XLA_FLAGS', '')
-        + f' --xla_force_host_platform_device_count={args.mesh_devices}'
-    )
+    jax.config.update('jax_num_cpu_devices', args.mesh_devices)  # before any device is used
   if args.only_ratio:
     args.skip_full = args.skip_seeds = True
   cores = pin_cores(args.cores)
