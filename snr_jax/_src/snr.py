@@ -260,8 +260,9 @@ def self_normalized_resets(
       fan-in scaled kernels (Flax's default lecun_normal), normal, uniform and constant
       initializers; a fan-out/fan-average or orthogonal initializer draws one whole layer
       and keeps the slices. Not the default, by measurement: on this project's CPU the
-      capped step's scatters (run on every step) made SNR 1.75x plain SGD on the MLP
-      against 1.14x for the exact path's fused selects (CHANGELOG); on a GPU it is
+      capped step (its ``k`` slots gathered into place on every step, a gather along the
+      unit axis that XLA:CPU does not vectorise) made SNR 1.4-1.8x plain SGD on the MLP
+      against 1.1-1.4x for the exact path (docs/speed.md, 2026-12-03); on a GPU it is
       unmeasured.
 
   Returns:
