@@ -203,24 +203,9 @@ def mlp_main(argv, skip, only):
 
 
 def gpt_main(argv, skip, only):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--steps', type=int, default=300)
-  parser.add_argument('--reps', type=int, default=5)
-  parser.add_argument('--batch', type=int, default=8)
-  parser.add_argument('--tokens', type=int, default=128)
-  parser.add_argument('--vocab', type=int, default=300)
-  parser.add_argument('--scale', type=int, default=1)
-  parser.add_argument('--cores', type=int, default=1, help='pin to this many cores (0: no pinning)')
-  args = parser.parse_args(argv)
-  cores = pin_cores(args.cores)
   from experiments import bench_per_token  # pylint: disable=import-outside-toplevel
-  from experiments.models.transformer import GPT  # pylint: disable=import-outside-toplevel
 
-  model = GPT(vocab_size=args.vocab, context_length=args.tokens, scale=args.scale)
-  data = jax.random.randint(
-      jax.random.PRNGKey(0), (32 * args.batch, args.tokens + 1), 0, args.vocab
-  )
-  params = jax.jit(model.init)(jax.random.PRNGKey(1), data[: args.batch, :-1])['params']
+  args, cores, model, data, params = bench_per_token.gpt_setup(argv, __doc__.splitlines()[0])
   groups = snr_jax.discover_groups(model, params, data[: args.batch, :-1])
   adam = optax.adam(1e-3)
   # bench_per_token's settings: a random refresh, so that the refresh branch runs now and then

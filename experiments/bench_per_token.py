@@ -59,8 +59,10 @@ def make_run(optimizer, groups, model, steps, batch, with_snr):
   return run
 
 
-def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def gpt_setup(argv, description):
+  """The GPT benchmarks' command line, core pinning, model, token data and params:
+  ``(args, cores, model, data, params)`` (shared with ``bench_overhead --model gpt``)."""
+  parser = argparse.ArgumentParser(description=description)
   parser.add_argument('--steps', type=int, default=300)
   parser.add_argument('--reps', type=int, default=5)
   parser.add_argument('--batch', type=int, default=8)
@@ -70,12 +72,16 @@ def main(argv=None):
   parser.add_argument('--cores', type=int, default=1, help='pin to this many cores (0: no pinning)')
   args = parser.parse_args(argv)
   cores = pin_cores(args.cores)
-
   model = GPT(vocab_size=args.vocab, context_length=args.tokens, scale=args.scale)
   data = jax.random.randint(
       jax.random.PRNGKey(0), (32 * args.batch, args.tokens + 1), 0, args.vocab
   )
-  params = model.init(jax.random.PRNGKey(1), data[: args.batch, :-1])['params']
+  params = jax.jit(model.init)(jax.random.PRNGKey(1), data[: args.batch, :-1])['params']
+  return args, cores, model, data, params
+
+
+def main(argv=None):
+  args, cores, model, data, params = gpt_setup(argv, __doc__.splitlines()[0])
   groups = snr_jax.discover_groups(model, params, data[: args.batch, :-1])
   adam = optax.adam(1e-3)
   schedule = snr_jax.at_random(1e-3)
