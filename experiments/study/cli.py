@@ -40,6 +40,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       metavar='STUDY_CSV',
       help='only write a markdown table from ' 'a study CSV (to --out)',
   )
+  parser.add_argument(
+      '--methods',
+      metavar='LABEL,...',
+      help="run only these methods' cells, in this order (the others wait for a later "
+      'run); labels are the keys of the spec\'s "methods"',
+  )
   parser.add_argument('--out', help='markdown file for --table (default: stdout)')
   args = parser.parse_args(argv)
   try:
@@ -62,6 +68,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         dry_run=args.dry_run,
         stop_after=args.stop_after,
         report=args.report,
+        methods=args.methods.split(',') if args.methods else None,
         log=lambda s: print(s, flush=True),
     )
   except (StudyError, FileNotFoundError) as e:

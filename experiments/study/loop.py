@@ -7,13 +7,13 @@ import concurrent.futures as cf
 import json
 import multiprocessing as mp
 import pathlib
-from typing import Optional
+from typing import Optional, Sequence
 
 from experiments.study.cells import cell_state, init_worker, run_cell, run_cell_unless_stopped
 from experiments.study.figures import draw_figures
 from experiments.study.rows import cell_rows, read_csv, recorded_rows, write_csv
 from experiments.study.selection import select_setting
-from experiments.study.spec import Cell, build_groups, final_cell
+from experiments.study.spec import Cell, StudyError, build_groups, final_cell
 from experiments.study.tables import make_table
 
 
@@ -24,6 +24,7 @@ def run_study(
     dry_run: bool = False,
     stop_after: Optional[int] = None,
     report: bool = False,
+    methods: Optional[Sequence[str]] = None,
     log=print,
 ) -> dict:
   """Runs every cell of ``spec`` not yet done (see the package docstring).
@@ -37,6 +38,10 @@ def run_study(
       on disk.
     stop_after: end every cell after this many tasks, with a checkpoint (simulates a
       killed study; a later call resumes each cell).
+    methods: run only the groups of these method labels (the spec's ``methods`` keys),
+      in this order; the other groups wait for a later call. The CSV, selection and
+      table still cover every group with results. Default: every method, in the spec's
+      order.
     log: where progress lines go.
 
   Returns:
@@ -44,6 +49,11 @@ def run_study(
     'rows': [...]}``; a cell that fails in a worker is logged and left for the next run.
   """
   groups = build_groups(spec)
+  spec_order = {g['key']: i for i, g in enumerate(groups)}
+  held = []  # groups of the methods this call leaves for later
+  if methods is not None:
+    held = [g for g in groups if g['key'][3] not in methods]
+    groups = _groups_of_methods(groups, methods, spec)
   name = spec['name']
   workers = spec.get('workers', 2) if workers is None else workers
   kw = dict(
@@ -57,6 +67,7 @@ def run_study(
   table_path = spec.get('table')
   ran, skipped, failed, selection = [], [], [], {}
   known: list[Cell] = []
+  known.extend(c for g in held for c in _recorded_cells(g))  # their rows stay in the CSV
   prior = read_csv(csv_path) if csv_path.exists() else []
 
   def rows_of(c: Cell) -> list[dict]:
@@ -67,7 +78,8 @@ def run_study(
     return 'done' if state == 'new' and recorded_rows(prior, name, c) else state
 
   def refresh():
-    rows = [r for c in known for r in rows_of(c)]
+    in_spec_order = sorted(known, key=lambda c: spec_order[c.group])  # stable within a group
+    rows = [r for c in in_spec_order for r in rows_of(c)]
     write_csv(csv_path, rows)
     (csv_path.parent / f'{csv_path.stem}_selection.json').write_text(
         json.dumps(selection, indent=2)
@@ -88,6 +100,8 @@ def run_study(
     selection['/'.join(g['key'])] = {'chosen': hp, 'scores': scores}
     return None if g['final_seeds'] is None else final_cell(g, hp)
 
+  for g in held:
+    finals_ready(g)  # records a completed selection; runs nothing
   pending: list[Cell] = []
   for g in groups:
     pending += g['select']
@@ -188,3 +202,22 @@ def run_study(
   if spec.get('figures'):
     draw_figures(rows, pathlib.Path(spec['figures']), name, log)
   return {'ran': ran, 'skipped': skipped, 'failed': failed, 'selection': selection, 'rows': rows}
+
+
+def _groups_of_methods(groups: list[dict], methods: Sequence[str], spec: dict) -> list[dict]:
+  """The groups whose method label is in ``methods``, ordered as ``methods`` lists them."""
+  unknown = [m for m in methods if m not in spec['methods']]
+  if unknown:
+    raise StudyError(
+        f'--methods names {unknown}, which the spec does not declare; its methods are '
+        f"{sorted(spec['methods'])}."
+    )
+  return sorted(
+      (g for g in groups if g['key'][3] in methods), key=lambda g: list(methods).index(g['key'][3])
+  )
+
+
+def _recorded_cells(g: dict) -> list[Cell]:
+  """A held-back group's cells that may have rows: its selection cells and every final."""
+  finals = [] if g['final_seeds'] is None else [final_cell(g, hp) for hp in g['settings']]
+  return list(g['select']) + finals

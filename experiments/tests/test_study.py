@@ -166,6 +166,30 @@ def test_a_fresh_clone_resumes_from_the_committed_csv_without_the_runs_directory
     assert float(a['avg_accuracy']) == pytest.approx(float(b['avg_accuracy']), abs=1e-6)
 
 
+@pytest.mark.slow
+def test_methods_runs_only_those_groups_in_that_order_and_keeps_the_others_rows(tmp_path):
+  spec = _spec(tmp_path)
+  logs = []
+  first = study.run_study(spec, workers=0, methods=['l2'], log=logs.append)
+  assert [c.split(' ')[0] for c in first['ran']] == ['permuted_mnist/digits/sgd/l2'] * 3
+  assert list(first['selection']) == ['permuted_mnist/digits/sgd/l2']
+  assert {r['method'] for r in study.read_csv(tmp_path / 'study.csv')} == {'l2'}
+  # the held-back method runs later; l2's rows and selection stay, in the spec's order
+  second = study.run_study(spec, workers=0, methods=['none'], log=logs.append)
+  assert second['ran'] == ['permuted_mnist/digits/sgd/none default [final]']
+  assert second['selection'] == first['selection']
+  rows = study.read_csv(tmp_path / 'study.csv')
+  assert [r['method'] for r in rows] == ['none'] * 2 + ['l2'] * 6
+  # nothing is left for a call without --methods
+  assert study.run_study(spec, workers=0, log=logs.append)['ran'] == []
+  # the order given is the order run
+  spec = _spec(tmp_path / 'again')
+  order = study.run_study(spec, workers=0, methods=['none', 'l2'], log=logs.append)['ran']
+  assert [c.split(' ')[0].rsplit('/', 1)[1] for c in order] == ['none', 'l2', 'l2', 'l2']
+  with pytest.raises(study.StudyError, match=r"--methods names \['snr'\].*\['l2', 'none'\]"):
+    study.run_study(spec, workers=0, methods=['snr'], log=logs.append)
+
+
 def _row(method, opt, seed, last10, hp='{}', phase='final', done=10, total=10):
   return {
       'study': 's',
