@@ -1,7 +1,8 @@
 """Benchmark: CNN SGD training steps inside ``lax.scan`` on CPU, nn.Conv vs im2col.
 
 One step = forward + cross-entropy + backward + SGD update, batch 16 of 32x32x3 images,
-10 classes, the paper's CNN (conv5x5x16, pool, conv5x5x16, pool, Dense 100, Dense 100).
+10 classes (``--batch``, ``--image``, ``--outputs`` change them), the paper's CNN
+(conv5x5x16, pool, conv5x5x16, pool, Dense 100, Dense 100).
 ``--steps`` steps (default 1000) run in one jitted ``lax.scan``; batches cycle through a
 fixed random 128-image set (like Random-label CIFAR).  Each configuration is compiled and
 run once to warm up, then timed ``--reps`` times (default 3); the median is reported.
@@ -11,6 +12,7 @@ Configurations (``--configs``): ``xla`` = nn.Conv + nn.max_pool (plain Flax),
 ``im2col+xlapool`` isolate the two changes.
 
     python -m experiments.bench_conv [--steps 1000] [--reps 3] [--configs ...] [--cores N]
+        [--batch 100 --image 28,28,1 --outputs 2]
 """
 
 from __future__ import annotations
@@ -54,11 +56,11 @@ def make_runner(model, steps, batch, lr=0.01):
   return run
 
 
-def bench(name, steps, reps, batch=16):
-  model = CNN(num_outputs=10, **CONFIGS[name])
+def bench(name, steps, reps, batch=16, image=(32, 32, 3), outputs=10):
+  model = CNN(num_outputs=outputs, **CONFIGS[name])
   kx, ky, kp = jax.random.split(jax.random.key(0), 3)
-  images = jax.random.normal(kx, (128, 32, 32, 3))
-  labels = jax.random.randint(ky, (128,), 0, 10)
+  images = jax.random.normal(kx, (max(128, 2 * batch), *image))
+  labels = jax.random.randint(ky, (images.shape[0],), 0, outputs)
   params = model.init(kp, images[:1])['params']
   run = make_runner(model, steps, batch)
   warm, (_, losses) = timed(lambda: run(params, images, labels))  # compile + warm-up
@@ -77,10 +79,18 @@ def main():
   ap.add_argument('--reps', type=int, default=3)
   ap.add_argument('--configs', nargs='+', default=['xla', 'im2col'], choices=list(CONFIGS))
   ap.add_argument('--cores', type=int, default=0, help='pin to this many cores (0: none)')
+  ap.add_argument('--batch', type=int, default=16, help='images per step')
+  ap.add_argument(
+      '--image',
+      default='32,32,3',
+      help='image shape H,W,C (28,28,1 for Fashion-MNIST)',
+  )
+  ap.add_argument('--outputs', type=int, default=10, help='classes (2 for class pairs)')
   args = ap.parse_args()
+  image = tuple(int(n) for n in args.image.split(','))
   pin_cores(args.cores)
   print(f'jax {jax.__version__}, backend {jax.default_backend()}, devices {jax.devices()}')
-  res = {c: bench(c, args.steps, args.reps) for c in args.configs}
+  res = {c: bench(c, args.steps, args.reps, args.batch, image, args.outputs) for c in args.configs}
   if 'xla' in res and 'im2col' in res:
     print(f"speed-up im2col / xla: {res['im2col'] / res['xla']:.1f}x")
 

@@ -11,8 +11,9 @@
   included (the speed page sets it beside the paper's released code on the same machine);
 * the CNN inside the runner on the Random-label CIFAR protocol (batch 16), one seed;
 * with ``--protocols``: the runner / bare ratio also (or instead) on the class-pair ViT
-  (Fashion-MNIST, batch 100) and the random-label CNN (Fashion-MNIST images, batch 16),
-  the protocols of the CNN and ViT studies (fewer epochs a task, so a timed call is short);
+  and CNN (Fashion-MNIST, batch 100) and the random-label CNN (Fashion-MNIST images,
+  batch 16), the protocols of the CNN and ViT studies (fewer epochs a task, so a timed
+  call is short);
 * with ``--mesh-devices N``: instead of the above, 8 seeds of the Permuted protocol
   vmapped on one device against the same members placed on a mesh of N devices
   (``--mode mesh``; on CPU, N virtual devices), timed interleaved.
@@ -23,7 +24,7 @@ MNIST's shape. CIFAR is generated data of CIFAR-10's shape. Speed does not depen
 pixel values.
 
     python -m experiments.bench_runner [--tasks 8] [--reps 3] [--cores 1] [--skip-full]
-        [--skip-seeds] [--only-ratio] [--profile] [--protocols permuted,vit,cnn]
+        [--skip-seeds] [--only-ratio] [--profile] [--protocols permuted,vit,cnn,cnn_pairs]
     python -m experiments.bench_runner --mesh-devices 8 --cores 0
 """
 
@@ -179,6 +180,10 @@ RATIO_PROTOCOLS = {
     'cnn': (
         'random-label CNN',
         dict(benchmark='random_label_cifar', dataset='fashion_mnist', epochs=20),
+    ),
+    'cnn_pairs': (
+        'class-pair CNN',
+        dict(benchmark='continual_imagenet', dataset='fashion_mnist', epochs=2),
     ),
 }
 
