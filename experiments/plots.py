@@ -95,20 +95,48 @@ def _save(plt, fig, path: pathlib.Path, title: Optional[str]) -> pathlib.Path:
   return path
 
 
+def _study_series(rows: Sequence[dict], curves: Optional[dict]) -> Optional[dict]:
+  """One final cell's ``{'accuracy': (seeds, tasks), 'dead_fraction': ...}`` from the
+  study's curves file, else from its run directory; None if neither holds it."""
+  from experiments.study.rows import curves_key  # pylint: disable=import-outside-toplevel
+
+  r = rows[0]
+  group = (r['benchmark'], r['dataset'], r['optimizer'], r['method'])
+  kept = (curves or {}).get(curves_key(group, json.loads(r['hparams']), r['phase']))
+  if kept:
+    n = min(len(v['accuracy']) for v in kept.values())
+    return {
+        m: np.array([kept[s][m][:n] for s in sorted(kept, key=int)])
+        for m in ('accuracy', 'dead_fraction')
+    }
+  run = pathlib.Path(r['run_dir'])
+  if not (run / 'metrics.csv').exists():
+    return None
+  (series,) = load_run(run).values()
+  return series
+
+
 def plot_study_curves(
-    rows: Sequence[dict], path: pathlib.Path, title: Optional[str] = None
-) -> pathlib.Path:
+    rows: Sequence[dict],
+    path: pathlib.Path,
+    title: Optional[str] = None,
+    curves: Optional[dict] = None,
+) -> tuple[Optional[pathlib.Path], list[str]]:
   """A study's final cells: accuracy and dead fraction per task, one row per optimizer.
 
   Args:
     rows: study CSV rows (``experiments.study``) of one benchmark and dataset; the
-      final ones are drawn from their run directories, one line per method (mean over
-      seeds, moving average over 2% of the tasks).
+      final ones are drawn, one line per method (mean over seeds, moving average over
+      2% of the tasks).
     path: the PNG to write.
     title: optional figure title.
+    curves: the study's curves file (``experiments.study.rows.read_curves``), where a
+      cell's per-task values outlive its run directory; a cell missing there is read
+      from its run directory.
 
   Returns:
-    ``path``.
+    ``(path, missing)``: ``path`` is None when no final cell could be drawn; ``missing``
+    names the ``optimizer/method`` cells whose curves are kept nowhere.
   """
   final = [r for r in rows if r['phase'] == 'final']
   if not final:
@@ -117,12 +145,16 @@ def plot_study_curves(
 
   order = {m: i for i, m in enumerate(METHODS)}
   optimizers = sorted({r['optimizer'] for r in final})
+  drawn, missing = [], []
   plt, fig, axes = _figure(len(optimizers), 2, (6.0, 3.6))
   for ax_row, opt in zip(axes, optimizers):
     mine = [r for r in final if r['optimizer'] == opt]
     for method in sorted({r['method'] for r in mine}, key=lambda m: (order.get(m, 99), m)):
-      run = next(r['run_dir'] for r in mine if r['method'] == method)
-      (series,) = load_run(pathlib.Path(run)).values()
+      series = _study_series([r for r in mine if r['method'] == method], curves)
+      if series is None:
+        missing.append(f'{opt}/{method}')
+        continue
+      drawn.append(method)
       for ax, name in zip(ax_row, ('accuracy', 'dead_fraction')):
         y = series[name].mean(axis=0)
         window = max(1, y.shape[0] // 50)
@@ -138,8 +170,12 @@ def plot_study_curves(
         ylabel='fraction of dead units',
         title=f'{opt}: dead units (silent for 1,000 examples)',
     )
-    ax_row[0].legend(fontsize=7, ncol=2)
-  return _save(plt, fig, path, title)
+    if drawn:
+      ax_row[0].legend(fontsize=7, ncol=2)
+  if not drawn:
+    plt.close(fig)
+    return None, missing
+  return _save(plt, fig, path, title), missing
 
 
 def plot_spread(scores: dict, path: pathlib.Path, title: Optional[str] = None) -> pathlib.Path:

@@ -11,7 +11,16 @@ from typing import Optional, Sequence
 
 from experiments.study.cells import cell_state, init_worker, run_cell, run_cell_unless_stopped
 from experiments.study.figures import draw_figures
-from experiments.study.rows import cell_rows, read_csv, recorded_rows, write_csv
+from experiments.study.rows import (
+    cell_curves,
+    cell_rows,
+    curves_key,
+    read_csv,
+    read_curves,
+    recorded_rows,
+    write_csv,
+    write_curves,
+)
 from experiments.study.selection import select_setting
 from experiments.study.spec import Cell, StudyError, build_groups, final_cell
 from experiments.study.tables import make_table
@@ -69,6 +78,8 @@ def run_study(
   known: list[Cell] = []
   known.extend(c for g in held for c in _recorded_cells(g))  # their rows stay in the CSV
   prior = read_csv(csv_path) if csv_path.exists() else []
+  curves_path = csv_path.parent / f'{csv_path.stem}_curves.json'
+  prior_curves = read_curves(curves_path)
 
   def rows_of(c: Cell) -> list[dict]:
     return cell_rows(name, c) or recorded_rows(prior, name, c)
@@ -81,6 +92,14 @@ def run_study(
     in_spec_order = sorted(known, key=lambda c: spec_order[c.group])  # stable within a group
     rows = [r for c in in_spec_order for r in rows_of(c)]
     write_csv(csv_path, rows)
+    curves = {}  # a final cell's curves from its run, else as the committed file has them
+    for c in in_spec_order:
+      key = curves_key(c.group, c.hparams, c.phase)
+      mine = cell_curves(c) if c.phase == 'final' else {}
+      if mine or (c.phase == 'final' and key in prior_curves):
+        curves[key] = mine or prior_curves[key]
+    if curves:
+      write_curves(curves_path, curves)
     (csv_path.parent / f'{csv_path.stem}_selection.json').write_text(
         json.dumps(selection, indent=2)
     )
@@ -126,7 +145,7 @@ def run_study(
         finals_ready(g)
     rows = refresh()
     if spec.get('figures'):
-      draw_figures(rows, pathlib.Path(spec['figures']), name, log)
+      draw_figures(rows, pathlib.Path(spec['figures']), name, log, read_curves(curves_path))
     return {'ran': [], 'skipped': [], 'selection': selection, 'rows': rows}
 
   pool = stop = None
@@ -200,7 +219,7 @@ def run_study(
       finals_ready(g)  # a sweep: records its scores in selection.json
   rows = refresh()
   if spec.get('figures'):
-    draw_figures(rows, pathlib.Path(spec['figures']), name, log)
+    draw_figures(rows, pathlib.Path(spec['figures']), name, log, read_curves(curves_path))
   return {'ran': ran, 'skipped': skipped, 'failed': failed, 'selection': selection, 'rows': rows}
 
 

@@ -1,6 +1,7 @@
 """The study CSV: a cell's rows (one per seed) from its run directory, the rows an earlier
 CSV records for it (so a committed CSV resumes a study without the runs), reading and
-writing the file."""
+writing the file; and the curves file beside it, each final cell's accuracy and dead
+fraction per task (so the figures can be drawn again without the runs)."""
 
 from __future__ import annotations
 
@@ -97,6 +98,46 @@ def cell_rows(study: str, cell: Cell) -> list[dict]:
         }
     )
   return rows
+
+
+def curves_key(group: Sequence[str], hparams: dict, phase: str) -> str:
+  """A cell's key in the study's curves file: ``benchmark/dataset/optimizer/method``,
+  its hyperparameters (sorted JSON) and its phase."""
+  return '/'.join(group) + ' ' + json.dumps(hparams, sort_keys=True) + ' ' + phase
+
+
+def cell_curves(cell: Cell) -> dict[str, dict[str, list]]:
+  """``{seed: {'accuracy': [...], 'dead_fraction': [...]}}``, one value per task done,
+  from the cell's metrics.csv ({} if none). The dead fraction is the mean over the
+  model's layers at each task's end; values are rounded to 5 decimals (a few kB a seed)."""
+  out = pathlib.Path(cell.out)
+  if not (out / 'metrics.csv').exists():
+    return {}
+  with open(out / 'metrics.csv', newline='') as f:
+    metrics = list(csv.DictReader(f))
+  curves = {}
+  for seed in cell.seeds:
+    mine = sorted((r for r in metrics if int(r['seed']) == seed), key=lambda r: int(r['task']))
+    if not mine:
+      continue
+    dead = [[float(v) for k, v in r.items() if k.startswith('dead_fraction/')] for r in mine]
+    curves[str(seed)] = {
+        'accuracy': [round(float(r['accuracy']), 5) for r in mine],
+        'dead_fraction': [round(sum(d) / len(d), 5) if d else 0.0 for d in dead],
+    }
+  return curves
+
+
+def read_curves(path: pathlib.Path) -> dict:
+  """A study's curves file (`cell_curves` of each final cell, by `curves_key`); {} if none."""
+  return json.loads(path.read_text()) if path.exists() else {}
+
+
+def write_curves(path: pathlib.Path, curves: dict) -> None:
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_suffix(path.suffix + '.tmp')
+  tmp.write_text(json.dumps(curves, sort_keys=True, separators=(',', ':')) + '\n')
+  os.replace(tmp, path)
 
 
 def recorded_rows(prior: Sequence[dict], study: str, cell: Cell) -> list[dict]:

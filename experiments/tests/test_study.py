@@ -135,12 +135,36 @@ def test_study_end_to_end_selects_runs_final_skips_done_and_resumes(tmp_path):
 def test_a_fresh_clone_resumes_from_the_committed_csv_without_the_runs_directory(tmp_path):
   import shutil
 
-  spec = _spec(tmp_path, methods={'none': {}, 'l2': {'strength': [1e-4, 0.5]}})
+  spec = _spec(
+      tmp_path,
+      methods={'none': {}, 'l2': {'strength': [1e-4, 0.5]}},
+      figures=str(tmp_path / 'figures'),
+  )
   logs = []
   study.run_study(spec, workers=0, log=logs.append)
   before = study.read_csv(tmp_path / 'study.csv')
   selection = json.loads((tmp_path / 'study_selection.json').read_text())
+  # the final cells' per-task curves are kept beside the CSV, as their metrics say
+  curves = json.loads((tmp_path / 'study_curves.json').read_text())
+  assert len(curves) == 2 and all(k.endswith(' final') for k in curves)
+  for r in (r for r in before if r['phase'] == 'final'):
+    kept = curves[f"permuted_mnist/digits/sgd/{r['method']} {r['hparams']} final"][r['seed']]
+    assert len(kept['accuracy']) == len(kept['dead_fraction']) == 4
+    assert sum(kept['accuracy']) / 4 == pytest.approx(float(r['avg_accuracy']), abs=1e-4)
   shutil.rmtree(tmp_path / 'runs')  # a new machine: only results/ came with the clone
+  shutil.rmtree(tmp_path / 'figures')
+  logs.clear()
+  study.run_study(spec, workers=0, report=True, log=logs.append)  # figures from the file
+  assert (tmp_path / 'figures' / 'tiny_permuted_mnist-digits_curves.png').exists()
+  assert not any('no curves kept' in line for line in logs)
+  assert json.loads((tmp_path / 'study_curves.json').read_text()) == curves
+  # a final cell kept nowhere is left out of the figure, and the log says so
+  (tmp_path / 'study_curves.json').write_text(
+      json.dumps({k: v for k, v in curves.items() if '/none ' in k})
+  )
+  study.run_study(spec, workers=0, report=True, log=logs.append)
+  assert any('no curves kept for sgd/l2' in line for line in logs)
+  (tmp_path / 'study_curves.json').write_text(json.dumps(curves))
   # one recorded seed of l2's final cell is incomplete: that cell alone runs again
   edited = [
       dict(r, tasks_done='3')
