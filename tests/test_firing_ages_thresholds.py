@@ -177,6 +177,43 @@ def test_quantile_without_gaps_is_one():
   np.testing.assert_array_equal(est.quantile(st), [1, 1])
 
 
+def _quantile_by_definition(counts, eta):
+  """The smallest gap g >= 1 with float32(count of gaps 1..g) / float32(total) >= 1 - eta."""
+  out = []
+  level = np.float32(1.0 - eta)
+  for row in np.asarray(counts, np.int64):
+    running = np.cumsum(row[1:])
+    if running[-1] == 0:
+      out.append(1)
+      continue
+    cdf = running.astype(np.float32) / np.float32(running[-1])
+    out.append(int(np.argmax(cdf >= level)) + 1)
+  return out
+
+
+@pytest.mark.parametrize('tau_max', [9, 511, 600, 4099, 20_000])
+def test_blocked_quantile_equals_the_definition(tau_max):
+  # the quantile is counted block by block above 512 bins: every kind of histogram gives
+  # the gap the definition gives (sparse, dense, all in one bin, all in the last bin,
+  # nothing recorded, a crossing at a block's edge), for every eta
+  rng = np.random.default_rng(tau_max)
+  n = tau_max + 1
+  rows = [
+      rng.integers(0, 3, n),
+      (rng.random(n) < 0.002) * rng.integers(1, 1000, n),
+      np.bincount(np.minimum(rng.geometric(0.01, 3000), tau_max), minlength=n),
+      np.zeros(n, int),
+      np.eye(n, dtype=int)[n - 1] * 7,
+      np.eye(n, dtype=int)[min(128, n - 1)] * 10**6 + np.eye(n, dtype=int)[0] * 5,
+      np.eye(n, dtype=int)[1] + np.eye(n, dtype=int)[n - 1],
+  ]
+  counts = jnp.asarray(np.stack(rows), jnp.int32)
+  for eta in (1e-4, 0.01, 0.08, 0.2, 0.5, 0.999):
+    est = HistogramEstimator(eta=eta, tau_min=1, tau_max=tau_max)
+    got = np.asarray(jax.jit(est.quantile)(snr_jax.HistogramState(counts)))
+    assert got.tolist() == _quantile_by_definition(counts, eta), eta
+
+
 def test_refresh_contracts_expands_and_clamps():
   est = HistogramEstimator(eta=0.1, tau_min=3, tau_max=10, expansion=2)
   st = _hist([{4: 5}, {9: 5}, {}, {6: 1}])
