@@ -56,22 +56,34 @@ def layer_figures(metrics: Sequence[dict], steps_per_task: int) -> dict:
   return out
 
 
+def _metrics_by_seed(cell: Cell) -> dict[int, list[dict]]:
+  """``{seed: its rows of the cell's metrics.csv in task order}`` for the cell's seeds
+  that have rows; {} without a metrics.csv."""
+  path = pathlib.Path(cell.out) / 'metrics.csv'
+  if not path.exists():
+    return {}
+  with open(path, newline='') as f:
+    metrics = list(csv.DictReader(f))
+  by_seed = {}
+  for seed in cell.seeds:
+    mine = sorted((r for r in metrics if int(r['seed']) == seed), key=lambda r: int(r['task']))
+    if mine:
+      by_seed[seed] = mine
+  return by_seed
+
+
 def cell_rows(study: str, cell: Cell) -> list[dict]:
   """The study CSV rows of one cell (one per seed), from its metrics.csv; [] if none."""
   out = pathlib.Path(cell.out)
-  if not (out / 'metrics.csv').exists():
+  by_seed = _metrics_by_seed(cell)
+  if not by_seed:
     return []
-  with open(out / 'metrics.csv', newline='') as f:
-    metrics = list(csv.DictReader(f))
   config = cell_config(cell)
   total = config.resolved('num_tasks')
   info = out / 'study_cell.json'
   wall = json.loads(info.read_text())['wall_s'] if info.exists() else ''
   rows = []
-  for seed in cell.seeds:
-    mine = sorted((r for r in metrics if int(r['seed']) == seed), key=lambda r: int(r['task']))
-    if not mine:
-      continue
+  for seed, mine in by_seed.items():
     acc = [float(r['accuracy']) for r in mine]
     k = max(1, math.ceil(total * 0.1))
     dead = [float(v) for key, v in mine[-1].items() if key.startswith('dead_fraction/')]
@@ -110,16 +122,8 @@ def cell_curves(cell: Cell) -> dict[str, dict[str, list]]:
   """``{seed: {'accuracy': [...], 'dead_fraction': [...]}}``, one value per task done,
   from the cell's metrics.csv ({} if none). The dead fraction is the mean over the
   model's layers at each task's end; values are rounded to 5 decimals (a few kB a seed)."""
-  out = pathlib.Path(cell.out)
-  if not (out / 'metrics.csv').exists():
-    return {}
-  with open(out / 'metrics.csv', newline='') as f:
-    metrics = list(csv.DictReader(f))
   curves = {}
-  for seed in cell.seeds:
-    mine = sorted((r for r in metrics if int(r['seed']) == seed), key=lambda r: int(r['task']))
-    if not mine:
-      continue
+  for seed, mine in _metrics_by_seed(cell).items():
     dead = [[float(v) for k, v in r.items() if k.startswith('dead_fraction/')] for r in mine]
     curves[str(seed)] = {
         'accuracy': [round(float(r['accuracy']), 5) for r in mine],
