@@ -29,7 +29,7 @@ study: running cells checkpoint, cells not yet started stay so (exit code 130). 
 run in ``workers`` processes (default 2, each pinned to its own core, counting from the
 first in every study: two studies at once share cores, so run one at a time or re-pin
 with ``taskset -a -pc CORE PID``). After each cell the main process rewrites the study
-CSV (one row per cell and seed), ``selection.json`` and ``curves.json`` beside it (each
+CSV (one row per cell and seed), ``<csv stem>_selection.json`` and ``<csv stem>_curves.json`` (each
 final cell's accuracy and dead fraction per task, so the figures can be drawn again on a
 machine without the runs), and the markdown table. The table
 ends with each method's *spread*: best − worst last-10% accuracy over its grid, on the
